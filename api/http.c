@@ -1,0 +1,339 @@
+/* The api's HTTP layer on CivetWeb: routing, the JSON error shape, and the endpoints of
+ * DESIGN §2. */
+#include "http.h"
+
+#include <civetweb.h>
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "request.h"
+#include "util.h"
+
+/* How long a request waits for the broker's confirm before answering 503. */
+#define CONFIRM_WAIT_MS 5000
+#define RETRY_AFTER_S "1"
+
+struct http_server {
+  struct http_deps deps;
+  struct mg_context *ctx;
+  int64_t started_ms;
+  atomic_int draining;
+};
+
+static void send_json(struct mg_connection *conn, int status, const char *body,
+                      const char *extra_name, const char *extra_value)
+{
+  char len[24];
+  snprintf(len, sizeof len, "%zu", strlen(body));
+  mg_response_header_start(conn, status);
+  mg_response_header_add(conn, "Content-Type", "application/json; charset=utf-8", -1);
+  mg_response_header_add(conn, "Content-Length", len, -1);
+  mg_response_header_add(conn, "Cache-Control", "no-store", -1);
+  if(extra_name)
+    mg_response_header_add(conn, extra_name, extra_value, -1);
+  mg_response_header_send(conn);
+  if(strcmp(mg_get_request_info(conn)->request_method, "HEAD"))
+    mg_write(conn, body, strlen(body));
+}
+
+/* Sends a json_t (stolen) as the body. */
+static int reply(struct mg_connection *conn, int status, json_t *doc, const char *extra_name,
+                 const char *extra_value)
+{
+  char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  if(!body) {
+    send_json(conn, 500,
+              "{\"success\":false,\"error\":{\"code\":\"internal\",\"message\":\"out of "
+              "memory\"}}",
+              NULL, NULL);
+    return 500;
+  }
+  send_json(conn, status, body, extra_name, extra_value);
+  free(body);
+  return status;
+}
+
+static int reply_error(struct mg_connection *conn, int status, const char *code,
+                       const char *message, const char *field, const char *extra_name,
+                       const char *extra_value)
+{
+  json_t *err = json_pack("{s:s, s:s}", "code", code, "message", message);
+  if(err && field && *field)
+    json_object_set_new(err, "field", json_string(field));
+  return reply(conn, status, err ? json_pack("{s:b, s:o}", "success", 0, "error", err) : NULL,
+               extra_name, extra_value);
+}
+
+static int is_json_type(const char *ct)
+{
+  size_t n = strlen("application/json");
+  if(!ct)
+    return 0;
+  while(*ct == ' ')
+    ct++;
+  return !strncasecmp(ct, "application/json", n) &&
+         (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+/* Reads the whole body into a malloc'd buffer, refusing more than max bytes without reading it
+ * all. Returns 0 and the buffer, or an HTTP status (413, 400) for the caller to answer. */
+static int read_body(struct mg_connection *conn, size_t max, char **out, size_t *out_len)
+{
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  const char *expect = mg_get_header(conn, "Expect");
+  size_t cap, len = 0;
+  char *buf;
+  int n = 0;
+  if(ri->content_length > 0 && (unsigned long long)ri->content_length > max)
+    return 413;
+  /* CivetWeb sends no automatic 100 Continue to request handlers: a client that asked for it
+   * would wait about a second before sending the body. */
+  if(expect && !strcasecmp(expect, "100-continue"))
+    mg_printf(conn, "HTTP/1.1 100 Continue\r\n\r\n");
+  cap = ri->content_length >= 0 ? (size_t)ri->content_length + 1 : max + 1;
+  buf = malloc(cap);
+  if(!buf)
+    return 503;
+  while(len < cap && (n = mg_read(conn, buf + len, cap - len)) > 0)
+    len += (size_t)n;
+  if(n < 0) {
+    free(buf);
+    return 400;
+  }
+  if(len > max) {
+    free(buf);
+    return 413;
+  }
+  *out = buf;
+  *out_len = len;
+  return 0;
+}
+
+static int handle_post_message(struct mg_connection *conn, struct http_server *srv)
+{
+  const struct cfg *cfg = srv->deps.cfg;
+  struct request_error rerr;
+  struct job job;
+  struct status_event ev;
+  const char *idem = mg_get_header(conn, "Idempotency-Key");
+  char *body = NULL;
+  size_t len = 0;
+  int rc, status;
+  json_t *doc;
+
+  if(!is_json_type(mg_get_header(conn, "Content-Type")))
+    return reply_error(conn, 415, "unsupported_media_type",
+                       "the request body must be JSON (Content-Type: application/json)", NULL,
+                       NULL, NULL);
+  rc = read_body(conn, cfg->api.max_body, &body, &len);
+  if(rc == 413) {
+    char msg[128];
+    /* The rest of the body is not read, so the connection cannot be reused. */
+    mg_disable_connection_keep_alive(conn);
+    snprintf(msg, sizeof msg, "the request body is larger than %zu bytes", cfg->api.max_body);
+    return reply_error(conn, 413, "payload_too_large", msg, NULL, NULL, NULL);
+  }
+  if(rc)
+    return reply_error(conn, rc, rc == 400 ? "bad_request" : "unavailable",
+                       rc == 400 ? "the request body could not be read" : "out of memory",
+                       NULL, NULL, NULL);
+  if(idem && job_check_idempotency_key(idem) != JOB_FIELD_OK) {
+    free(body);
+    return reply_error(conn, 422, "invalid_header",
+                       "Idempotency-Key must be 1 to 255 printable ASCII characters",
+                       "Idempotency-Key", NULL, NULL);
+  }
+  memset(&job, 0, sizeof job);
+  rc = request_parse_message(body, len, cfg->evolution.instance, &job, &rerr);
+  free(body);
+  if(rc)
+    return reply_error(conn, rerr.status, rerr.code, rerr.message, rerr.field, NULL, NULL);
+  if(util_uuid4(job.task_id)) {
+    free(job.message);
+    free(job.instance_name);
+    return reply_error(conn, 503, "unavailable", "no randomness for a task id", NULL, "Retry-After",
+                       RETRY_AFTER_S);
+  }
+  job.created_at_ms = util_now_ms();
+  job.idempotency_key = idem ? strdup(idem) : NULL;
+
+  switch(publisher_submit(srv->deps.publisher, &job, CONFIRM_WAIT_MS)) {
+  case PUB_OK: break;
+  case PUB_REJECTED:
+    log_event(CFG_LOG_ERROR, "broker refused a job", "task_id", job.task_id, NULL);
+    /* fall through */
+  default:
+    free(job.message);
+    free(job.instance_name);
+    free(job.idempotency_key);
+    return reply_error(conn, 503, "broker_unavailable",
+                       "the message broker could not confirm the message; retry later", NULL,
+                       "Retry-After", RETRY_AFTER_S);
+  }
+  /* The local cache learns of the task now, so a GET right after the 202 finds it even before
+   * the PENDING event comes back through the stream. */
+  memset(&ev, 0, sizeof ev);
+  memcpy(ev.task_id, job.task_id, UTIL_UUID_LEN);
+  ev.status = TASK_PENDING;
+  ev.at_ms = ev.created_at_ms = job.created_at_ms;
+  ev.phone = job.phone;
+  task_cache_apply(srv->deps.cache, &ev);
+  log_event(CFG_LOG_INFO, "message accepted", "task_id", job.task_id, "instance",
+            job.instance_name, NULL);
+  doc = json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message", "Message queued for delivery",
+                  "task_id", job.task_id, "status", "PENDING");
+  free(job.message);
+  free(job.instance_name);
+  free(job.idempotency_key);
+  status = reply(conn, 202, doc, NULL, NULL);
+  return status;
+}
+
+static int handle_get_task(struct mg_connection *conn, struct http_server *srv, const char *id)
+{
+  char *doc;
+  if(!util_is_uuid(id))
+    return reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
+  doc = task_cache_render(srv->deps.cache, id);
+  if(!doc)
+    return reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
+  send_json(conn, 200, doc, NULL, NULL);
+  free(doc);
+  return 200;
+}
+
+static int is_ready(struct http_server *srv)
+{
+  return !atomic_load(&srv->draining) && publisher_ready(srv->deps.publisher) &&
+         status_reader_ready(srv->deps.reader);
+}
+
+static int handle_health(struct mg_connection *conn, struct http_server *srv)
+{
+  int pub = publisher_ready(srv->deps.publisher), rd = status_reader_ready(srv->deps.reader);
+  int ready = is_ready(srv);
+  json_t *doc = json_pack(
+    "{s:s, s:s, s:s, s:I, s:{s:b}, s:{s:b, s:I}, s:{s:b, s:I, s:I}, s:{s:I}}", "status",
+    ready ? "ok" : (atomic_load(&srv->draining) ? "draining" : "unavailable"), "service",
+    "msg-api", "version", MSG_VERSION, "uptime_seconds",
+    (json_int_t)((util_mono_ms() - srv->started_ms) / 1000), "broker", "connected", pub,
+    "publisher", "ready", pub, "in_flight", (json_int_t)publisher_in_flight(srv->deps.publisher),
+    "status_stream", "caught_up", rd, "events_applied",
+    (json_int_t)status_reader_events(srv->deps.reader), "offset",
+    (json_int_t)status_reader_offset(srv->deps.reader), "cache", "tasks",
+    (json_int_t)task_cache_size(srv->deps.cache));
+  return reply(conn, ready ? 200 : 503, doc, NULL, NULL);
+}
+
+/* Every request comes here: one table-free router keeps 404 and 405 in one place. */
+static int route(struct mg_connection *conn, void *arg)
+{
+  struct http_server *srv = arg;
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  const char *path = ri->local_uri ? ri->local_uri : "/";
+  const char *m = ri->request_method;
+  int get = !strcmp(m, "GET") || !strcmp(m, "HEAD");
+
+  if(!strcmp(path, "/")) {
+    if(!get)
+      goto not_allowed_get;
+    return reply(conn, 200,
+                 json_pack("{s:s, s:s, s:s}", "service", "msg-api", "version", MSG_VERSION,
+                           "status", "ok"),
+                 NULL, NULL);
+  }
+  if(!strcmp(path, "/livez")) {
+    if(!get)
+      goto not_allowed_get;
+    return reply(conn, 200, json_pack("{s:s}", "status", "ok"), NULL, NULL);
+  }
+  if(!strcmp(path, "/readyz")) {
+    if(!get)
+      goto not_allowed_get;
+    if(is_ready(srv))
+      return reply(conn, 200, json_pack("{s:s}", "status", "ready"), NULL, NULL);
+    return reply_error(conn, 503, "not_ready", "not connected to the broker or not caught up",
+                       NULL, "Retry-After", RETRY_AFTER_S);
+  }
+  if(!strcmp(path, "/health")) {
+    if(!get)
+      goto not_allowed_get;
+    return handle_health(conn, srv);
+  }
+  if(!strcmp(path, "/messages")) {
+    if(strcmp(m, "POST"))
+      return reply_error(conn, 405, "method_not_allowed", "use POST", NULL, "Allow", "POST");
+    return handle_post_message(conn, srv);
+  }
+  if(!strncmp(path, "/tasks/", 7) && path[7] && !strchr(path + 7, '/')) {
+    if(!get)
+      goto not_allowed_get;
+    return handle_get_task(conn, srv, path + 7);
+  }
+  return reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);
+not_allowed_get:
+  return reply_error(conn, 405, "method_not_allowed", "use GET", NULL, "Allow", "GET, HEAD");
+}
+
+static int on_log(const struct mg_connection *conn, const char *message)
+{
+  (void)conn;
+  log_event(CFG_LOG_WARN, "http server", "detail", message, NULL);
+  return 1;
+}
+
+struct http_server *http_start(const struct http_deps *deps, char *err, size_t errlen)
+{
+  struct http_server *srv = calloc(1, sizeof *srv);
+  struct mg_callbacks cb;
+  struct mg_init_data init;
+  struct mg_error_data error;
+  char threads[16], etext[256] = "";
+  unsigned ecode = 0;
+  const char *opts[] = {"listening_ports", deps->cfg->api.listen, "num_threads", threads,
+                        "enable_keep_alive", "yes", "keep_alive_timeout_ms", "5000",
+                        "request_timeout_ms", "10000", "tcp_nodelay", "1",
+                        "listen_backlog", "1024", NULL};
+  if(!srv) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  srv->deps = *deps;
+  srv->started_ms = util_mono_ms();
+  snprintf(threads, sizeof threads, "%u", deps->cfg->api.threads);
+  memset(&cb, 0, sizeof cb);
+  cb.log_message = on_log;
+  init.callbacks = &cb;
+  init.user_data = srv;
+  init.configuration_options = opts;
+  error.code = &ecode;
+  error.text = etext;
+  error.text_buffer_size = sizeof etext;
+  srv->ctx = mg_start2(&init, &error);
+  if(!srv->ctx) {
+    snprintf(err, errlen, "cannot listen on %s: %s", deps->cfg->api.listen, etext);
+    free(srv);
+    return NULL;
+  }
+  mg_set_request_handler(srv->ctx, "/", route, srv);
+  return srv;
+}
+
+void http_set_draining(struct http_server *srv)
+{
+  atomic_store(&srv->draining, 1);
+}
+
+void http_stop(struct http_server *srv)
+{
+  if(!srv)
+    return;
+  mg_stop(srv->ctx);
+  free(srv);
+}

@@ -1,0 +1,34 @@
+/* The api's HTTP layer on CivetWeb: routing, the JSON error shape, and the endpoints of
+ * DESIGN §2. */
+#ifndef MSG_HTTP_H
+#define MSG_HTTP_H
+
+#include <stddef.h>
+
+#include "cfg.h"
+#include "publisher.h"
+#include "status_reader.h"
+#include "task_cache.h"
+
+/* What the handlers need; everything is borrowed and outlives the server. */
+struct http_deps {
+  const struct cfg *cfg;
+  struct publisher *publisher;
+  struct status_reader *reader;
+  struct task_cache *cache;
+};
+
+struct http_server;
+
+/* Starts listening on cfg->api.listen with cfg->api.threads workers. NULL with a reason in err
+ * (e.g. the port is taken). */
+struct http_server *http_start(const struct http_deps *deps, char *err, size_t errlen);
+
+/* Makes /readyz and /health answer 503 so load balancers stop sending, while requests keep
+ * being served. */
+void http_set_draining(struct http_server *srv);
+
+/* Stops accepting, waits for requests in flight, frees the server. NULL is a no-op. */
+void http_stop(struct http_server *srv);
+
+#endif

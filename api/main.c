@@ -1,0 +1,92 @@
+/* msg-api: accepts send requests over HTTP, publishes them as jobs with publisher confirms, and
+ * answers task status from a cache fed by the status stream. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "http.h"
+#include "log.h"
+#include "publisher.h"
+#include "status_reader.h"
+#include "task_cache.h"
+#include "util.h"
+
+#define PUBLISHER_DRAIN_MS 5000
+
+static void exit_now(int sig)
+{
+  (void)sig;
+  _exit(130);
+}
+
+int main(int argc, char **argv)
+{
+  int exit_code = 0, sig = 0;
+  sigset_t stop_signals;
+  char err[512];
+  struct cfg *cfg = cli_load(argc, argv, "msg-api",
+                             "HTTP API of the messaging service: POST /messages, GET /tasks/{id}.",
+                             &exit_code);
+  struct task_cache *cache = NULL;
+  struct status_reader *reader = NULL;
+  struct publisher *publisher = NULL;
+  struct http_server *http = NULL;
+  struct http_deps deps;
+  if(!cfg)
+    return exit_code;
+  log_setup(cfg->log.level, cfg->log.format, "msg-api");
+  srandom((unsigned)(util_now_ms() ^ getpid()));
+
+  /* Every thread inherits this mask, so only the sigwait below sees the stop signals. */
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+
+  cache = task_cache_new(cfg->api.cache_max_tasks);
+  if(!cache) {
+    log_error("out of memory creating the task cache");
+    exit_code = 1;
+    goto out;
+  }
+  reader = status_reader_start(cfg, cache, err, sizeof err);
+  publisher = reader ? publisher_start(cfg, err, sizeof err) : NULL;
+  if(!publisher) {
+    log_event(CFG_LOG_ERROR, "cannot start", "reason", err, NULL);
+    exit_code = 1;
+    goto out;
+  }
+  deps.cfg = cfg;
+  deps.publisher = publisher;
+  deps.reader = reader;
+  deps.cache = cache;
+  http = http_start(&deps, err, sizeof err);
+  if(!http) {
+    log_event(CFG_LOG_ERROR, "cannot start", "reason", err, NULL);
+    exit_code = 1;
+    goto out;
+  }
+  log_event(CFG_LOG_INFO, "msg-api started", "listen", cfg->api.listen, "version", MSG_VERSION,
+            NULL);
+
+  sigwait(&stop_signals, &sig);
+  /* A second signal ends the process at once. */
+  signal(SIGTERM, exit_now);
+  signal(SIGINT, exit_now);
+  pthread_sigmask(SIG_UNBLOCK, &stop_signals, NULL);
+  log_event(CFG_LOG_INFO, "stopping: finishing requests in flight", NULL);
+  http_set_draining(http);
+
+out:
+  http_stop(http); /* waits for requests in flight, which wait for their confirms */
+  publisher_stop(publisher, PUBLISHER_DRAIN_MS);
+  status_reader_stop(reader);
+  task_cache_free(cache);
+  if(!exit_code)
+    log_event(CFG_LOG_INFO, "msg-api stopped", NULL);
+  cfg_free(cfg);
+  return exit_code;
+}

@@ -1,0 +1,536 @@
+/* The api's publisher: one thread owns an AMQP connection with a confirm channel; HTTP worker
+ * threads hand it jobs and wait for the broker's confirm, many confirms in flight together. */
+#include "publisher.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "confirms.h"
+#include "log.h"
+#include "mq.h"
+#include "status.h"
+#include "util.h"
+
+#define CHANNEL 1
+#define CONNECT_TIMEOUT_MS 5000
+#define BACKOFF_MIN_MS 200
+#define BACKOFF_MAX_MS 5000
+
+/* One hand-over from an HTTP worker. It is shared by the worker (which may give up waiting)
+ * and the publisher thread, so it is freed when both released it (refs). All fields below
+ * `next` are guarded by pub->lock. */
+struct pub_req {
+  struct pub_req *next;
+  char task_id[UTIL_UUID_LEN];
+  char *job_body, *event_body;
+  size_t job_len, event_len;
+  int refs;
+  int job_done, job_ok, event_done;
+  pthread_cond_t done;
+};
+
+struct publisher {
+  const struct cfg *cfg;
+  pthread_t thread;
+  int wake_fd; /* eventfd: workers wake the thread when they queue work */
+
+  pthread_mutex_t lock; /* guards queue, stopping, ready, in_flight and pub_req states */
+  struct pub_req *queue_head, *queue_tail;
+  int stopping, ready;
+  int drain_ms;
+  size_t in_flight;
+
+  /* Owned by the publisher thread alone. */
+  amqp_connection_state_t conn;
+  struct confirms *confirms;
+};
+
+/* Confirm owners are pub_req pointers; the low bit tells the PENDING event from the job. */
+#define EVENT_BIT ((uintptr_t)1)
+
+static void req_release(struct pub_req *r)
+{
+  if(--r->refs)
+    return;
+  pthread_cond_destroy(&r->done);
+  free(r->job_body);
+  free(r->event_body);
+  free(r);
+}
+
+/* Runs on the publisher thread with pub->lock held (see settle_locked callers). */
+static void on_settle(void *owner, int ok, void *ctx)
+{
+  struct publisher *pub = ctx;
+  struct pub_req *r = (struct pub_req *)((uintptr_t)owner & ~EVENT_BIT);
+  if((uintptr_t)owner & EVENT_BIT) {
+    r->event_done = 1;
+    if(!ok)
+      log_event(CFG_LOG_WARN, "PENDING event not confirmed", "task_id", r->task_id, NULL);
+  }
+  else {
+    r->job_done = 1;
+    r->job_ok = ok;
+  }
+  if(r->job_done && r->event_done) {
+    pub->in_flight--;
+    pthread_cond_signal(&r->done);
+    req_release(r);
+  }
+}
+
+static void wake(struct publisher *pub)
+{
+  uint64_t one = 1;
+  /* A full eventfd counter already means "wake up", so a failed write loses nothing. */
+  if(write(pub->wake_fd, &one, sizeof one) < 0)
+    return;
+}
+
+static int build_req(struct pub_req *r, const struct publisher *pub, const struct job *job)
+{
+  struct status_event ev;
+  memset(&ev, 0, sizeof ev);
+  memcpy(ev.task_id, job->task_id, UTIL_UUID_LEN);
+  ev.status = TASK_PENDING;
+  ev.at_ms = job->created_at_ms;
+  ev.created_at_ms = job->created_at_ms;
+  ev.phone = (char *)job->phone;
+  ev.idempotency_key = job->idempotency_key;
+  memcpy(r->task_id, job->task_id, UTIL_UUID_LEN);
+  r->job_body = job_encode(job, &r->job_len);
+  r->event_body = status_event_encode(&ev, &r->event_len);
+  (void)pub;
+  return r->job_body && r->event_body ? 0 : -1;
+}
+
+enum pub_result publisher_submit(struct publisher *pub, const struct job *job, int timeout_ms)
+{
+  struct pub_req *r = calloc(1, sizeof *r);
+  struct timespec deadline;
+  enum pub_result res;
+  if(!r)
+    return PUB_UNAVAILABLE;
+  pthread_cond_init(&r->done, NULL);
+  r->refs = 1;
+  if(build_req(r, pub, job)) {
+    req_release(r);
+    return PUB_UNAVAILABLE;
+  }
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += timeout_ms / 1000;
+  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if(deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&pub->lock);
+  if(!pub->ready || pub->stopping) {
+    pthread_mutex_unlock(&pub->lock);
+    req_release(r);
+    return PUB_UNAVAILABLE;
+  }
+  r->refs = 2; /* this worker and the publisher thread */
+  pub->in_flight++;
+  if(pub->queue_tail)
+    pub->queue_tail->next = r;
+  else
+    pub->queue_head = r;
+  pub->queue_tail = r;
+  pthread_mutex_unlock(&pub->lock);
+  wake(pub);
+
+  pthread_mutex_lock(&pub->lock);
+  while(!(r->job_done && r->event_done)) {
+    int rc = pthread_cond_timedwait(&r->done, &pub->lock, &deadline);
+    if(rc == ETIMEDOUT)
+      break;
+  }
+  if(r->job_done)
+    res = r->job_ok ? PUB_OK : PUB_REJECTED;
+  else
+    res = PUB_TIMEOUT;
+  /* A job confirmed while its PENDING event is still out counts as accepted: the event is
+   * informational, the job is what must not be lost. */
+  req_release(r);
+  pthread_mutex_unlock(&pub->lock);
+  return res;
+}
+
+int publisher_ready(struct publisher *pub)
+{
+  int ready;
+  pthread_mutex_lock(&pub->lock);
+  ready = pub->ready && !pub->stopping;
+  pthread_mutex_unlock(&pub->lock);
+  return ready;
+}
+
+size_t publisher_in_flight(struct publisher *pub)
+{
+  size_t n;
+  pthread_mutex_lock(&pub->lock);
+  n = pub->in_flight;
+  pthread_mutex_unlock(&pub->lock);
+  return n;
+}
+
+static void set_ready(struct publisher *pub, int ready)
+{
+  pthread_mutex_lock(&pub->lock);
+  pub->ready = ready;
+  pthread_mutex_unlock(&pub->lock);
+}
+
+static void drop_connection(struct publisher *pub, const char *why)
+{
+  log_event(CFG_LOG_WARN, "broker connection lost", "role", "publisher", "reason", why, NULL);
+  set_ready(pub, 0);
+  /* After a socket-level error only destroy: close is an RPC that can hang on a dead peer. */
+  amqp_destroy_connection(pub->conn);
+  pub->conn = NULL;
+  pthread_mutex_lock(&pub->lock);
+  confirms_fail_all(pub->confirms);
+  pthread_mutex_unlock(&pub->lock);
+}
+
+static int connect_broker(struct publisher *pub)
+{
+  char err[512];
+  amqp_connection_state_t conn = mq_connect(pub->cfg, CONNECT_TIMEOUT_MS, err, sizeof err);
+  if(!conn) {
+    log_event(CFG_LOG_WARN, "cannot connect to the broker", "role", "publisher", "reason", err,
+              NULL);
+    return -1;
+  }
+  if(mq_channel_open(conn, CHANNEL, err, sizeof err) ||
+     mq_declare_topology(conn, CHANNEL, pub->cfg, err, sizeof err)) {
+    log_event(CFG_LOG_ERROR, "cannot set up the broker", "role", "publisher", "reason", err,
+              NULL);
+    amqp_destroy_connection(conn);
+    return -1;
+  }
+  if(!amqp_confirm_select(conn, CHANNEL)) {
+    log_event(CFG_LOG_ERROR, "cannot enable publisher confirms", "role", "publisher", NULL);
+    amqp_destroy_connection(conn);
+    return -1;
+  }
+  pub->conn = conn;
+  log_event(CFG_LOG_INFO, "connected to the broker", "role", "publisher", NULL);
+  set_ready(pub, 1);
+  return 0;
+}
+
+/* Publishes a job and its PENDING event. Both confirm slots are taken first, so whatever
+ * happens next the request is settled by a confirm or by confirms_fail_all. Returns
+ * AMQP_STATUS_OK, a rabbitmq-c error, or NOT_TRACKED when no slot could be taken. */
+#define NOT_TRACKED 1
+static int publish_one(struct publisher *pub, struct pub_req *r)
+{
+  amqp_basic_properties_t p;
+  const struct cfg *cfg = pub->cfg;
+  amqp_bytes_t body;
+  uint64_t seq_job, seq_event;
+  int rc;
+
+  pthread_mutex_lock(&pub->lock);
+  seq_job = confirms_add(pub->confirms, r);
+  seq_event = seq_job ? confirms_add(pub->confirms, (void *)((uintptr_t)r | EVENT_BIT)) : 0;
+  if(seq_job && !seq_event)
+    r->event_done = 1;
+  pthread_mutex_unlock(&pub->lock);
+  if(!seq_job)
+    return NOT_TRACKED;
+  if(!seq_event)
+    return AMQP_STATUS_NO_MEMORY;
+
+  memset(&p, 0, sizeof p);
+  p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+             AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
+             AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG |
+             AMQP_BASIC_TYPE_FLAG;
+  p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  p.content_type = amqp_cstring_bytes("application/json");
+  p.message_id = amqp_cstring_bytes(r->task_id);
+  p.correlation_id = amqp_cstring_bytes(r->task_id);
+  p.reply_to = amqp_cstring_bytes(cfg->topology.status_stream);
+  p.timestamp = (uint64_t)(util_now_ms() / 1000);
+  p.app_id = amqp_cstring_bytes("msg-api");
+  p.type = amqp_cstring_bytes("message.send");
+  body.bytes = r->job_body;
+  body.len = r->job_len;
+  /* mandatory: a job that no queue takes comes back as basic.return and fails the request. */
+  rc = amqp_basic_publish(pub->conn, CHANNEL, amqp_cstring_bytes(cfg->topology.exchange),
+                          amqp_cstring_bytes(MQ_KEY_SEND), 1, 0, &p, body);
+  if(rc != AMQP_STATUS_OK)
+    return rc;
+
+  p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+             AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+             AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG;
+  p.type = amqp_cstring_bytes("message.status");
+  body.bytes = r->event_body;
+  body.len = r->event_len;
+  return amqp_basic_publish(pub->conn, CHANNEL, amqp_empty_bytes,
+                            amqp_cstring_bytes(cfg->topology.status_stream), 0, 0, &p, body);
+}
+
+/* Matches a basic.return (by message_id) to the job publish it belongs to. */
+static int is_job_of(void *owner, void *task_id)
+{
+  if((uintptr_t)owner & EVENT_BIT)
+    return 0;
+  return !strcmp(((struct pub_req *)owner)->task_id, task_id);
+}
+
+/* Reads every frame available without blocking. Returns 0, or -1 when the connection is gone. */
+static int drain_frames(struct publisher *pub)
+{
+  for(;;) {
+    amqp_frame_t f;
+    struct timeval zero = {0, 0};
+    int rc;
+    memset(&f, 0, sizeof f);
+    rc = amqp_simple_wait_frame_noblock(pub->conn, &f, &zero);
+    if(rc == AMQP_STATUS_TIMEOUT)
+      break;
+    if(rc != AMQP_STATUS_OK) {
+      drop_connection(pub, amqp_error_string2(rc));
+      return -1;
+    }
+    if(f.frame_type != AMQP_FRAME_METHOD)
+      continue; /* heartbeats */
+    switch(f.payload.method.id) {
+    case AMQP_BASIC_ACK_METHOD: {
+      amqp_basic_ack_t *a = f.payload.method.decoded;
+      pthread_mutex_lock(&pub->lock);
+      confirms_settle(pub->confirms, a->delivery_tag, a->multiple, 1);
+      pthread_mutex_unlock(&pub->lock);
+      break;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+      amqp_basic_nack_t *n = f.payload.method.decoded;
+      pthread_mutex_lock(&pub->lock);
+      confirms_settle(pub->confirms, n->delivery_tag, n->multiple, 0);
+      pthread_mutex_unlock(&pub->lock);
+      break;
+    }
+    case AMQP_BASIC_RETURN_METHOD: {
+      amqp_message_t m;
+      char id[UTIL_UUID_LEN] = "";
+      /* The returned message's header and body follow; they must be read off the wire. */
+      if(amqp_read_message(pub->conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
+        drop_connection(pub, "cannot read a returned message");
+        return -1;
+      }
+      if((m.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
+         m.properties.message_id.len < sizeof id) {
+        memcpy(id, m.properties.message_id.bytes, m.properties.message_id.len);
+        id[m.properties.message_id.len] = '\0';
+      }
+      amqp_destroy_message(&m);
+      log_event(CFG_LOG_ERROR, "job returned unroutable: is the job queue bound?", "task_id",
+                id, NULL);
+      pthread_mutex_lock(&pub->lock);
+      confirms_mark_returned(pub->confirms, is_job_of, id);
+      pthread_mutex_unlock(&pub->lock);
+      break;
+    }
+    case AMQP_CONNECTION_BLOCKED_METHOD:
+      log_event(CFG_LOG_WARN, "broker blocked publishing (memory or disk alarm)", NULL);
+      set_ready(pub, 0);
+      break;
+    case AMQP_CONNECTION_UNBLOCKED_METHOD:
+      log_event(CFG_LOG_INFO, "broker unblocked publishing", NULL);
+      set_ready(pub, 1);
+      break;
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+      amqp_channel_close_t *c = f.payload.method.decoded;
+      char why[300];
+      snprintf(why, sizeof why, "channel closed by broker: %u %.*s", c->reply_code,
+               (int)c->reply_text.len, (const char *)c->reply_text.bytes);
+      drop_connection(pub, why);
+      return -1;
+    }
+    case AMQP_CONNECTION_CLOSE_METHOD:
+      drop_connection(pub, "connection closed by broker");
+      return -1;
+    default: break;
+    }
+  }
+  amqp_maybe_release_buffers(pub->conn);
+  return 0;
+}
+
+/* Fails requests that were never published: their workers answer 503 at once. */
+static void fail_list(struct publisher *pub, struct pub_req *list)
+{
+  pthread_mutex_lock(&pub->lock);
+  while(list) {
+    struct pub_req *r = list;
+    list = r->next;
+    r->job_done = r->event_done = 1;
+    r->job_ok = 0;
+    pub->in_flight--;
+    pthread_cond_signal(&r->done);
+    req_release(r);
+  }
+  pthread_mutex_unlock(&pub->lock);
+}
+
+static void fail_queue(struct publisher *pub)
+{
+  struct pub_req *list;
+  pthread_mutex_lock(&pub->lock);
+  list = pub->queue_head;
+  pub->queue_head = pub->queue_tail = NULL;
+  pthread_mutex_unlock(&pub->lock);
+  fail_list(pub, list);
+}
+
+static void *publisher_main(void *arg)
+{
+  struct publisher *pub = arg;
+  int backoff = BACKOFF_MIN_MS;
+  int64_t drain_deadline = 0;
+  int hb_wait = pub->cfg->broker.heartbeat_ms ? (int)(pub->cfg->broker.heartbeat_ms / 2) : 1000;
+  if(hb_wait > 1000)
+    hb_wait = 1000;
+  for(;;) {
+    struct pub_req *batch;
+    struct pollfd pfd[2];
+    int stopping, timeout;
+    uint64_t drained;
+
+    pthread_mutex_lock(&pub->lock);
+    stopping = pub->stopping;
+    batch = pub->queue_head;
+    pub->queue_head = pub->queue_tail = NULL;
+    pthread_mutex_unlock(&pub->lock);
+
+    if(stopping && !drain_deadline)
+      drain_deadline = util_mono_ms() + pub->drain_ms;
+
+    if(!pub->conn) {
+      /* Requests handed over while disconnected cannot wait for a reconnect. */
+      fail_list(pub, batch);
+      if(stopping)
+        break;
+      if(connect_broker(pub)) {
+        int sleep_ms = backoff / 2 + (int)(random() % (backoff / 2 + 1));
+        struct pollfd w = {pub->wake_fd, POLLIN, 0};
+        poll(&w, 1, sleep_ms); /* a stop request cuts the wait short */
+        if(read(pub->wake_fd, &drained, sizeof drained) < 0)
+          drained = 0;
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+      }
+      else
+        backoff = BACKOFF_MIN_MS;
+      continue;
+    }
+
+    while(batch) {
+      struct pub_req *r = batch;
+      int rc;
+      batch = r->next;
+      r->next = NULL;
+      rc = publish_one(pub, r);
+      if(rc != AMQP_STATUS_OK) {
+        if(rc == NOT_TRACKED) {
+          r->next = batch;
+          batch = r;
+        }
+        drop_connection(pub, rc < 0 ? amqp_error_string2(rc) : "out of memory");
+        fail_list(pub, batch);
+        batch = NULL;
+      }
+    }
+    if(!pub->conn)
+      continue;
+    if(drain_frames(pub))
+      continue;
+
+    if(stopping) {
+      size_t left;
+      pthread_mutex_lock(&pub->lock);
+      left = confirms_outstanding(pub->confirms) + (pub->queue_head != NULL);
+      pthread_mutex_unlock(&pub->lock);
+      if(!left || util_mono_ms() >= drain_deadline)
+        break;
+    }
+
+    timeout = amqp_frames_enqueued(pub->conn) || amqp_data_in_buffer(pub->conn) ? 0 : hb_wait;
+    pfd[0].fd = amqp_get_sockfd(pub->conn);
+    pfd[0].events = POLLIN;
+    pfd[1].fd = pub->wake_fd;
+    pfd[1].events = POLLIN;
+    if(stopping && timeout > 50)
+      timeout = 50;
+    if(poll(pfd, 2, timeout) > 0 && (pfd[1].revents & POLLIN))
+      if(read(pub->wake_fd, &drained, sizeof drained) < 0)
+        drained = 0;
+  }
+  if(pub->conn) {
+    mq_close(pub->conn);
+    pub->conn = NULL;
+  }
+  pthread_mutex_lock(&pub->lock);
+  pub->ready = 0;
+  confirms_fail_all(pub->confirms);
+  pthread_mutex_unlock(&pub->lock);
+  fail_queue(pub);
+  return NULL;
+}
+
+struct publisher *publisher_start(const struct cfg *cfg, char *err, size_t errlen)
+{
+  struct publisher *pub = calloc(1, sizeof *pub);
+  if(!pub) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  pub->cfg = cfg;
+  pub->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  pub->confirms = confirms_new(on_settle, pub);
+  pthread_mutex_init(&pub->lock, NULL);
+  if(pub->wake_fd < 0 || !pub->confirms) {
+    snprintf(err, errlen, "cannot set up the publisher: %s", strerror(errno));
+    goto fail;
+  }
+  if(pthread_create(&pub->thread, NULL, publisher_main, pub)) {
+    snprintf(err, errlen, "cannot start the publisher thread");
+    goto fail;
+  }
+  return pub;
+fail:
+  if(pub->wake_fd >= 0)
+    close(pub->wake_fd);
+  confirms_free(pub->confirms);
+  pthread_mutex_destroy(&pub->lock);
+  free(pub);
+  return NULL;
+}
+
+void publisher_stop(struct publisher *pub, int drain_ms)
+{
+  if(!pub)
+    return;
+  pthread_mutex_lock(&pub->lock);
+  pub->stopping = 1;
+  pub->drain_ms = drain_ms;
+  pthread_mutex_unlock(&pub->lock);
+  wake(pub);
+  pthread_join(pub->thread, NULL);
+  close(pub->wake_fd);
+  confirms_free(pub->confirms);
+  pthread_mutex_destroy(&pub->lock);
+  free(pub);
+}

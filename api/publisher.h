@@ -1,0 +1,39 @@
+/* The api's publisher: one thread owns an AMQP connection with a confirm channel; HTTP worker
+ * threads hand it jobs and wait for the broker's confirm, many confirms in flight together. */
+#ifndef MSG_PUBLISHER_H
+#define MSG_PUBLISHER_H
+
+#include <stddef.h>
+
+#include "cfg.h"
+#include "job.h"
+
+struct publisher;
+
+enum pub_result {
+  PUB_OK = 0,       /* the broker confirmed the job */
+  PUB_UNAVAILABLE,  /* not connected to the broker, or shutting down */
+  PUB_TIMEOUT,      /* no confirm within the wait; the job may still be confirmed later */
+  PUB_REJECTED      /* the broker refused the job (nack, or no queue bound) */
+};
+
+/* Starts the publisher thread; it connects (and reconnects) on its own. `cfg` is borrowed and
+ * must outlive the publisher. Returns NULL with a reason in err when the thread cannot start. */
+struct publisher *publisher_start(const struct cfg *cfg, char *err, size_t errlen);
+
+/* Stops accepting, publishes what was handed over, waits up to drain_ms for outstanding
+ * confirms, closes the connection and frees everything. NULL is a no-op. */
+void publisher_stop(struct publisher *pub, int drain_ms);
+
+/* Publishes `job` (persistent, mandatory, to the work exchange) and its PENDING status event
+ * (to the status stream), then waits up to timeout_ms for the job's confirm. The job is
+ * borrowed for the call. Safe from any thread. */
+enum pub_result publisher_submit(struct publisher *pub, const struct job *job, int timeout_ms);
+
+/* 1 while connected with the topology declared and the broker not blocking publishes. */
+int publisher_ready(struct publisher *pub);
+
+/* Publishes handed over and not yet confirmed. */
+size_t publisher_in_flight(struct publisher *pub);
+
+#endif

@@ -1,0 +1,142 @@
+/* Validation of the POST /messages body (DESIGN §2), separate from HTTP so it can be unit
+ * tested and fuzzed. */
+#include "request.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(struct request_error *err, int status, const char *code, const char *field,
+                const char *message)
+{
+  err->status = status;
+  err->code = code;
+  snprintf(err->field, sizeof err->field, "%s", field ? field : "");
+  snprintf(err->message, sizeof err->message, "%s", message);
+  return -1;
+}
+
+/* Nesting depth outside strings, stopping early past the limit. */
+static int too_deep(const char *s, size_t len)
+{
+  int depth = 0, in_string = 0;
+  for(size_t i = 0; i < len; i++) {
+    char c = s[i];
+    if(in_string) {
+      if(c == '\\')
+        i++;
+      else if(c == '"')
+        in_string = 0;
+    }
+    else if(c == '"')
+      in_string = 1;
+    else if(c == '{' || c == '[') {
+      if(++depth > REQUEST_MAX_DEPTH)
+        return 1;
+    }
+    else if(c == '}' || c == ']')
+      depth--;
+  }
+  return 0;
+}
+
+static int field_error(struct request_error *err, const char *field, enum job_field_error fe)
+{
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s %s", field, job_field_error_text(fe));
+  return fail(err, 422, fe == JOB_FIELD_MISSING ? "missing_field" : "invalid_field", field, msg);
+}
+
+int request_parse_message(const char *body, size_t len, const char *default_instance,
+                          struct job *job, struct request_error *err)
+{
+  json_error_t je;
+  json_t *root, *phone, *message, *instance;
+  const char *key;
+  json_t *value;
+  char norm[JOB_PHONE_LEN];
+  enum job_field_error fe;
+  const char *instance_name = default_instance;
+  char *msg_copy = NULL, *inst_copy = NULL;
+  int rc = -1;
+
+  if(len == 0)
+    return fail(err, 400, "invalid_json", NULL, "the request body is empty");
+  if(too_deep(body, len))
+    return fail(err, 400, "invalid_json", NULL, "the JSON nests too deeply");
+  root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+  if(!root) {
+    char detail[256];
+    snprintf(detail, sizeof detail, "malformed JSON at line %d, column %d: %s", je.line,
+             je.column, je.text);
+    return fail(err, 400, "invalid_json", NULL, detail);
+  }
+  if(!json_is_object(root)) {
+    fail(err, 422, "invalid_body", NULL, "the body must be a JSON object");
+    goto out;
+  }
+  json_object_foreach(root, key, value) {
+    if(strcmp(key, "phone") && strcmp(key, "message") && strcmp(key, "instance_name")) {
+      char field[64], msg[80];
+      snprintf(field, sizeof field, "%.60s", key);
+      snprintf(msg, sizeof msg, "unknown field %s", field);
+      fail(err, 422, "unknown_field", field, msg);
+      goto out;
+    }
+  }
+  phone = json_object_get(root, "phone");
+  message = json_object_get(root, "message");
+  instance = json_object_get(root, "instance_name");
+  if(!phone || json_is_null(phone)) {
+    field_error(err, "phone", JOB_FIELD_MISSING);
+    goto out;
+  }
+  if(!json_is_string(phone)) {
+    field_error(err, "phone", JOB_FIELD_NOT_STRING);
+    goto out;
+  }
+  if((fe = job_normalize_phone(json_string_value(phone), norm)) != JOB_FIELD_OK) {
+    field_error(err, "phone", fe);
+    goto out;
+  }
+  if(!message || json_is_null(message)) {
+    field_error(err, "message", JOB_FIELD_MISSING);
+    goto out;
+  }
+  if(!json_is_string(message)) {
+    field_error(err, "message", JOB_FIELD_NOT_STRING);
+    goto out;
+  }
+  if((fe = job_check_message(json_string_value(message), json_string_length(message))) !=
+     JOB_FIELD_OK) {
+    field_error(err, "message", fe);
+    goto out;
+  }
+  if(instance && !json_is_null(instance)) {
+    if(!json_is_string(instance)) {
+      field_error(err, "instance_name", JOB_FIELD_NOT_STRING);
+      goto out;
+    }
+    instance_name = json_string_value(instance);
+    if((fe = job_check_instance(instance_name)) != JOB_FIELD_OK) {
+      field_error(err, "instance_name", fe);
+      goto out;
+    }
+  }
+  msg_copy = strdup(json_string_value(message));
+  inst_copy = strdup(instance_name);
+  if(!msg_copy || !inst_copy) {
+    free(msg_copy);
+    free(inst_copy);
+    fail(err, 503, "out_of_memory", NULL, "the server is out of memory");
+    goto out;
+  }
+  memcpy(job->phone, norm, sizeof norm);
+  job->message = msg_copy;
+  job->instance_name = inst_copy;
+  rc = 0;
+out:
+  json_decref(root);
+  return rc;
+}

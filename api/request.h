@@ -1,0 +1,29 @@
+/* Validation of the POST /messages body (DESIGN §2), separate from HTTP so it can be unit
+ * tested and fuzzed. */
+#ifndef MSG_REQUEST_H
+#define MSG_REQUEST_H
+
+#include <stddef.h>
+
+#include "job.h"
+
+/* JSON nesting allowed in a request body. jansson parses recursively, and CivetWeb workers
+ * have small stacks, so deeper documents are refused before parsing. */
+#define REQUEST_MAX_DEPTH 32
+
+/* What was wrong, ready for the JSON error shape {code, message, field}. */
+struct request_error {
+  int status;         /* 400 or 422 */
+  const char *code;   /* machine code, static storage */
+  char message[256];  /* a human sentence */
+  char field[64];     /* JSON path of the field at fault, "" when none */
+};
+
+/* Parses and validates a POST /messages body of `len` bytes. On success returns 0 and fills
+ * job->phone, job->message and job->instance_name (default_instance when absent); the caller
+ * owns those strings (job_free, or free them). On failure returns -1, fills *err and leaves
+ * *job untouched. task_id, created_at_ms and idempotency_key are not touched. */
+int request_parse_message(const char *body, size_t len, const char *default_instance,
+                          struct job *job, struct request_error *err);
+
+#endif

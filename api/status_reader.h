@@ -1,0 +1,29 @@
+/* The api's status reader: one thread owns an AMQP connection that consumes the status stream,
+ * from the start of retention at boot and then live, into the task cache. */
+#ifndef MSG_STATUS_READER_H
+#define MSG_STATUS_READER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cfg.h"
+#include "task_cache.h"
+
+struct status_reader;
+
+/* Starts the reader thread; cfg and cache are borrowed and must outlive it. NULL with a reason
+ * in err when the thread cannot start. */
+struct status_reader *status_reader_start(const struct cfg *cfg, struct task_cache *cache,
+                                          char *err, size_t errlen);
+
+/* Stops the thread, closes its connection and frees the reader. NULL is a no-op. */
+void status_reader_stop(struct status_reader *r);
+
+/* 1 once connected and caught up with the stream (no backlog left to replay). */
+int status_reader_ready(struct status_reader *r);
+
+/* Events applied so far, and the stream offset of the last one read (-1 before any). */
+uint64_t status_reader_events(struct status_reader *r);
+int64_t status_reader_offset(struct status_reader *r);
+
+#endif

@@ -1,0 +1,210 @@
+/* In-memory task states fed by the status stream; answers GET /tasks/{id}. */
+#include "task_cache.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One task. Strings that only some states have are allocated; the rest is inline so a million
+ * tasks stay within a few hundred MiB. */
+struct task {
+  struct task *chain;  /* next in the same hash bucket */
+  struct task *newer;  /* insertion order, for dropping the oldest */
+  char id[UTIL_UUID_LEN];
+  char phone[JOB_PHONE_LEN];
+  unsigned char status;
+  int attempt;
+  int64_t rank;
+  int64_t created_at_ms, updated_at_ms, next_retry_at_ms;
+  char *evolution_key, *error_code, *error_message;
+};
+
+struct task_cache {
+  pthread_rwlock_t lock; /* guards everything below */
+  struct task **buckets;
+  size_t nbuckets, count, max;
+  struct task *oldest, *newest;
+};
+
+static uint64_t hash_id(const char *s)
+{
+  uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+  for(; *s; s++) {
+    h ^= (unsigned char)*s;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+struct task_cache *task_cache_new(size_t max_tasks)
+{
+  struct task_cache *c = calloc(1, sizeof *c);
+  size_t n = 1024;
+  if(!c)
+    return NULL;
+  /* Buckets sized once for the maximum keep lookups short without rehashing under the lock. */
+  while(n < max_tasks && n < ((size_t)1 << 26))
+    n <<= 1;
+  c->buckets = calloc(n, sizeof *c->buckets);
+  if(!c->buckets) {
+    free(c);
+    return NULL;
+  }
+  c->nbuckets = n;
+  c->max = max_tasks;
+  pthread_rwlock_init(&c->lock, NULL);
+  return c;
+}
+
+static void task_free(struct task *t)
+{
+  free(t->evolution_key);
+  free(t->error_code);
+  free(t->error_message);
+  free(t);
+}
+
+void task_cache_free(struct task_cache *c)
+{
+  if(!c)
+    return;
+  for(struct task *t = c->oldest, *next; t; t = next) {
+    next = t->newer;
+    task_free(t);
+  }
+  pthread_rwlock_destroy(&c->lock);
+  free(c->buckets);
+  free(c);
+}
+
+static struct task *find(struct task_cache *c, const char *id)
+{
+  struct task *t = c->buckets[hash_id(id) & (c->nbuckets - 1)];
+  while(t && strcmp(t->id, id))
+    t = t->chain;
+  return t;
+}
+
+static void drop_oldest(struct task_cache *c)
+{
+  struct task *t = c->oldest, **pp;
+  pp = &c->buckets[hash_id(t->id) & (c->nbuckets - 1)];
+  while(*pp != t)
+    pp = &(*pp)->chain;
+  *pp = t->chain;
+  c->oldest = t->newer;
+  if(!c->oldest)
+    c->newest = NULL;
+  c->count--;
+  task_free(t);
+}
+
+static int replace(char **dst, const char *src)
+{
+  char *copy = NULL;
+  if(src && !(copy = strdup(src)))
+    return -1;
+  free(*dst);
+  *dst = copy;
+  return 0;
+}
+
+int task_cache_apply(struct task_cache *c, const struct status_event *ev)
+{
+  int64_t rank = status_rank(ev->status, ev->attempt);
+  struct task *t;
+  int rc = 1;
+  pthread_rwlock_wrlock(&c->lock);
+  t = find(c, ev->task_id);
+  if(t && rank <= t->rank) {
+    rc = 0;
+    goto out;
+  }
+  if(!t) {
+    size_t b;
+    t = calloc(1, sizeof *t);
+    if(!t) {
+      rc = -1;
+      goto out;
+    }
+    memcpy(t->id, ev->task_id, UTIL_UUID_LEN);
+    if(c->count >= c->max)
+      drop_oldest(c);
+    b = hash_id(t->id) & (c->nbuckets - 1);
+    t->chain = c->buckets[b];
+    c->buckets[b] = t;
+    if(c->newest)
+      c->newest->newer = t;
+    else
+      c->oldest = t;
+    c->newest = t;
+    c->count++;
+  }
+  t->rank = rank;
+  t->status = (unsigned char)ev->status;
+  t->attempt = ev->attempt;
+  t->updated_at_ms = ev->at_ms;
+  if(ev->created_at_ms)
+    t->created_at_ms = ev->created_at_ms;
+  else if(!t->created_at_ms)
+    t->created_at_ms = ev->at_ms;
+  if(ev->phone && strlen(ev->phone) < sizeof t->phone)
+    strcpy(t->phone, ev->phone);
+  t->next_retry_at_ms = ev->status == TASK_RETRY ? ev->next_retry_at_ms : 0;
+  if(replace(&t->evolution_key, ev->evolution_key) ||
+     replace(&t->error_code, ev->status == TASK_SUCCESS ? NULL : ev->error_code) ||
+     replace(&t->error_message, ev->status == TASK_SUCCESS ? NULL : ev->error_message))
+    rc = -1;
+out:
+  pthread_rwlock_unlock(&c->lock);
+  return rc;
+}
+
+static json_t *time_or_null(int64_t ms)
+{
+  char buf[UTIL_TIME_LEN];
+  return ms ? json_string(util_format_time(ms, buf)) : json_null();
+}
+
+char *task_cache_render(struct task_cache *c, const char *task_id)
+{
+  struct task *t;
+  json_t *doc = NULL, *result, *error;
+  char *out = NULL;
+  pthread_rwlock_rdlock(&c->lock);
+  t = find(c, task_id);
+  if(!t)
+    goto out;
+  if(t->status == TASK_SUCCESS)
+    result = json_pack("{s:b, s:s, s:s?}", "success", 1, "phone", t->phone, "evolution_key",
+                       t->evolution_key);
+  else
+    result = json_null();
+  if(t->error_code)
+    error = json_pack("{s:s, s:s}", "code", t->error_code, "message",
+                      t->error_message ? t->error_message : "");
+  else
+    error = json_null();
+  doc = json_pack("{s:s, s:s, s:i, s:o, s:o, s:o, s:o, s:o}", "task_id", t->id, "status",
+                  status_name((enum task_status)t->status), "attempts", t->attempt,
+                  "created_at", time_or_null(t->created_at_ms), "updated_at",
+                  time_or_null(t->updated_at_ms), "result", result, "error", error,
+                  "next_retry_at", time_or_null(t->next_retry_at_ms));
+  if(doc)
+    out = json_dumps(doc, JSON_COMPACT);
+out:
+  pthread_rwlock_unlock(&c->lock);
+  json_decref(doc);
+  return out;
+}
+
+size_t task_cache_size(struct task_cache *c)
+{
+  size_t n;
+  pthread_rwlock_rdlock(&c->lock);
+  n = c->count;
+  pthread_rwlock_unlock(&c->lock);
+  return n;
+}

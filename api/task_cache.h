@@ -1,0 +1,31 @@
+/* In-memory task states fed by the status stream; answers GET /tasks/{id}. Thread-safe: many
+ * CivetWeb workers read while the status reader thread writes, under one rwlock. */
+#ifndef MSG_TASK_CACHE_H
+#define MSG_TASK_CACHE_H
+
+#include <stddef.h>
+
+#include "status.h"
+
+struct task_cache;
+
+/* Creates a cache holding at most max_tasks tasks; the oldest task is dropped to make room.
+ * NULL when out of memory. */
+struct task_cache *task_cache_new(size_t max_tasks);
+
+/* Frees the cache; NULL is a no-op. */
+void task_cache_free(struct task_cache *cache);
+
+/* Applies one event. Status only moves forward: an event that ranks at or below the task's
+ * current state (status_rank) is ignored. Returns 1 when applied, 0 when ignored, -1 when out
+ * of memory. The event stays owned by the caller. */
+int task_cache_apply(struct task_cache *cache, const struct status_event *ev);
+
+/* Renders the task document of DESIGN §2 for `task_id`. Returns a malloc'd JSON string (caller
+ * frees) or NULL when the task is unknown (or out of memory). */
+char *task_cache_render(struct task_cache *cache, const char *task_id);
+
+/* Number of tasks held. */
+size_t task_cache_size(struct task_cache *cache);
+
+#endif

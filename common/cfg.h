@@ -1,0 +1,100 @@
+/* Service configuration: the YAML schema of DESIGN §5, loaded from a file plus environment overrides. */
+#ifndef MSG_CFG_H
+#define MSG_CFG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum cfg_log_level { CFG_LOG_DEBUG, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR };
+enum cfg_log_format { CFG_LOG_JSON, CFG_LOG_TEXT };
+enum cfg_queue_type { CFG_QUEUE_QUORUM, CFG_QUEUE_CLASSIC };
+enum cfg_api_version { CFG_EVO_V1 = 1, CFG_EVO_V2 = 2 };
+
+/* Every string below is owned by the struct cfg and freed by cfg_free. Durations are in
+ * milliseconds, sizes in bytes. A field always holds a valid value once cfg_load succeeded:
+ * the defaults of DESIGN §5 where the file and the environment said nothing. */
+struct cfg {
+  char *path; /* the file the configuration came from */
+
+  struct {
+    char *url;             /* amqp://user:pass@host:port/vhost or amqps:// */
+    uint64_t heartbeat_ms; /* 0 disables; else 1s..1h */
+    char *connection_name; /* host name is appended at connect time */
+    struct {
+      char *ca_file, *cert_file, *key_file; /* "" when unset */
+      bool verify_peer;
+    } tls;
+  } broker;
+
+  struct {
+    char *exchange, *queue, *retry_queue_prefix, *dead_letter_queue, *status_stream;
+    enum cfg_queue_type queue_type;
+    uint64_t status_retention_ms; /* 1m..365d */
+  } topology;
+
+  struct {
+    char *listen;          /* host:port, validated */
+    unsigned threads;      /* 1..1024 */
+    size_t max_body;       /* 1KiB..16MiB */
+    char **api_keys;       /* n_api_keys strings; empty list = no authentication */
+    size_t n_api_keys;
+    size_t cache_max_tasks; /* 1..100000000 */
+  } api;
+
+  struct {
+    unsigned prefetch;         /* 1..65535 */
+    uint64_t shutdown_grace_ms;
+    char *health_listen;       /* host:port, validated */
+  } consumer;
+
+  struct {
+    char *url;      /* http:// or https:// base URL, no trailing slash kept */
+    char *api_key;  /* may be "" (then the request has no apikey header) */
+    char *instance; /* [A-Za-z0-9._-]{1,64} */
+    enum cfg_api_version api_version;
+    uint64_t timeout_ms, connect_timeout_ms;
+    double rate_limit; /* sends per second per instance; 0 = unlimited */
+  } evolution;
+
+  struct {
+    uint64_t *delays_ms; /* n_delays entries, each 1ms..24h; at most 32 entries */
+    size_t n_delays;
+  } retry;
+
+  struct {
+    enum cfg_log_level level;
+    enum cfg_log_format format;
+  } log;
+};
+
+/* Loads the configuration from `path` (YAML), expands ${VAR} and ${VAR:-default} inside scalar
+ * values, then applies the environment overrides AMQP_URL, EVOLUTION_API_URL, EVOLUTION_API_KEY,
+ * EVOLUTION_INSTANCE_NAME, APP_HOST, APP_PORT and LOG_LEVEL (read with getenv).
+ *
+ * On success returns a new struct cfg (caller frees with cfg_free) and sets *errors to NULL.
+ * On failure returns NULL and sets *errors to a malloc'd string (caller frees with free) holding
+ * one line per problem, each ending in '\n', in file order, in the form
+ *   path:line:column: key.path: expected ..., got "..."
+ * Problems in an environment variable read `$NAME: expected ..., got "..."`. Every problem of the
+ * file is reported, not just the first. */
+struct cfg *cfg_load(const char *path, char **errors);
+
+/* Frees everything cfg_load returned. cfg_free(NULL) is a no-op. */
+void cfg_free(struct cfg *cfg);
+
+/* Parses a duration such as "250ms", "5s", "2m", "24h", "7d" into milliseconds.
+ * Returns 0 and writes *out on success, -1 when the text is not a duration. */
+int cfg_parse_duration(const char *text, uint64_t *out);
+
+/* Parses a size such as "512", "64KiB", "1MiB", "1GiB" (also KB/MB/GB as powers of 1000) into
+ * bytes. Returns 0 and writes *out on success, -1 otherwise. */
+int cfg_parse_size(const char *text, uint64_t *out);
+
+/* Splits "host:port" (host may be empty, a name, an IPv4 address or [IPv6]); returns 0 on
+ * success and writes the host (malloc'd, caller frees) and the port, -1 otherwise.
+ * An IPv6 host is written without its brackets, as getaddrinfo wants it; host or port may be
+ * NULL to validate only. Nothing is written on failure. */
+int cfg_split_listen(const char *text, char **host, unsigned *port);
+
+#endif

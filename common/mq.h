@@ -1,0 +1,62 @@
+/* AMQP helpers over rabbitmq-c: connect with a connection name, declare the topology of
+ * DESIGN §3, read header tables. The caller's thread owns the connection it gets. */
+#ifndef MSG_MQ_H
+#define MSG_MQ_H
+
+#include <amqp.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/time.h>
+
+#include "cfg.h"
+
+/* Routing keys on the work exchange. Retry queues are bound with "retry.<delay>". */
+#define MQ_KEY_SEND "send"
+#define MQ_KEY_DEAD "dead"
+/* Quorum queue poison guard: a job whose deliveries keep failing without an ack (a consumer
+ * crashing on it) is dead-lettered to the dead queue after this many returns. */
+#define MQ_DELIVERY_LIMIT 10
+
+/* Connects and logs in to cfg->broker.url (amqps:// uses TLS with cfg->broker.tls), announcing
+ * "<cfg->broker.connection_name>@<host name>" as the connection name and the capabilities
+ * connection.blocked and consumer_cancel_notify. Each connect and each RPC is bounded by
+ * `timeout_ms`. Returns the connection (caller destroys it with mq_close or, after a socket
+ * error, amqp_destroy_connection), or NULL with a reason in err[errlen]. */
+amqp_connection_state_t mq_connect(const struct cfg *cfg, int timeout_ms, char *err,
+                                   size_t errlen);
+
+/* Opens `channel`; returns 0 or -1 with a reason in err. */
+int mq_channel_open(amqp_connection_state_t conn, amqp_channel_t channel, char *err,
+                    size_t errlen);
+
+/* Declares the work exchange, the job queue, one retry queue per distinct retry delay, the dead
+ * queue and the status stream, with their bindings, on `channel`. Idempotent while the
+ * arguments are unchanged. Returns 0, or -1 with the broker's reason in err. */
+int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t channel,
+                        const struct cfg *cfg, char *err, size_t errlen);
+
+/* Writes the retry queue name for a delay ("messages.retry.5s") into buf. */
+void mq_retry_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf, size_t len);
+
+/* Writes the routing key of a delay's retry queue ("retry.5s") into buf. */
+void mq_retry_routing_key(uint64_t delay_ms, char *buf, size_t len);
+
+/* Describes an RPC reply that was not AMQP_RESPONSE_NORMAL into buf; returns buf. */
+char *mq_reply_text(amqp_rpc_reply_t reply, char *buf, size_t len);
+
+/* Closes channel 1.. and the connection politely (bounded by the RPC timeout set at connect)
+ * and destroys it. Use only on a healthy connection; NULL is a no-op. */
+void mq_close(amqp_connection_state_t conn);
+
+/* Looks a key up in a header table (keys are not NUL-terminated); NULL when absent. The value
+ * is borrowed from the table. */
+const amqp_field_value_t *mq_table_get(const amqp_table_t *table, const char *key);
+
+/* Reads an integer header of any AMQP integer kind; returns 0 and writes *out, or -1. */
+int mq_table_get_int(const amqp_table_t *table, const char *key, int64_t *out);
+
+/* Builders for table entries; strings are borrowed until the table is sent. */
+amqp_table_entry_t mq_entry_str(const char *key, const char *value);
+amqp_table_entry_t mq_entry_i64(const char *key, int64_t value);
+
+#endif

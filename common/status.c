@@ -1,0 +1,143 @@
+/* Status events (DESIGN §3) and the rule that a task's status only moves forward. */
+#include "status.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const NAMES[] = {"PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"};
+
+const char *status_name(enum task_status s)
+{
+  return NAMES[s];
+}
+
+int status_from_name(const char *name, enum task_status *out)
+{
+  for(size_t i = 0; i < sizeof NAMES / sizeof NAMES[0]; i++)
+    if(!strcmp(name, NAMES[i])) {
+      *out = (enum task_status)i;
+      return 0;
+    }
+  return -1;
+}
+
+int64_t status_rank(enum task_status s, int attempt)
+{
+  /* Attempt n goes STARTED then RETRY, and attempt n+1 starts after that RETRY. */
+  switch(s) {
+  case TASK_PENDING: return 0;
+  case TASK_STARTED: return (int64_t)attempt * 2 + 1;
+  case TASK_RETRY: return (int64_t)attempt * 2 + 2;
+  case TASK_SUCCESS:
+  case TASK_FAILURE: return INT64_MAX;
+  }
+  return 0;
+}
+
+static int set_str(json_t *o, const char *key, const char *v)
+{
+  return v ? json_object_set_new(o, key, json_string(v)) : 0;
+}
+
+static int set_time(json_t *o, const char *key, int64_t ms)
+{
+  char buf[UTIL_TIME_LEN];
+  return ms ? json_object_set_new(o, key, json_string(util_format_time(ms, buf))) : 0;
+}
+
+char *status_event_encode(const struct status_event *ev, size_t *len)
+{
+  char at[UTIL_TIME_LEN];
+  json_t *o = json_pack("{s:i, s:s, s:s, s:i, s:s}", "v", STATUS_SCHEMA_VERSION, "task_id",
+                        ev->task_id, "status", status_name(ev->status), "attempt", ev->attempt,
+                        "at", util_format_time(ev->at_ms, at));
+  char *out = NULL;
+  if(!o)
+    return NULL;
+  if(set_time(o, "created_at", ev->created_at_ms) || set_str(o, "phone", ev->phone) ||
+     set_str(o, "idempotency_key", ev->idempotency_key) ||
+     set_time(o, "next_retry_at", ev->next_retry_at_ms))
+    goto done;
+  if(ev->evolution_key) {
+    json_t *r = json_pack("{s:b, s:s?, s:s}", "success", 1, "phone", ev->phone, "evolution_key",
+                          ev->evolution_key);
+    if(!r || json_object_set_new(o, "result", r))
+      goto done;
+  }
+  if(ev->error_code) {
+    json_t *e = json_pack("{s:s, s:s}", "code", ev->error_code, "message",
+                          ev->error_message ? ev->error_message : "");
+    if(!e || json_object_set_new(o, "error", e))
+      goto done;
+  }
+  out = json_dumps(o, JSON_COMPACT);
+  if(out)
+    *len = strlen(out);
+done:
+  json_decref(o);
+  return out;
+}
+
+void status_event_clear(struct status_event *ev)
+{
+  free(ev->phone);
+  free(ev->evolution_key);
+  free(ev->error_code);
+  free(ev->error_message);
+  free(ev->idempotency_key);
+  memset(ev, 0, sizeof *ev);
+}
+
+static int dup_opt(const char *src, char **dst)
+{
+  if(!src)
+    return 0;
+  *dst = strdup(src);
+  return *dst ? 0 : -1;
+}
+
+int status_event_decode(const char *body, size_t len, struct status_event *ev, char *err,
+                        size_t errlen)
+{
+  json_error_t je;
+  json_t *root = json_loadb(body, len, 0, &je);
+  const char *task_id, *status, *at, *created = NULL, *phone = NULL, *idem = NULL,
+             *next = NULL, *key = NULL, *code = NULL, *emsg = NULL;
+  json_int_t version, attempt;
+  memset(ev, 0, sizeof *ev);
+  if(!root) {
+    snprintf(err, errlen, "not JSON: line %d column %d: %s", je.line, je.column, je.text);
+    return -1;
+  }
+  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:I, s:s, s?s, s?s, s?s, s?s, s?{s?s}, s?{s?s, s?s}}",
+                    "v", &version, "task_id", &task_id, "status", &status, "attempt", &attempt,
+                    "at", &at, "created_at", &created, "phone", &phone, "idempotency_key",
+                    &idem, "next_retry_at", &next, "result", "evolution_key", &key, "error",
+                    "code", &code, "message", &emsg)) {
+    snprintf(err, errlen, "bad status event: %s", je.text);
+    goto fail;
+  }
+  if(version != STATUS_SCHEMA_VERSION || !util_is_uuid(task_id) ||
+     status_from_name(status, &ev->status) || attempt < 0 || attempt > 1000000 ||
+     util_parse_time(at, &ev->at_ms) || (created && util_parse_time(created, &ev->created_at_ms)) ||
+     (next && util_parse_time(next, &ev->next_retry_at_ms))) {
+    snprintf(err, errlen, "bad status event: a field is out of range");
+    goto fail;
+  }
+  memcpy(ev->task_id, task_id, UTIL_UUID_LEN);
+  ev->attempt = (int)attempt;
+  if(dup_opt(phone, &ev->phone) || dup_opt(idem, &ev->idempotency_key) ||
+     dup_opt(key, &ev->evolution_key) || dup_opt(code, &ev->error_code) ||
+     dup_opt(emsg, &ev->error_message)) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
+  json_decref(root);
+  return 0;
+fail:
+  status_event_clear(ev);
+  json_decref(root);
+  return -1;
+}

@@ -1,0 +1,52 @@
+/* Status events (DESIGN §3) and the rule that a task's status only moves forward. */
+#ifndef MSG_STATUS_H
+#define MSG_STATUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "job.h"
+#include "util.h"
+
+#define STATUS_SCHEMA_VERSION 1
+
+enum task_status { TASK_PENDING, TASK_STARTED, TASK_RETRY, TASK_SUCCESS, TASK_FAILURE };
+
+/* One state change of a task. Strings are owned by the event (free with status_event_clear);
+ * optional ones are NULL when absent, optional times 0. */
+struct status_event {
+  char task_id[UTIL_UUID_LEN];
+  enum task_status status;
+  int attempt;            /* 0 for PENDING, 1 for the first delivery attempt, ... */
+  int64_t at_ms;          /* when the change happened */
+  int64_t created_at_ms;  /* when the api accepted the job, 0 if unknown */
+  char *phone;            /* canonical phone */
+  char *evolution_key;    /* SUCCESS: Evolution API's message id (key.id) */
+  char *error_code;       /* RETRY/FAILURE: machine code, e.g. "evolution_http_500" */
+  char *error_message;    /* RETRY/FAILURE: human sentence */
+  int64_t next_retry_at_ms; /* RETRY */
+  char *idempotency_key;
+};
+
+/* The status name used on the wire and in task documents ("PENDING", ...). */
+const char *status_name(enum task_status s);
+
+/* Parses a status name; returns 0 and writes *out, or -1. */
+int status_from_name(const char *name, enum task_status *out);
+
+/* Where an event sits in a task's life: later events have larger ranks. SUCCESS and FAILURE
+ * rank above everything, so a late or duplicate event never moves a finished task back. */
+int64_t status_rank(enum task_status s, int attempt);
+
+/* Encodes an event as JSON. Returns a malloc'd string (caller frees) and its length, or NULL. */
+char *status_event_encode(const struct status_event *ev, size_t *len);
+
+/* Decodes an event. On success returns 0 and fills *ev (caller calls status_event_clear);
+ * on failure returns -1, leaves *ev empty and writes a reason into err[errlen]. */
+int status_event_decode(const char *body, size_t len, struct status_event *ev, char *err,
+                        size_t errlen);
+
+/* Frees the strings of an event and zeroes it; safe on a zeroed event. */
+void status_event_clear(struct status_event *ev);
+
+#endif

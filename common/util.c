@@ -1,0 +1,142 @@
+/* Small helpers shared by both daemons: clocks, timestamps, task ids. */
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+int64_t util_now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t util_mono_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+char *util_format_time(int64_t ms, char *buf)
+{
+  time_t secs = (time_t)(ms / 1000);
+  int millis = (int)(ms % 1000);
+  struct tm tm;
+  if(millis < 0) {
+    millis += 1000;
+    secs -= 1;
+  }
+  gmtime_r(&secs, &tm);
+  /* strftime cannot print milliseconds, and snprintf of the whole stamp trips
+   * -Wformat-truncation on the theoretical 5-digit years; append them by hand. */
+  strftime(buf, UTIL_TIME_LEN - 5, "%Y-%m-%dT%H:%M:%S", &tm);
+  {
+    size_t n = strlen(buf);
+    buf[n] = '.';
+    buf[n + 1] = (char)('0' + millis / 100);
+    buf[n + 2] = (char)('0' + millis / 10 % 10);
+    buf[n + 3] = (char)('0' + millis % 10);
+    buf[n + 4] = 'Z';
+    buf[n + 5] = '\0';
+  }
+  return buf;
+}
+
+static int digits(const char **p, int n, int *out)
+{
+  int v = 0;
+  for(int i = 0; i < n; i++) {
+    if(!isdigit((unsigned char)**p))
+      return -1;
+    v = v * 10 + (**p - '0');
+    (*p)++;
+  }
+  *out = v;
+  return 0;
+}
+
+int util_parse_time(const char *text, int64_t *ms)
+{
+  const char *p = text;
+  int y, mo, d, h, mi, s, millis = 0, off = 0;
+  struct tm tm;
+  if(digits(&p, 4, &y) || *p++ != '-' || digits(&p, 2, &mo) || *p++ != '-' ||
+     digits(&p, 2, &d) || (*p != 'T' && *p != 't' && *p != ' '))
+    return -1;
+  p++;
+  if(digits(&p, 2, &h) || *p++ != ':' || digits(&p, 2, &mi) || *p++ != ':' || digits(&p, 2, &s))
+    return -1;
+  if(*p == '.') {
+    int scale = 100;
+    p++;
+    if(!isdigit((unsigned char)*p))
+      return -1;
+    while(isdigit((unsigned char)*p)) {
+      millis += (*p - '0') * scale;
+      scale /= 10;
+      p++;
+    }
+  }
+  if(*p == 'Z' || *p == 'z')
+    p++;
+  else if(*p == '+' || *p == '-') {
+    int sign = *p++ == '-' ? -1 : 1, oh, om;
+    if(digits(&p, 2, &oh) || *p++ != ':' || digits(&p, 2, &om) || oh > 23 || om > 59)
+      return -1;
+    off = sign * (oh * 60 + om);
+  }
+  else
+    return -1;
+  if(*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60)
+    return -1;
+  memset(&tm, 0, sizeof tm);
+  tm.tm_year = y - 1900;
+  tm.tm_mon = mo - 1;
+  tm.tm_mday = d;
+  tm.tm_hour = h;
+  tm.tm_min = mi;
+  tm.tm_sec = s;
+  *ms = ((int64_t)timegm(&tm) - (int64_t)off * 60) * 1000 + millis;
+  return 0;
+}
+
+int util_uuid4(char *buf)
+{
+  unsigned char b[16];
+  size_t got = 0;
+  while(got < sizeof b) {
+    ssize_t n = getrandom(b + got, sizeof b - got, 0);
+    if(n < 0) {
+      if(errno == EINTR)
+        continue;
+      return -1;
+    }
+    got += (size_t)n;
+  }
+  b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+  b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+  snprintf(buf, UTIL_UUID_LEN,
+           "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+           b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+           b[15]);
+  return 0;
+}
+
+int util_is_uuid(const char *s)
+{
+  for(int i = 0; i < 36; i++) {
+    if(i == 8 || i == 13 || i == 18 || i == 23) {
+      if(s[i] != '-')
+        return 0;
+    }
+    else if(!isxdigit((unsigned char)s[i]))
+      return 0;
+  }
+  return s[36] == '\0';
+}

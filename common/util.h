@@ -1,0 +1,31 @@
+/* Small helpers shared by both daemons: clocks, timestamps, task ids. */
+#ifndef MSG_UTIL_H
+#define MSG_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Wall-clock time in milliseconds since the Unix epoch. */
+int64_t util_now_ms(void);
+
+/* Monotonic time in milliseconds, for deadlines and latencies. */
+int64_t util_mono_ms(void);
+
+/* Formats `ms` (Unix epoch milliseconds) as RFC 3339 UTC with milliseconds,
+ * "2026-11-28T12:00:00.000Z", into buf (at least UTIL_TIME_LEN bytes). Returns buf. */
+#define UTIL_TIME_LEN 32
+char *util_format_time(int64_t ms, char *buf);
+
+/* Parses the RFC 3339 form util_format_time writes (also without milliseconds, and with a
+ * numeric offset). Returns 0 and writes *ms on success, -1 otherwise. */
+int util_parse_time(const char *text, int64_t *ms);
+
+/* Writes a random (version 4) UUID in its 36-character lower-case form plus NUL into buf.
+ * Returns 0, or -1 when the system has no randomness to give. */
+#define UTIL_UUID_LEN 37
+int util_uuid4(char *buf);
+
+/* Returns 1 when `s` is a UUID in the canonical 8-4-4-4-12 hexadecimal form, else 0. */
+int util_is_uuid(const char *s);
+
+#endif

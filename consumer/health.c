@@ -1,0 +1,123 @@
+/* The consumer's small HTTP listener for probes: /livez, /readyz, /health. */
+#include "health.h"
+
+#include <civetweb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* The loop turns at least every second; a loop silent this long is stuck. */
+#define LOOP_STALL_MS 10000
+
+struct health_server {
+  const struct cfg *cfg;
+  struct worker_state *state;
+  struct mg_context *ctx;
+  int64_t started_ms;
+};
+
+static int send_text(struct mg_connection *conn, int status, const char *body)
+{
+  mg_response_header_start(conn, status);
+  mg_response_header_add(conn, "Content-Type", "application/json; charset=utf-8", -1);
+  mg_response_header_add(conn, "Cache-Control", "no-store", -1);
+  {
+    char len[24];
+    snprintf(len, sizeof len, "%zu", strlen(body));
+    mg_response_header_add(conn, "Content-Length", len, -1);
+  }
+  mg_response_header_send(conn);
+  mg_write(conn, body, strlen(body));
+  return status;
+}
+
+static int route(struct mg_connection *conn, void *arg)
+{
+  struct health_server *srv = arg;
+  struct worker_state *s = srv->state;
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  const char *path = ri->local_uri ? ri->local_uri : "/";
+  int64_t since = util_mono_ms() - atomic_load(&s->loop_at_ms);
+  int live = since < LOOP_STALL_MS;
+  int ready = live && atomic_load(&s->connected) && !atomic_load(&s->draining);
+  char body[512];
+  if(strcmp(ri->request_method, "GET"))
+    return send_text(conn, 405,
+                     "{\"success\":false,\"error\":{\"code\":\"method_not_allowed\",\"message\":"
+                     "\"use GET\"}}");
+  if(!strcmp(path, "/livez"))
+    return send_text(conn, live ? 200 : 503, live ? "{\"status\":\"ok\"}" : "{\"status\":\"stalled\"}");
+  if(!strcmp(path, "/readyz"))
+    return send_text(conn, ready ? 200 : 503,
+                     ready ? "{\"status\":\"ready\"}" : "{\"status\":\"not ready\"}");
+  if(!strcmp(path, "/health") || !strcmp(path, "/")) {
+    snprintf(body, sizeof body,
+             "{\"status\":\"%s\",\"service\":\"msg-consumer\",\"version\":\"%s\","
+             "\"uptime_seconds\":%lld,\"broker\":{\"connected\":%s},\"draining\":%s,"
+             "\"in_flight\":%lld,\"succeeded\":%lld,\"retried\":%lld,\"parked\":%lld,"
+             "\"redelivered\":%lld}",
+             ready ? "ok" : "unavailable", MSG_VERSION,
+             (long long)((util_mono_ms() - srv->started_ms) / 1000),
+             atomic_load(&s->connected) ? "true" : "false",
+             atomic_load(&s->draining) ? "true" : "false", (long long)atomic_load(&s->in_flight),
+             (long long)atomic_load(&s->succeeded), (long long)atomic_load(&s->retried),
+             (long long)atomic_load(&s->parked), (long long)atomic_load(&s->redelivered));
+    return send_text(conn, ready ? 200 : 503, body);
+  }
+  return send_text(conn, 404,
+                   "{\"success\":false,\"error\":{\"code\":\"not_found\",\"message\":\"no such "
+                   "endpoint\"}}");
+}
+
+static int on_log(const struct mg_connection *conn, const char *message)
+{
+  (void)conn;
+  (void)message;
+  return 1; /* the probes' own errors are not worth a log line */
+}
+
+struct health_server *health_start(const struct cfg *cfg, struct worker_state *state, char *err,
+                                   size_t errlen)
+{
+  struct health_server *srv = calloc(1, sizeof *srv);
+  struct mg_callbacks cb;
+  struct mg_init_data init;
+  struct mg_error_data error;
+  char etext[256] = "";
+  unsigned ecode = 0;
+  const char *opts[] = {"listening_ports", cfg->consumer.health_listen, "num_threads", "2",
+                        "request_timeout_ms", "5000", NULL};
+  if(!srv) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  srv->cfg = cfg;
+  srv->state = state;
+  srv->started_ms = util_mono_ms();
+  memset(&cb, 0, sizeof cb);
+  cb.log_message = on_log;
+  init.callbacks = &cb;
+  init.user_data = srv;
+  init.configuration_options = opts;
+  error.code = &ecode;
+  error.text = etext;
+  error.text_buffer_size = sizeof etext;
+  srv->ctx = mg_start2(&init, &error);
+  if(!srv->ctx) {
+    snprintf(err, errlen, "cannot listen on %s: %s", cfg->consumer.health_listen, etext);
+    free(srv);
+    return NULL;
+  }
+  mg_set_request_handler(srv->ctx, "/", route, srv);
+  return srv;
+}
+
+void health_stop(struct health_server *srv)
+{
+  if(!srv)
+    return;
+  mg_stop(srv->ctx);
+  free(srv);
+}

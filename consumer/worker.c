@@ -1,0 +1,602 @@
+/* The consumer's event loop: one thread owns the AMQP connection (deliveries on one channel,
+ * confirmed publishes on another) and drives the Evolution API transfers next to it. */
+#include "worker.h"
+
+#include <amqp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "confirms.h"
+#include "evo.h"
+#include "job.h"
+#include "log.h"
+#include "mq.h"
+#include "status.h"
+#include "util.h"
+
+#define CONSUME_CH 1
+#define PUBLISH_CH 2
+#define CONNECT_TIMEOUT_MS 5000
+#define BACKOFF_MIN_MS 200
+#define BACKOFF_MAX_MS 10000
+/* After the grace period, publishes already under way get this long to be confirmed. */
+#define SETTLE_EXTRA_MS 3000
+
+/* One delivery from the job queue, from arrival until its ack or nack. It is referenced by
+ * exactly one of: the Evolution transfer (while sending), or its tracked publishes (while its
+ * outcome is being recorded). */
+struct delivery {
+  uint64_t tag;
+  struct job *job; /* NULL for a job that could not be parsed */
+  char *raw;       /* the job body as received, republished unchanged to retry/dead */
+  size_t raw_len;
+  int attempt;     /* 1 for the first delivery attempt */
+  int pending;     /* tracked publishes not yet confirmed */
+  int failed;      /* one of them was nacked or returned */
+  int64_t started_ms;
+  char ref[64];    /* correlation id of its publishes, to match basic.return */
+};
+
+struct worker {
+  const struct cfg *cfg;
+  struct worker_state *state;
+  amqp_connection_state_t conn;
+  amqp_bytes_t consumer_tag;
+  struct confirms *confirms;
+  struct evo_client *evo;
+  long long in_flight;
+};
+
+static void delivery_free(struct delivery *d)
+{
+  if(!d)
+    return;
+  job_free(d->job);
+  free(d->raw);
+  free(d);
+}
+
+static void set_in_flight(struct worker *w, long long delta)
+{
+  w->in_flight += delta;
+  atomic_store(&w->state->in_flight, w->in_flight);
+}
+
+/* ---- publishing ------------------------------------------------------------------------ */
+
+/* Publishes on the confirm channel; a non-NULL owner is tracked and settled later. Returns
+ * 0, or -1 when the connection failed (the loop notices and reconnects). */
+static int publish(struct worker *w, struct delivery *owner, const char *exchange,
+                   const char *key, int mandatory, amqp_basic_properties_t *p, const char *body,
+                   size_t len)
+{
+  amqp_bytes_t b;
+  int rc;
+  if(!w->conn)
+    return -1;
+  if(owner) {
+    if(!confirms_add(w->confirms, owner))
+      return -1;
+    owner->pending++;
+  }
+  else if(!confirms_add(w->confirms, NULL))
+    return -1;
+  b.bytes = (void *)body;
+  b.len = len;
+  rc = amqp_basic_publish(w->conn, PUBLISH_CH, amqp_cstring_bytes(exchange),
+                          amqp_cstring_bytes(key), mandatory, 0, p, b);
+  if(rc != AMQP_STATUS_OK) {
+    log_event(CFG_LOG_WARN, "publish failed", "reason", amqp_error_string2(rc), NULL);
+    return -1;
+  }
+  return 0;
+}
+
+/* Publishes a status event of d's task to the job's status stream. */
+static int publish_status(struct worker *w, struct delivery *d, struct delivery *owner,
+                          struct status_event *ev)
+{
+  amqp_basic_properties_t p;
+  size_t len;
+  char *body;
+  int rc;
+  memcpy(ev->task_id, d->job->task_id, UTIL_UUID_LEN);
+  ev->attempt = d->attempt;
+  ev->at_ms = util_now_ms();
+  ev->created_at_ms = d->job->created_at_ms;
+  ev->phone = d->job->phone;
+  ev->idempotency_key = d->job->idempotency_key;
+  body = status_event_encode(ev, &len);
+  if(!body)
+    return -1;
+  memset(&p, 0, sizeof p);
+  p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+             AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+             AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG;
+  p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  p.content_type = amqp_cstring_bytes("application/json");
+  p.correlation_id = amqp_cstring_bytes(d->job->task_id);
+  p.timestamp = (uint64_t)(ev->at_ms / 1000);
+  p.app_id = amqp_cstring_bytes("msg-consumer");
+  p.type = amqp_cstring_bytes("message.status");
+  rc = publish(w, owner, "", w->cfg->topology.status_stream, 0, &p, body, len);
+  free(body);
+  return rc;
+}
+
+/* Properties of a job republished to a retry or dead queue: the original ones that matter,
+ * plus our headers. x-death is deliberately not copied (DESIGN §3: cycle detection reads it). */
+static void job_props(struct worker *w, struct delivery *d, amqp_basic_properties_t *p,
+                      amqp_table_entry_t *headers, int nheaders)
+{
+  memset(p, 0, sizeof *p);
+  p->_flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+              AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG |
+              AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG |
+              AMQP_BASIC_HEADERS_FLAG;
+  p->delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  p->content_type = amqp_cstring_bytes("application/json");
+  p->correlation_id = amqp_cstring_bytes(d->ref);
+  if(d->job) {
+    p->_flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
+    p->message_id = amqp_cstring_bytes(d->job->task_id);
+  }
+  p->reply_to = amqp_cstring_bytes(w->cfg->topology.status_stream);
+  p->timestamp = (uint64_t)(util_now_ms() / 1000);
+  p->app_id = amqp_cstring_bytes("msg-consumer");
+  p->type = amqp_cstring_bytes("message.send");
+  p->headers.num_entries = nheaders;
+  p->headers.entries = headers;
+}
+
+/* Parks a job in the dead queue with why, then records FAILURE; acked once both are confirmed. */
+static void park(struct worker *w, struct delivery *d, const char *reason, const char *code,
+                 const char *message)
+{
+  amqp_basic_properties_t p;
+  amqp_table_entry_t h[5];
+  char failed_at[UTIL_TIME_LEN];
+  struct status_event ev;
+  h[0] = mq_entry_str("x-failure-reason", reason);
+  h[1] = mq_entry_i64("x-attempts", d->attempt);
+  h[2] = mq_entry_str("x-last-error", message);
+  h[3] = mq_entry_str("x-failed-at", util_format_time(util_now_ms(), failed_at));
+  h[4] = mq_entry_str("x-error-code", code);
+  job_props(w, d, &p, h, 5);
+  atomic_fetch_add(&w->state->parked, 1);
+  log_event(CFG_LOG_WARN, "job parked", "task_id", d->job ? d->job->task_id : NULL, "reason",
+            reason, "error", code, "detail", message, NULL);
+  if(publish(w, d, w->cfg->topology.exchange, MQ_KEY_DEAD, 1, &p, d->raw, d->raw_len))
+    return;
+  if(!d->job)
+    return; /* a malformed job has no task to report on */
+  memset(&ev, 0, sizeof ev);
+  ev.status = TASK_FAILURE;
+  ev.error_code = (char *)code;
+  ev.error_message = (char *)message;
+  publish_status(w, d, d, &ev);
+}
+
+static void retry_later(struct worker *w, struct delivery *d, const struct evo_outcome *o)
+{
+  uint64_t delay = w->cfg->retry.delays_ms[d->attempt - 1];
+  amqp_basic_properties_t p;
+  amqp_table_entry_t h[1];
+  char key[64], attempt[16];
+  struct status_event ev;
+  /* The attempt number travels on the message, so it survives consumer restarts. */
+  h[0] = mq_entry_i64("x-attempt", d->attempt + 1);
+  job_props(w, d, &p, h, 1);
+  mq_retry_routing_key(delay, key, sizeof key);
+  snprintf(attempt, sizeof attempt, "%d", d->attempt);
+  atomic_fetch_add(&w->state->retried, 1);
+  log_event(CFG_LOG_INFO, "delivery failed, will retry", "task_id", d->job->task_id, "attempt",
+            attempt, "error", o->code, "detail", o->message, "retry_queue", key, NULL);
+  if(publish(w, d, w->cfg->topology.exchange, key, 1, &p, d->raw, d->raw_len))
+    return;
+  memset(&ev, 0, sizeof ev);
+  ev.status = TASK_RETRY;
+  ev.error_code = (char *)o->code;
+  ev.error_message = (char *)o->message;
+  ev.next_retry_at_ms = util_now_ms() + (int64_t)delay;
+  publish_status(w, d, d, &ev);
+}
+
+/* ---- outcomes -------------------------------------------------------------------------- */
+
+static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
+{
+  struct worker *w = ctx;
+  struct delivery *d = owner;
+  char latency[24], status[8], attempt[16];
+  snprintf(latency, sizeof latency, "%lld", (long long)(util_mono_ms() - d->started_ms));
+  snprintf(status, sizeof status, "%ld", o->http_status);
+  snprintf(attempt, sizeof attempt, "%d", d->attempt);
+  if(o->config_fault)
+    log_event(CFG_LOG_ERROR, "Evolution API configuration fault", "task_id", d->job->task_id,
+              "error", o->code, "detail", o->message, NULL);
+  switch(o->cls) {
+  case EVO_SUCCESS:
+  case EVO_ALREADY_SENT: {
+    struct status_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.status = TASK_SUCCESS;
+    if(o->cls == EVO_SUCCESS)
+      ev.evolution_key = (char *)o->key_id;
+    else {
+      ev.error_code = (char *)o->code;
+      ev.error_message = (char *)o->message;
+    }
+    atomic_fetch_add(&w->state->succeeded, 1);
+    log_event(CFG_LOG_INFO, "message delivered", "task_id", d->job->task_id, "attempt", attempt,
+              "outcome", o->code, "evolution_key", o->key_id[0] ? o->key_id : NULL, "latency_ms",
+              latency, NULL);
+    publish_status(w, d, d, &ev);
+    break;
+  }
+  case EVO_TRANSIENT:
+    if((size_t)d->attempt <= w->cfg->retry.n_delays)
+      retry_later(w, d, o);
+    else
+      park(w, d, "retries_exhausted", o->code, o->message);
+    break;
+  case EVO_PERMANENT:
+    log_event(CFG_LOG_INFO, "delivery refused", "task_id", d->job->task_id, "attempt", attempt,
+              "http_status", status, "error", o->code, NULL);
+    park(w, d, "permanent", o->code, o->message);
+    break;
+  }
+  if(!d->pending) {
+    /* Nothing could be published: the connection is gone and the broker will redeliver. */
+    set_in_flight(w, -1);
+    delivery_free(d);
+  }
+}
+
+/* All of a delivery's publishes are settled: ack it, or requeue it when one failed. */
+static void on_settle(void *owner, int ok, void *ctx)
+{
+  struct worker *w = ctx;
+  struct delivery *d = owner;
+  if(!d)
+    return; /* an untracked STARTED event */
+  if(!ok)
+    d->failed = 1;
+  if(--d->pending)
+    return;
+  if(w->conn) {
+    if(d->failed)
+      amqp_basic_nack(w->conn, CONSUME_CH, d->tag, 0, 1);
+    else
+      amqp_basic_ack(w->conn, CONSUME_CH, d->tag, 0);
+  }
+  set_in_flight(w, -1);
+  delivery_free(d);
+}
+
+static void on_abort(void *owner, void *ctx)
+{
+  struct worker *w = ctx;
+  struct delivery *d = owner;
+  /* Requeue so another attempt happens soon; on a dead connection the broker does it. */
+  if(w->conn)
+    amqp_basic_nack(w->conn, CONSUME_CH, d->tag, 0, 1);
+  set_in_flight(w, -1);
+  delivery_free(d);
+}
+
+/* ---- deliveries ------------------------------------------------------------------------ */
+
+static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, int redelivered)
+{
+  struct delivery *d = calloc(1, sizeof *d);
+  char err[256];
+  int64_t attempt = 1;
+  if(!d || !(d->raw = malloc(m->body.len + 1))) {
+    /* Out of memory: give it back for later. */
+    free(d);
+    amqp_basic_nack(w->conn, CONSUME_CH, tag, 0, 1);
+    return;
+  }
+  d->tag = tag;
+  memcpy(d->raw, m->body.bytes, m->body.len);
+  d->raw[m->body.len] = '\0';
+  d->raw_len = m->body.len;
+  d->started_ms = util_mono_ms();
+  if((m->properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
+     !mq_table_get_int(&m->properties.headers, "x-attempt", &attempt) &&
+     (attempt < 1 || attempt > 1000))
+    attempt = 1;
+  d->attempt = (int)attempt;
+  set_in_flight(w, 1);
+  if(redelivered)
+    atomic_fetch_add(&w->state->redelivered, 1);
+  if(job_decode(d->raw, d->raw_len, &d->job, err, sizeof err)) {
+    snprintf(d->ref, sizeof d->ref, "malformed-%llu", (unsigned long long)tag);
+    /* Parked at once: a job that cannot be parsed never gets better by looping. */
+    park(w, d, "malformed", "malformed_job", err);
+    if(!d->pending) {
+      set_in_flight(w, -1);
+      delivery_free(d);
+    }
+    return;
+  }
+  snprintf(d->ref, sizeof d->ref, "%s", d->job->task_id);
+  {
+    struct status_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.status = TASK_STARTED;
+    publish_status(w, d, NULL, &ev);
+  }
+  if(evo_send(w->evo, d->job, d)) {
+    log_event(CFG_LOG_ERROR, "cannot start an Evolution API request", "task_id",
+              d->job->task_id, NULL);
+    on_abort(d, w);
+  }
+}
+
+static int match_ref(void *owner, void *ref)
+{
+  return owner && !strcmp(((struct delivery *)owner)->ref, ref);
+}
+
+/* Reads every frame available without blocking. Returns 0, or -1 when the connection is gone. */
+static int drain_frames(struct worker *w)
+{
+  for(;;) {
+    amqp_frame_t f;
+    struct timeval zero = {0, 0};
+    int rc;
+    memset(&f, 0, sizeof f);
+    rc = amqp_simple_wait_frame_noblock(w->conn, &f, &zero);
+    if(rc == AMQP_STATUS_TIMEOUT)
+      break;
+    if(rc != AMQP_STATUS_OK) {
+      log_event(CFG_LOG_WARN, "broker connection lost", "reason", amqp_error_string2(rc), NULL);
+      return -1;
+    }
+    if(f.frame_type != AMQP_FRAME_METHOD)
+      continue;
+    switch(f.payload.method.id) {
+    case AMQP_BASIC_DELIVER_METHOD: {
+      amqp_basic_deliver_t *dl = f.payload.method.decoded;
+      uint64_t tag = dl->delivery_tag;
+      int redelivered = dl->redelivered;
+      amqp_message_t m;
+      memset(&m, 0, sizeof m);
+      if(amqp_read_message(w->conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
+        log_event(CFG_LOG_WARN, "broker connection lost while reading a delivery", NULL);
+        return -1;
+      }
+      start_delivery(w, tag, &m, redelivered);
+      amqp_destroy_message(&m);
+      break;
+    }
+    case AMQP_BASIC_ACK_METHOD: {
+      amqp_basic_ack_t *a = f.payload.method.decoded;
+      confirms_settle(w->confirms, a->delivery_tag, a->multiple, 1);
+      break;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+      amqp_basic_nack_t *n = f.payload.method.decoded;
+      confirms_settle(w->confirms, n->delivery_tag, n->multiple, 0);
+      break;
+    }
+    case AMQP_BASIC_RETURN_METHOD: {
+      amqp_message_t m;
+      char ref[64] = "";
+      memset(&m, 0, sizeof m);
+      if(amqp_read_message(w->conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL)
+        return -1;
+      if((m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) &&
+         m.properties.correlation_id.len < sizeof ref) {
+        memcpy(ref, m.properties.correlation_id.bytes, m.properties.correlation_id.len);
+        ref[m.properties.correlation_id.len] = '\0';
+      }
+      amqp_destroy_message(&m);
+      log_event(CFG_LOG_ERROR, "publish returned unroutable: is the topology declared?", "ref",
+                ref, NULL);
+      confirms_mark_returned(w->confirms, match_ref, ref);
+      break;
+    }
+    case AMQP_BASIC_CANCEL_METHOD:
+      log_event(CFG_LOG_WARN, "the broker cancelled our consumer (queue deleted?)", NULL);
+      return -1;
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+      amqp_channel_close_t *c = f.payload.method.decoded;
+      char why[300];
+      snprintf(why, sizeof why, "%u %.*s", c->reply_code, (int)c->reply_text.len,
+               (const char *)c->reply_text.bytes);
+      log_event(CFG_LOG_ERROR, "channel closed by the broker", "reason", why, NULL);
+      return -1;
+    }
+    case AMQP_CONNECTION_CLOSE_METHOD:
+      log_event(CFG_LOG_WARN, "connection closed by the broker", NULL);
+      return -1;
+    case AMQP_CONNECTION_BLOCKED_METHOD:
+      log_event(CFG_LOG_WARN, "broker blocked publishing (memory or disk alarm)", NULL);
+      break;
+    case AMQP_CONNECTION_UNBLOCKED_METHOD:
+      log_event(CFG_LOG_INFO, "broker unblocked publishing", NULL);
+      break;
+    default: break;
+    }
+  }
+  amqp_maybe_release_buffers(w->conn);
+  return 0;
+}
+
+/* ---- connection ------------------------------------------------------------------------ */
+
+static int connect_broker(struct worker *w)
+{
+  char err[512];
+  amqp_basic_consume_ok_t *ok;
+  amqp_connection_state_t conn = mq_connect(w->cfg, CONNECT_TIMEOUT_MS, err, sizeof err);
+  if(!conn) {
+    log_event(CFG_LOG_WARN, "cannot connect to the broker", "reason", err, NULL);
+    return -1;
+  }
+  if(mq_channel_open(conn, CONSUME_CH, err, sizeof err) ||
+     mq_channel_open(conn, PUBLISH_CH, err, sizeof err) ||
+     mq_declare_topology(conn, PUBLISH_CH, w->cfg, err, sizeof err))
+    goto fail;
+  if(!amqp_confirm_select(conn, PUBLISH_CH)) {
+    snprintf(err, sizeof err, "confirm.select refused");
+    goto fail;
+  }
+  /* Quorum queues refuse a global prefetch; per-consumer is what bounds in-flight sends. */
+  if(!amqp_basic_qos(conn, CONSUME_CH, 0, (uint16_t)w->cfg->consumer.prefetch, 0)) {
+    snprintf(err, sizeof err, "basic.qos refused");
+    goto fail;
+  }
+  ok = amqp_basic_consume(conn, CONSUME_CH, amqp_cstring_bytes(w->cfg->topology.queue),
+                          amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+  if(!ok) {
+    mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
+    goto fail;
+  }
+  w->consumer_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
+  w->conn = conn;
+  atomic_store(&w->state->connected, 1);
+  log_event(CFG_LOG_INFO, "consuming", "queue", w->cfg->topology.queue, NULL);
+  return 0;
+fail:
+  log_event(CFG_LOG_ERROR, "cannot set up the broker", "reason", err, NULL);
+  amqp_destroy_connection(conn);
+  return -1;
+}
+
+/* Drops the connection after a failure: unacked deliveries go back to the queue on the
+ * broker's side, so in-flight work here is simply abandoned. */
+static void drop_connection(struct worker *w)
+{
+  atomic_store(&w->state->connected, 0);
+  amqp_destroy_connection(w->conn);
+  w->conn = NULL;
+  amqp_bytes_free(w->consumer_tag);
+  w->consumer_tag = amqp_empty_bytes;
+  evo_abort_all(w->evo, on_abort, w);
+  confirms_fail_all(w->confirms);
+}
+
+static void cancel_consumer(struct worker *w)
+{
+  amqp_basic_cancel_t req;
+  if(!w->conn)
+    return;
+  req.consumer_tag = w->consumer_tag;
+  req.nowait = 1;
+  /* No wait for cancel-ok: it would stall the loop while deliveries are in flight. */
+  amqp_send_method(w->conn, CONSUME_CH, AMQP_BASIC_CANCEL_METHOD, &req);
+}
+
+/* Reads the signalfd; returns the number of stop signals read. */
+static int read_signals(int fd)
+{
+  struct signalfd_siginfo si;
+  int n = 0;
+  while(read(fd, &si, sizeof si) == (ssize_t)sizeof si)
+    n++;
+  return n;
+}
+
+int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
+{
+  struct worker w;
+  int backoff = BACKOFF_MIN_MS, signals = 0, rc = 0;
+  int64_t grace_deadline = 0, settle_deadline = 0, retry_at = 0;
+  int hb_wait = cfg->broker.heartbeat_ms ? (int)(cfg->broker.heartbeat_ms / 2) : 1000;
+  if(hb_wait > 1000)
+    hb_wait = 1000;
+  memset(&w, 0, sizeof w);
+  w.cfg = cfg;
+  w.state = state;
+  w.confirms = confirms_new(on_settle, &w);
+  w.evo = evo_client_new(cfg, on_http_done, &w);
+  if(!w.confirms || !w.evo) {
+    log_error("out of memory starting the worker");
+    confirms_free(w.confirms);
+    evo_client_free(w.evo);
+    return 1;
+  }
+  for(;;) {
+    int timeout = hb_wait;
+    int fds[2];
+    int nfds = 0;
+    int64_t now = util_mono_ms();
+    atomic_store(&state->loop_at_ms, now);
+
+    if(signals == 1 && !grace_deadline) {
+      log_event(CFG_LOG_INFO, "stopping: finishing deliveries in flight", NULL);
+      atomic_store(&state->draining, 1);
+      cancel_consumer(&w);
+      grace_deadline = now + (int64_t)cfg->consumer.shutdown_grace_ms;
+      settle_deadline = grace_deadline + SETTLE_EXTRA_MS;
+    }
+    if(signals >= 2) {
+      log_event(CFG_LOG_WARN, "second stop signal: exiting at once", NULL);
+      rc = 1;
+      break;
+    }
+    if(grace_deadline) {
+      if(!w.in_flight || !w.conn)
+        break;
+      if(now >= grace_deadline && evo_in_flight(w.evo)) {
+        log_event(CFG_LOG_WARN, "grace period over: requeueing deliveries still sending", NULL);
+        evo_abort_all(w.evo, on_abort, &w);
+      }
+      if(now >= settle_deadline)
+        break;
+    }
+
+    if(!w.conn && !grace_deadline && now >= retry_at) {
+      if(connect_broker(&w)) {
+        int sleep_ms = backoff / 2 + (int)(random() % (backoff / 2 + 1));
+        retry_at = now + sleep_ms;
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+      }
+      else
+        backoff = BACKOFF_MIN_MS;
+    }
+    if(w.conn && drain_frames(&w))
+      drop_connection(&w);
+
+    if(w.conn) {
+      /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
+      if(amqp_frames_enqueued(w.conn) || amqp_data_in_buffer(w.conn))
+        timeout = 0;
+      fds[nfds++] = amqp_get_sockfd(w.conn);
+    }
+    else if(!grace_deadline) {
+      int64_t wait = retry_at - now;
+      timeout = wait < 0 ? 0 : (wait > hb_wait ? hb_wait : (int)wait);
+    }
+    if(grace_deadline && timeout > 50)
+      timeout = 50;
+    fds[nfds++] = stop_fd;
+    evo_run(w.evo, fds, nfds, timeout);
+    signals += read_signals(stop_fd);
+  }
+  if(w.conn) {
+    /* Whatever is left is requeued by the broker when the connection closes. */
+    evo_abort_all(w.evo, on_abort, &w);
+    confirms_fail_all(w.confirms);
+    mq_close(w.conn);
+    w.conn = NULL;
+  }
+  else {
+    evo_abort_all(w.evo, on_abort, &w);
+    confirms_fail_all(w.confirms);
+  }
+  amqp_bytes_free(w.consumer_tag);
+  evo_client_free(w.evo);
+  confirms_free(w.confirms);
+  atomic_store(&state->connected, 0);
+  return rc;
+}

@@ -1,0 +1,25 @@
+/* The consumer's event loop: one thread owns the AMQP connection (deliveries on one channel,
+ * confirmed publishes on another) and drives the Evolution API transfers next to it. */
+#ifndef MSG_WORKER_H
+#define MSG_WORKER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "cfg.h"
+
+/* Counters and flags the health listener reads while the loop runs. */
+struct worker_state {
+  atomic_int connected;  /* broker connection up, topology declared, consuming */
+  atomic_int draining;   /* a stop signal arrived */
+  atomic_llong in_flight;
+  atomic_llong succeeded, retried, parked, redelivered;
+  atomic_llong loop_at_ms; /* last loop turn (monotonic), for liveness */
+};
+
+/* Runs until a stop signal is read from stop_fd (a signalfd): then stops consuming, finishes
+ * deliveries in flight within cfg->consumer.shutdown_grace, requeues the rest and returns 0.
+ * A second signal returns 1 at once. `cfg` and `state` are borrowed. */
+int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd);
+
+#endif

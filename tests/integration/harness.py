@@ -1,0 +1,631 @@
+"""Harness for the integration tests: real `msg-api` and `msg-consumer` daemons against the real
+RabbitMQ, with the fake Evolution API (tests/fake/fake_evolution.py) in place of WhatsApp.
+
+A test derives from IntegrationTest and reads like:
+
+    class SendTest(IntegrationTest):
+        def test_send(self):
+            self.fake = self.start_fake()
+            cfg = self.config()
+            api, consumer = self.start_api(cfg), self.start_consumer(cfg)
+            r = post_message(api, "+5511999999999", "hi")
+            doc = wait_task_status(api, r.json["task_id"], "SUCCESS")
+
+Every test run gets its own topology names (exchange `t-<name>-<random>`, queues under it) and
+its own ports, so tests can run side by side on one broker; the names are deleted through the
+management API when the test ends (and at interpreter exit as a fallback).
+
+Environment:
+  MSG_BIN_DIR        directory holding the msg-api and msg-consumer executables (required to
+                     start daemons)
+  AMQP_URL           broker for the daemons, default amqp://guest:guest@127.0.0.1:5672/%2f
+  RABBITMQ_MGMT_URL  management API, default http://127.0.0.1:15672 (guest/guest unless the URL
+                     carries user:password@)
+  MSG_KEEP_TMP=1     keep every test's directory, not only those of failed tests
+
+Standard library only (Python 3.11).
+"""
+
+import atexit
+import base64
+import collections
+import http.client as httpclient
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.parse
+import urllib.request
+
+FAKE_SCRIPT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                            "..", "fake", "fake_evolution.py"))
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+MGMT_URL = os.environ.get("RABBITMQ_MGMT_URL", "http://127.0.0.1:15672")
+EVOLUTION_KEY = "test-evolution-key"
+EVOLUTION_INSTANCE = "test-inst"
+
+# The daemons let these variables override the file (DESIGN §5). They are removed from the
+# daemons' environment so that the config file a test wrote is what actually runs; a test that
+# wants an override passes it through env=.
+OVERRIDE_VARS = ("AMQP_URL", "EVOLUTION_API_URL", "EVOLUTION_API_KEY", "EVOLUTION_INSTANCE_NAME",
+                 "APP_HOST", "APP_PORT", "LOG_LEVEL", "MSG_CONFIG")
+
+# Whatever is still running or still declared at interpreter exit (a test that crashed the
+# harness, an interrupted run) is stopped / deleted by _cleanup_at_exit.
+_live_services = set()
+_pending_prefixes = set()
+
+Response = collections.namedtuple("Response", "status headers body json")
+Response.__doc__ = "An HTTP answer: status, headers (lower-case names), body bytes, parsed JSON or None."
+
+
+# --- small utilities -----------------------------------------------------------------------------
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago (the usual race applies)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    """One request on a fresh connection; returns a Response and never raises on 4xx/5xx (only
+    on connection problems: OSError). A dict or list body is sent as JSON (Content-Type set
+    unless given); str is sent UTF-8 encoded, bytes as they are."""
+    parts = urllib.parse.urlsplit(url)
+    headers = dict(headers or {})
+    if isinstance(body, (dict, list)):
+        data = json.dumps(body).encode()
+        if not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+    elif isinstance(body, str):
+        data = body.encode()
+    else:
+        data = body
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn = httpclient.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    try:
+        conn.request(method, target, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    lowered = {}
+    for name, value in resp.getheaders():
+        name = name.lower()
+        lowered[name] = f"{lowered[name]}, {value}" if name in lowered else value
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = None
+    return Response(resp.status, lowered, raw, parsed)
+
+
+def wait_for(predicate, timeout, interval=0.05, what="the condition"):
+    """Calls predicate until it returns something truthy, and returns that; raises
+    AssertionError (a test failure, not an error) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _bin_dir():
+    path = os.environ.get("MSG_BIN_DIR")
+    if not path:
+        raise RuntimeError("MSG_BIN_DIR is not set: point it at the directory holding msg-api and msg-consumer")
+    return path
+
+
+def _connect_url(listen):
+    """The http:// base URL to reach a daemon listening on `listen` (host:port); a wildcard
+    host is reached through loopback."""
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    return f"http://{host}:{port}"
+
+
+def _next_log_path(log_dir, stem):
+    """log_dir/stem.log, or stem-2.log, stem-3.log... when a test restarts the same daemon."""
+    path, n = os.path.join(log_dir, f"{stem}.log"), 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(log_dir, f"{stem}-{n}.log")
+    return path
+
+
+# --- child processes -----------------------------------------------------------------------------
+
+class Service:
+    """A child process whose stdout and stderr go to a log file. Usable as a context manager;
+    .stop() is idempotent."""
+
+    def __init__(self, name, argv, log_path, env=None):
+        self.name = name
+        self.log_path = log_path
+        self._log_file = open(log_path, "ab")
+        try:
+            # A session of its own: a Ctrl-C at the terminal reaches the test runner, which then
+            # stops the children in order, instead of every process dying at once.
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError:
+            self._log_file.close()
+            raise
+        self.pid = self.proc.pid
+        _live_services.add(self)
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        """Sends `sig`, waits up to `timeout` seconds, then SIGKILLs. Returns the exit code
+        (negative: killed by that signal, so -9 after a timeout means `sig` was ignored)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        _live_services.discard(self)
+        return self.proc.returncode
+
+    def kill(self):
+        """SIGKILL: the crash case. Returns the exit code (-9)."""
+        return self.stop(signal.SIGKILL)
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+
+    def log_tail(self, lines=40):
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def _fail_start(self, why):
+        """Stops the half-started process and raises with the end of its log."""
+        self.stop(timeout=2)
+        raise RuntimeError(f"{self.name} (pid {self.pid}) {why}; log {self.log_path} ends with:\n{self.log_tail()}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class FakeEvolution(Service):
+    """The fake Evolution API, with its control API wrapped (see fake_evolution.py)."""
+
+    def __init__(self, log_dir, api_key, instances, latency_ms, api_version, verbose):
+        port_file = os.path.join(log_dir, f"fake-{secrets.token_hex(4)}.port")
+        argv = [sys.executable, FAKE_SCRIPT, "--host", "127.0.0.1", "--port", "0",
+                "--api-key", api_key, "--instances", ",".join(instances), "--latency-ms", str(latency_ms),
+                "--api-version", api_version, "--port-file", port_file] + (["--verbose"] if verbose else [])
+        super().__init__("fake-evolution", argv, _next_log_path(log_dir, "fake-evolution"))
+        self.api_key, self.instances = api_key, list(instances)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(port_file):
+            if not self.running():
+                self._fail_start(f"exited with {self.proc.returncode} at start-up")
+            if time.monotonic() > deadline:
+                self._fail_start("wrote no port file within 10 s")
+            time.sleep(0.02)
+        with open(port_file) as f:
+            self.port = int(f.read())
+        os.unlink(port_file)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = self.url
+
+    def _control(self, method, path, body=None):
+        r = http(method, self.url + path, body)
+        if r.status != 200:
+            raise RuntimeError(f"fake-evolution {method} {path} answered {r.status}: {r.body.decode(errors='replace')}")
+        return r.json
+
+    def requests(self, since=0):
+        """Recorded sendText requests from index `since` (dicts: index, time, method, path,
+        instance, headers, body, json, number, text, status, key_id, sent, fault, in_flight)."""
+        return self._control("GET", f"/_fake/requests?since={since}")
+
+    def stats(self):
+        """{"total", "in_flight", "by_status": {"201": n, "none": n...}, "sent",
+        "sent_by_number", "sent_by_text"}"""
+        return self._control("GET", "/_fake/stats")
+
+    def config(self, **cfg):
+        """Changes the fake's behaviour (latency_ms, not_on_whatsapp, api_key, instances,
+        connection_state, api_version, faults); returns the whole current configuration."""
+        return self._control("POST", "/_fake/config", cfg)
+
+    def reset(self):
+        """Forgets the recorded requests and the fault rules."""
+        self._control("POST", "/_fake/reset")
+
+
+class Daemon(Service):
+    """msg-api or msg-consumer; base_url is where its HTTP endpoints answer."""
+
+    def __init__(self, name, config_path, listen, ready_path, env, args, ready_timeout):
+        child_env = {k: v for k, v in os.environ.items() if k not in OVERRIDE_VARS}
+        for key, value in (env or {}).items():
+            if value is None:
+                child_env.pop(key, None)
+            else:
+                child_env[key] = value
+        executable = os.path.join(_bin_dir(), name)
+        if not os.access(executable, os.X_OK):
+            raise RuntimeError(f"{executable} is missing or not executable (MSG_BIN_DIR={_bin_dir()})")
+        log_dir = os.path.dirname(os.path.abspath(config_path))
+        super().__init__(name, [executable, "--config", str(config_path), *args],
+                         _next_log_path(log_dir, name), child_env)
+        self.config_path = config_path
+        self.base_url = _connect_url(listen)
+        self._wait_ready(self.base_url + ready_path, ready_timeout)
+
+    def _wait_ready(self, url, timeout):
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            if not self.running():
+                self._fail_start(f"exited with {self.proc.returncode} before {url} answered 200")
+            try:
+                r = http("GET", url, timeout=1)
+                if r.status == 200:
+                    return
+                last = f"{r.status} {r.body[:300].decode(errors='replace')}"
+            except OSError as e:  # not listening yet
+                last = repr(e)
+            if time.monotonic() > deadline:
+                self._fail_start(f"was not ready within {timeout}s ({url} last said: {last})")
+            time.sleep(0.05)
+
+
+def start_fake(log_dir=None, api_key=EVOLUTION_KEY, instances=(EVOLUTION_INSTANCE,), latency_ms=0,
+               api_version="v2", verbose=False, **config):
+    """Starts the fake Evolution API on a free loopback port. Extra keyword arguments are applied
+    at once through .config() (e.g. not_on_whatsapp=[...], faults=[...])."""
+    fake = FakeEvolution(log_dir or tempfile.mkdtemp(prefix="msg-fake-"), api_key, instances,
+                         latency_ms, api_version, verbose)
+    if config:
+        try:
+            fake.config(**config)
+        except RuntimeError:
+            fake.stop()
+            raise
+    return fake
+
+
+def _listen_of(config_path, listen, section, key):
+    if listen:
+        return listen
+    try:
+        return config_path.data[section][key]
+    except (AttributeError, KeyError):
+        raise ValueError(f"{config_path} does not come from make_config(); pass listen='host:port'") from None
+
+
+def start_api(config_path, listen=None, env=None, args=(), ready_timeout=20):
+    """Starts `msg-api --config PATH` (log next to the config file) and waits until GET /health
+    answers 200. `listen` defaults to api.listen of a make_config() file; `env` adds variables
+    (None removes one); `args` are extra command-line arguments."""
+    return Daemon("msg-api", config_path, _listen_of(config_path, listen, "api", "listen"),
+                  "/health", env, args, ready_timeout)
+
+
+def start_consumer(config_path, listen=None, env=None, args=(), ready_timeout=20):
+    """Starts `msg-consumer --config PATH` and waits until GET /readyz on consumer.health_listen
+    answers 200. Arguments as for start_api."""
+    return Daemon("msg-consumer", config_path, _listen_of(config_path, listen, "consumer", "health_listen"),
+                  "/readyz", env, args, ready_timeout)
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+class ConfigPath(str):
+    """The path of a config file written by make_config (usable anywhere a str path is), which
+    also carries what was written: .data (the nested dict) and .exchange (the topology prefix)."""
+
+    def __new__(cls, path, data):
+        self = super().__new__(cls, path)
+        self.data = data
+        self.exchange = data["topology"]["exchange"]
+        return self
+
+
+def _yaml_quote(text):
+    """A YAML double-quoted scalar; escapes what YAML would otherwise read differently."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ch in "\u0085\u2028\u2029\ufeff":  # line breaks and BOM in YAML's eyes
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _yaml_flow(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot write {value} to the config")
+        return repr(value)
+    if isinstance(value, str):
+        return _yaml_quote(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_flow(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_yaml_key(k)}: {_yaml_flow(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to the config")
+
+
+def _yaml_key(key):
+    return key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) else _yaml_quote(key)
+
+
+def to_yaml(data, indent=0):
+    """Block mappings for nested dicts, flow style for lists and anything inside them."""
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            lines.append(f"{'  ' * indent}{_yaml_key(key)}:")
+            lines.append(to_yaml(value, indent + 1))
+        else:
+            lines.append(f"{'  ' * indent}{_yaml_key(key)}: {_yaml_flow(value)}")
+    return "\n".join(lines)
+
+
+def _merge(base, overrides):
+    """Nested dicts merge key by key; any other override value replaces what was there."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def make_config(tmpdir, name, fake_url, overrides=None):
+    """Writes tmpdir/<name>.yaml for both daemons and returns its ConfigPath.
+
+    Topology names are unique per call (exchange t-<name>-<random>, queues <exchange>.send,
+    .retry.*, .dead, .status), ports are fresh, Evolution points at `fake_url` (a URL, an object
+    with .url, or None for a closed port) with EVOLUTION_KEY and instance "test-inst", retries
+    are [1s, 1s] and logs are debug text. `overrides` is merged in, e.g. {"retry": {"delays": ["1s"]}}.
+    The exchange prefix is also registered for deletion at interpreter exit."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40] or "test"
+    exchange = f"t-{safe}-{secrets.token_hex(4)}"
+    url = getattr(fake_url, "url", fake_url) or "http://127.0.0.1:9"  # discard port: refused
+    data = {
+        "broker": {"url": AMQP_URL},
+        "topology": {"exchange": exchange, "queue": f"{exchange}.send",
+                     "retry_queue_prefix": f"{exchange}.retry", "dead_letter_queue": f"{exchange}.dead",
+                     "status_stream": f"{exchange}.status"},
+        "api": {"listen": f"127.0.0.1:{free_port()}"},
+        # A short grace keeps stop()'s default 10 s timeout above the consumer's drain time.
+        "consumer": {"health_listen": f"127.0.0.1:{free_port()}", "shutdown_grace": "5s"},
+        # Short timeouts so that hang faults resolve within a test's patience.
+        "evolution": {"url": url, "api_key": EVOLUTION_KEY, "instance": EVOLUTION_INSTANCE,
+                      "timeout": "5s", "connect_timeout": "2s"},
+        "retry": {"delays": ["1s", "1s"]},
+        "log": {"level": "debug", "format": "text"},
+    }
+    _merge(data, overrides or {})
+    path = os.path.join(tmpdir, f"{safe}.yaml")
+    n = 1
+    while os.path.exists(path):  # several configs in one test (e.g. two api replicas)
+        n += 1
+        path = os.path.join(tmpdir, f"{safe}-{n}.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"# written by tests/integration/harness.py for {name}\n{to_yaml(data)}\n")
+    _pending_prefixes.add(data["topology"]["exchange"])
+    return ConfigPath(path, data)
+
+
+# --- the HTTP API ----------------------------------------------------------------------------------
+
+def _base(api):
+    return api if isinstance(api, str) else api.base_url
+
+
+def post_message(api, phone, message, instance=None, headers=None):
+    """POST /messages on `api` (a Daemon or a base URL); returns the Response."""
+    body = {"phone": phone, "message": message}
+    if instance is not None:
+        body["instance_name"] = instance
+    return http("POST", _base(api) + "/messages", body, headers)
+
+
+def get_task(api, task_id):
+    """GET /tasks/{task_id}; returns the Response."""
+    return http("GET", f"{_base(api)}/tasks/{urllib.parse.quote(task_id, safe='')}")
+
+
+def wait_task_status(api, task_id, statuses, timeout=20):
+    """Polls the task until its status is in `statuses` (a name or a collection of names) and
+    returns the task document. A 404 while waiting is tolerated: the api learns of a task from
+    the status stream, possibly a moment after the 202."""
+    wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+    last = None
+
+    def reached():
+        nonlocal last
+        last = get_task(api, task_id)
+        return last.status == 200 and last.json and last.json.get("status") in wanted
+
+    try:
+        wait_for(reached, timeout, what=f"task {task_id} to reach {sorted(wanted)}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last answer: {last.status} {last.body.decode(errors='replace')}") from None
+    return last.json
+
+
+# --- RabbitMQ topology -----------------------------------------------------------------------------
+
+def _mgmt(method, path):
+    """A management API call; returns parsed JSON (or None for an empty body)."""
+    parts = urllib.parse.urlsplit(MGMT_URL)
+    user = urllib.parse.unquote(parts.username or "guest")
+    password = urllib.parse.unquote(parts.password or "guest")
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    url = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}{path}"
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Basic {auth}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        raw = r.read()
+    return json.loads(raw) if raw else None
+
+
+def cleanup_topology(exchange_prefix):
+    """Deletes every queue, then every exchange, whose name starts with `exchange_prefix` (in any
+    vhost); returns the deleted names. Something already gone is not an error."""
+    if not exchange_prefix or exchange_prefix.startswith("amq."):
+        raise ValueError(f"refusing to delete topology with prefix {exchange_prefix!r}")
+    deleted = []
+    for kind in ("queues", "exchanges"):
+        for obj in _mgmt("GET", f"/api/{kind}?columns=name,vhost"):
+            if not obj["name"].startswith(exchange_prefix):
+                continue
+            vhost, name = (urllib.parse.quote(obj[k], safe="") for k in ("vhost", "name"))
+            try:
+                _mgmt("DELETE", f"/api/{kind}/{vhost}/{name}")
+                deleted.append(obj["name"])
+            except urllib.error.HTTPError as e:
+                if e.code != 404:
+                    raise
+    _pending_prefixes.discard(exchange_prefix)
+    return deleted
+
+
+def _cleanup_at_exit():
+    # Daemons first: a live daemon would declare again what is being deleted.
+    for service in list(_live_services):
+        service.kill()
+    for prefix in list(_pending_prefixes):
+        try:
+            cleanup_topology(prefix)
+        except (OSError, ValueError) as e:
+            print(f"harness: could not delete RabbitMQ objects {prefix}*: {e}", file=sys.stderr)
+
+
+atexit.register(_cleanup_at_exit)
+
+
+# --- the test base class ---------------------------------------------------------------------------
+
+class IntegrationTest(unittest.TestCase):
+    """Gives each test a directory (self.tmpdir, kept and printed with its log tails when the test
+    fails) and stops what it started through self.start_* and deletes the topology of every
+    self.config(), whatever the outcome. The clean-up is registered with addCleanup, so it runs
+    even when a subclass's setUp fails after super().setUp() or its tearDown forgets super()."""
+
+    # A daemon that does not exit 0 on the SIGTERM at clean-up fails the test (DESIGN §6).
+    check_exit_codes = True
+
+    def setUp(self):
+        super().setUp()
+        self.tmpdir = tempfile.mkdtemp(prefix=f"msgtest-{self._testMethodName[:40]}-")
+        self.fake = None
+        self._services = []
+        self._prefixes = []
+        self.addCleanup(self._clean_up)
+
+    def start_fake(self, **opts):
+        """harness.start_fake with logs in self.tmpdir; assign it to self.fake so that
+        self.config() points Evolution at it."""
+        return self._own(start_fake(self.tmpdir, **opts))
+
+    def config(self, overrides=None, name=None, fake=None):
+        """make_config in self.tmpdir, named after the test, pointing at `fake` or self.fake."""
+        cfg = make_config(self.tmpdir, name or self._testMethodName, fake or self.fake, overrides)
+        self._prefixes.append(cfg.exchange)
+        return cfg
+
+    def start_api(self, config_path, **kw):
+        return self._own(start_api(config_path, **kw))
+
+    def start_consumer(self, config_path, **kw):
+        return self._own(start_consumer(config_path, **kw))
+
+    def _own(self, service):
+        self._services.append(service)
+        return service
+
+    def _clean_up(self):
+        problems = []
+        for service in reversed(self._services):  # daemons before the fake they talk to
+            was_running = service.running()
+            code = service.stop()
+            if self.check_exit_codes and was_running and isinstance(service, Daemon) and code != 0:
+                problems.append(f"{service.name} (pid {service.pid}) exited with {code} on SIGTERM; "
+                                f"log {service.log_path} ends with:\n{service.log_tail()}")
+        for prefix in self._prefixes:
+            try:
+                cleanup_topology(prefix)
+            except OSError as e:
+                problems.append(f"could not delete RabbitMQ objects {prefix}*: {e}")
+        if problems:
+            self.fail("\n".join(problems))
+
+    def run(self, result=None):
+        # Whether the test failed is only known to the result object, after the whole run
+        # (clean-ups included); a runner whose result keeps no lists counts as failed, so that
+        # logs are never lost.
+        result = self.defaultTestResult() if result is None else result
+
+        def bad_outcomes():
+            if not hasattr(result, "failures"):
+                return None
+            return len(result.failures) + len(result.errors)
+
+        before = bad_outcomes()
+        outcome = super().run(result)
+        tmpdir = getattr(self, "tmpdir", None)
+        if tmpdir and os.path.isdir(tmpdir):
+            after = bad_outcomes()
+            if before is None or after != before:
+                self._report_kept(tmpdir)
+            elif os.environ.get("MSG_KEEP_TMP") != "1":
+                shutil.rmtree(tmpdir, ignore_errors=True)
+        return outcome
+
+    def _report_kept(self, tmpdir):
+        lines = [f"\n[harness] {self.id()}: kept {tmpdir}"]
+        for entry in sorted(os.listdir(tmpdir)):
+            if entry.endswith(".log"):
+                with open(os.path.join(tmpdir, entry), "rb") as f:
+                    tail = f.read().decode("utf-8", errors="replace").splitlines()[-30:]
+                lines.append(f"--- {entry} (last {len(tail)} lines) ---")
+                lines.extend(tail)
+        print("\n".join(lines), file=sys.stderr, flush=True)
