@@ -16,8 +16,11 @@ its own ports, so tests can run side by side on one broker; the names are delete
 management API when the test ends (and at interpreter exit as a fallback).
 
 Environment:
-  MSG_BIN_DIR        directory holding the msg-api and msg-consumer executables (required to
-                     start daemons)
+  MSG_API_BIN        path of the msg-api executable      } each wins over MSG_BIN_DIR
+  MSG_CONSUMER_BIN   path of the msg-consumer executable }
+  MSG_BIN_DIR        directory holding the executables: either both directly in it, or in its
+                     api/ and consumer/ subdirectories (a CMake build tree); default: the
+                     build/ directory of this source tree
   AMQP_URL           broker for the daemons, default amqp://guest:guest@127.0.0.1:5672/%2f
   RABBITMQ_MGMT_URL  management API, default http://127.0.0.1:15672 (guest/guest unless the URL
                      carries user:password@)
@@ -124,11 +127,24 @@ def wait_for(predicate, timeout, interval=0.05, what="the condition"):
         time.sleep(interval)
 
 
-def _bin_dir():
-    path = os.environ.get("MSG_BIN_DIR")
-    if not path:
-        raise RuntimeError("MSG_BIN_DIR is not set: point it at the directory holding msg-api and msg-consumer")
-    return path
+SOURCE_ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+_BIN_ENV = {"msg-api": ("MSG_API_BIN", "api"), "msg-consumer": ("MSG_CONSUMER_BIN", "consumer")}
+
+
+def executable(name):
+    """The path of `name` (msg-api or msg-consumer): $MSG_API_BIN / $MSG_CONSUMER_BIN, else
+    $MSG_BIN_DIR/<name> or $MSG_BIN_DIR/<api|consumer>/<name>, else the same under
+    <source>/build. Raises RuntimeError when none is an executable file."""
+    var, subdir = _BIN_ENV[name]
+    if os.environ.get(var):
+        candidates = [os.environ[var]]
+    else:
+        base = os.environ.get("MSG_BIN_DIR") or os.path.join(SOURCE_ROOT, "build")
+        candidates = [os.path.join(base, name), os.path.join(base, subdir, name)]
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise RuntimeError(f"{name} not found (tried {', '.join(candidates)}): set {var} or MSG_BIN_DIR")
 
 
 def _connect_url(listen):
@@ -271,11 +287,8 @@ class Daemon(Service):
                 child_env.pop(key, None)
             else:
                 child_env[key] = value
-        executable = os.path.join(_bin_dir(), name)
-        if not os.access(executable, os.X_OK):
-            raise RuntimeError(f"{executable} is missing or not executable (MSG_BIN_DIR={_bin_dir()})")
         log_dir = os.path.dirname(os.path.abspath(config_path))
-        super().__init__(name, [executable, "--config", str(config_path), *args],
+        super().__init__(name, [executable(name), "--config", str(config_path), *args],
                          _next_log_path(log_dir, name), child_env)
         self.config_path = config_path
         self.base_url = _connect_url(listen)
@@ -493,18 +506,69 @@ def wait_task_status(api, task_id, statuses, timeout=20):
 
 # --- RabbitMQ topology -----------------------------------------------------------------------------
 
-def _mgmt(method, path):
-    """A management API call; returns parsed JSON (or None for an empty body)."""
+def _mgmt(method, path, body=None):
+    """A management API call (body: sent as JSON); returns parsed JSON (or None for an empty
+    body)."""
     parts = urllib.parse.urlsplit(MGMT_URL)
     user = urllib.parse.unquote(parts.username or "guest")
     password = urllib.parse.unquote(parts.password or "guest")
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
     url = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}{path}"
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Basic {auth}"})
+    headers = {"Authorization": f"Basic {auth}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=10) as r:
         raw = r.read()
     return json.loads(raw) if raw else None
+
+
+def _vhost():
+    """The vhost of AMQP_URL, URL-quoted for the management API ("/" → "%2F")."""
+    path = urllib.parse.urlsplit(AMQP_URL).path
+    vhost = urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
+    return urllib.parse.quote(vhost, safe="")
+
+
+def mgmt_publish(exchange, routing_key, payload, properties=None):
+    """Publishes `payload` (str) to `exchange` through the management API; returns whether the
+    broker routed it to at least one queue."""
+    r = _mgmt("POST", f"/api/exchanges/{_vhost()}/{urllib.parse.quote(exchange, safe='')}/publish",
+              {"properties": properties or {}, "routing_key": routing_key, "payload": payload,
+               "payload_encoding": "string"})
+    return bool(r and r.get("routed"))
+
+
+def queue_get(queue, count=100, ackmode="ack_requeue_true"):
+    """Reads up to `count` messages of `queue` through the management API (by default they go
+    back to the queue). Each is a dict with payload, properties (headers inside) and more."""
+    return _mgmt("POST", f"/api/queues/{_vhost()}/{urllib.parse.quote(queue, safe='')}/get",
+                 {"count": count, "ackmode": ackmode, "encoding": "auto", "truncate": 100000})
+
+
+def queue_info(queue):
+    """The management API's view of `queue` (messages, messages_ready, consumers...)."""
+    return _mgmt("GET", f"/api/queues/{_vhost()}/{urllib.parse.quote(queue, safe='')}")
+
+
+def wait_queue_messages(queue, predicate, timeout, what=None):
+    """Polls queue_get(queue) until predicate(messages) is truthy; returns the messages."""
+    last = []
+
+    def check():
+        nonlocal last
+        last = queue_get(queue)
+        return predicate(last)
+
+    try:
+        wait_for(check, timeout, interval=0.25, what=what or f"messages in {queue}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last saw {len(last)} message(s): "
+                             f"{[(m.get('properties', {}).get('headers'), m.get('payload')) for m in last]}") from None
+    return last
 
 
 def cleanup_topology(exchange_prefix):
