@@ -231,6 +231,36 @@ static int handle_health(struct mg_connection *conn, struct http_server *srv)
   return reply(conn, ready ? 200 : 503, doc, NULL, NULL);
 }
 
+/* Compares a presented key with every configured key in time that depends only on the lengths,
+ * so a client cannot find a key byte by byte from response times. */
+static int key_matches(const struct cfg *cfg, const char *given)
+{
+  size_t glen = strlen(given);
+  int found = 0;
+  for(size_t i = 0; i < cfg->api.n_api_keys; i++) {
+    const char *key = cfg->api.api_keys[i];
+    size_t klen = strlen(key);
+    unsigned char diff = (unsigned char)(klen != glen);
+    for(size_t j = 0; j < klen; j++)
+      diff |= (unsigned char)(key[j] ^ given[j < glen ? j : 0]);
+    found |= diff == 0;
+  }
+  return found;
+}
+
+/* 1 when the request may go on: no keys configured, or a valid key in
+ * "Authorization: Bearer <key>" or "X-API-Key: <key>". */
+static int authorized(struct mg_connection *conn, const struct cfg *cfg)
+{
+  const char *auth = mg_get_header(conn, "Authorization");
+  const char *key = mg_get_header(conn, "X-API-Key");
+  if(!cfg->api.n_api_keys)
+    return 1;
+  if(auth && !strncasecmp(auth, "Bearer ", 7) && key_matches(cfg, auth + 7))
+    return 1;
+  return key && key_matches(cfg, key);
+}
+
 /* Every request comes here: one table-free router keeps 404 and 405 in one place. */
 static int route(struct mg_connection *conn, void *arg)
 {
@@ -261,6 +291,11 @@ static int route(struct mg_connection *conn, void *arg)
     return reply_error(conn, 503, "not_ready", "not connected to the broker or not caught up",
                        NULL, "Retry-After", RETRY_AFTER_S);
   }
+  /* Probes and the service banner stay open so orchestrators need no key. */
+  if(!authorized(conn, srv->deps.cfg))
+    return reply_error(conn, 401, "unauthorized",
+                       "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+                       NULL, "WWW-Authenticate", "Bearer realm=\"msg-api\"");
   if(!strcmp(path, "/health")) {
     if(!get)
       goto not_allowed_get;

@@ -205,7 +205,7 @@ static void drop_connection(struct publisher *pub, const char *why)
 static int connect_broker(struct publisher *pub)
 {
   char err[512];
-  amqp_connection_state_t conn = mq_connect(pub->cfg, CONNECT_TIMEOUT_MS, err, sizeof err);
+  amqp_connection_state_t conn = mq_connect(pub->cfg, "api", CONNECT_TIMEOUT_MS, err, sizeof err);
   if(!conn) {
     log_event(CFG_LOG_WARN, "cannot connect to the broker", "role", "publisher", "reason", err,
               NULL);

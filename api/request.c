@@ -65,7 +65,8 @@ int request_parse_message(const char *body, size_t len, const char *default_inst
     return fail(err, 400, "invalid_json", NULL, "the request body is empty");
   if(too_deep(body, len))
     return fail(err, 400, "invalid_json", NULL, "the JSON nests too deeply");
-  root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+  /* JSON_DECODE_ANY: a scalar root is valid JSON of the wrong shape (422), not malformed (400). */
+  root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
   if(!root) {
     char detail[256];
     snprintf(detail, sizeof detail, "malformed JSON at line %d, column %d: %s", je.line,

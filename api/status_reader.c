@@ -36,7 +36,7 @@ struct status_reader {
 static amqp_connection_state_t subscribe(struct status_reader *r)
 {
   char err[512];
-  amqp_connection_state_t conn = mq_connect(r->cfg, CONNECT_TIMEOUT_MS, err, sizeof err);
+  amqp_connection_state_t conn = mq_connect(r->cfg, "api-status", CONNECT_TIMEOUT_MS, err, sizeof err);
   amqp_table_entry_t arg;
   amqp_table_t args = {1, &arg};
   int64_t off = atomic_load(&r->offset);

@@ -189,7 +189,7 @@ static const struct key KEYS[] = {
    .def = "amqp://guest:guest@localhost:5672/%2f", .schemes = AMQP_SCHEMES, AT(broker.url)},
   {.name = "broker.heartbeat", .type = K_DURATION, .flags = F_ZERO_OK, .def = "30s",
    .min = MS_SECOND, .max = MS_HOUR, AT(broker.heartbeat_ms)},
-  {.name = "broker.connection_name", .type = K_NONEMPTY, .def = "msg-api", .max = 200,
+  {.name = "broker.connection_name", .type = K_NONEMPTY, .def = "msg", .max = 200,
    AT(broker.connection_name)},
   {.name = "broker.tls.ca_file", .type = K_STR, .def = "", AT(broker.tls.ca_file)},
   {.name = "broker.tls.cert_file", .type = K_STR, .def = "", AT(broker.tls.cert_file)},

@@ -20,7 +20,7 @@ struct cfg {
   struct {
     char *url;             /* amqp://user:pass@host:port/vhost or amqps:// */
     uint64_t heartbeat_ms; /* 0 disables; else 1s..1h */
-    char *connection_name; /* host name is appended at connect time */
+    char *connection_name; /* prefix: "-<role>@<host name>" is appended at connect time */
     struct {
       char *ca_file, *cert_file, *key_file; /* "" when unset */
       bool verify_peer;

@@ -62,8 +62,8 @@ char *mq_reply_text(amqp_rpc_reply_t reply, char *buf, size_t len)
   return buf;
 }
 
-amqp_connection_state_t mq_connect(const struct cfg *cfg, int timeout_ms, char *err,
-                                   size_t errlen)
+amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int timeout_ms,
+                                   char *err, size_t errlen)
 {
   struct amqp_connection_info info;
   char *url = strdup(cfg->broker.url);
@@ -124,7 +124,7 @@ amqp_connection_state_t mq_connect(const struct cfg *cfg, int timeout_ms, char *
   /* Without an RPC timeout a declare or close against a dead peer can block forever. */
   amqp_set_rpc_timeout(conn, &tv);
   gethostname(host, sizeof host - 1);
-  snprintf(name, sizeof name, "%s@%s", cfg->broker.connection_name, host);
+  snprintf(name, sizeof name, "%s-%s@%s", cfg->broker.connection_name, role, host);
   {
     amqp_table_entry_t caps[2] = {entry_bool("connection.blocked", 1),
                                   entry_bool("consumer_cancel_notify", 1)};

@@ -18,12 +18,13 @@
 #define MQ_DELIVERY_LIMIT 10
 
 /* Connects and logs in to cfg->broker.url (amqps:// uses TLS with cfg->broker.tls), announcing
- * "<cfg->broker.connection_name>@<host name>" as the connection name and the capabilities
+ * "<cfg->broker.connection_name>-<role>@<host name>" as the connection name (role: "api",
+ * "api-status", "consumer") and the capabilities
  * connection.blocked and consumer_cancel_notify. Each connect and each RPC is bounded by
  * `timeout_ms`. Returns the connection (caller destroys it with mq_close or, after a socket
  * error, amqp_destroy_connection), or NULL with a reason in err[errlen]. */
-amqp_connection_state_t mq_connect(const struct cfg *cfg, int timeout_ms, char *err,
-                                   size_t errlen);
+amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int timeout_ms,
+                                   char *err, size_t errlen);
 
 /* Opens `channel`; returns 0 or -1 with a reason in err. */
 int mq_channel_open(amqp_connection_state_t conn, amqp_channel_t channel, char *err,

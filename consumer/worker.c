@@ -437,7 +437,7 @@ static int connect_broker(struct worker *w)
 {
   char err[512];
   amqp_basic_consume_ok_t *ok;
-  amqp_connection_state_t conn = mq_connect(w->cfg, CONNECT_TIMEOUT_MS, err, sizeof err);
+  amqp_connection_state_t conn = mq_connect(w->cfg, "consumer", CONNECT_TIMEOUT_MS, err, sizeof err);
   if(!conn) {
     log_event(CFG_LOG_WARN, "cannot connect to the broker", "reason", err, NULL);
     return -1;

@@ -32,6 +32,7 @@ Standard library only (Python 3.11).
 import atexit
 import base64
 import collections
+import datetime
 import http.client as httpclient
 import json
 import math
@@ -73,6 +74,17 @@ Response.__doc__ = "An HTTP answer: status, headers (lower-case names), body byt
 
 
 # --- small utilities -----------------------------------------------------------------------------
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def parse_rfc3339(text):
+    """Seconds since the epoch of an RFC 3339 time; raises ValueError if it is not one."""
+    if not isinstance(text, str) or not RFC3339_RE.match(text):
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
 
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago (the usual race applies)."""
@@ -191,11 +203,23 @@ class Service:
     def running(self):
         return self.proc.poll() is None
 
-    def stop(self, sig=signal.SIGTERM, timeout=10):
-        """Sends `sig`, waits up to `timeout` seconds, then SIGKILLs. Returns the exit code
-        (negative: killed by that signal, so -9 after a timeout means `sig` was ignored)."""
-        if self.proc.poll() is None:
+    def begin_stop(self, sig=signal.SIGTERM):
+        """Sends `sig` without waiting (stop() then only waits): several services can be told
+        to stop at once. A second begin_stop or stop does not signal again (a second SIGTERM
+        means "exit at once" to the daemons)."""
+        if self.proc.poll() is None and not getattr(self, "_signalled", False):
+            self._signalled = True
             self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        """Sends `sig` (unless begin_stop already sent one), waits up to `timeout` seconds, then
+        SIGKILLs. Returns the exit code (negative: killed by that signal, so -9 after a
+        timeout means `sig` was ignored)."""
+        if self.proc.poll() is None:
+            if sig == signal.SIGTERM:
+                self.begin_stop(sig)
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -337,11 +361,11 @@ def _listen_of(config_path, listen, section, key):
 
 
 def start_api(config_path, listen=None, env=None, args=(), ready_timeout=20):
-    """Starts `msg-api --config PATH` (log next to the config file) and waits until GET /health
+    """Starts `msg-api --config PATH` (log next to the config file) and waits until GET /readyz
     answers 200. `listen` defaults to api.listen of a make_config() file; `env` adds variables
     (None removes one); `args` are extra command-line arguments."""
     return Daemon("msg-api", config_path, _listen_of(config_path, listen, "api", "listen"),
-                  "/health", env, args, ready_timeout)
+                  "/readyz", env, args, ready_timeout)
 
 
 def start_consumer(config_path, listen=None, env=None, args=(), ready_timeout=20):
@@ -361,7 +385,16 @@ class ConfigPath(str):
         self = super().__new__(cls, path)
         self.data = data
         self.exchange = data["topology"]["exchange"]
+        topo = data["topology"]
+        self.queue = topo["queue"]
+        self.dead_queue = topo["dead_letter_queue"]
+        self.status_stream = topo["status_stream"]
+        self.retry_prefix = topo["retry_queue_prefix"]
         return self
+
+    def retry_queue(self, delay):
+        """The retry queue of a delay as written in retry.delays (e.g. "1s")."""
+        return f"{self.retry_prefix}.{delay}"
 
 
 def _yaml_quote(text):
@@ -636,6 +669,58 @@ class IntegrationTest(unittest.TestCase):
         self._prefixes.append(cfg.exchange)
         return cfg
 
+    def config_like(self, cfg, overrides):
+        """Another config file with the same topology as `cfg` (a ConfigPath), `overrides`
+        merged in: e.g. a second api replica on another port."""
+        data = _merge(json.loads(json.dumps(cfg.data)), overrides)
+        path = os.path.splitext(str(cfg))[0]
+        n = 2
+        while os.path.exists(f"{path}-{n}.yaml"):
+            n += 1
+        path = f"{path}-{n}.yaml"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"# written by tests/integration/harness.py, like {cfg}\n{to_yaml(data)}\n")
+        return ConfigPath(path, data)
+
+    def start_stack(self, overrides=None, consumer=True, **fake_opts):
+        """The usual set-up: the fake (fake_opts go to start_fake), a config pointing at it,
+        msg-api and (unless consumer=False) msg-consumer. Returns (cfg, api, consumer)."""
+        self.fake = self.start_fake(**fake_opts)
+        cfg = self.config(overrides)
+        api = self.start_api(cfg)
+        cons = self.start_consumer(cfg) if consumer else None
+        return cfg, api, cons
+
+    def assertError(self, resp, status, code, field=None, headers=None):
+        """resp is the JSON error answer of DESIGN §2 with exactly this status, code and field
+        (field None: no "field" member) and these headers (a dict of lower-case names)."""
+        what = f"{resp.status} {resp.headers} {resp.body[:500]!r}"
+        self.assertEqual(resp.status, status, what)
+        self.assertEqual(resp.headers.get("content-type"), "application/json; charset=utf-8", what)
+        self.assertIsInstance(resp.json, dict, what)
+        self.assertEqual(set(resp.json), {"success", "error"}, what)
+        self.assertIs(resp.json["success"], False, what)
+        err = resp.json["error"]
+        self.assertEqual(set(err), {"code", "message"} | ({"field"} if field is not None else set()), what)
+        self.assertEqual(err["code"], code, what)
+        self.assertIsInstance(err["message"], str, what)
+        self.assertTrue(err["message"].strip(), what)
+        if field is not None:
+            self.assertEqual(err["field"], field, what)
+        for name, value in (headers or {}).items():
+            self.assertEqual(resp.headers.get(name), value, f"header {name}: {what}")
+        return err
+
+    def assertTime(self, text, near=None, slack=30):
+        """text is an RFC 3339 time (and within `slack` seconds of `near`, epoch seconds)."""
+        try:
+            t = parse_rfc3339(text)
+        except ValueError as e:
+            self.fail(str(e))
+        if near is not None:
+            self.assertLess(abs(t - near), slack, f"{text} is not near {near}")
+        return t
+
     def start_api(self, config_path, **kw):
         return self._own(start_api(config_path, **kw))
 
@@ -648,10 +733,17 @@ class IntegrationTest(unittest.TestCase):
 
     def _clean_up(self):
         problems = []
-        for service in reversed(self._services):  # daemons before the fake they talk to
-            was_running = service.running()
+        # Every daemon is told at once (each one's HTTP server takes a while to stop), then
+        # waited for; the fakes only after the daemons that talk to them.
+        daemons = [s for s in reversed(self._services) if isinstance(s, Daemon)]
+        others = [s for s in reversed(self._services) if not isinstance(s, Daemon)]
+        was_running = {id(s): s.running() for s in daemons}
+        for service in daemons:
+            service.begin_stop()
+        for service in daemons + others:
             code = service.stop()
-            if self.check_exit_codes and was_running and isinstance(service, Daemon) and code != 0:
+            was = was_running.get(id(service), False)
+            if self.check_exit_codes and was and isinstance(service, Daemon) and code != 0:
                 problems.append(f"{service.name} (pid {service.pid}) exited with {code} on SIGTERM; "
                                 f"log {service.log_path} ends with:\n{service.log_tail()}")
         for prefix in self._prefixes:

@@ -1,36 +1,14 @@
 /* Unit tests of the config loader (common/cfg.h): defaults, conversions, env overrides and the exact error lines. */
 #include "cfg.h"
 
+#include "check.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int failures, checks;
 static const char *fixture_dir = "cfg";
 static const char *shipped_config = "../../config/service.yaml";
-
-/* Not assert(): these checks must survive -DNDEBUG. A failed check ends the current test. */
-#define CHECK(cond)                                                                \
-  do {                                                                             \
-    checks++;                                                                      \
-    if(!(cond)) {                                                                  \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);     \
-      failures++;                                                                  \
-      goto out;                                                                    \
-    }                                                                              \
-  } while(0)
-
-#define CHECK_STR(got, want)                                                       \
-  do {                                                                             \
-    const char *g_ = (got), *w_ = (want);                                          \
-    checks++;                                                                      \
-    if(!g_ || strcmp(g_, w_)) {                                                    \
-      fprintf(stderr, "%s:%d: %s\n  got:  %s\n  want: %s\n", __FILE__, __LINE__,   \
-              #got, g_ ? g_ : "(null)", w_);                                       \
-      failures++;                                                                  \
-      goto out;                                                                    \
-    }                                                                              \
-  } while(0)
 
 static const char *const OVERRIDE_VARS[] = {
   "AMQP_URL", "EVOLUTION_API_URL", "EVOLUTION_API_KEY", "EVOLUTION_INSTANCE_NAME",
@@ -101,7 +79,7 @@ static int check_defaults(const struct cfg *c)
 {
   CHECK_STR(c->broker.url, "amqp://guest:guest@localhost:5672/%2f");
   CHECK(c->broker.heartbeat_ms == 30000);
-  CHECK_STR(c->broker.connection_name, "msg-api");
+  CHECK_STR(c->broker.connection_name, "msg");
   CHECK_STR(c->broker.tls.ca_file, "");
   CHECK_STR(c->broker.tls.cert_file, "");
   CHECK_STR(c->broker.tls.key_file, "");

@@ -1,0 +1,44 @@
+"""API keys: when api.api_keys is set, every endpoint but /, /livez and /readyz needs one."""
+import unittest
+
+from harness import IntegrationTest, http, post_message
+
+
+KEY = "s3cret-key-1"
+
+
+class AuthTest(IntegrationTest):
+    def test_keys_required_except_probes(self):
+        cfg, api, _ = self.start_stack({"api": {"api_keys": [KEY, "other-key"]}}, consumer=False)
+        base = api.base_url
+
+        r = post_message(api, "+52123456789", "hola")
+        self.assertEqual(r.status, 401)
+        self.assertEqual(r.json["error"]["code"], "unauthorized")
+        self.assertIn("Bearer", r.headers.get("www-authenticate", ""))
+
+        for path in ("/health", "/tasks/00000000-0000-4000-8000-000000000000"):
+            self.assertEqual(http("GET", base + path).status, 401, path)
+        for path in ("/", "/livez", "/readyz"):
+            self.assertEqual(http("GET", base + path).status, 200, path)
+
+        wrong = post_message(api, "+52123456789", "hola", headers={"Authorization": "Bearer nope"})
+        self.assertEqual(wrong.status, 401)
+        prefix = post_message(api, "+52123456789", "hola", headers={"X-API-Key": KEY[:-1]})
+        self.assertEqual(prefix.status, 401)
+
+        bearer = post_message(api, "+52123456789", "hola", headers={"Authorization": f"Bearer {KEY}"})
+        self.assertEqual(bearer.status, 202, bearer.body)
+        header = post_message(api, "+52123456789", "hola", headers={"X-API-Key": "other-key"})
+        self.assertEqual(header.status, 202, header.body)
+        got = http("GET", f"{base}/tasks/{bearer.json['task_id']}", headers={"X-API-Key": KEY})
+        self.assertEqual(got.status, 200)
+        self.assertNotIn(KEY, api.log(), "API keys must never be logged")
+
+    def test_no_keys_means_open(self):
+        cfg, api, _ = self.start_stack(consumer=False)
+        self.assertEqual(post_message(api, "+52123456789", "hola").status, 202)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
