@@ -31,6 +31,7 @@ struct status_reader {
   atomic_int stopping, ready;
   atomic_uint_least64_t events;
   atomic_int_least64_t offset; /* last stream offset read; the resume point after a reconnect */
+  int64_t subscribed_at;        /* wall clock at subscribe; reader thread only */
 };
 
 static amqp_connection_state_t subscribe(struct status_reader *r)
@@ -61,6 +62,7 @@ static amqp_connection_state_t subscribe(struct status_reader *r)
     mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
     goto fail;
   }
+  r->subscribed_at = util_now_ms();
   log_event(CFG_LOG_INFO, "consuming the status stream", "stream",
             r->cfg->topology.status_stream, "from", off < 0 ? "first" : "last read", NULL);
   return conn;
@@ -82,6 +84,12 @@ static void apply(struct status_reader *r, const amqp_envelope_t *env)
     /* A foreign or corrupt event cannot be fixed by reading it again: skip it. */
     log_event(CFG_LOG_WARN, "skipping a bad status event", "reason", err, NULL);
     return;
+  }
+  /* Under steady traffic the stream is never idle: an event newer than the subscription
+   * proves the backlog is behind us. */
+  if(!atomic_load(&r->ready) && ev.at_ms >= r->subscribed_at) {
+    atomic_store(&r->ready, 1);
+    log_event(CFG_LOG_INFO, "status cache caught up", NULL);
   }
   if(task_cache_apply(r->cache, &ev) < 0)
     log_event(CFG_LOG_ERROR, "out of memory applying a status event", "task_id", ev.task_id,

@@ -61,6 +61,13 @@ static int digits(const char **p, int n, int *out)
   return 0;
 }
 
+static int days_in_month(int y, int mo)
+{
+  static const int DAYS[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  return DAYS[mo - 1] + (mo == 2 && leap);
+}
+
 int util_parse_time(const char *text, int64_t *ms)
 {
   const char *p = text;
@@ -93,7 +100,8 @@ int util_parse_time(const char *text, int64_t *ms)
   }
   else
     return -1;
-  if(*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60)
+  if(*p || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 ||
+     s > 60)
     return -1;
   memset(&tm, 0, sizeof tm);
   tm.tm_year = y - 1900;

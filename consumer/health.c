@@ -57,13 +57,14 @@ static int route(struct mg_connection *conn, void *arg)
              "{\"status\":\"%s\",\"service\":\"msg-consumer\",\"version\":\"%s\","
              "\"uptime_seconds\":%lld,\"broker\":{\"connected\":%s},\"draining\":%s,"
              "\"in_flight\":%lld,\"succeeded\":%lld,\"retried\":%lld,\"parked\":%lld,"
-             "\"redelivered\":%lld}",
+             "\"redelivered\":%lld,\"duplicates_skipped\":%lld}",
              ready ? "ok" : "unavailable", MSG_VERSION,
              (long long)((util_mono_ms() - srv->started_ms) / 1000),
              atomic_load(&s->connected) ? "true" : "false",
              atomic_load(&s->draining) ? "true" : "false", (long long)atomic_load(&s->in_flight),
              (long long)atomic_load(&s->succeeded), (long long)atomic_load(&s->retried),
-             (long long)atomic_load(&s->parked), (long long)atomic_load(&s->redelivered));
+             (long long)atomic_load(&s->parked), (long long)atomic_load(&s->redelivered),
+             (long long)atomic_load(&s->duplicates));
     return send_text(conn, ready ? 200 : 503, body);
   }
   return send_text(conn, 404,

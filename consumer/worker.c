@@ -13,6 +13,7 @@
 
 #include "confirms.h"
 #include "evo.h"
+#include "idset.h"
 #include "job.h"
 #include "log.h"
 #include "mq.h"
@@ -21,6 +22,15 @@
 
 #define CONSUME_CH 1
 #define PUBLISH_CH 2
+#define STATUS_CH 3
+/* The status stream is read so that a redelivered job whose task already reached SUCCESS is
+ * acked without a second send. Acks on a stream are credit: sent in batches. */
+#define STATUS_PREFETCH 2000
+#define STATUS_ACK_EVERY 500
+/* No status event for this long after subscribing means the backlog has been replayed. */
+#define STATUS_CAUGHT_UP_IDLE_MS 250
+/* Task ids remembered as sent (16 bytes each, plus table overhead: 48 MiB at most). */
+#define SENT_MEMORY 1000000
 #define CONNECT_TIMEOUT_MS 5000
 #define BACKOFF_MIN_MS 200
 #define BACKOFF_MAX_MS 10000
@@ -38,6 +48,7 @@ struct delivery {
   int attempt;     /* 1 for the first delivery attempt */
   int pending;     /* tracked publishes not yet confirmed */
   int failed;      /* one of them was nacked or returned */
+  int succeeded;   /* Evolution API accepted it; the pending publish is the SUCCESS event */
   int64_t started_ms;
   char ref[64];    /* correlation id of its publishes, to match basic.return */
 };
@@ -50,6 +61,16 @@ struct worker {
   struct confirms *confirms;
   struct evo_client *evo;
   long long in_flight;
+
+  /* The status stream, followed on STATUS_CH (see STATUS_PREFETCH). */
+  struct idset *sent;          /* tasks known to have reached SUCCESS */
+  int64_t stream_offset;       /* last offset read, the resume point after a reconnect */
+  int64_t stream_subscribed_at;/* wall clock at subscribe: later events mean caught up */
+  int64_t stream_last_ms;      /* monotonic time of the last stream delivery */
+  uint64_t stream_last_tag, stream_unacked;
+  int stream_caught_up;
+  int consuming_jobs;
+  int crash_before_ack;        /* fault injection for tests: MSG_FAILPOINT=crash_before_ack */
 };
 
 static void delivery_free(struct delivery *d)
@@ -233,6 +254,7 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
       ev.error_message = (char *)o->message;
     }
     atomic_fetch_add(&w->state->succeeded, 1);
+    d->succeeded = 1;
     log_event(CFG_LOG_INFO, "message delivered", "task_id", d->job->task_id, "attempt", attempt,
               "outcome", o->code, "evolution_key", o->key_id[0] ? o->key_id : NULL, "latency_ms",
               latency, NULL);
@@ -269,6 +291,15 @@ static void on_settle(void *owner, int ok, void *ctx)
     d->failed = 1;
   if(--d->pending)
     return;
+  if(w->conn && !d->failed && d->job && d->succeeded) {
+    idset_add(w->sent, d->job->task_id);
+    if(w->crash_before_ack) {
+      /* Simulates a crash in the worst window: Evolution accepted, SUCCESS recorded, no ack. */
+      log_event(CFG_LOG_WARN, "failpoint crash_before_ack: killing the process", "task_id",
+                d->job->task_id, NULL);
+      raise(SIGKILL);
+    }
+  }
   if(w->conn) {
     if(d->failed)
       amqp_basic_nack(w->conn, CONSUME_CH, d->tag, 0, 1);
@@ -327,6 +358,16 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
     return;
   }
   snprintf(d->ref, sizeof d->ref, "%s", d->job->task_id);
+  if(idset_has(w->sent, d->job->task_id)) {
+    /* Delivered again after a crash or a broker restart, but already sent: never twice. */
+    log_event(CFG_LOG_INFO, "already delivered, not sending again", "task_id", d->job->task_id,
+              NULL);
+    atomic_fetch_add(&w->state->duplicates, 1);
+    amqp_basic_ack(w->conn, CONSUME_CH, tag, 0);
+    set_in_flight(w, -1);
+    delivery_free(d);
+    return;
+  }
   {
     struct status_event ev;
     memset(&ev, 0, sizeof ev);
@@ -337,6 +378,32 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
     log_event(CFG_LOG_ERROR, "cannot start an Evolution API request", "task_id",
               d->job->task_id, NULL);
     on_abort(d, w);
+  }
+}
+
+/* One event of the status stream: remember SUCCESS tasks, track the offset, give credit. */
+static void on_status_event(struct worker *w, uint64_t tag, amqp_message_t *m)
+{
+  struct status_event ev;
+  char err[128];
+  int64_t off;
+  if((m->properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
+     !mq_table_get_int(&m->properties.headers, "x-stream-offset", &off))
+    w->stream_offset = off;
+  w->stream_last_ms = util_mono_ms();
+  if(!status_event_decode(m->body.bytes, m->body.len, &ev, err, sizeof err)) {
+    if(ev.status == TASK_SUCCESS)
+      idset_add(w->sent, ev.task_id);
+    /* Under steady traffic the stream is never idle: an event newer than the subscription
+     * proves the backlog is behind us. */
+    if(!w->stream_caught_up && ev.at_ms >= w->stream_subscribed_at)
+      w->stream_caught_up = 1;
+    status_event_clear(&ev);
+  }
+  w->stream_last_tag = tag;
+  if(++w->stream_unacked >= STATUS_ACK_EVERY) {
+    amqp_basic_ack(w->conn, STATUS_CH, tag, 1);
+    w->stream_unacked = 0;
   }
 }
 
@@ -373,7 +440,10 @@ static int drain_frames(struct worker *w)
         log_event(CFG_LOG_WARN, "broker connection lost while reading a delivery", NULL);
         return -1;
       }
-      start_delivery(w, tag, &m, redelivered);
+      if(f.channel == STATUS_CH)
+        on_status_event(w, tag, &m);
+      else
+        start_delivery(w, tag, &m, redelivered);
       amqp_destroy_message(&m);
       break;
     }
@@ -436,7 +506,6 @@ static int drain_frames(struct worker *w)
 static int connect_broker(struct worker *w)
 {
   char err[512];
-  amqp_basic_consume_ok_t *ok;
   amqp_connection_state_t conn = mq_connect(w->cfg, "consumer", CONNECT_TIMEOUT_MS, err, sizeof err);
   if(!conn) {
     log_event(CFG_LOG_WARN, "cannot connect to the broker", "reason", err, NULL);
@@ -450,26 +519,57 @@ static int connect_broker(struct worker *w)
     snprintf(err, sizeof err, "confirm.select refused");
     goto fail;
   }
-  /* Quorum queues refuse a global prefetch; per-consumer is what bounds in-flight sends. */
-  if(!amqp_basic_qos(conn, CONSUME_CH, 0, (uint16_t)w->cfg->consumer.prefetch, 0)) {
-    snprintf(err, sizeof err, "basic.qos refused");
+  if(mq_channel_open(conn, STATUS_CH, err, sizeof err))
     goto fail;
+  {
+    amqp_table_entry_t arg = w->stream_offset < 0
+                               ? mq_entry_str("x-stream-offset", "first")
+                               : mq_entry_i64("x-stream-offset", w->stream_offset + 1);
+    amqp_table_t args = {1, &arg};
+    if(!amqp_basic_qos(conn, STATUS_CH, 0, STATUS_PREFETCH, 0) ||
+       !amqp_basic_consume(conn, STATUS_CH, amqp_cstring_bytes(w->cfg->topology.status_stream),
+                           amqp_empty_bytes, 0, 0, 0, args)) {
+      mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
+      goto fail;
+    }
   }
-  ok = amqp_basic_consume(conn, CONSUME_CH, amqp_cstring_bytes(w->cfg->topology.queue),
-                          amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
-  if(!ok) {
-    mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
-    goto fail;
-  }
-  w->consumer_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
+  w->stream_subscribed_at = util_now_ms();
+  w->stream_last_ms = util_mono_ms();
+  w->stream_caught_up = 0;
+  w->stream_unacked = 0;
+  w->consuming_jobs = 0;
   w->conn = conn;
-  atomic_store(&w->state->connected, 1);
-  log_event(CFG_LOG_INFO, "consuming", "queue", w->cfg->topology.queue, NULL);
+  log_event(CFG_LOG_INFO, "connected; reading the status stream before taking jobs", NULL);
   return 0;
 fail:
   log_event(CFG_LOG_ERROR, "cannot set up the broker", "reason", err, NULL);
   amqp_destroy_connection(conn);
   return -1;
+}
+
+/* Starts taking jobs once the status stream is caught up, so that a redelivered job whose
+ * task already reached SUCCESS is recognised. Returns 0, or -1 when the broker refused. */
+static int start_consuming_jobs(struct worker *w)
+{
+  char err[512];
+  amqp_basic_consume_ok_t *ok;
+  /* Quorum queues refuse a global prefetch; per-consumer is what bounds in-flight sends. */
+  if(!amqp_basic_qos(w->conn, CONSUME_CH, 0, (uint16_t)w->cfg->consumer.prefetch, 0)) {
+    log_event(CFG_LOG_ERROR, "basic.qos refused", NULL);
+    return -1;
+  }
+  ok = amqp_basic_consume(w->conn, CONSUME_CH, amqp_cstring_bytes(w->cfg->topology.queue),
+                          amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+  if(!ok) {
+    log_event(CFG_LOG_ERROR, "cannot consume the job queue", "reason",
+              mq_reply_text(amqp_get_rpc_reply(w->conn), err, sizeof err), NULL);
+    return -1;
+  }
+  w->consumer_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
+  w->consuming_jobs = 1;
+  atomic_store(&w->state->connected, 1);
+  log_event(CFG_LOG_INFO, "consuming", "queue", w->cfg->topology.queue, NULL);
+  return 0;
 }
 
 /* Drops the connection after a failure: unacked deliveries go back to the queue on the
@@ -488,7 +588,7 @@ static void drop_connection(struct worker *w)
 static void cancel_consumer(struct worker *w)
 {
   amqp_basic_cancel_t req;
-  if(!w->conn)
+  if(!w->conn || !w->consuming_jobs)
     return;
   req.consumer_tag = w->consumer_tag;
   req.nowait = 1;
@@ -519,10 +619,17 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   w.state = state;
   w.confirms = confirms_new(on_settle, &w);
   w.evo = evo_client_new(cfg, on_http_done, &w);
-  if(!w.confirms || !w.evo) {
+  w.sent = idset_new(SENT_MEMORY);
+  w.stream_offset = -1;
+  {
+    const char *fp = getenv("MSG_FAILPOINT");
+    w.crash_before_ack = fp && !strcmp(fp, "crash_before_ack");
+  }
+  if(!w.confirms || !w.evo || !w.sent) {
     log_error("out of memory starting the worker");
     confirms_free(w.confirms);
     evo_client_free(w.evo);
+    idset_free(w.sent);
     return 1;
   }
   for(;;) {
@@ -566,6 +673,15 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
     }
     if(w.conn && drain_frames(&w))
       drop_connection(&w);
+    if(w.conn) {
+      if(w.stream_unacked && amqp_basic_ack(w.conn, STATUS_CH, w.stream_last_tag, 1) ==
+                               AMQP_STATUS_OK)
+        w.stream_unacked = 0;
+      if(!w.stream_caught_up && now - w.stream_last_ms >= STATUS_CAUGHT_UP_IDLE_MS)
+        w.stream_caught_up = 1;
+      if(w.stream_caught_up && !w.consuming_jobs && !grace_deadline && start_consuming_jobs(&w))
+        drop_connection(&w);
+    }
 
     if(w.conn) {
       /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
@@ -597,6 +713,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   amqp_bytes_free(w.consumer_tag);
   evo_client_free(w.evo);
   confirms_free(w.confirms);
+  idset_free(w.sent);
   atomic_store(&state->connected, 0);
   return rc;
 }

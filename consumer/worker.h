@@ -13,7 +13,7 @@ struct worker_state {
   atomic_int connected;  /* broker connection up, topology declared, consuming */
   atomic_int draining;   /* a stop signal arrived */
   atomic_llong in_flight;
-  atomic_llong succeeded, retried, parked, redelivered;
+  atomic_llong succeeded, retried, parked, redelivered, duplicates;
   atomic_llong loop_at_ms; /* last loop turn (monotonic), for liveness */
 };
 

@@ -537,6 +537,26 @@ def wait_task_status(api, task_id, statuses, timeout=20):
     return last.json
 
 
+def watch_task(api, task_id, until, timeout=20, interval=0.02):
+    """Polls the task until its status is in `until` (a name or a collection) and returns every
+    distinct task document seen on the way, oldest first (the last one has a status in
+    `until`). Fast polling, so that short-lived states such as RETRY are seen."""
+    wanted = {until} if isinstance(until, str) else set(until)
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        r = get_task(api, task_id)
+        if r.status == 200 and r.json and (not seen or seen[-1] != r.json):
+            seen.append(r.json)
+            if r.json.get("status") in wanted:
+                return seen
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for task {task_id} to reach "
+                                 f"{sorted(wanted)}; statuses seen: {[d.get('status') for d in seen]}; "
+                                 f"last answer: {r.status} {r.body.decode(errors='replace')}")
+        time.sleep(interval)
+
+
 # --- RabbitMQ topology -----------------------------------------------------------------------------
 
 def _mgmt(method, path, body=None):

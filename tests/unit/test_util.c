@@ -56,6 +56,11 @@ static void test_parse(void)
   CHECK_INT(ms, T2026 + 999);
   CHECK(util_parse_time("2000-02-29T23:59:59.999Z", &ms) == 0);
   CHECK_INT(ms, INT64_C(951868799999));
+  /* Month lengths and leap years. */
+  CHECK(util_parse_time("2024-02-29T00:00:00Z", &ms) == 0);
+  CHECK(util_parse_time("2026-01-31T00:00:00Z", &ms) == 0);
+  CHECK(util_parse_time("2026-12-31T23:59:59.999Z", &ms) == 0);
+  CHECK(util_parse_time("2026-11-30T00:00:00Z", &ms) == 0);
 out:;
 }
 
@@ -104,6 +109,11 @@ static void test_parse_rejects(void)
     "2026-00-28T12:00:00Z",
     "2026-11-00T12:00:00Z",
     "2026-11-32T12:00:00Z",
+    "2026-11-31T12:00:00Z",     /* November has 30 days */
+    "2026-02-29T12:00:00Z",     /* not a leap year */
+    "2026-02-30T12:00:00Z",
+    "1900-02-29T12:00:00Z",     /* divisible by 100, not by 400 */
+    "2026-04-31T12:00:00Z",
     "2026-11-28T24:00:00Z",
     "2026-11-28T12:60:00Z",
     "2026-11-28T12:00:61Z",
