@@ -46,7 +46,7 @@ int main(int argc, char **argv)
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 
-  cache = task_cache_new(cfg->api.cache_max_tasks);
+  cache = task_cache_new(cfg->api.cache_max_tasks, (int64_t)cfg->topology.status_retention_ms);
   if(!cache) {
     log_error("out of memory creating the task cache");
     exit_code = 1;

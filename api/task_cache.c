@@ -25,6 +25,7 @@ struct task_cache {
   pthread_rwlock_t lock; /* guards everything below */
   struct task **buckets;
   size_t nbuckets, count, max;
+  int64_t retention_ms;
   struct task *oldest, *newest;
 };
 
@@ -38,7 +39,7 @@ static uint64_t hash_id(const char *s)
   return h;
 }
 
-struct task_cache *task_cache_new(size_t max_tasks)
+struct task_cache *task_cache_new(size_t max_tasks, int64_t retention_ms)
 {
   struct task_cache *c = calloc(1, sizeof *c);
   size_t n = 1024;
@@ -54,6 +55,7 @@ struct task_cache *task_cache_new(size_t max_tasks)
   }
   c->nbuckets = n;
   c->max = max_tasks;
+  c->retention_ms = retention_ms;
   pthread_rwlock_init(&c->lock, NULL);
   return c;
 }
@@ -101,6 +103,14 @@ static void drop_oldest(struct task_cache *c)
   task_free(t);
 }
 
+/* Insertion order is creation order for all practical purposes, so expired tasks sit at the
+ * old end of the list. */
+static void drop_expired(struct task_cache *c, int64_t now)
+{
+  while(c->oldest && c->oldest->created_at_ms + c->retention_ms < now)
+    drop_oldest(c);
+}
+
 static int replace(char **dst, const char *src)
 {
   char *copy = NULL;
@@ -117,6 +127,7 @@ int task_cache_apply(struct task_cache *c, const struct status_event *ev)
   struct task *t;
   int rc = 1;
   pthread_rwlock_wrlock(&c->lock);
+  drop_expired(c, util_now_ms());
   t = find(c, ev->task_id);
   if(t && rank <= t->rank) {
     rc = 0;
@@ -175,7 +186,7 @@ char *task_cache_render(struct task_cache *c, const char *task_id)
   char *out = NULL;
   pthread_rwlock_rdlock(&c->lock);
   t = find(c, task_id);
-  if(!t)
+  if(!t || t->created_at_ms + c->retention_ms < util_now_ms())
     goto out;
   if(t->status == TASK_SUCCESS)
     result = json_pack("{s:b, s:s, s:s?}", "success", 1, "phone", t->phone, "evolution_key",

@@ -4,14 +4,17 @@
 #define MSG_TASK_CACHE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "status.h"
 
 struct task_cache;
 
 /* Creates a cache holding at most max_tasks tasks; the oldest task is dropped to make room.
- * NULL when out of memory. */
-struct task_cache *task_cache_new(size_t max_tasks);
+ * Tasks created more than retention_ms ago are forgotten too, like the status stream forgets
+ * their events, so a restarted replica and a long-running one answer alike. NULL when out of
+ * memory. */
+struct task_cache *task_cache_new(size_t max_tasks, int64_t retention_ms);
 
 /* Frees the cache; NULL is a no-op. */
 void task_cache_free(struct task_cache *cache);

@@ -13,6 +13,8 @@
 #define ID2 "123e4567-e89b-42d3-a456-426614174002"
 #define T0 INT64_C(1795867200000) /* 2026-11-28T12:00:00.000Z */
 #define KEY "3EB0EFD331EA140F004CA75141E8169B9EED7629"
+/* The fixed times above must not expire whatever day the tests run. */
+#define RETENTION_MS (INT64_C(100) * 365 * 24 * 3600 * 1000)
 
 static struct status_event ev(const char *id, enum task_status s, int attempt, int64_t at)
 {
@@ -45,7 +47,7 @@ static int is_null_at(json_t *doc, const char *key)
 
 static void test_lifecycle(void)
 {
-  struct task_cache *c = task_cache_new(100);
+  struct task_cache *c = task_cache_new(100, RETENTION_MS);
   json_t *doc = NULL, *result;
   struct status_event e;
   CHECK(c != NULL);
@@ -134,7 +136,7 @@ out:
 
 static void test_duplicates(void)
 {
-  struct task_cache *c = task_cache_new(100);
+  struct task_cache *c = task_cache_new(100, RETENTION_MS);
   struct status_event e;
   json_t *doc = NULL;
   CHECK(c != NULL);
@@ -162,7 +164,7 @@ out:
 
 static void test_retry(void)
 {
-  struct task_cache *c = task_cache_new(100);
+  struct task_cache *c = task_cache_new(100, RETENTION_MS);
   struct status_event e;
   json_t *doc = NULL, *error;
   CHECK(c != NULL);
@@ -232,7 +234,7 @@ out:
 
 static void test_unknown(void)
 {
-  struct task_cache *c = task_cache_new(10);
+  struct task_cache *c = task_cache_new(10, RETENTION_MS);
   struct status_event e = ev(ID1, TASK_PENDING, 0, T0);
   CHECK(c != NULL);
   CHECK(task_cache_render(c, ID1) == NULL);
@@ -244,6 +246,27 @@ out:
   task_cache_free(c);
 }
 
+/* Tasks older than the retention are forgotten: not rendered, and dropped on the next apply. */
+static void test_retention(void)
+{
+  const int64_t hour = 3600 * 1000, now = util_now_ms();
+  struct task_cache *c = task_cache_new(100, hour);
+  struct status_event old = ev(ID1, TASK_PENDING, 0, now - 2 * hour);
+  struct status_event fresh = ev(ID2, TASK_PENDING, 0, now - hour / 2);
+  char *doc = NULL;
+  CHECK(c);
+  CHECK_INT(task_cache_apply(c, &old), 1);
+  doc = task_cache_render(c, ID1);
+  CHECK(doc == NULL);
+  CHECK_INT(task_cache_apply(c, &fresh), 1);
+  CHECK_INT(task_cache_size(c), 1);
+  doc = task_cache_render(c, ID2);
+  CHECK(doc != NULL);
+out:
+  free(doc);
+  task_cache_free(c);
+}
+
 static void id_for(int i, char out[UTIL_UUID_LEN])
 {
   snprintf(out, UTIL_UUID_LEN, "00000000-0000-4000-8000-%012d", i);
@@ -252,7 +275,7 @@ static void id_for(int i, char out[UTIL_UUID_LEN])
 static void test_eviction(void)
 {
   enum { MAX = 5 };
-  struct task_cache *c = task_cache_new(MAX);
+  struct task_cache *c = task_cache_new(MAX, RETENTION_MS);
   char id[UTIL_UUID_LEN];
   char *text = NULL;
   CHECK(c != NULL);
@@ -308,7 +331,7 @@ static void test_many(void)
 {
   /* Enough tasks to chain buckets: all findable, size exact. */
   enum { N = 5000 };
-  struct task_cache *c = task_cache_new(N);
+  struct task_cache *c = task_cache_new(N, RETENTION_MS);
   char id[UTIL_UUID_LEN];
   char *text = NULL;
   CHECK(c != NULL);
@@ -347,6 +370,7 @@ int main(void)
     {"unknown", test_unknown},
     {"eviction", test_eviction},
     {"many", test_many},
+    {"retention", test_retention},
     {"free_null", test_free_null},
   };
   return CHECK_RUN(tests);
