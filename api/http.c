@@ -4,6 +4,7 @@
 
 #include <civetweb.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,11 +19,21 @@
 #define CONFIRM_WAIT_MS 5000
 #define RETRY_AFTER_S "1"
 
+/* Idempotency keys whose first request is still waiting for its confirm. A repeat that
+ * arrives meanwhile waits for it instead of publishing a second job. */
+struct idem_claim {
+  struct idem_claim *next;
+  char key[JOB_IDEMPOTENCY_KEY_MAX + 1];
+};
+
 struct http_server {
   struct http_deps deps;
   struct mg_context *ctx;
   int64_t started_ms;
   atomic_int draining;
+  pthread_mutex_t idem_lock; /* guards claims */
+  pthread_cond_t idem_done;
+  struct idem_claim *claims;
 };
 
 static void send_json(struct mg_connection *conn, int status, const char *body,
@@ -115,12 +126,77 @@ static int read_body(struct mg_connection *conn, size_t max, char **out, size_t 
   return 0;
 }
 
+static struct idem_claim **find_claim(struct http_server *srv, const char *key)
+{
+  struct idem_claim **pp = &srv->claims;
+  while(*pp && strcmp((*pp)->key, key))
+    pp = &(*pp)->next;
+  return pp;
+}
+
+/* Claims `key` for this request, waiting (bounded) while another request holds it. Returns 1
+ * when claimed (release with idem_release), 0 when the wait timed out. */
+static int idem_claim(struct http_server *srv, struct idem_claim *claim, const char *key)
+{
+  struct timespec deadline;
+  int ok = 1;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += CONFIRM_WAIT_MS / 1000 + 1;
+  snprintf(claim->key, sizeof claim->key, "%s", key);
+  claim->next = NULL;
+  pthread_mutex_lock(&srv->idem_lock);
+  while(*find_claim(srv, key))
+    if(pthread_cond_timedwait(&srv->idem_done, &srv->idem_lock, &deadline)) {
+      ok = 0;
+      break;
+    }
+  if(ok) {
+    claim->next = srv->claims;
+    srv->claims = claim;
+  }
+  pthread_mutex_unlock(&srv->idem_lock);
+  return ok;
+}
+
+static void idem_release(struct http_server *srv, struct idem_claim *claim)
+{
+  struct idem_claim **pp;
+  pthread_mutex_lock(&srv->idem_lock);
+  pp = find_claim(srv, claim->key);
+  if(*pp)
+    *pp = claim->next;
+  pthread_cond_broadcast(&srv->idem_done);
+  pthread_mutex_unlock(&srv->idem_lock);
+}
+
+/* Answers a repeat of an earlier request with the same Idempotency-Key: the first task's id,
+ * or 422 when the key was used for a different request. Returns 0 when the key is new. */
+static int replay_idempotent(struct mg_connection *conn, struct http_server *srv,
+                             const struct job *job)
+{
+  char task_id[UTIL_UUID_LEN];
+  uint64_t hash;
+  enum task_status status;
+  if(!task_cache_find_idempotent(srv->deps.cache, job->idempotency_key, task_id, &hash, &status))
+    return 0;
+  if(hash && hash != job_request_hash(job))
+    return reply_error(conn, 422, "idempotency_key_reused",
+                       "this Idempotency-Key was used for a different request", "Idempotency-Key",
+                       NULL, NULL);
+  return reply(conn, 202,
+               json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message",
+                         "Message already accepted with this Idempotency-Key", "task_id", task_id,
+                         "status", status_name(status)),
+               "Idempotent-Replayed", "true");
+}
+
 static int handle_post_message(struct mg_connection *conn, struct http_server *srv)
 {
   const struct cfg *cfg = srv->deps.cfg;
   struct request_error rerr;
   struct job job;
   struct status_event ev;
+  struct idem_claim *claim = NULL;
   const char *idem = mg_get_header(conn, "Idempotency-Key");
   char *body = NULL;
   size_t len = 0;
@@ -161,7 +237,27 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
                        RETRY_AFTER_S);
   }
   job.created_at_ms = util_now_ms();
-  job.idempotency_key = idem ? strdup(idem) : NULL;
+  if(idem) {
+    job.idempotency_key = strdup(idem);
+    claim = malloc(sizeof *claim);
+    if(!job.idempotency_key || !claim) {
+      free(claim);
+      claim = NULL;
+      status = reply_error(conn, 503, "unavailable", "out of memory", NULL, "Retry-After",
+                           RETRY_AFTER_S);
+      goto out;
+    }
+    if(!idem_claim(srv, claim, idem)) {
+      free(claim);
+      claim = NULL;
+      status = reply_error(conn, 503, "broker_unavailable",
+                           "an earlier request with this Idempotency-Key is still in progress",
+                           NULL, "Retry-After", RETRY_AFTER_S);
+      goto out;
+    }
+    if((status = replay_idempotent(conn, srv, &job)))
+      goto out;
+  }
 
   switch(publisher_submit(srv->deps.publisher, &job, CONFIRM_WAIT_MS)) {
   case PUB_OK: break;
@@ -169,29 +265,28 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
     log_event(CFG_LOG_ERROR, "broker refused a job", "task_id", job.task_id, NULL);
     /* fall through */
   default:
-    free(job.message);
-    free(job.instance_name);
-    free(job.idempotency_key);
-    return reply_error(conn, 503, "broker_unavailable",
-                       "the message broker could not confirm the message; retry later", NULL,
-                       "Retry-After", RETRY_AFTER_S);
+    status = reply_error(conn, 503, "broker_unavailable",
+                         "the message broker could not confirm the message; retry later", NULL,
+                         "Retry-After", RETRY_AFTER_S);
+    goto out;
   }
   /* The local cache learns of the task now, so a GET right after the 202 finds it even before
-   * the PENDING event comes back through the stream. */
-  memset(&ev, 0, sizeof ev);
-  memcpy(ev.task_id, job.task_id, UTIL_UUID_LEN);
-  ev.status = TASK_PENDING;
-  ev.at_ms = ev.created_at_ms = job.created_at_ms;
-  ev.phone = job.phone;
+   * the PENDING event comes back through the stream (and a repeat finds its key). */
+  status_pending_event(&job, &ev);
   task_cache_apply(srv->deps.cache, &ev);
   log_event(CFG_LOG_INFO, "message accepted", "task_id", job.task_id, "instance",
             job.instance_name, NULL);
   doc = json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message", "Message queued for delivery",
                   "task_id", job.task_id, "status", "PENDING");
+  status = reply(conn, 202, doc, NULL, NULL);
+out:
+  if(claim) {
+    idem_release(srv, claim);
+    free(claim);
+  }
   free(job.message);
   free(job.instance_name);
   free(job.idempotency_key);
-  status = reply(conn, 202, doc, NULL, NULL);
   return status;
 }
 
@@ -341,6 +436,8 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
   }
   srv->deps = *deps;
   srv->started_ms = util_mono_ms();
+  pthread_mutex_init(&srv->idem_lock, NULL);
+  pthread_cond_init(&srv->idem_done, NULL);
   snprintf(threads, sizeof threads, "%u", deps->cfg->api.threads);
   memset(&cb, 0, sizeof cb);
   cb.log_message = on_log;
@@ -370,5 +467,7 @@ void http_stop(struct http_server *srv)
   if(!srv)
     return;
   mg_stop(srv->ctx);
+  pthread_mutex_destroy(&srv->idem_lock);
+  pthread_cond_destroy(&srv->idem_done);
   free(srv);
 }

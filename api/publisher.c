@@ -98,13 +98,7 @@ static void wake(struct publisher *pub)
 static int build_req(struct pub_req *r, const struct publisher *pub, const struct job *job)
 {
   struct status_event ev;
-  memset(&ev, 0, sizeof ev);
-  memcpy(ev.task_id, job->task_id, UTIL_UUID_LEN);
-  ev.status = TASK_PENDING;
-  ev.at_ms = job->created_at_ms;
-  ev.created_at_ms = job->created_at_ms;
-  ev.phone = (char *)job->phone;
-  ev.idempotency_key = job->idempotency_key;
+  status_pending_event(job, &ev);
   memcpy(r->task_id, job->task_id, UTIL_UUID_LEN);
   r->job_body = job_encode(job, &r->job_len);
   r->event_body = status_event_encode(&ev, &r->event_len);

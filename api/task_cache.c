@@ -12,6 +12,9 @@
 struct task {
   struct task *chain;  /* next in the same hash bucket */
   struct task *newer;  /* insertion order, for dropping the oldest */
+  struct task *ichain; /* next in the same idempotency-key bucket */
+  char *idem_key;      /* Idempotency-Key the task was created with, or NULL */
+  uint64_t request_hash;
   char id[UTIL_UUID_LEN];
   char phone[JOB_PHONE_LEN];
   unsigned char status;
@@ -24,6 +27,7 @@ struct task {
 struct task_cache {
   pthread_rwlock_t lock; /* guards everything below */
   struct task **buckets;
+  struct task **ibuckets; /* by idempotency key, same size as buckets */
   size_t nbuckets, count, max;
   int64_t retention_ms;
   struct task *oldest, *newest;
@@ -49,7 +53,10 @@ struct task_cache *task_cache_new(size_t max_tasks, int64_t retention_ms)
   while(n < max_tasks && n < ((size_t)1 << 26))
     n <<= 1;
   c->buckets = calloc(n, sizeof *c->buckets);
-  if(!c->buckets) {
+  c->ibuckets = calloc(n, sizeof *c->ibuckets);
+  if(!c->buckets || !c->ibuckets) {
+    free(c->buckets);
+    free(c->ibuckets);
     free(c);
     return NULL;
   }
@@ -65,6 +72,7 @@ static void task_free(struct task *t)
   free(t->evolution_key);
   free(t->error_code);
   free(t->error_message);
+  free(t->idem_key);
   free(t);
 }
 
@@ -78,6 +86,7 @@ void task_cache_free(struct task_cache *c)
   }
   pthread_rwlock_destroy(&c->lock);
   free(c->buckets);
+  free(c->ibuckets);
   free(c);
 }
 
@@ -96,6 +105,12 @@ static void drop_oldest(struct task_cache *c)
   while(*pp != t)
     pp = &(*pp)->chain;
   *pp = t->chain;
+  if(t->idem_key) {
+    pp = &c->ibuckets[hash_id(t->idem_key) & (c->nbuckets - 1)];
+    while(*pp != t)
+      pp = &(*pp)->ichain;
+    *pp = t->ichain;
+  }
   c->oldest = t->newer;
   if(!c->oldest)
     c->newest = NULL;
@@ -129,10 +144,6 @@ int task_cache_apply(struct task_cache *c, const struct status_event *ev)
   pthread_rwlock_wrlock(&c->lock);
   drop_expired(c, util_now_ms());
   t = find(c, ev->task_id);
-  if(t && rank <= t->rank) {
-    rc = 0;
-    goto out;
-  }
   if(!t) {
     size_t b;
     t = calloc(1, sizeof *t);
@@ -141,6 +152,7 @@ int task_cache_apply(struct task_cache *c, const struct status_event *ev)
       goto out;
     }
     memcpy(t->id, ev->task_id, UTIL_UUID_LEN);
+    t->rank = -1;
     if(c->count >= c->max)
       drop_oldest(c);
     b = hash_id(t->id) & (c->nbuckets - 1);
@@ -153,20 +165,35 @@ int task_cache_apply(struct task_cache *c, const struct status_event *ev)
     c->newest = t;
     c->count++;
   }
+  /* What the request was is merged whatever the order events arrive in. */
+  if(ev->idempotency_key && !t->idem_key) {
+    size_t b = hash_id(ev->idempotency_key) & (c->nbuckets - 1);
+    if(!(t->idem_key = strdup(ev->idempotency_key)))
+      rc = -1;
+    else {
+      t->ichain = c->ibuckets[b];
+      c->ibuckets[b] = t;
+    }
+  }
+  if(ev->request_hash)
+    t->request_hash = ev->request_hash;
+  if(ev->created_at_ms)
+    t->created_at_ms = ev->created_at_ms;
+  if(rank <= t->rank) {
+    rc = 0;
+    goto out;
+  }
   t->rank = rank;
   t->status = (unsigned char)ev->status;
   t->attempt = ev->attempt;
   t->updated_at_ms = ev->at_ms;
-  if(ev->created_at_ms)
-    t->created_at_ms = ev->created_at_ms;
-  else if(!t->created_at_ms)
+  if(!t->created_at_ms)
     t->created_at_ms = ev->at_ms;
   if(ev->phone && strlen(ev->phone) < sizeof t->phone)
     strcpy(t->phone, ev->phone);
   t->next_retry_at_ms = ev->status == TASK_RETRY ? ev->next_retry_at_ms : 0;
   if(replace(&t->evolution_key, ev->evolution_key) ||
-     replace(&t->error_code, ev->status == TASK_SUCCESS ? NULL : ev->error_code) ||
-     replace(&t->error_message, ev->status == TASK_SUCCESS ? NULL : ev->error_message))
+     replace(&t->error_code, ev->error_code) || replace(&t->error_message, ev->error_message))
     rc = -1;
 out:
   pthread_rwlock_unlock(&c->lock);
@@ -209,6 +236,26 @@ out:
   pthread_rwlock_unlock(&c->lock);
   json_decref(doc);
   return out;
+}
+
+int task_cache_find_idempotent(struct task_cache *c, const char *key,
+                               char task_id[UTIL_UUID_LEN], uint64_t *request_hash,
+                               enum task_status *status)
+{
+  struct task *t;
+  int found = 0;
+  pthread_rwlock_rdlock(&c->lock);
+  t = c->ibuckets[hash_id(key) & (c->nbuckets - 1)];
+  while(t && strcmp(t->idem_key, key))
+    t = t->ichain;
+  if(t && t->created_at_ms + c->retention_ms >= util_now_ms()) {
+    memcpy(task_id, t->id, UTIL_UUID_LEN);
+    *request_hash = t->request_hash;
+    *status = (enum task_status)t->status;
+    found = 1;
+  }
+  pthread_rwlock_unlock(&c->lock);
+  return found;
 }
 
 size_t task_cache_size(struct task_cache *c)

@@ -28,6 +28,12 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev);
  * frees) or NULL when the task is unknown (or out of memory). */
 char *task_cache_render(struct task_cache *cache, const char *task_id);
 
+/* Looks up the task created with Idempotency-Key `key`. Returns 1 and writes its id, the
+ * fingerprint of its request (0 when unknown) and its status; 0 when no task has the key. */
+int task_cache_find_idempotent(struct task_cache *cache, const char *key,
+                               char task_id[UTIL_UUID_LEN], uint64_t *request_hash,
+                               enum task_status *status);
+
 /* Number of tasks held. */
 size_t task_cache_size(struct task_cache *cache);
 

@@ -263,3 +263,22 @@ void job_phone_digits(const char *phone, char out[JOB_PHONE_LEN])
       out[n++] = *p;
   out[n] = '\0';
 }
+
+static uint64_t fnv1a(uint64_t h, const char *s, size_t n)
+{
+  for(size_t i = 0; i < n; i++) {
+    h ^= (unsigned char)s[i];
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+uint64_t job_request_hash(const struct job *job)
+{
+  /* The NUL separators keep ("ab", "c") apart from ("a", "bc"). */
+  uint64_t h = 14695981039346656037ULL;
+  h = fnv1a(h, job->phone, strlen(job->phone) + 1);
+  h = fnv1a(h, job->message, strlen(job->message) + 1);
+  h = fnv1a(h, job->instance_name, strlen(job->instance_name) + 1);
+  return h ? h : 1;
+}

@@ -74,6 +74,10 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
 /* Frees a job; job_free(NULL) is a no-op. */
 void job_free(struct job *job);
 
+/* A 64-bit fingerprint of what the job asks for (phone, message, instance): two requests with
+ * the same Idempotency-Key must ask for the same thing. Never 0. */
+uint64_t job_request_hash(const struct job *job);
+
 /* Writes the digits of a canonical phone (without '+') into out[JOB_PHONE_LEN]. */
 void job_phone_digits(const char *phone, char out[JOB_PHONE_LEN]);
 

@@ -36,6 +36,18 @@ int64_t status_rank(enum task_status s, int attempt)
   return 0;
 }
 
+void status_pending_event(const struct job *job, struct status_event *ev)
+{
+  memset(ev, 0, sizeof *ev);
+  memcpy(ev->task_id, job->task_id, UTIL_UUID_LEN);
+  ev->status = TASK_PENDING;
+  ev->at_ms = ev->created_at_ms = job->created_at_ms;
+  ev->phone = (char *)job->phone;
+  ev->idempotency_key = job->idempotency_key;
+  if(job->idempotency_key)
+    ev->request_hash = job_request_hash(job);
+}
+
 static int set_str(json_t *o, const char *key, const char *v)
 {
   return v ? json_object_set_new(o, key, json_string(v)) : 0;
@@ -60,6 +72,12 @@ char *status_event_encode(const struct status_event *ev, size_t *len)
      set_str(o, "idempotency_key", ev->idempotency_key) ||
      set_time(o, "next_retry_at", ev->next_retry_at_ms))
     goto done;
+  if(ev->request_hash) {
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)ev->request_hash);
+    if(json_object_set_new(o, "request_hash", json_string(hex)))
+      goto done;
+  }
   if(ev->evolution_key) {
     json_t *r = json_pack("{s:b, s:s?, s:s}", "success", 1, "phone", ev->phone, "evolution_key",
                           ev->evolution_key);
@@ -104,17 +122,17 @@ int status_event_decode(const char *body, size_t len, struct status_event *ev, c
   json_error_t je;
   json_t *root = json_loadb(body, len, 0, &je);
   const char *task_id, *status, *at, *created = NULL, *phone = NULL, *idem = NULL,
-             *next = NULL, *key = NULL, *code = NULL, *emsg = NULL;
+             *next = NULL, *key = NULL, *code = NULL, *emsg = NULL, *hash = NULL;
   json_int_t version, attempt;
   memset(ev, 0, sizeof *ev);
   if(!root) {
     snprintf(err, errlen, "not JSON: line %d column %d: %s", je.line, je.column, je.text);
     return -1;
   }
-  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:I, s:s, s?s, s?s, s?s, s?s, s?{s?s}, s?{s?s, s?s}}",
+  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:I, s:s, s?s, s?s, s?s, s?s, s?s, s?{s?s}, s?{s?s, s?s}}",
                     "v", &version, "task_id", &task_id, "status", &status, "attempt", &attempt,
                     "at", &at, "created_at", &created, "phone", &phone, "idempotency_key",
-                    &idem, "next_retry_at", &next, "result", "evolution_key", &key, "error",
+                    &idem, "request_hash", &hash, "next_retry_at", &next, "result", "evolution_key", &key, "error",
                     "code", &code, "message", &emsg)) {
     snprintf(err, errlen, "bad status event: %s", je.text);
     goto fail;
@@ -125,6 +143,15 @@ int status_event_decode(const char *body, size_t len, struct status_event *ev, c
      (next && util_parse_time(next, &ev->next_retry_at_ms))) {
     snprintf(err, errlen, "bad status event: a field is out of range");
     goto fail;
+  }
+  if(hash) {
+    char *end;
+    unsigned long long h = strtoull(hash, &end, 16);
+    if(*end || end == hash || strlen(hash) != 16) {
+      snprintf(err, errlen, "bad status event: request_hash is not 16 hex digits");
+      goto fail;
+    }
+    ev->request_hash = h;
   }
   memcpy(ev->task_id, task_id, UTIL_UUID_LEN);
   ev->attempt = (int)attempt;

@@ -26,6 +26,7 @@ struct status_event {
   char *error_message;    /* RETRY/FAILURE: human sentence */
   int64_t next_retry_at_ms; /* RETRY */
   char *idempotency_key;
+  uint64_t request_hash;  /* PENDING with an idempotency key: job_request_hash; 0 when absent */
 };
 
 /* The status name used on the wire and in task documents ("PENDING", ...). */
@@ -37,6 +38,10 @@ int status_from_name(const char *name, enum task_status *out);
 /* Where an event sits in a task's life: later events have larger ranks. SUCCESS and FAILURE
  * rank above everything, so a late or duplicate event never moves a finished task back. */
 int64_t status_rank(enum task_status s, int attempt);
+
+/* Fills *ev with the PENDING event of a job just accepted. The strings are borrowed from the
+ * job: do not status_event_clear it. */
+void status_pending_event(const struct job *job, struct status_event *ev);
 
 /* Encodes an event as JSON. Returns a malloc'd string (caller frees) and its length, or NULL. */
 char *status_event_encode(const struct status_event *ev, size_t *len);

@@ -5,7 +5,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config
   librabbitmq-dev libcurl4-openssl-dev libcivetweb-dev libjansson-dev libyaml-dev
-  rabbitmq-server python3 curl ca-certificates
+  rabbitmq-server python3 curl ca-certificates wrk
 )
 
 missing=()
