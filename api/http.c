@@ -13,7 +13,12 @@
 
 #include "log.h"
 #include "request.h"
+#include "routes.h"
 #include "util.h"
+
+/* Compiled in from api/static/ by cmake/embed.cmake. */
+extern const char static_openapi_json[], static_docs_html[];
+extern const size_t static_openapi_json_len, static_docs_html_len;
 
 /* How long a request waits for the broker's confirm before answering 503. */
 #define CONFIRM_WAIT_MS 5000
@@ -50,6 +55,21 @@ static void send_json(struct mg_connection *conn, int status, const char *body,
   mg_response_header_send(conn);
   if(strcmp(mg_get_request_info(conn)->request_method, "HEAD"))
     mg_write(conn, body, strlen(body));
+}
+
+static int send_static(struct mg_connection *conn, const char *type, const char *body,
+                       size_t len)
+{
+  char clen[24];
+  snprintf(clen, sizeof clen, "%zu", len);
+  mg_response_header_start(conn, 200);
+  mg_response_header_add(conn, "Content-Type", type, -1);
+  mg_response_header_add(conn, "Content-Length", clen, -1);
+  mg_response_header_add(conn, "Cache-Control", "public, max-age=300", -1);
+  mg_response_header_send(conn);
+  if(strcmp(mg_get_request_info(conn)->request_method, "HEAD"))
+    mg_write(conn, body, len);
+  return 200;
 }
 
 /* Sends a json_t (stolen) as the body. */
@@ -323,6 +343,11 @@ static int handle_health(struct mg_connection *conn, struct http_server *srv)
     (json_int_t)status_reader_events(srv->deps.reader), "offset",
     (json_int_t)status_reader_offset(srv->deps.reader), "cache", "tasks",
     (json_int_t)task_cache_size(srv->deps.cache));
+  int64_t last = status_reader_last_event_ms(srv->deps.reader);
+  /* How stale the cache may be: seconds since the stream last delivered an event. */
+  if(doc)
+    json_object_set_new(json_object_get(doc, "status_stream"), "last_event_age_seconds",
+                        last ? json_real((double)(util_now_ms() - last) / 1000.0) : json_null());
   return reply(conn, ready ? 200 : 503, doc, NULL, NULL);
 }
 
@@ -356,59 +381,49 @@ static int authorized(struct mg_connection *conn, const struct cfg *cfg)
   return key && key_matches(cfg, key);
 }
 
-/* Every request comes here: one table-free router keeps 404 and 405 in one place. */
+/* Every request comes here: the routing table (routes.c) decides 404 and 405 in one place. */
 static int route(struct mg_connection *conn, void *arg)
 {
   struct http_server *srv = arg;
   const struct mg_request_info *ri = mg_get_request_info(conn);
-  const char *path = ri->local_uri ? ri->local_uri : "/";
-  const char *m = ri->request_method;
-  int get = !strcmp(m, "GET") || !strcmp(m, "HEAD");
-
-  if(!strcmp(path, "/")) {
-    if(!get)
-      goto not_allowed_get;
+  const char *path = ri->local_uri ? ri->local_uri : "/", *param = NULL;
+  int id = route_match(path, &param);
+  if(id < 0)
+    return reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);
+  if(!route_allows(&ROUTES[id], ri->request_method)) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "use %s", ROUTES[id].method);
+    return reply_error(conn, 405, "method_not_allowed", msg, NULL, "Allow", ROUTES[id].allow);
+  }
+  /* Probes, the banner and the documentation stay open so orchestrators and readers need no
+   * key. */
+  if(!ROUTES[id].open && !authorized(conn, srv->deps.cfg))
+    return reply_error(conn, 401, "unauthorized",
+                       "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
+                       NULL, "WWW-Authenticate", "Bearer realm=\"msg-api\"");
+  switch((enum route_id)id) {
+  case ROUTE_ROOT:
     return reply(conn, 200,
                  json_pack("{s:s, s:s, s:s}", "service", "msg-api", "version", MSG_VERSION,
                            "status", "ok"),
                  NULL, NULL);
-  }
-  if(!strcmp(path, "/livez")) {
-    if(!get)
-      goto not_allowed_get;
-    return reply(conn, 200, json_pack("{s:s}", "status", "ok"), NULL, NULL);
-  }
-  if(!strcmp(path, "/readyz")) {
-    if(!get)
-      goto not_allowed_get;
+  case ROUTE_LIVEZ: return reply(conn, 200, json_pack("{s:s}", "status", "ok"), NULL, NULL);
+  case ROUTE_READYZ:
     if(is_ready(srv))
       return reply(conn, 200, json_pack("{s:s}", "status", "ready"), NULL, NULL);
     return reply_error(conn, 503, "not_ready", "not connected to the broker or not caught up",
                        NULL, "Retry-After", RETRY_AFTER_S);
-  }
-  /* Probes and the service banner stay open so orchestrators need no key. */
-  if(!authorized(conn, srv->deps.cfg))
-    return reply_error(conn, 401, "unauthorized",
-                       "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
-                       NULL, "WWW-Authenticate", "Bearer realm=\"msg-api\"");
-  if(!strcmp(path, "/health")) {
-    if(!get)
-      goto not_allowed_get;
-    return handle_health(conn, srv);
-  }
-  if(!strcmp(path, "/messages")) {
-    if(strcmp(m, "POST"))
-      return reply_error(conn, 405, "method_not_allowed", "use POST", NULL, "Allow", "POST");
-    return handle_post_message(conn, srv);
-  }
-  if(!strncmp(path, "/tasks/", 7) && path[7] && !strchr(path + 7, '/')) {
-    if(!get)
-      goto not_allowed_get;
-    return handle_get_task(conn, srv, path + 7);
+  case ROUTE_HEALTH: return handle_health(conn, srv);
+  case ROUTE_OPENAPI:
+    return send_static(conn, "application/json; charset=utf-8", static_openapi_json,
+                       static_openapi_json_len);
+  case ROUTE_DOCS:
+    return send_static(conn, "text/html; charset=utf-8", static_docs_html, static_docs_html_len);
+  case ROUTE_MESSAGES: return handle_post_message(conn, srv);
+  case ROUTE_TASK: return handle_get_task(conn, srv, param);
+  case ROUTE_COUNT: break;
   }
   return reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);
-not_allowed_get:
-  return reply_error(conn, 405, "method_not_allowed", "use GET", NULL, "Allow", "GET, HEAD");
 }
 
 static int on_log(const struct mg_connection *conn, const char *message)

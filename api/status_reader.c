@@ -30,6 +30,7 @@ struct status_reader {
   pthread_t thread;
   atomic_int stopping, ready;
   atomic_uint_least64_t events;
+  atomic_int_least64_t last_event_ms;
   atomic_int_least64_t offset; /* last stream offset read; the resume point after a reconnect */
   int64_t subscribed_at;        /* wall clock at subscribe; reader thread only */
 };
@@ -95,6 +96,7 @@ static void apply(struct status_reader *r, const amqp_envelope_t *env)
     log_event(CFG_LOG_ERROR, "out of memory applying a status event", "task_id", ev.task_id,
               NULL);
   atomic_fetch_add(&r->events, 1);
+  atomic_store(&r->last_event_ms, util_now_ms());
   status_event_clear(&ev);
 }
 
@@ -210,6 +212,11 @@ int status_reader_ready(struct status_reader *r)
 uint64_t status_reader_events(struct status_reader *r)
 {
   return atomic_load(&r->events);
+}
+
+int64_t status_reader_last_event_ms(struct status_reader *r)
+{
+  return atomic_load(&r->last_event_ms);
 }
 
 int64_t status_reader_offset(struct status_reader *r)

@@ -29,6 +29,7 @@ struct opts {
   unsigned long long window;
   unsigned long size;
   const char *status_stream; /* NULL: ceiling mode */
+  const char *queue;         /* ceiling mode: name of the throwaway queue, NULL: generated */
 };
 
 static double now_s(void)
@@ -56,7 +57,12 @@ static int parse_ull(const char *text, unsigned long long min, unsigned long lon
 static void usage(FILE *f)
 {
   fprintf(f, "usage: bench_broker_ceiling [--url amqp://guest:guest@127.0.0.1:5672/%%2f]\n"
-             "         [--count 200000] [--window 1000] [--size 200] [--status-events STREAM]\n");
+             "         [--count 200000] [--window 1000] [--size 200] [--queue NAME]\n"
+             "         [--status-events STREAM]\n"
+             "Ceiling mode declares the quorum queue NAME (default bench-ceiling-<uuid>), publishes\n"
+             "--count persistent messages of --size bytes to it with at most --window unconfirmed,\n"
+             "and deletes it. --status-events publishes valid SUCCESS status events of random\n"
+             "task ids to an existing stream instead.\n");
 }
 
 static int parse_args(int argc, char **argv, struct opts *o)
@@ -75,6 +81,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
     i++;
     if(!strcmp(a, "--url"))
       o->url = v;
+    else if(!strcmp(a, "--queue") && strlen(v) < 200)
+      o->queue = v;
     else if(!strcmp(a, "--status-events"))
       o->status_stream = v;
     else if(!strcmp(a, "--count") && !parse_ull(v, 1, 1000000000ULL, &n))
@@ -258,7 +266,7 @@ int main(int argc, char **argv)
   struct opts o = {.url = "amqp://guest:guest@127.0.0.1:5672/%2f", .count = 200000,
                    .window = 1000, .size = 200};
   amqp_connection_state_t c = NULL;
-  char queue[96], uuid[37], at[32], *body = NULL;
+  char queue[256], uuid[37], at[32], *body = NULL;
   amqp_basic_properties_t p;
   amqp_bytes_t exchange = amqp_empty_bytes, key;
   uint64_t published = 0, confirmed = 0;
@@ -288,7 +296,10 @@ int main(int argc, char **argv)
       {.key = amqp_cstring_bytes("x-queue-type"),
        .value = {.kind = AMQP_FIELD_KIND_UTF8, .value.bytes = amqp_cstring_bytes("quorum")}}};
     random_uuid(uuid);
-    snprintf(queue, sizeof queue, "bench-ceiling-%s", uuid);
+    if(o.queue)
+      snprintf(queue, sizeof queue, "%s", o.queue);
+    else
+      snprintf(queue, sizeof queue, "bench-ceiling-%s", uuid);
     amqp_queue_declare(c, CHANNEL, amqp_cstring_bytes(queue), 0, 1, 0, 0, (amqp_table_t){1, qargs});
     if(rpc_ok(c, "queue.declare"))
       goto out;

@@ -88,7 +88,12 @@ class PermanentTest(IntegrationTest):
         self.assertEqual(done["attempts"], 1, done)
         # Evolution API gave no message id: there is none to report.
         self.assertEqual(done["result"], {"success": True, "phone": PHONE, "evolution_key": None})
-        self.assertIsNone(done["error"], done)
+        # ...and the task says why (commit 1985fc4: a SUCCESS event's error is shown).
+        self.assertIsInstance(done["error"], dict, done)
+        self.assertEqual(set(done["error"]), {"code", "message"}, done)
+        self.assertEqual(done["error"]["code"], "sent_unconfirmed", done)
+        self.assertTrue(done["error"]["message"], done)
+        self.assertIsNone(done["next_retry_at"], done)
         time.sleep(1.5)  # a resend would come after the 1 s retry delay
         reqs = self.fake.requests()
         self.assertEqual([(q["status"], q["fault"], q["sent"]) for q in reqs],
