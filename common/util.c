@@ -100,7 +100,9 @@ int util_parse_time(const char *text, int64_t *ms)
   }
   else
     return -1;
-  if(*p || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 ||
+  /* Before 1970 is no time a message was handled, and later than 9999 does not print in four
+   * digits: both are refused so that what is parsed formats back the same. */
+  if(*p || y < 1970 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 ||
      s > 60)
     return -1;
   memset(&tm, 0, sizeof tm);

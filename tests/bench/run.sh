@@ -305,11 +305,14 @@ write_config "$CACHE_CFG" "$CACHE_PREFIX" "$CACHE_PORT" "$(free_port)" "http://1
 start_daemon msg-api-cache "$API_BIN" "$CACHE_CFG" "http://127.0.0.1:$CACHE_PORT/readyz"
 CACHE_PID=$LAST_PID
 rss_of "$CACHE_PID" >"$RES/cache_idle_rss.json"
+CACHE_T0=$(date +%s.%N)
 "$CEILING_BIN" --url "$AMQP_URL" --status-events "$CACHE_PREFIX.status" --count "$CACHE_TASKS" \
   --window 1000 >"$RES/cache_publish.txt"
 sed -n 's/^BROKER_CEILING //p' "$RES/cache_publish.txt" >"$RES/cache_publish.json"
 "$PY" "$CLIENT" health --api "http://127.0.0.1:$CACHE_PORT" --wait-tasks "$CACHE_TASKS" \
   --timeout 600 >"$RES/cache_wait.json"
+CACHE_SECONDS=$("$PY" -c 'import sys; print(round(float(sys.argv[1]) - float(sys.argv[2]), 3))' "$(date +%s.%N)" "$CACHE_T0")
+echo "{\"seconds\": $CACHE_SECONDS}" >"$RES/cache_ingest.json"
 rss_of "$CACHE_PID" >"$RES/cache_rss.json"
 stop_pid "$CACHE_PID"
 "$PY" - "$RES" <<'EOF'
@@ -317,8 +320,10 @@ import json, sys
 d = sys.argv[1]
 idle, full = json.load(open(f"{d}/cache_idle_rss.json")), json.load(open(f"{d}/cache_rss.json"))
 pub, wait = json.load(open(f"{d}/cache_publish.json")), json.load(open(f"{d}/cache_wait.json"))
-print(f"  published at {pub['msgs_per_s']} events/s; cache held {wait['tasks']} tasks "
-      f"{'' if wait['ok'] else '(TIMED OUT) '}{wait['seconds']} s after publishing ended")
+secs = json.load(open(f"{d}/cache_ingest.json"))["seconds"]
+print(f"  published at {pub['msgs_per_s']} events/s (confirmed); cache held {wait['tasks']} tasks "
+      f"{'' if wait['ok'] else '(TIMED OUT) '}{secs:.1f} s after publishing began "
+      f"({wait['tasks'] / secs:.0f} events/s applied end to end)")
 print(f"  msg-api RSS {idle['rss_kib'] / 1024:.1f} MiB empty -> {full['rss_kib'] / 1024:.1f} MiB "
       f"with {wait['tasks']} tasks (peak {full['hwm_kib'] / 1024:.1f} MiB)")
 EOF
@@ -336,6 +341,7 @@ c, c1, fake = j("ceiling"), j("ceiling1"), j("fake")
 a16, a64, e0, es = j("accept16"), j("accept64"), j("e2e0"), j("e2eslow")
 api, cons, after_accept = j("api_rss"), j("consumer_rss"), j("api_after_accept")
 idle, full, wait = j("cache_idle_rss"), j("cache_rss"), j("cache_wait")
+ingest = j("cache_ingest")["seconds"]
 try:
     api_tasks = j("api_health")["cache"]["tasks"]
 except (OSError, ValueError, KeyError):
@@ -364,6 +370,7 @@ s.update({
     "api_rss_empty_mib": mib(idle["rss_kib"]),
     "cache_tasks": wait["tasks"], "api_rss_cache_mib": mib(full["rss_kib"]),
     "cache_ingest_ok": wait["ok"],
+    "cache_ingest_events_per_s": round(wait["tasks"] / ingest) if ingest > 0 else None,
 })
 print(json.dumps(s))
 EOF

@@ -3,6 +3,7 @@
 field; nothing invalid reaches Evolution API; the api survives all of it."""
 
 import http.client as httpclient
+import json
 import os
 import sys
 import time
@@ -55,9 +56,9 @@ class ValidationTest(IntegrationTest):
             with self.subTest(ctype=ctype):
                 r = self.post_raw(body, {"Content-Type": ctype})
                 self.assertEqual(r.status, 202, r.body)
-        self.fake.reset()
-        time.sleep(0.5)  # the two accepted ones are delivered; forget them
-        self.fake.reset()
+                wait_task_status(self.api, r.json["task_id"], "SUCCESS")
+        self.assertEqual(len(self.fake.requests()), 2)
+        self.fake.reset()  # forget the two accepted ones
         self.assert_still_serving()
 
     def test_invalid_json(self):
@@ -213,6 +214,8 @@ class ValidationTest(IntegrationTest):
         self.assertEqual(status, 202, raw)
         self.api = api
         wait_task_status(api, r.json["task_id"], "SUCCESS")
+        wait_task_status(api, json.loads(raw)["task_id"], "SUCCESS")
+        self.assertEqual(sorted(q["text"] for q in self.fake.requests()), ["chunked", "x" * (1024 - 42)])
         self.fake.reset()
         self.assert_still_serving()
 
@@ -264,6 +267,26 @@ class ValidationTest(IntegrationTest):
         time.sleep(0.5)
         self.assertEqual(self.fake.requests(), [])
         self.assert_still_serving()
+
+    def test_retry_after_503_with_the_same_idempotency_key_is_sent(self):
+        """A 503 means "not accepted": the client retries with the same Idempotency-Key, as
+        Retry-After invites it to, and that retry must queue the message, not replay a task
+        that was never queued."""
+        binding = (f"/api/bindings/{_vhost()}/e/{urllib.parse.quote(self.cfg.exchange, safe='')}"
+                   f"/q/{urllib.parse.quote(self.cfg.queue, safe='')}")
+        headers = {"Idempotency-Key": "retry-after-503"}
+        _mgmt("DELETE", binding + "/send")
+        try:
+            self.assertError(post_message(self.api, PHONE, "idempotent", headers=headers), 503,
+                             "broker_unavailable", headers={"retry-after": "1"})
+        finally:
+            _mgmt("POST", binding, {"routing_key": "send", "arguments": {}})
+        time.sleep(1)  # Retry-After
+        r = post_message(self.api, PHONE, "idempotent", headers=headers)
+        self.assertEqual(r.status, 202, r.body)
+        doc = wait_task_status(self.api, r.json["task_id"], ("SUCCESS", "FAILURE"), timeout=10)
+        self.assertEqual(doc["status"], "SUCCESS", doc)
+        self.assertEqual([q["text"] for q in self.fake.requests()], ["idempotent"])
 
 
 if __name__ == "__main__":

@@ -163,6 +163,39 @@ class RetryTest(IntegrationTest):
             self.assertEqual(queue_info(name)["arguments"].get("x-message-ttl"),
                              {"1s": 1000, "2s": 2000}[name.rsplit(".", 1)[1]])
 
+    def test_wrong_api_key_is_retried_then_parked(self):
+        """401 is a configuration fault: retried like a transient failure, logged loudly."""
+        cfg, api, consumer = self.start_stack({"evolution": {"api_key": "not-the-key"}})
+        r = post_message(api, PHONE, "wrong key")
+        self.assertEqual(r.status, 202, r.body)
+        seen = watch_task(api, r.json["task_id"], ("SUCCESS", "FAILURE"))
+        failure = seen[-1]
+        self.assertEqual(failure["status"], "FAILURE", seen)
+        self.assertEqual(failure["attempts"], 3, failure)
+        self.assertEqual(failure["error"]["code"], "evolution_unauthorized", failure)
+        self.assertEqual(sorted({d["attempts"] for d in seen if d["status"] == "RETRY"}), [1, 2], seen)
+        self.assertEqual([q["status"] for q in self.fake.requests()], [401, 401, 401])
+        dead = wait_queue_messages(cfg.dead_queue, lambda ms: len(ms) >= 1, 10)
+        self.assertEqual(dead[0]["properties"]["headers"]["x-failure-reason"], "retries_exhausted")
+        self.assertEqual(dead[0]["properties"]["headers"]["x-attempts"], 3)
+        self.assertIn("configuration fault", consumer.log())
+        self.assertNotIn("not-the-key", consumer.log())
+
+    def test_timeout_is_transient(self):
+        cfg, api, _ = self.start_stack({"evolution": {"timeout": "1s"}},
+                                       faults=[{"action": "hang", "seconds": 5, "times": 1}])
+        r = post_message(api, PHONE, "slow gateway")
+        self.assertEqual(r.status, 202, r.body)
+        seen = watch_task(api, r.json["task_id"], ("SUCCESS", "FAILURE"))
+        self.assertEqual(seen[-1]["status"], "SUCCESS", seen)
+        self.assertEqual(seen[-1]["attempts"], 2, seen)
+        retry = [d for d in seen if d["status"] == "RETRY"]
+        self.assertTrue(retry, seen)
+        self.assert_retry_doc(retry[0], 1, "evolution_timeout", 1.0)
+        reqs = self.fake.requests()
+        self.assertEqual([q["fault"] for q in reqs], ["hang", None], reqs)
+        self.assertEqual(seen[-1]["result"]["evolution_key"], reqs[1]["key_id"])
+
 
 if __name__ == "__main__":
     unittest.main()
