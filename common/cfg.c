@@ -214,6 +214,7 @@ static const struct key KEYS[] = {
    AT(api.max_body)},
   {.name = "api.api_keys", .type = K_STR_LIST, .flags = F_SECRET, .def_list = NO_KEYS,
    .max_n = 1024, AT(api.api_keys), .off_n = offsetof(struct cfg, api.n_api_keys)},
+  {.name = "api.api_keys_file", .type = K_STR, .def = "", AT(api.api_keys_file)},
   {.name = "api.cache_max_tasks", .type = K_COUNT, .def = "1000000", .min = 1,
    .max = 100000000, AT(api.cache_max_tasks)},
 
@@ -1496,6 +1497,51 @@ static char *join_errors(struct loader *L)
   return b.p;
 }
 
+/* Adds the keys of api.api_keys_file (one per line; blank lines and lines starting with '#'
+ * skipped; surrounding whitespace trimmed) to api.api_keys, so keys can come from a mounted
+ * Kubernetes Secret. The keys themselves never appear in an error. */
+static void load_key_file(struct loader *L)
+{
+  struct cfg *c = L->cfg;
+  FILE *f;
+  char line[1024];
+  size_t lineno = 0;
+  if(!c->api.api_keys_file[0])
+    return;
+  f = fopen(c->api.api_keys_file, "r");
+  if(!f) {
+    errf(L, 0, 0, "api.api_keys_file: cannot read \"%s\": %s", c->api.api_keys_file,
+         strerror(errno));
+    return;
+  }
+  while(fgets(line, sizeof line, f)) {
+    char *start = line, *end, **grown, *key;
+    lineno++;
+    if(!strchr(line, '\n') && !feof(f)) {
+      errf(L, 0, 0, "api.api_keys_file: %s:%zu: line longer than %zu bytes",
+           c->api.api_keys_file, lineno, sizeof line - 2);
+      break;
+    }
+    while(*start == ' ' || *start == '\t')
+      start++;
+    end = start + strlen(start);
+    while(end > start && (end[-1] == '\n' || end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t'))
+      *--end = '\0';
+    if(!*start || *start == '#')
+      continue;
+    grown = realloc(c->api.api_keys, (c->api.n_api_keys + 1) * sizeof *grown);
+    key = grown ? strdup(start) : NULL;
+    if(grown)
+      c->api.api_keys = grown;
+    if(!key) {
+      L->oom = true;
+      break;
+    }
+    c->api.api_keys[c->api.n_api_keys++] = key;
+  }
+  fclose(f);
+}
+
 struct cfg *cfg_load(const char *path, char **errors)
 {
   struct loader L = {.path = path ? path : "(no path)"};
@@ -1545,6 +1591,8 @@ struct cfg *cfg_load(const char *path, char **errors)
     add_err(&L, root->line, root->col, &b);
   }
   apply_env(&L);
+  if(L.n_errs == 0)
+    load_key_file(&L);
 
 done:
   if(!L.oom && L.n_errs == 0) {

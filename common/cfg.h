@@ -37,7 +37,9 @@ struct cfg {
     char *listen;          /* host:port, validated */
     unsigned threads;      /* 1..1024 */
     size_t max_body;       /* 1KiB..16MiB */
-    char **api_keys;       /* n_api_keys strings; empty list = no authentication */
+    char **api_keys;       /* n_api_keys strings; empty list = no authentication; the keys of
+                              api_keys_file are appended */
+    char *api_keys_file;   /* "" or a file with one key per line */
     size_t n_api_keys;
     size_t cache_max_tasks; /* 1..100000000 */
   } api;

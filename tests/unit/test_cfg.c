@@ -651,6 +651,35 @@ out:
   free(host);
 }
 
+/* api.api_keys_file appends its keys to api.api_keys; a missing file is an error that names
+ * the file but no key. */
+static void test_key_file(void)
+{
+  char *errors = NULL, path[4200];
+  struct cfg *c = NULL;
+  snprintf(path, sizeof path, "%s", fixture("api_keys.txt"));
+  setenv("CFG_T_KEYS_FILE", path, 1);
+  c = load_fixture("key_file.yaml", &errors);
+  CHECK(c);
+  CHECK(errors == NULL);
+  CHECK(c->api.n_api_keys == 3);
+  CHECK_STR(c->api.api_keys[0], "inline-key");
+  CHECK_STR(c->api.api_keys[1], "key-from-file-1");
+  CHECK_STR(c->api.api_keys[2], "key-from-file-2");
+  cfg_free(c);
+  c = NULL;
+  setenv("CFG_T_KEYS_FILE", "/nonexistent/keys.txt", 1);
+  c = load_fixture("key_file.yaml", &errors);
+  CHECK(c == NULL);
+  CHECK_STR(errors, expected_for("key_file.yaml", " api.api_keys_file: cannot read "
+                                                  "\"/nonexistent/keys.txt\": No such file or "
+                                                  "directory\n"));
+out:
+  unsetenv("CFG_T_KEYS_FILE");
+  free(errors);
+  cfg_free(c);
+}
+
 int main(int argc, char **argv)
 {
   if(argc > 1)
@@ -676,6 +705,7 @@ int main(int argc, char **argv)
     {"parse_duration", test_parse_duration},
     {"parse_size", test_parse_size},
     {"split_listen", test_split_listen},
+    {"key_file", test_key_file},
   };
   int failed_tests = 0;
   for(size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
