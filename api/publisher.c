@@ -25,15 +25,18 @@
 #define BACKOFF_MAX_MS 5000
 
 /* One hand-over from an HTTP worker. It is shared by the worker (which may give up waiting)
- * and the publisher thread, so it is freed when both released it (refs). All fields below
- * `next` are guarded by pub->lock. */
+ * and the publisher thread, so it is freed when both released it (refs). The job goes first;
+ * its PENDING event only once the job is confirmed, so that a job the broker refused never
+ * leaves a PENDING task (or its Idempotency-Key) behind on the stream. All fields below
+ * `next_event` are guarded by pub->lock. */
 struct pub_req {
-  struct pub_req *next;
+  struct pub_req *next;       /* handed-over queue */
+  struct pub_req *next_event; /* confirmed jobs whose event is still to publish */
   char task_id[UTIL_UUID_LEN];
   char *job_body, *event_body;
   size_t job_len, event_len;
   int refs;
-  int job_done, job_ok, event_done;
+  int job_done, job_ok;
   pthread_cond_t done;
 };
 
@@ -51,6 +54,7 @@ struct publisher {
   /* Owned by the publisher thread alone. */
   amqp_connection_state_t conn;
   struct confirms *confirms;
+  struct pub_req *events_head, *events_tail; /* PENDING events to publish */
 };
 
 /* Confirm owners are pub_req pointers; the low bit tells the PENDING event from the job. */
@@ -66,25 +70,32 @@ static void req_release(struct pub_req *r)
   free(r);
 }
 
-/* Runs on the publisher thread with pub->lock held (see settle_locked callers). */
+/* Runs on the publisher thread with pub->lock held. The worker waits for the job's confirm
+ * only; the publisher keeps its reference until the PENDING event is settled too. */
 static void on_settle(void *owner, int ok, void *ctx)
 {
   struct publisher *pub = ctx;
   struct pub_req *r = (struct pub_req *)((uintptr_t)owner & ~EVENT_BIT);
   if((uintptr_t)owner & EVENT_BIT) {
-    r->event_done = 1;
     if(!ok)
       log_event(CFG_LOG_WARN, "PENDING event not confirmed", "task_id", r->task_id, NULL);
-  }
-  else {
-    r->job_done = 1;
-    r->job_ok = ok;
-  }
-  if(r->job_done && r->event_done) {
-    pub->in_flight--;
-    pthread_cond_signal(&r->done);
     req_release(r);
+    return;
   }
+  r->job_done = 1;
+  r->job_ok = ok;
+  pub->in_flight--;
+  pthread_cond_signal(&r->done);
+  if(!ok) {
+    req_release(r);
+    return;
+  }
+  r->next_event = NULL;
+  if(pub->events_tail)
+    pub->events_tail->next_event = r;
+  else
+    pub->events_head = r;
+  pub->events_tail = r;
 }
 
 static void wake(struct publisher *pub)
@@ -143,7 +154,7 @@ enum pub_result publisher_submit(struct publisher *pub, const struct job *job, i
   wake(pub);
 
   pthread_mutex_lock(&pub->lock);
-  while(!(r->job_done && r->event_done)) {
+  while(!r->job_done) {
     int rc = pthread_cond_timedwait(&r->done, &pub->lock, &deadline);
     if(rc == ETIMEDOUT)
       break;
@@ -152,8 +163,6 @@ enum pub_result publisher_submit(struct publisher *pub, const struct job *job, i
     res = r->job_ok ? PUB_OK : PUB_REJECTED;
   else
     res = PUB_TIMEOUT;
-  /* A job confirmed while its PENDING event is still out counts as accepted: the event is
-   * informational, the job is what must not be lost. */
   req_release(r);
   pthread_mutex_unlock(&pub->lock);
   return res;
@@ -184,6 +193,18 @@ static void set_ready(struct publisher *pub, int ready)
   pthread_mutex_unlock(&pub->lock);
 }
 
+/* Gives up the PENDING events not yet published (pub->lock held): other replicas then learn
+ * of those tasks from their next event. */
+static void release_events(struct publisher *pub)
+{
+  while(pub->events_head) {
+    struct pub_req *r = pub->events_head;
+    pub->events_head = r->next_event;
+    req_release(r);
+  }
+  pub->events_tail = NULL;
+}
+
 static void drop_connection(struct publisher *pub, const char *why)
 {
   log_event(CFG_LOG_WARN, "broker connection lost", "role", "publisher", "reason", why, NULL);
@@ -193,6 +214,7 @@ static void drop_connection(struct publisher *pub, const char *why)
   pub->conn = NULL;
   pthread_mutex_lock(&pub->lock);
   confirms_fail_all(pub->confirms);
+  release_events(pub);
   pthread_mutex_unlock(&pub->lock);
 }
 
@@ -223,58 +245,82 @@ static int connect_broker(struct publisher *pub)
   return 0;
 }
 
-/* Publishes a job and its PENDING event. Both confirm slots are taken first, so whatever
- * happens next the request is settled by a confirm or by confirms_fail_all. Returns
- * AMQP_STATUS_OK, a rabbitmq-c error, or NOT_TRACKED when no slot could be taken. */
+static void props(struct publisher *pub, struct pub_req *r, amqp_basic_properties_t *p,
+                  const char *type)
+{
+  memset(p, 0, sizeof *p);
+  p->_flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+              AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
+              AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG;
+  p->delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  p->content_type = amqp_cstring_bytes("application/json");
+  p->correlation_id = amqp_cstring_bytes(r->task_id);
+  p->timestamp = (uint64_t)(util_now_ms() / 1000);
+  p->app_id = amqp_cstring_bytes("msg-api");
+  p->type = amqp_cstring_bytes(type);
+  (void)pub;
+}
+
+/* Publishes a job. Its confirm slot is taken first, so whatever happens next the request is
+ * settled by a confirm or by confirms_fail_all. Returns AMQP_STATUS_OK, a rabbitmq-c error, or
+ * NOT_TRACKED when no slot could be taken. */
 #define NOT_TRACKED 1
-static int publish_one(struct publisher *pub, struct pub_req *r)
+static int publish_job(struct publisher *pub, struct pub_req *r)
 {
   amqp_basic_properties_t p;
-  const struct cfg *cfg = pub->cfg;
   amqp_bytes_t body;
-  uint64_t seq_job, seq_event;
-  int rc;
-
+  uint64_t seq;
   pthread_mutex_lock(&pub->lock);
-  seq_job = confirms_add(pub->confirms, r);
-  seq_event = seq_job ? confirms_add(pub->confirms, (void *)((uintptr_t)r | EVENT_BIT)) : 0;
-  if(seq_job && !seq_event)
-    r->event_done = 1;
+  seq = confirms_add(pub->confirms, r);
   pthread_mutex_unlock(&pub->lock);
-  if(!seq_job)
+  if(!seq)
     return NOT_TRACKED;
-  if(!seq_event)
-    return AMQP_STATUS_NO_MEMORY;
-
-  memset(&p, 0, sizeof p);
-  p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-             AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
-             AMQP_BASIC_REPLY_TO_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG |
-             AMQP_BASIC_TYPE_FLAG;
-  p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-  p.content_type = amqp_cstring_bytes("application/json");
+  props(pub, r, &p, "message.send");
+  p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG;
   p.message_id = amqp_cstring_bytes(r->task_id);
-  p.correlation_id = amqp_cstring_bytes(r->task_id);
-  p.reply_to = amqp_cstring_bytes(cfg->topology.status_stream);
-  p.timestamp = (uint64_t)(util_now_ms() / 1000);
-  p.app_id = amqp_cstring_bytes("msg-api");
-  p.type = amqp_cstring_bytes("message.send");
+  p.reply_to = amqp_cstring_bytes(pub->cfg->topology.status_stream);
   body.bytes = r->job_body;
   body.len = r->job_len;
   /* mandatory: a job that no queue takes comes back as basic.return and fails the request. */
-  rc = amqp_basic_publish(pub->conn, CHANNEL, amqp_cstring_bytes(cfg->topology.exchange),
-                          amqp_cstring_bytes(MQ_KEY_SEND), 1, 0, &p, body);
-  if(rc != AMQP_STATUS_OK)
-    return rc;
+  return amqp_basic_publish(pub->conn, CHANNEL, amqp_cstring_bytes(pub->cfg->topology.exchange),
+                            amqp_cstring_bytes(MQ_KEY_SEND), 1, 0, &p, body);
+}
 
-  p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-             AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-             AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG;
-  p.type = amqp_cstring_bytes("message.status");
-  body.bytes = r->event_body;
-  body.len = r->event_len;
-  return amqp_basic_publish(pub->conn, CHANNEL, amqp_empty_bytes,
-                            amqp_cstring_bytes(cfg->topology.status_stream), 0, 0, &p, body);
+/* Publishes the PENDING events of the jobs confirmed so far. Returns 0, or -1 when the
+ * connection failed (then every request still waiting for an event has been released). */
+static int publish_events(struct publisher *pub)
+{
+  for(;;) {
+    amqp_basic_properties_t p;
+    amqp_bytes_t body;
+    struct pub_req *r;
+    uint64_t seq = 0;
+    int rc;
+    pthread_mutex_lock(&pub->lock);
+    r = pub->events_head;
+    if(r) {
+      pub->events_head = r->next_event;
+      if(!pub->events_head)
+        pub->events_tail = NULL;
+      seq = confirms_add(pub->confirms, (void *)((uintptr_t)r | EVENT_BIT));
+      if(!seq)
+        req_release(r);
+    }
+    pthread_mutex_unlock(&pub->lock);
+    if(!r)
+      return 0;
+    if(!seq)
+      continue; /* out of memory: other replicas learn of the task from its next event */
+    props(pub, r, &p, "message.status");
+    body.bytes = r->event_body;
+    body.len = r->event_len;
+    rc = amqp_basic_publish(pub->conn, CHANNEL, amqp_empty_bytes,
+                            amqp_cstring_bytes(pub->cfg->topology.status_stream), 0, 0, &p, body);
+    if(rc != AMQP_STATUS_OK) {
+      drop_connection(pub, amqp_error_string2(rc));
+      return -1;
+    }
+  }
 }
 
 /* Matches a basic.return (by message_id) to the job publish it belongs to. */
@@ -371,7 +417,7 @@ static void fail_list(struct publisher *pub, struct pub_req *list)
   while(list) {
     struct pub_req *r = list;
     list = r->next;
-    r->job_done = r->event_done = 1;
+    r->job_done = 1;
     r->job_ok = 0;
     pub->in_flight--;
     pthread_cond_signal(&r->done);
@@ -436,7 +482,7 @@ static void *publisher_main(void *arg)
       int rc;
       batch = r->next;
       r->next = NULL;
-      rc = publish_one(pub, r);
+      rc = publish_job(pub, r);
       if(rc != AMQP_STATUS_OK) {
         if(rc == NOT_TRACKED) {
           r->next = batch;
@@ -449,13 +495,14 @@ static void *publisher_main(void *arg)
     }
     if(!pub->conn)
       continue;
-    if(drain_frames(pub))
+    if(drain_frames(pub) || publish_events(pub))
       continue;
 
     if(stopping) {
       size_t left;
       pthread_mutex_lock(&pub->lock);
-      left = confirms_outstanding(pub->confirms) + (pub->queue_head != NULL);
+      left = confirms_outstanding(pub->confirms) + (pub->queue_head != NULL) +
+             (pub->events_head != NULL);
       pthread_mutex_unlock(&pub->lock);
       if(!left || util_mono_ms() >= drain_deadline)
         break;
@@ -479,6 +526,7 @@ static void *publisher_main(void *arg)
   pthread_mutex_lock(&pub->lock);
   pub->ready = 0;
   confirms_fail_all(pub->confirms);
+  release_events(pub);
   pthread_mutex_unlock(&pub->lock);
   fail_queue(pub);
   return NULL;

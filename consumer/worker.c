@@ -132,6 +132,10 @@ static int publish_status(struct worker *w, struct delivery *d, struct delivery 
   ev->created_at_ms = d->job->created_at_ms;
   ev->phone = d->job->phone;
   ev->idempotency_key = d->job->idempotency_key;
+  /* Every event of an idempotent task carries its request fingerprint, so a replica that
+   * missed the PENDING event still refuses the key for a different request. */
+  if(d->job->idempotency_key)
+    ev->request_hash = job_request_hash(d->job);
   body = status_event_encode(ev, &len);
   if(!body)
     return -1;

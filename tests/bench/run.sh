@@ -277,7 +277,8 @@ e2e() {  # NAME COUNT LATENCY_MS
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"  {r['msgs_per_s']} messages/s: {r['fake_sent']} of {r['accepted']} accepted sent in {r['seconds']} s"
-      f"{'' if r['complete'] else ' (TIMED OUT)'} (posting took {r['post_seconds']} s, {r['post_rps']} posts/s;"
+      f"{'' if r['complete'] else ' (TIMED OUT)'} (posting took {r['post_seconds']} s, {r['post_rps']} posts/s,"
+      f" poster CPU {r['poster_cpu_seconds']} s;"
       f" {r['refused']} refused)")
 print(f"  check: {r['tasks_checked']} tasks read back, {r['tasks_not_success']} not SUCCESS; "
       f"lost {r['lost']}, duplicated {r['duplicated']}, unexpected {r['unexpected']} -> "
@@ -361,7 +362,8 @@ for tag, e in (("0ms", e0), (f"{int(es['latency_ms'])}ms", es)):
     s.update({f"e2e_msgs_{tag}": e["msgs_per_s"], f"e2e_count_{tag}": e["count"],
               f"e2e_accepted_{tag}": e["accepted"], f"e2e_lost_{tag}": e["lost"],
               f"e2e_duplicated_{tag}": e["duplicated"],
-              f"e2e_not_success_{tag}": e["tasks_not_success"], f"e2e_ok_{tag}": e["ok"]})
+              f"e2e_not_success_{tag}": e["tasks_not_success"], f"e2e_ok_{tag}": e["ok"],
+              f"e2e_post_rps_{tag}": e["post_rps"]})
 s.update({
     "consumer_prefetch": prefetch,
     "api_peak_rss_mib": mib(api["hwm_kib"]), "api_cached_tasks_at_peak": api_tasks,

@@ -1,0 +1,449 @@
+"""Offline checks of the deployment files in deploy/ (no Docker, no cluster, stdlib only):
+
+- deploy/rabbitmq/definitions.json declares exactly the topology config/service.yaml implies
+  (names, queue types, dead-lettering, TTLs, bindings), and its copy for the RabbitMQ Cluster
+  Operator is identical;
+- the Kubernetes config names the same topology, and the manifests keep their invariants
+  (probes on real endpoints, restricted security context, config as a directory, grace
+  periods, the KEDA queue), and every file a kustomization names exists;
+- the compose file and the Dockerfile keep theirs (exec form, non-root, mounted files exist);
+- msg-probe, the image's HEALTHCHECK, compiles warning-free and tells 2xx from the rest.
+
+PyYAML, when installed, additionally parses every YAML file; it is not required.
+"""
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import unittest
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+DEPLOY = os.path.join(ROOT, "deploy")
+K8S = os.path.join(DEPLOY, "k8s")
+
+
+def read(*parts):
+    with open(os.path.join(ROOT, *parts), encoding="utf-8") as f:
+        return f.read()
+
+
+def scalar(text):
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+def strip_comment(line):
+    """Drops a '# comment' that is not inside quotes."""
+    quote = None
+    for i, c in enumerate(line):
+        if quote:
+            if c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c == "#" and (i == 0 or line[i - 1] in " \t"):
+            return line[:i]
+    return line
+
+
+def mini_yaml(text):
+    """The subset config files use: nested maps by indentation, scalars, flow lists."""
+    root = {}
+    stack = [(-1, root)]
+    for raw in text.splitlines():
+        line = strip_comment(raw).rstrip()
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        m = re.match(r"^\s*([A-Za-z0-9_.-]+):(?:\s+(.*))?$", line)
+        if not m:
+            raise ValueError(f"unsupported line: {raw!r}")
+        while stack[-1][0] >= indent:
+            stack.pop()
+        parent = stack[-1][1]
+        key, value = m.group(1), m.group(2)
+        if value is None:
+            parent[key] = {}
+            stack.append((indent, parent[key]))
+        elif value.startswith("[") and value.endswith("]"):
+            inner = value[1:-1].strip()
+            parent[key] = [scalar(v) for v in inner.split(",")] if inner else []
+        elif value.startswith("{"):
+            parent[key] = value  # not needed by these checks
+        else:
+            parent[key] = scalar(value)
+    return root
+
+
+def duration_ms(text):
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d)", text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r}")
+    return int(m.group(1)) * {"ms": 1, "s": 1000, "m": 60000, "h": 3600000, "d": 86400000}[m.group(2)]
+
+
+def yaml_files():
+    out = [os.path.join(DEPLOY, "compose.yaml")]
+    for dirpath, _, names in os.walk(K8S):
+        out += [os.path.join(dirpath, n) for n in sorted(names) if n.endswith((".yaml", ".yml"))]
+    return out
+
+
+def documents(path):
+    """Splits a manifest file into its YAML documents (text)."""
+    with open(path, encoding="utf-8") as f:
+        return [d for d in re.split(r"^---\s*$", f.read(), flags=re.M) if d.strip()]
+
+
+def kind_docs(kind):
+    found = []
+    for path in yaml_files():
+        for doc in documents(path):
+            if re.search(rf"^kind:\s*{kind}\s*$", doc, re.M):
+                found.append((path, doc))
+    return found
+
+
+def field(doc, name):
+    m = re.search(rf"^\s*(?:- )?{name}:\s*(\S.*?)\s*$", doc, re.M)
+    return scalar(strip_comment(m.group(1))) if m else None
+
+
+CONFIG = mini_yaml(read("config", "service.yaml"))
+K8S_CONFIG = mini_yaml(read("deploy", "k8s", "base", "config", "service.yaml"))
+
+
+class Definitions(unittest.TestCase):
+    def setUp(self):
+        self.defs = json.loads(read("deploy", "rabbitmq", "definitions.json"))
+        self.top = CONFIG["topology"]
+        self.queues = {q["name"]: q for q in self.defs["queues"]}
+
+    def test_copy_for_the_operator_is_identical(self):
+        self.assertEqual(read("deploy", "k8s", "rabbitmq", "definitions.json"),
+                         read("deploy", "rabbitmq", "definitions.json"),
+                         "deploy/k8s/rabbitmq/definitions.json must be a copy of "
+                         "deploy/rabbitmq/definitions.json")
+
+    def test_names_match_the_config(self):
+        t = self.top
+        delays = sorted(set(CONFIG["retry"]["delays"]), key=duration_ms)
+        expected = {t["queue"], t["dead_letter_queue"], t["status_stream"]}
+        expected |= {f"{t['retry_queue_prefix']}.{d}" for d in delays}
+        self.assertEqual(set(self.queues), expected)
+        self.assertEqual([e["name"] for e in self.defs["exchanges"]], [t["exchange"]])
+        self.assertEqual(self.defs["exchanges"][0]["type"], "direct")
+        for q in self.defs["queues"]:
+            self.assertTrue(q["durable"], q["name"])
+            self.assertFalse(q["auto_delete"], q["name"])
+
+    def test_queue_arguments(self):
+        t = self.top
+        qtype = t["queue_type"]
+        send = self.queues[t["queue"]]["arguments"]
+        self.assertEqual(send["x-queue-type"], qtype)
+        self.assertEqual(send["x-dead-letter-exchange"], t["exchange"])
+        self.assertEqual(self.queues[t["dead_letter_queue"]]["arguments"]["x-queue-type"], qtype)
+        if qtype == "quorum":
+            self.assertEqual(send["x-dead-letter-strategy"], "at-least-once")
+            self.assertEqual(send["x-overflow"], "reject-publish")
+            self.assertIn("x-delivery-limit", send)
+        stream = self.queues[t["status_stream"]]["arguments"]
+        self.assertEqual(stream["x-queue-type"], "stream")
+        self.assertEqual(stream["x-max-age"], f"{duration_ms(t['status_retention']) // 1000}s")
+        for d in set(CONFIG["retry"]["delays"]):
+            args = self.queues[f"{t['retry_queue_prefix']}.{d}"]["arguments"]
+            self.assertEqual(args["x-queue-type"], qtype)
+            self.assertEqual(args["x-message-ttl"], duration_ms(d))
+            self.assertEqual(args["x-dead-letter-exchange"], t["exchange"])
+            self.assertEqual(args["x-dead-letter-routing-key"], "send")
+
+    def test_bindings(self):
+        t = self.top
+        send_args = self.queues[t["queue"]]["arguments"]
+        bound = {(b["source"], b["routing_key"]): b["destination"] for b in self.defs["bindings"]}
+        self.assertEqual(bound.get((t["exchange"], "send")), t["queue"])
+        self.assertEqual(bound.get((t["exchange"], send_args["x-dead-letter-routing-key"])),
+                         t["dead_letter_queue"])
+        for d in set(CONFIG["retry"]["delays"]):
+            self.assertEqual(bound.get((t["exchange"], f"retry.{d}")),
+                             f"{t['retry_queue_prefix']}.{d}")
+
+
+class KubernetesConfig(unittest.TestCase):
+    def test_same_topology_and_retries_as_the_definitions(self):
+        self.assertEqual(K8S_CONFIG["topology"], CONFIG["topology"])
+        self.assertEqual(K8S_CONFIG["retry"]["delays"], CONFIG["retry"]["delays"])
+
+    def test_secrets_come_from_the_environment(self):
+        self.assertEqual(K8S_CONFIG["api"]["api_keys"], ["${MSG_API_KEY}"])
+        self.assertIn("${EVOLUTION_API_KEY", K8S_CONFIG["evolution"]["api_key"])
+        self.assertIn("${AMQP_URL", K8S_CONFIG["broker"]["url"])
+
+
+class Manifests(unittest.TestCase):
+    def deployment(self, name):
+        docs = [d for _, d in kind_docs("Deployment") if re.search(rf"^  name: {name}$", d, re.M)
+                and "containers:" in d and "selector:" in d]
+        self.assertEqual(len(docs), 1, f"one base Deployment {name}")
+        return docs[0]
+
+    def test_yaml_is_well_formed(self):
+        for path in yaml_files():
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            self.assertNotIn("\t", text, f"{path}: tab character")
+        try:
+            import yaml  # optional
+        except ImportError:
+            self.skipTest("PyYAML not installed: only the tab check ran")
+        for path in yaml_files():
+            with open(path, encoding="utf-8") as f:
+                list(yaml.safe_load_all(f))
+
+    def test_probes_ports_and_grace(self):
+        api_port = K8S_CONFIG["api"]["listen"].rsplit(":", 1)[1]
+        health_port = K8S_CONFIG["consumer"]["health_listen"].rsplit(":", 1)[1]
+        for name, port in (("msg-api", api_port), ("msg-consumer", health_port)):
+            d = self.deployment(name)
+            self.assertRegex(d, rf"containerPort: {port}\b", name)
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                m = re.search(rf"{probe}:\n(?:\s+.*\n)*?\s+path: (\S+)", d)
+                self.assertTrue(m, f"{name}: {probe}")
+                self.assertIn(m.group(1), ("/livez", "/readyz"), f"{name}: {probe}")
+            self.assertRegex(d, r"readinessProbe:\n(?:\s+.*\n)*?\s+path: /readyz")
+            self.assertRegex(d, r"livenessProbe:\n(?:\s+.*\n)*?\s+path: /livez")
+        grace = int(field(self.deployment("msg-consumer"), "terminationGracePeriodSeconds"))
+        needed = (duration_ms(K8S_CONFIG["consumer"]["shutdown_grace"]) +
+                  duration_ms(K8S_CONFIG["evolution"]["timeout"])) // 1000
+        self.assertGreater(grace, needed)
+        self.assertRegex(self.deployment("msg-api"), r"preStop:\n\s+sleep:\n\s+seconds: \d+")
+
+    def test_restricted_security_context_and_volumes(self):
+        for name in ("msg-api", "msg-consumer"):
+            d = self.deployment(name)
+            for needle in (r"runAsNonRoot: true", r"allowPrivilegeEscalation: false",
+                           r"readOnlyRootFilesystem: true", r"drop: \[\"ALL\"\]",
+                           r"seccompProfile:\n\s+type: RuntimeDefault",
+                           r"mountPath: /tmp", r"emptyDir:", r"mountPath: /etc/msg\n",
+                           r"configMap:\n\s+name: msg-config",
+                           r"args: \[\"--config\", \"/etc/msg/service.yaml\"\]"):
+                self.assertRegex(d, needle, f"{name}: {needle}")
+            self.assertNotIn("subPath", d, f"{name}: the config is mounted as a directory")
+            for key in ("amqp-url", "evolution-api-key", "api-key"):
+                self.assertRegex(d, rf"name: msg-secrets\n\s+key: {key}\n", f"{name}: {key}")
+        self.assertNotRegex(self.deployment("msg-consumer"), r"(?m)^  replicas:", "KEDA owns it")
+
+    def test_scaled_object(self):
+        docs = kind_docs("ScaledObject")
+        base = [d for p, d in docs if os.sep + "base" + os.sep in p]
+        self.assertEqual(len(base), 1)
+        so = base[0]
+        self.assertEqual(field(so, "apiVersion"), "keda.sh/v1alpha1")
+        self.assertEqual(field(so, "type"), "rabbitmq")
+        self.assertEqual(field(so, "mode"), "QueueLength")
+        self.assertEqual(field(so, "queueName"), CONFIG["topology"]["queue"])
+        self.assertRegex(so, r"scaleTargetRef:\n\s+name: msg-consumer\n")
+        auth = re.search(r"authenticationRef:\n\s+name: (\S+)", so).group(1)
+        tas = [d for _, d in kind_docs("TriggerAuthentication")]
+        self.assertTrue(any(re.search(rf"^  name: {auth}$", d, re.M) and
+                            re.search(r"parameter: host\n\s+name: msg-secrets\n\s+key: amqp-url", d)
+                            for d in tas), "TriggerAuthentication with host from the Secret")
+        for _, d in docs:
+            lo, hi = field(d, "minReplicaCount"), field(d, "maxReplicaCount")
+            if lo and hi:
+                self.assertLessEqual(int(lo), int(hi))
+
+    def test_rabbitmq_cluster_imports_the_definitions(self):
+        docs = kind_docs("RabbitmqCluster")
+        self.assertEqual(len(docs), 1)
+        _, rc = docs[0]
+        self.assertEqual(field(rc, "apiVersion"), "rabbitmq.com/v1beta1")
+        m = re.search(r"load_definitions = (\S+)", rc)
+        self.assertTrue(m)
+        self.assertRegex(rc, rf"mountPath: {re.escape(m.group(1))}\n")
+        self.assertRegex(rc, r"name: msg-rabbitmq-definitions\n\s+items:\n\s+- key: definitions.json")
+        self.assertRegex(read("deploy", "k8s", "rabbitmq", "kustomization.yaml"),
+                         r"name: msg-rabbitmq-definitions\n\s+files:\n\s+- definitions.json")
+        users = json.loads(read("deploy", "k8s", "rabbitmq", "users.example.json"))
+        self.assertTrue(users["users"] and users["permissions"])
+
+    def test_kustomizations_name_existing_files(self):
+        dirs = [os.path.join(K8S, "base"), os.path.join(K8S, "rabbitmq"),
+                os.path.join(K8S, "overlays", "dev"), os.path.join(K8S, "overlays", "prod")]
+        for d in dirs:
+            with open(os.path.join(d, "kustomization.yaml"), encoding="utf-8") as f:
+                text = f.read()
+            self.assertRegex(text, r"(?m)^kind: Kustomization$", d)
+            refs = re.findall(r"^\s+- (?:path: )?([A-Za-z0-9_./-]+\.(?:yaml|json)|\.\./\S+)\s*$",
+                              text, re.M)
+            self.assertTrue(refs, d)
+            for ref in refs:
+                self.assertTrue(os.path.exists(os.path.join(d, ref)), f"{d}: {ref}")
+            if os.path.basename(d) in ("dev", "prod"):
+                self.assertRegex(text, r"(?m)^namespace: \S+$", d)
+                self.assertRegex(text, r"newTag: \S+", d)
+        self.assertNotRegex(read("deploy", "k8s", "base", "kustomization.yaml"), r"(?m)^namespace:")
+
+
+class Kustomize(unittest.TestCase):
+    """Renders every kustomization when kubectl (with its built-in kustomize) is installed."""
+
+    def test_render(self):
+        kubectl = shutil.which("kubectl")
+        if not kubectl:
+            self.skipTest("kubectl not installed")
+        for d, tag in (("base", "0.1.0"), ("overlays/dev", "dev"), ("overlays/prod", "0.1.0"),
+                       ("rabbitmq", None)):
+            r = subprocess.run([kubectl, "kustomize", os.path.join(K8S, d)], capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, f"{d}: {r.stderr}")
+            if tag:
+                self.assertEqual(set(re.findall(r"image: (\S+)", r.stdout)),
+                                 {f"registry.example.com/msg:{tag}"}, d)
+                self.assertRegex(r.stdout, r"name: msg-config-[a-z0-9]+\n", d)
+
+
+class Compose(unittest.TestCase):
+    def setUp(self):
+        self.text = read("deploy", "compose.yaml")
+
+    def test_mounted_files_exist(self):
+        for src in re.findall(r"^\s+- (\.{1,2}/[^:]+):", self.text, re.M):
+            self.assertTrue(os.path.exists(os.path.join(DEPLOY, src)), src)
+
+    def test_services(self):
+        t = self.text
+        for svc in ("rabbitmq", "msg-api", "msg-consumer", "fake-evolution"):
+            self.assertRegex(t, rf"(?m)^  {svc}:$", svc)
+        self.assertEqual(len(re.findall(r"^    healthcheck:", t, re.M)), 4)
+        self.assertIn("image: rabbitmq:3.10-management", t)
+        self.assertIn('"15672:15672"', t)
+        self.assertIn('profiles: ["fake"]', t)
+        self.assertIn("condition: service_healthy", t)
+        for var in ("AMQP_URL", "EVOLUTION_API_URL", "EVOLUTION_API_KEY",
+                    "EVOLUTION_INSTANCE_NAME", "APP_PORT", "LOG_LEVEL"):
+            self.assertRegex(t, rf"{var}: \$\{{{var}:-", var)
+        consumer = t.split("  msg-consumer:\n", 1)[1].split("\n  fake-evolution:", 1)[0]
+        self.assertNotIn("ports:", consumer, "--scale needs no published port")
+        grace = re.search(r"stop_grace_period: (\S+)", consumer).group(1)
+        needed = duration_ms(CONFIG["consumer"]["shutdown_grace"]) + \
+            duration_ms(CONFIG["evolution"]["timeout"])
+        self.assertGreater(duration_ms(grace), needed)
+        conf = read("deploy", "compose", "rabbitmq.conf")
+        self.assertRegex(conf, r"(?m)^load_definitions = /etc/rabbitmq/definitions.d$")
+        users = json.loads(read("deploy", "compose", "users.json"))
+        self.assertEqual(users["users"][0]["name"], "guest")
+
+
+class Dockerfile(unittest.TestCase):
+    def setUp(self):
+        self.text = read("deploy", "docker", "Dockerfile")
+        self.lines = [l for l in self.text.replace("\\\n", " ").splitlines()
+                      if l.strip() and not l.lstrip().startswith("#")]
+
+    def test_shape(self):
+        froms = [l for l in self.lines if l.startswith("FROM ")]
+        self.assertGreaterEqual(len(froms), 2, "multi-stage")
+        self.assertIn("-slim", froms[-1])
+        user = [l for l in self.lines if l.startswith("USER ")]
+        self.assertTrue(user and re.fullmatch(r"USER [1-9]\d*(:[1-9]\d*)?", user[-1].strip()),
+                        "numeric non-root USER")
+        for instr in ("CMD", "ENTRYPOINT", "HEALTHCHECK"):
+            for l in self.lines:
+                if l.startswith(instr + " "):
+                    self.assertRegex(l, r'(CMD|ENTRYPOINT) \[".*"\]\s*$', f"exec form: {l}")
+        self.assertTrue(any(l.startswith("HEALTHCHECK ") for l in self.lines))
+        self.assertIn("MSG_CONFIG=/etc/msg/service.yaml", self.text)
+
+    def test_copied_sources_exist_and_are_in_the_context(self):
+        ignore = read(".dockerignore").split()
+        included = [p[1:].rstrip("/") for p in ignore if p.startswith("!")]
+        for l in self.lines:
+            if l.startswith("COPY ") and "--from=" not in l:
+                for src in l.split()[1:-1]:
+                    self.assertTrue(os.path.exists(os.path.join(ROOT, src)), src)
+                    norm = src.rstrip("/").lstrip("./")
+                    self.assertTrue(any(norm == i or norm.startswith(i + "/") for i in included),
+                                    f".dockerignore excludes {src}")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response({"/ok": 200, "/down": 503}.get(self.path, 404))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class Probe(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if not cc:
+            raise unittest.SkipTest("no C compiler")
+        cls.tmp = tempfile.mkdtemp()
+        cls.probe = os.path.join(cls.tmp, "msg-probe")
+        subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-o", cls.probe,
+                        os.path.join(DEPLOY, "docker", "probe.c")], check=True)
+        cls.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        cls.port = cls.server.server_address[1]
+        threading.Thread(target=cls.server.serve_forever, daemon=True).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.shutdown()
+        cls.server.server_close()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def run_probe(self, *args, env=None):
+        e = {k: v for k, v in os.environ.items() if not k.startswith("MSG_PROBE")}
+        e.update(env or {})
+        return subprocess.run([self.probe, *args], env=e, capture_output=True, timeout=10)
+
+    def test_answers(self):
+        base = f"http://127.0.0.1:{self.port}"
+        self.assertEqual(self.run_probe(base + "/ok").returncode, 0)
+        self.assertEqual(self.run_probe(base + "/down").returncode, 1)
+        self.assertEqual(self.run_probe(base + "/missing").returncode, 1)
+        self.assertEqual(self.run_probe(env={"MSG_PROBE_URL": base + "/ok"}).returncode, 0)
+        for bad in ("https://127.0.0.1/", "http://127.0.0.1:x/", "nonsense"):
+            r = self.run_probe(bad)
+            self.assertEqual(r.returncode, 1, bad)
+            self.assertIn(b"expected http://", r.stderr)
+
+    def test_refused_and_timeout(self):
+        s = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
+        port = s.server_address[1]
+        s.server_close()  # nothing listens there now
+        self.assertEqual(self.run_probe(f"http://127.0.0.1:{port}/ok").returncode, 1)
+        import socket
+        with socket.socket() as silent:  # accepts (backlog) but never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(1)
+            r = self.run_probe(f"http://127.0.0.1:{silent.getsockname()[1]}/ok",
+                               env={"MSG_PROBE_TIMEOUT": "1"})
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(b"timed out", r.stderr)
+
+
+class Readme(unittest.TestCase):
+    def test_operator_guide(self):
+        text = read("README.md")
+        self.assertTrue("\n## Deploying" in text, "README.md has no '## Deploying' section")
+        section = text.split("\n## Deploying", 1)[1]
+        for needle in ("deploy/compose.yaml", "--scale msg-consumer", "overlays/prod",
+                       "ScaledObject", "msg-secrets", "15672"):
+            self.assertTrue(needle in section, f"the Deploying section does not mention {needle}")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
