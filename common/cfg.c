@@ -42,8 +42,12 @@ struct sbuf {
 
 static void sb_putn(struct sbuf *b, const char *s, size_t n)
 {
-  if(b->oom)
+  /* The size check also tells GCC's -O3 range analysis that len + n cannot wrap, which it
+   * otherwise reports as a bogus -Wstringop-overflow. */
+  if(b->oom || n > SIZE_MAX / 4 || b->len > SIZE_MAX / 4) {
+    b->oom = true;
     return;
+  }
   if(b->len + n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 64;
     while(cap < b->len + n + 1)

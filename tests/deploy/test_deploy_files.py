@@ -374,6 +374,29 @@ class Dockerfile(unittest.TestCase):
                                     f".dockerignore excludes {src}")
 
 
+    def test_builder_stage_builds_from_what_it_copies(self):
+        """The build stage's COPY lines bring everything the build reads: the same CMake
+        build, run on a copy of only those paths, succeeds (warnings as errors, Release)."""
+        first_stage = self.text.split("\nFROM ", 2)[1]
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp, True)
+        for l in first_stage.replace("\\\n", " ").splitlines():
+            if l.startswith("COPY ") and "--from=" not in l:
+                for src in l.split()[1:-1]:
+                    dst = os.path.join(tmp, src)
+                    if os.path.isdir(os.path.join(ROOT, src)):
+                        shutil.copytree(os.path.join(ROOT, src), dst)
+                    else:
+                        os.makedirs(os.path.dirname(dst), exist_ok=True)
+                        shutil.copy(os.path.join(ROOT, src), dst)
+        build = os.path.join(tmp, "build")
+        for cmd in (["cmake", "-S", tmp, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
+                     "-DBUILD_TESTING=OFF", "-DWERROR=ON"],
+                    ["cmake", "--build", build, "-j2"]):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            self.assertEqual(r.returncode, 0, f"{' '.join(cmd)}:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response({"/ok": 200, "/down": 503}.get(self.path, 404))
