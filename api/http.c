@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "request.h"
 #include "routes.h"
 #include "util.h"
@@ -31,8 +32,27 @@ struct idem_claim {
   char key[JOB_IDEMPOTENCY_KEY_MAX + 1];
 };
 
+/* Statuses counted by their own label value; anything else counts as "other". */
+static const int COUNTED_STATUSES[] = {200, 202, 400, 401, 404, 405, 413, 415, 422, 500, 503};
+#define N_STATUSES (sizeof COUNTED_STATUSES / sizeof COUNTED_STATUSES[0] + 1)
+/* The route slot of requests that matched no route. */
+#define ROUTE_UNMATCHED ROUTE_COUNT
+
+enum publish_outcome { PUBLISH_ACK, PUBLISH_REJECTED, PUBLISH_TIMEOUT, PUBLISH_UNAVAILABLE,
+                       PUBLISH_OUTCOMES };
+static const char *const PUBLISH_OUTCOME_NAMES[] = {"ack", "rejected", "timeout", "unavailable"};
+
+struct http_metrics {
+  atomic_ullong requests[ROUTE_COUNT + 1][N_STATUSES];
+  struct metrics_hist duration[ROUTE_COUNT + 1];
+  atomic_ullong publishes[PUBLISH_OUTCOMES];
+  struct metrics_hist confirm; /* hand-over to confirm, as the HTTP worker waits for it */
+  atomic_ullong replays;       /* Idempotency-Key repeats answered without publishing */
+};
+
 struct http_server {
   struct http_deps deps;
+  struct http_metrics metrics;
   struct mg_context *ctx;
   int64_t started_ms;
   atomic_int draining;
@@ -65,7 +85,7 @@ static int send_static(struct mg_connection *conn, const char *type, const char 
   mg_response_header_start(conn, 200);
   mg_response_header_add(conn, "Content-Type", type, -1);
   mg_response_header_add(conn, "Content-Length", clen, -1);
-  mg_response_header_add(conn, "Cache-Control", "public, max-age=300", -1);
+  mg_response_header_add(conn, "Cache-Control", "no-cache", -1);
   mg_response_header_send(conn);
   if(strcmp(mg_get_request_info(conn)->request_method, "HEAD"))
     mg_write(conn, body, len);
@@ -203,6 +223,7 @@ static int replay_idempotent(struct mg_connection *conn, struct http_server *srv
     return reply_error(conn, 422, "idempotency_key_reused",
                        "this Idempotency-Key was used for a different request", "Idempotency-Key",
                        NULL, NULL);
+  atomic_fetch_add(&srv->metrics.replays, 1);
   return reply(conn, 202,
                json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message",
                          "Message already accepted with this Idempotency-Key", "task_id", task_id,
@@ -279,7 +300,18 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
       goto out;
   }
 
-  switch(publisher_submit(srv->deps.publisher, &job, CONFIRM_WAIT_MS)) {
+  {
+    int64_t t0 = util_mono_us();
+    enum pub_result pr = publisher_submit(srv->deps.publisher, &job, CONFIRM_WAIT_MS);
+    static const enum publish_outcome OUTCOME[] = {
+      [PUB_OK] = PUBLISH_ACK, [PUB_UNAVAILABLE] = PUBLISH_UNAVAILABLE,
+      [PUB_TIMEOUT] = PUBLISH_TIMEOUT, [PUB_REJECTED] = PUBLISH_REJECTED};
+    atomic_fetch_add(&srv->metrics.publishes[OUTCOME[pr]], 1);
+    if(pr != PUB_UNAVAILABLE)
+      metrics_observe(&srv->metrics.confirm, (double)(util_mono_us() - t0) / 1e6);
+    rc = (int)pr;
+  }
+  switch((enum pub_result)rc) {
   case PUB_OK: break;
   case PUB_REJECTED:
     log_event(CFG_LOG_ERROR, "broker refused a job", "task_id", job.task_id, NULL);
@@ -381,15 +413,119 @@ static int authorized(struct mg_connection *conn, const struct cfg *cfg)
   return key && key_matches(cfg, key);
 }
 
-/* Every request comes here: the routing table (routes.c) decides 404 and 405 in one place. */
+static void route_label(char *buf, size_t len, int route_slot, const char *extra)
+{
+  snprintf(buf, len, "route=\"%s\"%s", route_slot == ROUTE_UNMATCHED ? "unmatched"
+                                                                      : ROUTES[route_slot].pattern,
+           extra);
+}
+
+static int handle_metrics(struct mg_connection *conn, struct http_server *srv)
+{
+  struct http_metrics *m = &srv->metrics;
+  struct metrics_out o = {0};
+  char labels[128];
+  int64_t last = status_reader_last_event_ms(srv->deps.reader);
+  int status;
+  metrics_family(&o, "msg_api_http_requests_total", "counter",
+                 "HTTP requests answered, by route and status.");
+  for(int r = 0; r <= ROUTE_COUNT; r++)
+    for(size_t i = 0; i < N_STATUSES; i++) {
+      unsigned long long n = atomic_load(&m->requests[r][i]);
+      char status_label[48];
+      if(!n)
+        continue;
+      if(i < N_STATUSES - 1)
+        snprintf(status_label, sizeof status_label, ",status=\"%d\"", COUNTED_STATUSES[i]);
+      else
+        snprintf(status_label, sizeof status_label, ",status=\"other\"");
+      route_label(labels, sizeof labels, r, status_label);
+      metrics_sample(&o, "msg_api_http_requests_total", labels, (double)n);
+    }
+  metrics_family(&o, "msg_api_http_request_duration_seconds", "histogram",
+                 "Time to answer an HTTP request, by route.");
+  for(int r = 0; r <= ROUTE_COUNT; r++)
+    if(atomic_load(&m->duration[r].count)) {
+      route_label(labels, sizeof labels, r, "");
+      metrics_hist_samples(&o, "msg_api_http_request_duration_seconds", labels, &m->duration[r]);
+    }
+  metrics_family(&o, "msg_api_publishes_total", "counter",
+                 "Jobs handed to the publisher, by outcome (ack = confirmed by the broker).");
+  for(int i = 0; i < PUBLISH_OUTCOMES; i++) {
+    snprintf(labels, sizeof labels, "outcome=\"%s\"", PUBLISH_OUTCOME_NAMES[i]);
+    metrics_sample(&o, "msg_api_publishes_total", labels, (double)atomic_load(&m->publishes[i]));
+  }
+  metrics_family(&o, "msg_api_publish_confirm_duration_seconds", "histogram",
+                 "Time from handing a job to the publisher to its confirm (or the give-up).");
+  metrics_hist_samples(&o, "msg_api_publish_confirm_duration_seconds", "", &m->confirm);
+  metrics_family(&o, "msg_api_idempotent_replays_total", "counter",
+                 "Requests answered from an earlier one with the same Idempotency-Key.");
+  metrics_sample(&o, "msg_api_idempotent_replays_total", "", (double)atomic_load(&m->replays));
+  metrics_family(&o, "msg_api_publish_in_flight", "gauge", "Jobs waiting for their confirm.");
+  metrics_sample(&o, "msg_api_publish_in_flight", "",
+                 (double)publisher_in_flight(srv->deps.publisher));
+  metrics_family(&o, "msg_api_broker_connections_total", "counter",
+                 "Successful broker connections, by connection (more than 1 = reconnects).");
+  metrics_sample(&o, "msg_api_broker_connections_total", "connection=\"publisher\"",
+                 (double)publisher_connects(srv->deps.publisher));
+  metrics_sample(&o, "msg_api_broker_connections_total", "connection=\"status\"",
+                 (double)status_reader_connects(srv->deps.reader));
+  metrics_family(&o, "msg_api_ready", "gauge", "1 when ready to accept messages.");
+  metrics_sample(&o, "msg_api_ready", "", is_ready(srv));
+  metrics_family(&o, "msg_api_task_cache_tasks", "gauge", "Tasks held in the status cache.");
+  metrics_sample(&o, "msg_api_task_cache_tasks", "", (double)task_cache_size(srv->deps.cache));
+  metrics_family(&o, "msg_api_status_events_total", "counter",
+                 "Status events read from the stream.");
+  metrics_sample(&o, "msg_api_status_events_total", "",
+                 (double)status_reader_events(srv->deps.reader));
+  metrics_family(&o, "msg_api_status_stream_last_event_age_seconds", "gauge",
+                 "Seconds since the status stream last delivered an event (-1 before any).");
+  metrics_sample(&o, "msg_api_status_stream_last_event_age_seconds", "",
+                 last ? (double)(util_now_ms() - last) / 1000.0 : -1);
+  metrics_family(&o, "msg_api_uptime_seconds", "gauge", "Seconds since start.");
+  metrics_sample(&o, "msg_api_uptime_seconds", "",
+                 (double)(util_mono_ms() - srv->started_ms) / 1000.0);
+  if(o.oom) {
+    metrics_out_free(&o);
+    return reply_error(conn, 500, "internal", "out of memory", NULL, NULL, NULL);
+  }
+  status = send_static(conn, "text/plain; version=0.0.4; charset=utf-8", o.buf, o.len);
+  metrics_out_free(&o);
+  return status;
+}
+
+static size_t status_slot(int status)
+{
+  for(size_t i = 0; i < N_STATUSES - 1; i++)
+    if(COUNTED_STATUSES[i] == status)
+      return i;
+  return N_STATUSES - 1;
+}
+
+static int dispatch(struct mg_connection *conn, struct http_server *srv, int *route_slot);
+
+/* Every request comes here: counted and timed by route and status, then dispatched. */
 static int route(struct mg_connection *conn, void *arg)
 {
   struct http_server *srv = arg;
+  int64_t t0 = util_mono_us();
+  int slot = ROUTE_UNMATCHED;
+  int status = dispatch(conn, srv, &slot);
+  atomic_fetch_add_explicit(&srv->metrics.requests[slot][status_slot(status)], 1,
+                            memory_order_relaxed);
+  metrics_observe(&srv->metrics.duration[slot], (double)(util_mono_us() - t0) / 1e6);
+  return status;
+}
+
+/* The routing table (routes.c) decides 404, 405 and authentication in one place. */
+static int dispatch(struct mg_connection *conn, struct http_server *srv, int *route_slot)
+{
   const struct mg_request_info *ri = mg_get_request_info(conn);
   const char *path = ri->local_uri ? ri->local_uri : "/", *param = NULL;
   int id = route_match(path, &param);
   if(id < 0)
     return reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);
+  *route_slot = id;
   if(!route_allows(&ROUTES[id], ri->request_method)) {
     char msg[64];
     snprintf(msg, sizeof msg, "use %s", ROUTES[id].method);
@@ -421,6 +557,7 @@ static int route(struct mg_connection *conn, void *arg)
     return send_static(conn, "text/html; charset=utf-8", static_docs_html, static_docs_html_len);
   case ROUTE_MESSAGES: return handle_post_message(conn, srv);
   case ROUTE_TASK: return handle_get_task(conn, srv, param);
+  case ROUTE_METRICS: return handle_metrics(conn, srv);
   case ROUTE_COUNT: break;
   }
   return reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);

@@ -50,6 +50,7 @@ struct publisher {
   int stopping, ready;
   int drain_ms;
   size_t in_flight;
+  unsigned long long connects;
 
   /* Owned by the publisher thread alone. */
   amqp_connection_state_t conn;
@@ -177,6 +178,15 @@ int publisher_ready(struct publisher *pub)
   return ready;
 }
 
+unsigned long long publisher_connects(struct publisher *pub)
+{
+  unsigned long long n;
+  pthread_mutex_lock(&pub->lock);
+  n = pub->connects;
+  pthread_mutex_unlock(&pub->lock);
+  return n;
+}
+
 size_t publisher_in_flight(struct publisher *pub)
 {
   size_t n;
@@ -241,6 +251,9 @@ static int connect_broker(struct publisher *pub)
   }
   pub->conn = conn;
   log_event(CFG_LOG_INFO, "connected to the broker", "role", "publisher", NULL);
+  pthread_mutex_lock(&pub->lock);
+  pub->connects++;
+  pthread_mutex_unlock(&pub->lock);
   set_ready(pub, 1);
   return 0;
 }

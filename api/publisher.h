@@ -33,6 +33,9 @@ enum pub_result publisher_submit(struct publisher *pub, const struct job *job, i
 /* 1 while connected with the topology declared and the broker not blocking publishes. */
 int publisher_ready(struct publisher *pub);
 
+/* Successful connections to the broker so far (the first one included). */
+unsigned long long publisher_connects(struct publisher *pub);
+
 /* Publishes handed over and not yet confirmed. */
 size_t publisher_in_flight(struct publisher *pub);
 

@@ -12,6 +12,7 @@ const struct route ROUTES[ROUTE_COUNT] = {
   [ROUTE_DOCS] = {"/docs", "GET", "GET, HEAD", 1},
   [ROUTE_MESSAGES] = {"/messages", "POST", "POST", 0},
   [ROUTE_TASK] = {"/tasks/{task_id}", "GET", "GET, HEAD", 0},
+  [ROUTE_METRICS] = {"/metrics", "GET", "GET, HEAD", 1},
 };
 
 int route_match(const char *path, const char **param)

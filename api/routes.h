@@ -12,6 +12,7 @@ enum route_id {
   ROUTE_DOCS,
   ROUTE_MESSAGES,
   ROUTE_TASK,
+  ROUTE_METRICS,
   ROUTE_COUNT
 };
 

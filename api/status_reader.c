@@ -31,6 +31,7 @@ struct status_reader {
   atomic_int stopping, ready;
   atomic_uint_least64_t events;
   atomic_int_least64_t last_event_ms;
+  atomic_ullong connects;
   atomic_int_least64_t offset; /* last stream offset read; the resume point after a reconnect */
   int64_t subscribed_at;        /* wall clock at subscribe; reader thread only */
 };
@@ -64,6 +65,7 @@ static amqp_connection_state_t subscribe(struct status_reader *r)
     goto fail;
   }
   r->subscribed_at = util_now_ms();
+  atomic_fetch_add(&r->connects, 1);
   log_event(CFG_LOG_INFO, "consuming the status stream", "stream",
             r->cfg->topology.status_stream, "from", off < 0 ? "first" : "last read", NULL);
   return conn;
@@ -212,6 +214,11 @@ int status_reader_ready(struct status_reader *r)
 uint64_t status_reader_events(struct status_reader *r)
 {
   return atomic_load(&r->events);
+}
+
+unsigned long long status_reader_connects(struct status_reader *r)
+{
+  return atomic_load(&r->connects);
 }
 
 int64_t status_reader_last_event_ms(struct status_reader *r)

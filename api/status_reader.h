@@ -25,6 +25,9 @@ int status_reader_ready(struct status_reader *r);
 /* Events applied so far, and the stream offset of the last one read (-1 before any). */
 uint64_t status_reader_events(struct status_reader *r);
 
+/* Successful subscriptions to the stream so far (the first one included). */
+unsigned long long status_reader_connects(struct status_reader *r);
+
 /* Wall-clock time (ms) at which the last event was read, 0 before any. */
 int64_t status_reader_last_event_ms(struct status_reader *r);
 int64_t status_reader_offset(struct status_reader *r);

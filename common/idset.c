@@ -8,15 +8,18 @@
 #include "util.h"
 
 /* Ids are stored as their 16 bytes: a million of them take 48 MiB (table at half load plus the
- * insertion ring) instead of the hundreds a string map would. A version-4 UUID is never all
- * zeroes, so a zero slot means empty. */
+ * insertion ring) instead of the hundreds a string map would. The table starts small and
+ * doubles as it fills, because its slots are touched at random: a table sized for the maximum
+ * up front would be resident in full after a few thousand ids. The ring is filled in order, so
+ * only its used part is ever resident. A version-4 UUID is never all zeroes, so a zero slot
+ * means empty. */
 struct key {
   unsigned char b[16];
 };
 
 struct idset {
   struct key *table; /* open addressing, linear probing, cap slots (a power of two) */
-  size_t cap;
+  size_t cap, max_cap;
   struct key *ring;  /* insertion order, max entries, for forgetting the oldest */
   size_t max, head, count;
 };
@@ -64,9 +67,10 @@ struct idset *idset_new(size_t max)
     return NULL;
   if(max < 1)
     max = 1;
-  s->cap = 16;
-  while(s->cap < max * 2)
-    s->cap <<= 1;
+  s->max_cap = 16;
+  while(s->max_cap < max * 2)
+    s->max_cap <<= 1;
+  s->cap = s->max_cap < 1024 ? s->max_cap : 1024;
   s->max = max;
   s->table = calloc(s->cap, sizeof *s->table);
   s->ring = calloc(max, sizeof *s->ring);
@@ -114,11 +118,30 @@ static void remove_at(struct idset *s, size_t i)
   }
 }
 
+/* Doubles the table (keeping at most half of it used); -1 when out of memory. */
+static int grow(struct idset *s)
+{
+  struct key *old = s->table;
+  size_t old_cap = s->cap;
+  struct key *table = calloc(old_cap * 2, sizeof *table);
+  if(!table)
+    return -1;
+  s->table = table;
+  s->cap = old_cap * 2;
+  for(size_t i = 0; i < old_cap; i++)
+    if(!is_empty(&old[i]))
+      s->table[find(s, &old[i])] = old[i];
+  free(old);
+  return 0;
+}
+
 int idset_add(struct idset *s, const char *id)
 {
   struct key k;
   size_t i;
   if(parse(id, &k))
+    return -1;
+  if((s->count + 1) * 2 > s->cap && s->cap < s->max_cap && grow(s))
     return -1;
   i = find(s, &k);
   if(!is_empty(&s->table[i]))

@@ -14,7 +14,8 @@ struct idset *idset_new(size_t max);
 void idset_free(struct idset *set);
 
 /* Adds a UUID in its canonical text form; the oldest id is forgotten when the set is full.
- * Returns 1 when added, 0 when it was already there, -1 when `id` is not a UUID. */
+ * Returns 1 when added, 0 when it was already there, -1 when `id` is not a UUID or memory ran
+ * out. */
 int idset_add(struct idset *set, const char *id);
 
 /* 1 when the UUID is in the set, else 0 (also for text that is not a UUID). */

@@ -11,6 +11,9 @@ int64_t util_now_ms(void);
 /* Monotonic time in milliseconds, for deadlines and latencies. */
 int64_t util_mono_ms(void);
 
+/* Monotonic time in microseconds, for latency metrics. */
+int64_t util_mono_us(void);
+
 /* Formats `ms` (Unix epoch milliseconds) as RFC 3339 UTC with milliseconds,
  * "2026-11-28T12:00:00.000Z", into buf (at least UTIL_TIME_LEN bytes). Returns buf. */
 #define UTIL_TIME_LEN 32

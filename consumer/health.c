@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics.h"
 #include "util.h"
 
 /* The loop turns at least every second; a loop silent this long is stuck. */
@@ -33,6 +34,61 @@ static int send_text(struct mg_connection *conn, int status, const char *body)
   return status;
 }
 
+static int send_metrics(struct mg_connection *conn, struct health_server *srv, int ready)
+{
+  struct worker_state *s = srv->state;
+  struct metrics_out o = {0};
+  char len[24];
+  metrics_family(&o, "msg_consumer_deliveries_total", "counter",
+                 "Deliveries finished, by outcome (success, retry, parked, duplicate).");
+  metrics_sample(&o, "msg_consumer_deliveries_total", "outcome=\"success\"",
+                 (double)atomic_load(&s->succeeded));
+  metrics_sample(&o, "msg_consumer_deliveries_total", "outcome=\"retry\"",
+                 (double)atomic_load(&s->retried));
+  metrics_sample(&o, "msg_consumer_deliveries_total", "outcome=\"parked\"",
+                 (double)atomic_load(&s->parked));
+  metrics_sample(&o, "msg_consumer_deliveries_total", "outcome=\"duplicate\"",
+                 (double)atomic_load(&s->duplicates));
+  metrics_family(&o, "msg_consumer_redeliveries_total", "counter",
+                 "Deliveries the broker marked as redelivered.");
+  metrics_sample(&o, "msg_consumer_redeliveries_total", "", (double)atomic_load(&s->redelivered));
+  metrics_family(&o, "msg_consumer_evolution_config_faults_total", "counter",
+                 "Evolution API answers that mean our key or licence is wrong (401, 403, 503 "
+                 "LICENSE_REQUIRED).");
+  metrics_sample(&o, "msg_consumer_evolution_config_faults_total", "",
+                 (double)atomic_load(&s->config_faults));
+  metrics_family(&o, "msg_consumer_evolution_request_duration_seconds", "histogram",
+                 "Time from sending a sendText request to its answer or failure.");
+  metrics_hist_samples(&o, "msg_consumer_evolution_request_duration_seconds", "",
+                       &s->evolution_latency);
+  metrics_family(&o, "msg_consumer_delivery_duration_seconds", "histogram",
+                 "Time from receiving a job to acking it with its outcome recorded.");
+  metrics_hist_samples(&o, "msg_consumer_delivery_duration_seconds", "", &s->delivery_latency);
+  metrics_family(&o, "msg_consumer_in_flight", "gauge", "Deliveries being worked on.");
+  metrics_sample(&o, "msg_consumer_in_flight", "", (double)atomic_load(&s->in_flight));
+  metrics_family(&o, "msg_consumer_broker_connections_total", "counter",
+                 "Successful broker connections (more than 1 = reconnects).");
+  metrics_sample(&o, "msg_consumer_broker_connections_total", "",
+                 (double)atomic_load(&s->connects));
+  metrics_family(&o, "msg_consumer_ready", "gauge", "1 when consuming jobs.");
+  metrics_sample(&o, "msg_consumer_ready", "", ready);
+  metrics_family(&o, "msg_consumer_uptime_seconds", "gauge", "Seconds since start.");
+  metrics_sample(&o, "msg_consumer_uptime_seconds", "",
+                 (double)(util_mono_ms() - srv->started_ms) / 1000.0);
+  if(o.oom) {
+    metrics_out_free(&o);
+    return send_text(conn, 500, "{\"status\":\"out of memory\"}");
+  }
+  snprintf(len, sizeof len, "%zu", o.len);
+  mg_response_header_start(conn, 200);
+  mg_response_header_add(conn, "Content-Type", "text/plain; version=0.0.4; charset=utf-8", -1);
+  mg_response_header_add(conn, "Content-Length", len, -1);
+  mg_response_header_send(conn);
+  mg_write(conn, o.buf, o.len);
+  metrics_out_free(&o);
+  return 200;
+}
+
 static int route(struct mg_connection *conn, void *arg)
 {
   struct health_server *srv = arg;
@@ -47,6 +103,8 @@ static int route(struct mg_connection *conn, void *arg)
     return send_text(conn, 405,
                      "{\"success\":false,\"error\":{\"code\":\"method_not_allowed\",\"message\":"
                      "\"use GET\"}}");
+  if(!strcmp(path, "/metrics"))
+    return send_metrics(conn, srv, ready);
   if(!strcmp(path, "/livez"))
     return send_text(conn, live ? 200 : 503, live ? "{\"status\":\"ok\"}" : "{\"status\":\"stalled\"}");
   if(!strcmp(path, "/readyz"))

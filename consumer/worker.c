@@ -50,6 +50,7 @@ struct delivery {
   int failed;      /* one of them was nacked or returned */
   int succeeded;   /* Evolution API accepted it; the pending publish is the SUCCESS event */
   int64_t started_ms;
+  int64_t started_us, sent_us; /* received, and handed to Evolution API (for metrics) */
   char ref[64];    /* correlation id of its publishes, to match basic.return */
 };
 
@@ -242,6 +243,9 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
   snprintf(latency, sizeof latency, "%lld", (long long)(util_mono_ms() - d->started_ms));
   snprintf(status, sizeof status, "%ld", o->http_status);
   snprintf(attempt, sizeof attempt, "%d", d->attempt);
+  metrics_observe(&w->state->evolution_latency, (double)(util_mono_us() - d->sent_us) / 1e6);
+  if(o->config_fault)
+    atomic_fetch_add(&w->state->config_faults, 1);
   if(o->config_fault)
     log_event(CFG_LOG_ERROR, "Evolution API configuration fault", "task_id", d->job->task_id,
               "error", o->code, "detail", o->message, NULL);
@@ -309,6 +313,7 @@ static void on_settle(void *owner, int ok, void *ctx)
       amqp_basic_nack(w->conn, CONSUME_CH, d->tag, 0, 1);
     else
       amqp_basic_ack(w->conn, CONSUME_CH, d->tag, 0);
+    metrics_observe(&w->state->delivery_latency, (double)(util_mono_us() - d->started_us) / 1e6);
   }
   set_in_flight(w, -1);
   delivery_free(d);
@@ -343,6 +348,7 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
   d->raw[m->body.len] = '\0';
   d->raw_len = m->body.len;
   d->started_ms = util_mono_ms();
+  d->started_us = util_mono_us();
   if((m->properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
      !mq_table_get_int(&m->properties.headers, "x-attempt", &attempt) &&
      (attempt < 1 || attempt > 1000))
@@ -378,6 +384,7 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
     ev.status = TASK_STARTED;
     publish_status(w, d, NULL, &ev);
   }
+  d->sent_us = util_mono_us();
   if(evo_send(w->evo, d->job, d)) {
     log_event(CFG_LOG_ERROR, "cannot start an Evolution API request", "task_id",
               d->job->task_id, NULL);
@@ -542,6 +549,7 @@ static int connect_broker(struct worker *w)
   w->stream_caught_up = 0;
   w->stream_unacked = 0;
   w->consuming_jobs = 0;
+  atomic_fetch_add(&w->state->connects, 1);
   w->conn = conn;
   log_event(CFG_LOG_INFO, "connected; reading the status stream before taking jobs", NULL);
   return 0;

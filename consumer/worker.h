@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "cfg.h"
+#include "metrics.h"
 
 /* Counters and flags the health listener reads while the loop runs. */
 struct worker_state {
@@ -15,6 +16,10 @@ struct worker_state {
   atomic_llong in_flight;
   atomic_llong succeeded, retried, parked, redelivered, duplicates;
   atomic_llong loop_at_ms; /* last loop turn (monotonic), for liveness */
+  atomic_llong connects;   /* successful broker connections (more than 1 = reconnects) */
+  atomic_llong config_faults; /* 401/403/LICENSE_REQUIRED answers */
+  struct metrics_hist evolution_latency; /* sendText request to answer (or failure) */
+  struct metrics_hist delivery_latency;  /* delivery received to outcome recorded (ack) */
 };
 
 /* Runs until a stop signal is read from stop_fd (a signalfd): then stops consuming, finishes

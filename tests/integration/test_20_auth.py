@@ -19,7 +19,7 @@ class AuthTest(IntegrationTest):
 
         for path in ("/health", "/tasks/00000000-0000-4000-8000-000000000000"):
             self.assertEqual(http("GET", base + path).status, 401, path)
-        for path in ("/", "/livez", "/readyz"):
+        for path in ("/", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs"):
             self.assertEqual(http("GET", base + path).status, 200, path)
 
         wrong = post_message(api, "+52123456789", "hola", headers={"Authorization": "Bearer nope"})
