@@ -635,12 +635,19 @@ def cleanup_topology(exchange_prefix):
             if not obj["name"].startswith(exchange_prefix):
                 continue
             vhost, name = (urllib.parse.quote(obj[k], safe="") for k in ("vhost", "name"))
-            try:
-                _mgmt("DELETE", f"/api/{kind}/{vhost}/{name}")
-                deleted.append(obj["name"])
-            except urllib.error.HTTPError as e:
-                if e.code != 404:
-                    raise
+            # A stream whose replica is still starting (or stopping) answers 500 for a moment
+            # (RabbitMQ 3.10); only a lasting failure is an error.
+            for attempt in range(10):
+                try:
+                    _mgmt("DELETE", f"/api/{kind}/{vhost}/{name}")
+                    deleted.append(obj["name"])
+                    break
+                except urllib.error.HTTPError as e:
+                    if e.code == 404:
+                        break
+                    if e.code < 500 or attempt == 9:
+                        raise
+                    time.sleep(0.5)
     _pending_prefixes.discard(exchange_prefix)
     return deleted
 
