@@ -326,7 +326,7 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
    * the PENDING event comes back through the stream (and a repeat finds its key). */
   status_pending_event(&job, &ev);
   task_cache_apply(srv->deps.cache, &ev);
-  log_event(CFG_LOG_INFO, "message accepted", "task_id", job.task_id, "instance",
+  log_event(CFG_LOG_DEBUG, "message accepted", "task_id", job.task_id, "instance",
             job.instance_name, NULL);
   doc = json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message", "Message queued for delivery",
                   "task_id", job.task_id, "status", "PENDING");

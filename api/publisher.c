@@ -58,8 +58,16 @@ struct publisher {
   struct pub_req *events_head, *events_tail; /* PENDING events to publish */
 };
 
-/* Confirm owners are pub_req pointers; the low bit tells the PENDING event from the job. */
+/* Confirm owners are pub_req pointers for jobs, and event_batch pointers with the low bit set
+ * for the stream messages that carry the PENDING events of many jobs at once. */
 #define EVENT_BIT ((uintptr_t)1)
+/* PENDING events per stream message: one publish and one confirm instead of hundreds. */
+#define EVENTS_PER_BATCH 256
+
+struct event_batch {
+  size_t n;
+  struct pub_req *reqs[EVENTS_PER_BATCH];
+};
 
 static void req_release(struct pub_req *r)
 {
@@ -76,11 +84,15 @@ static void req_release(struct pub_req *r)
 static void on_settle(void *owner, int ok, void *ctx)
 {
   struct publisher *pub = ctx;
-  struct pub_req *r = (struct pub_req *)((uintptr_t)owner & ~EVENT_BIT);
+  struct pub_req *r = owner;
   if((uintptr_t)owner & EVENT_BIT) {
+    struct event_batch *b = (struct event_batch *)((uintptr_t)owner & ~EVENT_BIT);
     if(!ok)
-      log_event(CFG_LOG_WARN, "PENDING event not confirmed", "task_id", r->task_id, NULL);
-    req_release(r);
+      log_event(CFG_LOG_WARN, "PENDING events not confirmed", "first_task_id",
+                b->reqs[0]->task_id, NULL);
+    for(size_t i = 0; i < b->n; i++)
+      req_release(b->reqs[i]);
+    free(b);
     return;
   }
   r->job_done = 1;
@@ -123,6 +135,7 @@ enum pub_result publisher_submit(struct publisher *pub, const struct job *job, i
   struct pub_req *r = calloc(1, sizeof *r);
   struct timespec deadline;
   enum pub_result res;
+  int was_empty;
   if(!r)
     return PUB_UNAVAILABLE;
   pthread_cond_init(&r->done, NULL);
@@ -146,13 +159,17 @@ enum pub_result publisher_submit(struct publisher *pub, const struct job *job, i
   }
   r->refs = 2; /* this worker and the publisher thread */
   pub->in_flight++;
+  was_empty = !pub->queue_head;
   if(pub->queue_tail)
     pub->queue_tail->next = r;
   else
     pub->queue_head = r;
   pub->queue_tail = r;
   pthread_mutex_unlock(&pub->lock);
-  wake(pub);
+  /* The publisher takes the whole queue at each turn, so a non-empty queue already has a
+   * wake-up pending: one eventfd write per batch, not per request. */
+  if(was_empty)
+    wake(pub);
 
   pthread_mutex_lock(&pub->lock);
   while(!r->job_done) {
@@ -299,36 +316,60 @@ static int publish_job(struct publisher *pub, struct pub_req *r)
                             amqp_cstring_bytes(MQ_KEY_SEND), 1, 0, &p, body);
 }
 
-/* Publishes the PENDING events of the jobs confirmed so far. Returns 0, or -1 when the
- * connection failed (then every request still waiting for an event has been released). */
+/* Publishes the PENDING events of the jobs confirmed so far, many to a stream message. Returns
+ * 0, or -1 when the connection failed (then every request still waiting for an event has been
+ * released). */
 static int publish_events(struct publisher *pub)
 {
   for(;;) {
     amqp_basic_properties_t p;
     amqp_bytes_t body;
-    struct pub_req *r;
+    struct event_batch *b = malloc(sizeof *b);
+    char *bodies[EVENTS_PER_BATCH], *joined;
+    size_t lens[EVENTS_PER_BATCH], len;
     uint64_t seq = 0;
     int rc;
+    if(!b)
+      return 0; /* out of memory: the events wait for the next turn */
+    b->n = 0;
     pthread_mutex_lock(&pub->lock);
-    r = pub->events_head;
-    if(r) {
+    while(pub->events_head && b->n < EVENTS_PER_BATCH) {
+      struct pub_req *r = pub->events_head;
       pub->events_head = r->next_event;
-      if(!pub->events_head)
-        pub->events_tail = NULL;
-      seq = confirms_add(pub->confirms, (void *)((uintptr_t)r | EVENT_BIT));
-      if(!seq)
-        req_release(r);
+      bodies[b->n] = r->event_body;
+      lens[b->n] = r->event_len;
+      b->reqs[b->n++] = r;
+    }
+    if(!pub->events_head)
+      pub->events_tail = NULL;
+    pthread_mutex_unlock(&pub->lock);
+    if(!b->n) {
+      free(b);
+      return 0;
+    }
+    joined = b->n == 1 ? NULL : status_batch_join(bodies, lens, b->n, &len);
+    pthread_mutex_lock(&pub->lock);
+    if(b->n == 1 || joined)
+      seq = confirms_add(pub->confirms, (void *)((uintptr_t)b | EVENT_BIT));
+    if(!seq) {
+      /* Out of memory: other replicas learn of these tasks from their next event. */
+      for(size_t i = 0; i < b->n; i++)
+        req_release(b->reqs[i]);
+      free(b);
     }
     pthread_mutex_unlock(&pub->lock);
-    if(!r)
-      return 0;
-    if(!seq)
-      continue; /* out of memory: other replicas learn of the task from its next event */
-    props(pub, r, &p, "message.status");
-    body.bytes = r->event_body;
-    body.len = r->event_len;
+    if(!seq) {
+      free(joined);
+      continue;
+    }
+    props(pub, b->reqs[0], &p, "message.status");
+    if(b->n > 1)
+      p._flags &= ~AMQP_BASIC_CORRELATION_ID_FLAG; /* a batch is about many tasks */
+    body.bytes = joined ? joined : bodies[0];
+    body.len = joined ? len : lens[0];
     rc = amqp_basic_publish(pub->conn, CHANNEL, amqp_empty_bytes,
                             amqp_cstring_bytes(pub->cfg->topology.status_stream), 0, 0, &p, body);
+    free(joined);
     if(rc != AMQP_STATUS_OK) {
       drop_connection(pub, amqp_error_string2(rc));
       return -1;

@@ -75,31 +75,33 @@ fail:
   return NULL;
 }
 
+static void apply_event(const struct status_event *ev, void *arg)
+{
+  struct status_reader *r = arg;
+  /* Under steady traffic the stream is never idle: an event newer than the subscription
+   * proves the backlog is behind us. */
+  if(!atomic_load(&r->ready) && ev->at_ms >= r->subscribed_at) {
+    atomic_store(&r->ready, 1);
+    log_event(CFG_LOG_INFO, "status cache caught up", NULL);
+  }
+  if(task_cache_apply(r->cache, ev) < 0)
+    log_event(CFG_LOG_ERROR, "out of memory applying a status event", "task_id", ev->task_id,
+              NULL);
+  atomic_fetch_add(&r->events, 1);
+}
+
 static void apply(struct status_reader *r, const amqp_envelope_t *env)
 {
-  struct status_event ev;
   char err[256];
   int64_t off;
   if(env->message.properties._flags & AMQP_BASIC_HEADERS_FLAG &&
      !mq_table_get_int(&env->message.properties.headers, "x-stream-offset", &off))
     atomic_store(&r->offset, off);
-  if(status_event_decode(env->message.body.bytes, env->message.body.len, &ev, err, sizeof err)) {
-    /* A foreign or corrupt event cannot be fixed by reading it again: skip it. */
+  /* A foreign or corrupt event cannot be fixed by reading it again: it is skipped. */
+  if(status_message_decode(env->message.body.bytes, env->message.body.len, apply_event, r, err,
+                           sizeof err))
     log_event(CFG_LOG_WARN, "skipping a bad status event", "reason", err, NULL);
-    return;
-  }
-  /* Under steady traffic the stream is never idle: an event newer than the subscription
-   * proves the backlog is behind us. */
-  if(!atomic_load(&r->ready) && ev.at_ms >= r->subscribed_at) {
-    atomic_store(&r->ready, 1);
-    log_event(CFG_LOG_INFO, "status cache caught up", NULL);
-  }
-  if(task_cache_apply(r->cache, &ev) < 0)
-    log_event(CFG_LOG_ERROR, "out of memory applying a status event", "task_id", ev.task_id,
-              NULL);
-  atomic_fetch_add(&r->events, 1);
   atomic_store(&r->last_event_ms, util_now_ms());
-  status_event_clear(&ev);
 }
 
 static void *reader_main(void *arg)

@@ -213,7 +213,7 @@ static const struct key KEYS[] = {
    .max = 365 * MS_DAY, AT(topology.status_retention_ms)},
 
   {.name = "api.listen", .type = K_LISTEN, .def = "0.0.0.0:8001", AT(api.listen)},
-  {.name = "api.threads", .type = K_UINT, .def = "16", .min = 1, .max = 1024, AT(api.threads)},
+  {.name = "api.threads", .type = K_UINT, .def = "64", .min = 1, .max = 1024, AT(api.threads)},
   {.name = "api.max_body", .type = K_SIZE, .def = "64KiB", .min = KIB, .max = 16 * MIB,
    AT(api.max_body)},
   {.name = "api.api_keys", .type = K_STR_LIST, .flags = F_SECRET, .def_list = NO_KEYS,

@@ -116,19 +116,14 @@ static int dup_opt(const char *src, char **dst)
   return *dst ? 0 : -1;
 }
 
-int status_event_decode(const char *body, size_t len, struct status_event *ev, char *err,
-                        size_t errlen)
+/* Decodes one event object (borrowed); fills *ev or returns -1 with a reason. */
+static int decode_object(json_t *root, struct status_event *ev, char *err, size_t errlen)
 {
   json_error_t je;
-  json_t *root = json_loadb(body, len, 0, &je);
   const char *task_id, *status, *at, *created = NULL, *phone = NULL, *idem = NULL,
              *next = NULL, *key = NULL, *code = NULL, *emsg = NULL, *hash = NULL;
   json_int_t version, attempt;
   memset(ev, 0, sizeof *ev);
-  if(!root) {
-    snprintf(err, errlen, "not JSON: line %d column %d: %s", je.line, je.column, je.text);
-    return -1;
-  }
   if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:I, s:s, s?s, s?s, s?s, s?s, s?s, s?{s?s}, s?{s?s, s?s}}",
                     "v", &version, "task_id", &task_id, "status", &status, "attempt", &attempt,
                     "at", &at, "created_at", &created, "phone", &phone, "idempotency_key",
@@ -161,10 +156,81 @@ int status_event_decode(const char *body, size_t len, struct status_event *ev, c
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
-  json_decref(root);
   return 0;
 fail:
   status_event_clear(ev);
-  json_decref(root);
   return -1;
+}
+
+int status_event_decode(const char *body, size_t len, struct status_event *ev, char *err,
+                        size_t errlen)
+{
+  json_error_t je;
+  json_t *root = json_loadb(body, len, 0, &je);
+  int rc;
+  if(!root) {
+    memset(ev, 0, sizeof *ev);
+    snprintf(err, errlen, "not JSON: line %d column %d: %s", je.line, je.column, je.text);
+    return -1;
+  }
+  rc = decode_object(root, ev, err, errlen);
+  json_decref(root);
+  return rc;
+}
+
+int status_message_decode(const char *body, size_t len, status_event_fn fn, void *ctx,
+                          char *err, size_t errlen)
+{
+  json_error_t je;
+  json_t *root = json_loadb(body, len, 0, &je), *events;
+  struct status_event ev;
+  int bad = 0;
+  if(!root) {
+    snprintf(err, errlen, "not JSON: line %d column %d: %s", je.line, je.column, je.text);
+    return -1;
+  }
+  events = json_object_get(root, "events");
+  if(json_is_array(events)) {
+    size_t i;
+    json_t *item;
+    json_array_foreach(events, i, item) {
+      if(decode_object(item, &ev, err, errlen)) {
+        bad++;
+        continue;
+      }
+      fn(&ev, ctx);
+      status_event_clear(&ev);
+    }
+  }
+  else if(decode_object(root, &ev, err, errlen))
+    bad++;
+  else {
+    fn(&ev, ctx);
+    status_event_clear(&ev);
+  }
+  json_decref(root);
+  return bad ? -1 : 0;
+}
+
+char *status_batch_join(char *const *bodies, const size_t *lens, size_t n, size_t *len)
+{
+  static const char head[] = "{\"v\":1,\"events\":[", tail[] = "]}";
+  size_t total = sizeof head - 1 + sizeof tail - 1 + (n ? n - 1 : 0), off;
+  char *out;
+  for(size_t i = 0; i < n; i++)
+    total += lens[i];
+  out = malloc(total + 1);
+  if(!out)
+    return NULL;
+  memcpy(out, head, sizeof head - 1);
+  off = sizeof head - 1;
+  for(size_t i = 0; i < n; i++) {
+    if(i)
+      out[off++] = ',';
+    memcpy(out + off, bodies[i], lens[i]);
+    off += lens[i];
+  }
+  memcpy(out + off, tail, sizeof tail);
+  *len = total;
+  return out;
 }

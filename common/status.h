@@ -51,6 +51,20 @@ char *status_event_encode(const struct status_event *ev, size_t *len);
 int status_event_decode(const char *body, size_t len, struct status_event *ev, char *err,
                         size_t errlen);
 
+/* Called for each event of a status message; the event is borrowed for the call. */
+typedef void (*status_event_fn)(const struct status_event *ev, void *ctx);
+
+/* Decodes a status message: one event, or a batch {"v": 1, "events": [event, ...]} that a
+ * publisher sends to put many events in one stream message. Calls fn for each valid event.
+ * Returns 0, or -1 when the message or any event in it was bad (reason in err; the valid
+ * events of a batch are still delivered). */
+int status_message_decode(const char *body, size_t len, status_event_fn fn, void *ctx,
+                          char *err, size_t errlen);
+
+/* Joins n encoded events (status_event_encode's output) into one batch message. Returns a
+ * malloc'd string (caller frees) and its length, or NULL when out of memory. */
+char *status_batch_join(char *const *bodies, const size_t *lens, size_t n, size_t *len);
+
 /* Frees the strings of an event and zeroes it; safe on a zeroed event. */
 void status_event_clear(struct status_event *ev);
 

@@ -392,25 +392,28 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
   }
 }
 
-/* One event of the status stream: remember SUCCESS tasks, track the offset, give credit. */
+static void note_status_event(const struct status_event *ev, void *arg)
+{
+  struct worker *w = arg;
+  if(ev->status == TASK_SUCCESS)
+    idset_add(w->sent, ev->task_id);
+  /* Under steady traffic the stream is never idle: an event newer than the subscription
+   * proves the backlog is behind us. */
+  if(!w->stream_caught_up && ev->at_ms >= w->stream_subscribed_at)
+    w->stream_caught_up = 1;
+}
+
+/* One message of the status stream: remember SUCCESS tasks, track the offset, give credit. */
 static void on_status_event(struct worker *w, uint64_t tag, amqp_message_t *m)
 {
-  struct status_event ev;
   char err[128];
   int64_t off;
   if((m->properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
      !mq_table_get_int(&m->properties.headers, "x-stream-offset", &off))
     w->stream_offset = off;
   w->stream_last_ms = util_mono_ms();
-  if(!status_event_decode(m->body.bytes, m->body.len, &ev, err, sizeof err)) {
-    if(ev.status == TASK_SUCCESS)
-      idset_add(w->sent, ev.task_id);
-    /* Under steady traffic the stream is never idle: an event newer than the subscription
-     * proves the backlog is behind us. */
-    if(!w->stream_caught_up && ev.at_ms >= w->stream_subscribed_at)
-      w->stream_caught_up = 1;
-    status_event_clear(&ev);
-  }
+  /* Bad events are the api's to report; here they are only not remembered. */
+  status_message_decode(m->body.bytes, m->body.len, note_status_event, w, err, sizeof err);
   w->stream_last_tag = tag;
   if(++w->stream_unacked >= STATUS_ACK_EVERY) {
     amqp_basic_ack(w->conn, STATUS_CH, tag, 1);

@@ -92,7 +92,7 @@ static int check_defaults(const struct cfg *c)
   CHECK_STR(c->topology.status_stream, "messages.status");
   CHECK(c->topology.status_retention_ms == 24ull * 3600 * 1000);
   CHECK_STR(c->api.listen, "0.0.0.0:8001");
-  CHECK(c->api.threads == 16);
+  CHECK(c->api.threads == 64);
   CHECK(c->api.max_body == 64 * 1024);
   CHECK(c->api.n_api_keys == 0);
   CHECK(c->api.cache_max_tasks == 1000000);

@@ -230,6 +230,63 @@ static void test_clear_zeroed(void)
 out:;
 }
 
+struct collected {
+  int n;
+  char ids[4][UTIL_UUID_LEN];
+  enum task_status statuses[4];
+};
+
+static void collect(const struct status_event *ev, void *ctx)
+{
+  struct collected *c = ctx;
+  if(c->n < 4) {
+    memcpy(c->ids[c->n], ev->task_id, UTIL_UUID_LEN);
+    c->statuses[c->n] = ev->status;
+  }
+  c->n++;
+}
+
+/* Many events share one stream message; a reader sees each of them, and a bad event in a batch
+ * does not hide the good ones. */
+static void test_batch(void)
+{
+  struct status_event a = {.status = TASK_PENDING, .at_ms = 1795867200000},
+                      b = {.status = TASK_SUCCESS, .attempt = 1, .at_ms = 1795867200500};
+  char *bodies[2] = {NULL, NULL}, *joined = NULL, err[128];
+  size_t lens[2], len;
+  struct collected got = {0};
+  const char *bad_batch = "{\"v\":1,\"events\":[{\"v\":1},{\"v\":1,\"task_id\":"
+                          "\"123e4567-e89b-42d3-a456-426614174002\",\"status\":\"STARTED\","
+                          "\"attempt\":1,\"at\":\"2026-11-28T12:00:00.000Z\"}]}";
+  snprintf(a.task_id, sizeof a.task_id, "123e4567-e89b-42d3-a456-426614174001");
+  snprintf(b.task_id, sizeof b.task_id, "123e4567-e89b-42d3-a456-426614174002");
+  bodies[0] = status_event_encode(&a, &lens[0]);
+  bodies[1] = status_event_encode(&b, &lens[1]);
+  CHECK(bodies[0] && bodies[1]);
+  joined = status_batch_join(bodies, lens, 2, &len);
+  CHECK(joined);
+  CHECK_INT(len, strlen(joined));
+  CHECK_INT(status_message_decode(joined, len, collect, &got, err, sizeof err), 0);
+  CHECK_INT(got.n, 2);
+  CHECK_STR(got.ids[0], a.task_id);
+  CHECK_STR(got.ids[1], b.task_id);
+  CHECK_INT(got.statuses[1], TASK_SUCCESS);
+  /* A single event is a message too. */
+  memset(&got, 0, sizeof got);
+  CHECK_INT(status_message_decode(bodies[1], lens[1], collect, &got, err, sizeof err), 0);
+  CHECK_INT(got.n, 1);
+  memset(&got, 0, sizeof got);
+  CHECK_INT(status_message_decode(bad_batch, strlen(bad_batch), collect, &got, err, sizeof err),
+            -1);
+  CHECK_INT(got.n, 1);
+  CHECK_INT(got.statuses[0], TASK_STARTED);
+  CHECK_INT(status_message_decode("nope", 4, collect, &got, err, sizeof err), -1);
+out:
+  free(bodies[0]);
+  free(bodies[1]);
+  free(joined);
+}
+
 int main(void)
 {
   static const struct check_test tests[] = {
@@ -239,6 +296,7 @@ int main(void)
     {"round_trip_minimal", test_round_trip_minimal},
     {"decode_refuses", test_decode_refuses},
     {"clear_zeroed", test_clear_zeroed},
+    {"batch", test_batch},
   };
   return CHECK_RUN(tests);
 }
