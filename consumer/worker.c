@@ -4,6 +4,7 @@
 
 #include <amqp.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,10 @@
 #define STATUS_ACK_EVERY 500
 /* No status event for this long after subscribing means the backlog has been replayed. */
 #define STATUS_CAUGHT_UP_IDLE_MS 250
+/* Status events published together in one stream message (one publish, one confirm). */
+#define STATUS_BATCH_MAX 256
+/* Confirm owners are deliveries, or status batches tagged with this low bit. */
+#define BATCH_BIT ((uintptr_t)1)
 /* Task ids remembered as sent (16 bytes each, plus table overhead: 48 MiB at most). */
 #define SENT_MEMORY 1000000
 #define CONNECT_TIMEOUT_MS 5000
@@ -54,6 +59,12 @@ struct delivery {
   char ref[64];    /* correlation id of its publishes, to match basic.return */
 };
 
+/* The deliveries whose events one status message carries (NULL: an untracked STARTED). */
+struct status_batch {
+  size_t n;
+  struct delivery *owners[STATUS_BATCH_MAX];
+};
+
 struct worker {
   const struct cfg *cfg;
   struct worker_state *state;
@@ -72,7 +83,16 @@ struct worker {
   int stream_caught_up;
   int consuming_jobs;
   int crash_before_ack;        /* fault injection for tests: MSG_FAILPOINT=crash_before_ack */
+
+  /* Status events queued during this loop turn, published together by flush_status. */
+  char *ev_bodies[STATUS_BATCH_MAX];
+  size_t ev_lens[STATUS_BATCH_MAX];
+  struct delivery *ev_owners[STATUS_BATCH_MAX];
+  size_t ev_n;
 };
+
+static int flush_status(struct worker *w);
+static void settle_delivery(struct worker *w, struct delivery *d, int ok);
 
 static void delivery_free(struct delivery *d)
 {
@@ -91,23 +111,17 @@ static void set_in_flight(struct worker *w, long long delta)
 
 /* ---- publishing ------------------------------------------------------------------------ */
 
-/* Publishes on the confirm channel; a non-NULL owner is tracked and settled later. Returns
- * 0, or -1 when the connection failed (the loop notices and reconnects). */
+/* Publishes a job copy on the confirm channel; the owner is settled by its confirm. Returns 0,
+ * or -1 when the connection failed (the loop notices and reconnects). */
 static int publish(struct worker *w, struct delivery *owner, const char *exchange,
                    const char *key, int mandatory, amqp_basic_properties_t *p, const char *body,
                    size_t len)
 {
   amqp_bytes_t b;
   int rc;
-  if(!w->conn)
+  if(!w->conn || !confirms_add(w->confirms, owner))
     return -1;
-  if(owner) {
-    if(!confirms_add(w->confirms, owner))
-      return -1;
-    owner->pending++;
-  }
-  else if(!confirms_add(w->confirms, NULL))
-    return -1;
+  owner->pending++;
   b.bytes = (void *)body;
   b.len = len;
   rc = amqp_basic_publish(w->conn, PUBLISH_CH, amqp_cstring_bytes(exchange),
@@ -119,14 +133,13 @@ static int publish(struct worker *w, struct delivery *owner, const char *exchang
   return 0;
 }
 
-/* Publishes a status event of d's task to the job's status stream. */
+/* Queues a status event of d's task for the job's status stream; flush_status publishes the
+ * queue as one message. A non-NULL owner is acked only after the event is confirmed. */
 static int publish_status(struct worker *w, struct delivery *d, struct delivery *owner,
                           struct status_event *ev)
 {
-  amqp_basic_properties_t p;
   size_t len;
   char *body;
-  int rc;
   memcpy(ev->task_id, d->job->task_id, UTIL_UUID_LEN);
   ev->attempt = d->attempt;
   ev->at_ms = util_now_ms();
@@ -137,22 +150,81 @@ static int publish_status(struct worker *w, struct delivery *d, struct delivery 
    * missed the PENDING event still refuses the key for a different request. */
   if(d->job->idempotency_key)
     ev->request_hash = job_request_hash(d->job);
+  if(w->ev_n == STATUS_BATCH_MAX && flush_status(w))
+    return -1;
   body = status_event_encode(ev, &len);
   if(!body)
     return -1;
+  w->ev_bodies[w->ev_n] = body;
+  w->ev_lens[w->ev_n] = len;
+  w->ev_owners[w->ev_n++] = owner;
+  if(owner)
+    owner->pending++;
+  return 0;
+}
+
+/* Gives up the queued events (the connection is gone): their owners are settled as failed. */
+static void drop_status(struct worker *w)
+{
+  size_t n = w->ev_n;
+  w->ev_n = 0;
+  for(size_t i = 0; i < n; i++) {
+    free(w->ev_bodies[i]);
+    if(w->ev_owners[i])
+      settle_delivery(w, w->ev_owners[i], 0);
+  }
+}
+
+/* Publishes the queued status events as one stream message with one confirm. Returns 0, or -1
+ * when the connection failed (the queued events are then given up). */
+static int flush_status(struct worker *w)
+{
+  amqp_basic_properties_t p;
+  struct status_batch *b;
+  char *joined = NULL;
+  size_t len = 0;
+  int rc;
+  if(!w->ev_n)
+    return 0;
+  if(!w->conn)
+    goto fail;
+  b = malloc(sizeof *b);
+  if(b && w->ev_n > 1 && !(joined = status_batch_join(w->ev_bodies, w->ev_lens, w->ev_n, &len))) {
+    free(b);
+    b = NULL;
+  }
+  if(!b || !confirms_add(w->confirms, (void *)((uintptr_t)b | BATCH_BIT))) {
+    free(b);
+    free(joined);
+    goto fail;
+  }
+  b->n = w->ev_n;
+  memcpy(b->owners, w->ev_owners, w->ev_n * sizeof b->owners[0]);
   memset(&p, 0, sizeof p);
   p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-             AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-             AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG;
+             AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG;
   p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
   p.content_type = amqp_cstring_bytes("application/json");
-  p.correlation_id = amqp_cstring_bytes(d->job->task_id);
-  p.timestamp = (uint64_t)(ev->at_ms / 1000);
+  p.timestamp = (uint64_t)(util_now_ms() / 1000);
   p.app_id = amqp_cstring_bytes("msg-consumer");
   p.type = amqp_cstring_bytes("message.status");
-  rc = publish(w, owner, "", w->cfg->topology.status_stream, 0, &p, body, len);
-  free(body);
-  return rc;
+  rc = amqp_basic_publish(w->conn, PUBLISH_CH, amqp_empty_bytes,
+                          amqp_cstring_bytes(w->cfg->topology.status_stream), 0, 0, &p,
+                          (amqp_bytes_t){joined ? len : w->ev_lens[0],
+                                         joined ? joined : w->ev_bodies[0]});
+  free(joined);
+  for(size_t i = 0; i < w->ev_n; i++)
+    free(w->ev_bodies[i]);
+  /* The owners now belong to the batch: its confirm (or confirms_fail_all) settles them. */
+  w->ev_n = 0;
+  if(rc != AMQP_STATUS_OK) {
+    log_event(CFG_LOG_WARN, "publish failed", "reason", amqp_error_string2(rc), NULL);
+    return -1;
+  }
+  return 0;
+fail:
+  drop_status(w);
+  return -1;
 }
 
 /* Properties of a job republished to a retry or dead queue: the original ones that matter,
@@ -289,12 +361,8 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
 }
 
 /* All of a delivery's publishes are settled: ack it, or requeue it when one failed. */
-static void on_settle(void *owner, int ok, void *ctx)
+static void settle_delivery(struct worker *w, struct delivery *d, int ok)
 {
-  struct worker *w = ctx;
-  struct delivery *d = owner;
-  if(!d)
-    return; /* an untracked STARTED event */
   if(!ok)
     d->failed = 1;
   if(--d->pending)
@@ -317,6 +385,20 @@ static void on_settle(void *owner, int ok, void *ctx)
   }
   set_in_flight(w, -1);
   delivery_free(d);
+}
+
+static void on_settle(void *owner, int ok, void *ctx)
+{
+  struct worker *w = ctx;
+  if((uintptr_t)owner & BATCH_BIT) {
+    struct status_batch *b = (struct status_batch *)((uintptr_t)owner & ~BATCH_BIT);
+    for(size_t i = 0; i < b->n; i++)
+      if(b->owners[i])
+        settle_delivery(w, b->owners[i], ok);
+    free(b);
+  }
+  else if(owner)
+    settle_delivery(w, owner, ok);
 }
 
 static void on_abort(void *owner, void *ctx)
@@ -423,7 +505,10 @@ static void on_status_event(struct worker *w, uint64_t tag, amqp_message_t *m)
 
 static int match_ref(void *owner, void *ref)
 {
-  return owner && !strcmp(((struct delivery *)owner)->ref, ref);
+  /* Status batches are published without mandatory: never returned. */
+  if(!owner || ((uintptr_t)owner & BATCH_BIT))
+    return 0;
+  return !strcmp(((struct delivery *)owner)->ref, ref);
 }
 
 /* Reads every frame available without blocking. Returns 0, or -1 when the connection is gone. */
@@ -598,6 +683,7 @@ static void drop_connection(struct worker *w)
   w->consumer_tag = amqp_empty_bytes;
   evo_abort_all(w->evo, on_abort, w);
   confirms_fail_all(w->confirms);
+  drop_status(w);
 }
 
 static void cancel_consumer(struct worker *w)
@@ -686,7 +772,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
       else
         backoff = BACKOFF_MIN_MS;
     }
-    if(w.conn && drain_frames(&w))
+    if(w.conn && (drain_frames(&w) || flush_status(&w)))
       drop_connection(&w);
     if(w.conn) {
       if(w.stream_unacked && amqp_basic_ack(w.conn, STATUS_CH, w.stream_last_tag, 1) ==
@@ -712,18 +798,18 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
       timeout = 50;
     fds[nfds++] = stop_fd;
     evo_run(w.evo, fds, nfds, timeout);
+    /* Outcomes recorded by the transfers that just finished go out now, not a turn later. */
+    if(w.conn && flush_status(&w))
+      drop_connection(&w);
     signals += read_signals(stop_fd);
   }
+  /* Whatever is left is requeued by the broker when the connection closes. */
+  evo_abort_all(w.evo, on_abort, &w);
+  confirms_fail_all(w.confirms);
+  drop_status(&w);
   if(w.conn) {
-    /* Whatever is left is requeued by the broker when the connection closes. */
-    evo_abort_all(w.evo, on_abort, &w);
-    confirms_fail_all(w.confirms);
     mq_close(w.conn);
     w.conn = NULL;
-  }
-  else {
-    evo_abort_all(w.evo, on_abort, &w);
-    confirms_fail_all(w.confirms);
   }
   amqp_bytes_free(w.consumer_tag);
   evo_client_free(w.evo);
