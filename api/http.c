@@ -33,7 +33,7 @@ struct idem_claim {
 };
 
 /* Statuses counted by their own label value; anything else counts as "other". */
-static const int COUNTED_STATUSES[] = {200, 202, 400, 401, 404, 405, 413, 415, 422, 500, 503};
+static const int COUNTED_STATUSES[] = {200, 202, 400, 401, 404, 405, 409, 413, 415, 422, 500, 503};
 #define N_STATUSES (sizeof COUNTED_STATUSES / sizeof COUNTED_STATUSES[0] + 1)
 /* The route slot of requests that matched no route. */
 #define ROUTE_UNMATCHED ROUTE_COUNT
@@ -355,6 +355,46 @@ static int handle_get_task(struct mg_connection *conn, struct http_server *srv, 
   return 200;
 }
 
+/* DELETE /tasks/{id}: a task not yet taken (PENDING) or waiting for a retry (RETRY) is
+ * cancelled by a CANCELLED event on the status stream, which every consumer and replica reads;
+ * consumers then drop the job instead of sending it. */
+static int handle_cancel_task(struct mg_connection *conn, struct http_server *srv, const char *id)
+{
+  enum task_status status;
+  struct status_event ev;
+  int attempt;
+  char *doc;
+  if(!util_is_uuid(id) || !task_cache_status(srv->deps.cache, id, &status, &attempt))
+    return reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
+  if(status != TASK_CANCELLED) {
+    if(status != TASK_PENDING && status != TASK_RETRY) {
+      char msg[96];
+      snprintf(msg, sizeof msg, "the task is %s: only PENDING or RETRY tasks can be cancelled",
+               status_name(status));
+      return reply_error(conn, 409, "not_cancellable", msg, NULL, NULL, NULL);
+    }
+    memset(&ev, 0, sizeof ev);
+    memcpy(ev.task_id, id, UTIL_UUID_LEN);
+    ev.status = TASK_CANCELLED;
+    ev.attempt = attempt;
+    ev.at_ms = util_now_ms();
+    ev.error_code = "cancelled";
+    ev.error_message = "cancelled by DELETE /tasks/{task_id}";
+    if(publisher_submit_event(srv->deps.publisher, &ev, CONFIRM_WAIT_MS) != PUB_OK)
+      return reply_error(conn, 503, "broker_unavailable",
+                         "the message broker could not confirm the cancel; retry later", NULL,
+                         "Retry-After", RETRY_AFTER_S);
+    task_cache_apply(srv->deps.cache, &ev);
+    log_event(CFG_LOG_INFO, "task cancelled", "task_id", id, NULL);
+  }
+  doc = task_cache_render(srv->deps.cache, id);
+  if(!doc)
+    return reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
+  send_json(conn, 200, doc, NULL, NULL);
+  free(doc);
+  return 200;
+}
+
 static int is_ready(struct http_server *srv)
 {
   return !atomic_load(&srv->draining) && publisher_ready(srv->deps.publisher) &&
@@ -522,15 +562,16 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
 {
   const struct mg_request_info *ri = mg_get_request_info(conn);
   const char *path = ri->local_uri ? ri->local_uri : "/", *param = NULL;
-  int id = route_match(path, &param);
-  if(id < 0)
+  char allow[64];
+  int id = route_find(path, ri->request_method, &param, allow, sizeof allow);
+  if(id == ROUTE_NO_PATH)
     return reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);
-  *route_slot = id;
-  if(!route_allows(&ROUTES[id], ri->request_method)) {
-    char msg[64];
-    snprintf(msg, sizeof msg, "use %s", ROUTES[id].method);
-    return reply_error(conn, 405, "method_not_allowed", msg, NULL, "Allow", ROUTES[id].allow);
+  if(id == ROUTE_NO_METHOD) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "use %s", allow);
+    return reply_error(conn, 405, "method_not_allowed", msg, NULL, "Allow", allow);
   }
+  *route_slot = id;
   /* Probes, the banner and the documentation stay open so orchestrators and readers need no
    * key. */
   if(!ROUTES[id].open && !authorized(conn, srv->deps.cfg))
@@ -557,6 +598,7 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
     return send_static(conn, "text/html; charset=utf-8", static_docs_html, static_docs_html_len);
   case ROUTE_MESSAGES: return handle_post_message(conn, srv);
   case ROUTE_TASK: return handle_get_task(conn, srv, param);
+  case ROUTE_TASK_CANCEL: return handle_cancel_task(conn, srv, param);
   case ROUTE_METRICS: return handle_metrics(conn, srv);
   case ROUTE_COUNT: break;
   }

@@ -37,6 +37,7 @@ struct pub_req {
   size_t job_len, event_len;
   int refs;
   int job_done, job_ok;
+  int event_only; /* no job: the event itself is what the worker waits for */
   pthread_cond_t done;
 };
 
@@ -99,7 +100,7 @@ static void on_settle(void *owner, int ok, void *ctx)
   r->job_ok = ok;
   pub->in_flight--;
   pthread_cond_signal(&r->done);
-  if(!ok) {
+  if(!ok || r->event_only) {
     req_release(r);
     return;
   }
@@ -130,20 +131,12 @@ static int build_req(struct pub_req *r, const struct publisher *pub, const struc
   return r->job_body && r->event_body ? 0 : -1;
 }
 
-enum pub_result publisher_submit(struct publisher *pub, const struct job *job, int timeout_ms)
+/* Hands a built request to the publisher thread and waits for its confirm (see pub_req). */
+static enum pub_result submit_and_wait(struct publisher *pub, struct pub_req *r, int timeout_ms)
 {
-  struct pub_req *r = calloc(1, sizeof *r);
   struct timespec deadline;
   enum pub_result res;
   int was_empty;
-  if(!r)
-    return PUB_UNAVAILABLE;
-  pthread_cond_init(&r->done, NULL);
-  r->refs = 1;
-  if(build_req(r, pub, job)) {
-    req_release(r);
-    return PUB_UNAVAILABLE;
-  }
   clock_gettime(CLOCK_REALTIME, &deadline);
   deadline.tv_sec += timeout_ms / 1000;
   deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
@@ -184,6 +177,44 @@ enum pub_result publisher_submit(struct publisher *pub, const struct job *job, i
   req_release(r);
   pthread_mutex_unlock(&pub->lock);
   return res;
+}
+
+static struct pub_req *req_new(void)
+{
+  struct pub_req *r = calloc(1, sizeof *r);
+  if(!r)
+    return NULL;
+  pthread_cond_init(&r->done, NULL);
+  r->refs = 1;
+  return r;
+}
+
+enum pub_result publisher_submit(struct publisher *pub, const struct job *job, int timeout_ms)
+{
+  struct pub_req *r = req_new();
+  if(!r)
+    return PUB_UNAVAILABLE;
+  if(build_req(r, pub, job)) {
+    req_release(r);
+    return PUB_UNAVAILABLE;
+  }
+  return submit_and_wait(pub, r, timeout_ms);
+}
+
+enum pub_result publisher_submit_event(struct publisher *pub, const struct status_event *ev,
+                                       int timeout_ms)
+{
+  struct pub_req *r = req_new();
+  if(!r)
+    return PUB_UNAVAILABLE;
+  memcpy(r->task_id, ev->task_id, UTIL_UUID_LEN);
+  r->event_only = 1;
+  r->event_body = status_event_encode(ev, &r->event_len);
+  if(!r->event_body) {
+    req_release(r);
+    return PUB_UNAVAILABLE;
+  }
+  return submit_and_wait(pub, r, timeout_ms);
 }
 
 int publisher_ready(struct publisher *pub)
@@ -305,6 +336,14 @@ static int publish_job(struct publisher *pub, struct pub_req *r)
   pthread_mutex_unlock(&pub->lock);
   if(!seq)
     return NOT_TRACKED;
+  if(r->event_only) {
+    props(pub, r, &p, "message.status");
+    body.bytes = r->event_body;
+    body.len = r->event_len;
+    return amqp_basic_publish(pub->conn, CHANNEL, amqp_empty_bytes,
+                              amqp_cstring_bytes(pub->cfg->topology.status_stream), 0, 0, &p,
+                              body);
+  }
   props(pub, r, &p, "message.send");
   p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG;
   p.message_id = amqp_cstring_bytes(r->task_id);

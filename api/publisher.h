@@ -7,6 +7,7 @@
 
 #include "cfg.h"
 #include "job.h"
+#include "status.h"
 
 struct publisher;
 
@@ -29,6 +30,11 @@ void publisher_stop(struct publisher *pub, int drain_ms);
  * (to the status stream), then waits up to timeout_ms for the job's confirm. The job is
  * borrowed for the call. Safe from any thread. */
 enum pub_result publisher_submit(struct publisher *pub, const struct job *job, int timeout_ms);
+
+/* Publishes one status event (persistent, to the status stream) and waits up to timeout_ms for
+ * its confirm; the event is borrowed for the call. Safe from any thread. */
+enum pub_result publisher_submit_event(struct publisher *pub, const struct status_event *ev,
+                                       int timeout_ms);
 
 /* 1 while connected with the topology declared and the broker not blocking publishes. */
 int publisher_ready(struct publisher *pub);

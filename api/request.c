@@ -2,6 +2,9 @@
  * tested and fuzzed. */
 #include "request.h"
 
+#include "cfg.h"
+#include "util.h"
+
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +51,46 @@ static int field_error(struct request_error *err, const char *field, enum job_fi
   return fail(err, 422, fe == JOB_FIELD_MISSING ? "missing_field" : "invalid_field", field, msg);
 }
 
+/* Reads the optional expires_at (RFC 3339) or ttl (a duration such as "10m", or seconds) into
+ * job->expires_at_ms. Returns 0, or -1 with *err filled. */
+static int parse_expiry(json_t *root, struct job *job, struct request_error *err)
+{
+  json_t *at = json_object_get(root, "expires_at"), *ttl = json_object_get(root, "ttl");
+  int64_t now = util_now_ms(), when = 0;
+  if(json_is_null(at))
+    at = NULL;
+  if(json_is_null(ttl))
+    ttl = NULL;
+  if(at && ttl)
+    return fail(err, 422, "invalid_field", "ttl", "give expires_at or ttl, not both");
+  if(at) {
+    if(!json_is_string(at) || util_parse_time(json_string_value(at), &when))
+      return fail(err, 422, "invalid_field", "expires_at",
+                  "expires_at must be an RFC 3339 time, e.g. 2026-11-28T12:00:00Z");
+  }
+  else if(ttl) {
+    uint64_t ms;
+    if(json_is_integer(ttl) && json_integer_value(ttl) > 0 &&
+       json_integer_value(ttl) <= REQUEST_MAX_TTL_MS / 1000)
+      ms = (uint64_t)json_integer_value(ttl) * 1000;
+    else if(!json_is_string(ttl) || cfg_parse_duration(json_string_value(ttl), &ms) || !ms ||
+            ms > REQUEST_MAX_TTL_MS)
+      return fail(err, 422, "invalid_field", "ttl",
+                  "ttl must be a duration such as \"90s\" or \"10m\" (or seconds), at most "
+                  "30 days");
+    when = now + (int64_t)ms;
+  }
+  else
+    return 0;
+  if(when <= now)
+    return fail(err, 422, "invalid_field", at ? "expires_at" : "ttl",
+                "the message would already be expired");
+  if(when - now > REQUEST_MAX_TTL_MS)
+    return fail(err, 422, "invalid_field", "expires_at", "expires_at is more than 30 days away");
+  job->expires_at_ms = when;
+  return 0;
+}
+
 int request_parse_message(const char *body, size_t len, const char *default_instance,
                           struct job *job, struct request_error *err)
 {
@@ -78,7 +121,8 @@ int request_parse_message(const char *body, size_t len, const char *default_inst
     goto out;
   }
   json_object_foreach(root, key, value) {
-    if(strcmp(key, "phone") && strcmp(key, "message") && strcmp(key, "instance_name")) {
+    if(strcmp(key, "phone") && strcmp(key, "message") && strcmp(key, "instance_name") &&
+       strcmp(key, "expires_at") && strcmp(key, "ttl")) {
       char field[64], msg[80];
       snprintf(field, sizeof field, "%.60s", key);
       snprintf(msg, sizeof msg, "unknown field %s", field);
@@ -125,6 +169,8 @@ int request_parse_message(const char *body, size_t len, const char *default_inst
       goto out;
     }
   }
+  if(parse_expiry(root, job, err))
+    goto out;
   msg_copy = strdup(json_string_value(message));
   inst_copy = strdup(instance_name);
   if(!msg_copy || !inst_copy) {

@@ -1,42 +1,70 @@
 /* The api's routing table: every path and method msg-api answers, in one place. */
 #include "routes.h"
 
+#include <stdio.h>
 #include <string.h>
 
 const struct route ROUTES[ROUTE_COUNT] = {
-  [ROUTE_ROOT] = {"/", "GET", "GET, HEAD", 1},
-  [ROUTE_LIVEZ] = {"/livez", "GET", "GET, HEAD", 1},
-  [ROUTE_READYZ] = {"/readyz", "GET", "GET, HEAD", 1},
-  [ROUTE_HEALTH] = {"/health", "GET", "GET, HEAD", 0},
-  [ROUTE_OPENAPI] = {"/openapi.json", "GET", "GET, HEAD", 1},
-  [ROUTE_DOCS] = {"/docs", "GET", "GET, HEAD", 1},
-  [ROUTE_MESSAGES] = {"/messages", "POST", "POST", 0},
-  [ROUTE_TASK] = {"/tasks/{task_id}", "GET", "GET, HEAD", 0},
-  [ROUTE_METRICS] = {"/metrics", "GET", "GET, HEAD", 1},
+  [ROUTE_ROOT] = {"/", "GET", 1},
+  [ROUTE_LIVEZ] = {"/livez", "GET", 1},
+  [ROUTE_READYZ] = {"/readyz", "GET", 1},
+  [ROUTE_HEALTH] = {"/health", "GET", 0},
+  [ROUTE_OPENAPI] = {"/openapi.json", "GET", 1},
+  [ROUTE_DOCS] = {"/docs", "GET", 1},
+  [ROUTE_MESSAGES] = {"/messages", "POST", 0},
+  [ROUTE_TASK] = {"/tasks/{task_id}", "GET", 0},
+  [ROUTE_TASK_CANCEL] = {"/tasks/{task_id}", "DELETE", 0},
+  [ROUTE_METRICS] = {"/metrics", "GET", 1},
 };
 
-int route_match(const char *path, const char **param)
+/* 1 when `path` fits `pattern`; sets *param for a trailing {param}. */
+static int path_matches(const char *pattern, const char *path, const char **param)
 {
-  for(int i = 0; i < ROUTE_COUNT; i++) {
-    const char *pat = ROUTES[i].pattern, *brace = strchr(pat, '{');
-    if(!brace) {
-      if(!strcmp(path, pat))
-        return i;
-      continue;
-    }
-    /* "/tasks/{task_id}": the prefix, then one non-empty segment. */
-    if(!strncmp(path, pat, (size_t)(brace - pat)) && path[brace - pat] &&
-       !strchr(path + (brace - pat), '/')) {
-      *param = path + (brace - pat);
-      return i;
-    }
+  const char *brace = strchr(pattern, '{');
+  if(!brace)
+    return !strcmp(path, pattern);
+  /* "/tasks/{task_id}": the prefix, then one non-empty segment. */
+  if(!strncmp(path, pattern, (size_t)(brace - pattern)) && path[brace - pattern] &&
+     !strchr(path + (brace - pattern), '/')) {
+    *param = path + (brace - pattern);
+    return 1;
   }
-  return -1;
+  return 0;
 }
 
-int route_allows(const struct route *r, const char *method)
+static int method_fits(const char *route_method, const char *method)
 {
-  if(!strcmp(method, r->method))
-    return 1;
-  return !strcmp(r->method, "GET") && !strcmp(method, "HEAD");
+  return !strcmp(method, route_method) || (!strcmp(route_method, "GET") && !strcmp(method, "HEAD"));
+}
+
+int route_find(const char *path, const char *method, const char **param, char *allow,
+               size_t allow_len)
+{
+  int path_found = 0;
+  size_t used = 0;
+  if(allow_len)
+    allow[0] = '\0';
+  for(int i = 0; i < ROUTE_COUNT; i++) {
+    const char *p = NULL;
+    if(!path_matches(ROUTES[i].pattern, path, &p))
+      continue;
+    if(method_fits(ROUTES[i].method, method)) {
+      *param = p;
+      return i;
+    }
+    path_found = 1;
+  }
+  if(!path_found)
+    return ROUTE_NO_PATH;
+  for(int i = 0; i < ROUTE_COUNT; i++) {
+    const char *p;
+    int n;
+    if(!path_matches(ROUTES[i].pattern, path, &p))
+      continue;
+    n = snprintf(allow + used, allow_len - used, "%s%s%s", used ? ", " : "", ROUTES[i].method,
+                 strcmp(ROUTES[i].method, "GET") ? "" : ", HEAD");
+    if(n > 0 && (size_t)n < allow_len - used)
+      used += (size_t)n;
+  }
+  return ROUTE_NO_METHOD;
 }

@@ -3,6 +3,8 @@
 #ifndef MSG_ROUTES_H
 #define MSG_ROUTES_H
 
+#include <stddef.h>
+
 enum route_id {
   ROUTE_ROOT,
   ROUTE_LIVEZ,
@@ -12,6 +14,7 @@ enum route_id {
   ROUTE_DOCS,
   ROUTE_MESSAGES,
   ROUTE_TASK,
+  ROUTE_TASK_CANCEL,
   ROUTE_METRICS,
   ROUTE_COUNT
 };
@@ -19,17 +22,18 @@ enum route_id {
 struct route {
   const char *pattern; /* OpenAPI form: "/tasks/{task_id}"; one trailing {param} at most */
   const char *method;  /* the documented method; GET routes also answer HEAD */
-  const char *allow;   /* the Allow header of a 405 */
   int open;            /* 1: answered without an API key (probes, banner, docs) */
 };
 
 extern const struct route ROUTES[ROUTE_COUNT];
 
-/* Finds the route of a (decoded) request path. Returns its id, or -1 for no route; *param
- * points into path at the value of the trailing {param}, if the route has one. */
-int route_match(const char *path, const char **param);
+#define ROUTE_NO_PATH (-1)   /* no route has this path: 404 */
+#define ROUTE_NO_METHOD (-2) /* the path exists, not with this method: 405 */
 
-/* 1 when `method` is accepted on route r. */
-int route_allows(const struct route *r, const char *method);
+/* Finds the route of a (decoded) request path and method. Returns its id, ROUTE_NO_PATH or
+ * ROUTE_NO_METHOD; *param points into path at the value of the trailing {param}, if any; with
+ * ROUTE_NO_METHOD, allow[allow_len] receives the methods the path takes ("GET, HEAD, DELETE"). */
+int route_find(const char *path, const char *method, const char **param, char *allow,
+               size_t allow_len);
 
 #endif

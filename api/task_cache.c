@@ -238,6 +238,22 @@ out:
   return out;
 }
 
+int task_cache_status(struct task_cache *c, const char *task_id, enum task_status *status,
+                      int *attempt)
+{
+  struct task *t;
+  int found = 0;
+  pthread_rwlock_rdlock(&c->lock);
+  t = find(c, task_id);
+  if(t && t->created_at_ms + c->retention_ms >= util_now_ms()) {
+    *status = (enum task_status)t->status;
+    *attempt = t->attempt;
+    found = 1;
+  }
+  pthread_rwlock_unlock(&c->lock);
+  return found;
+}
+
 int task_cache_find_idempotent(struct task_cache *c, const char *key,
                                char task_id[UTIL_UUID_LEN], uint64_t *request_hash,
                                enum task_status *status)

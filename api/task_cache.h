@@ -28,6 +28,10 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev);
  * frees) or NULL when the task is unknown (or out of memory). */
 char *task_cache_render(struct task_cache *cache, const char *task_id);
 
+/* Current status and attempt of a task; returns 1, or 0 when unknown (or expired). */
+int task_cache_status(struct task_cache *cache, const char *task_id, enum task_status *status,
+                      int *attempt);
+
 /* Looks up the task created with Idempotency-Key `key`. Returns 1 and writes its id, the
  * fingerprint of its request (0 when unknown) and its status; 0 when no task has the key. */
 int task_cache_find_idempotent(struct task_cache *cache, const char *key,

@@ -24,6 +24,7 @@ struct job {
   char *instance_name;
   char *idempotency_key; /* NULL when the request had none */
   int64_t created_at_ms;
+  int64_t expires_at_ms; /* 0: never; after it the job must not be sent */
 };
 
 /* Why a field was refused; job_field_error_text gives a sentence for each. */

@@ -6,7 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const NAMES[] = {"PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"};
+static const char *const NAMES[] = {"PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE",
+                                     "CANCELLED"};
 
 const char *status_name(enum task_status s)
 {
@@ -32,6 +33,7 @@ int64_t status_rank(enum task_status s, int attempt)
   case TASK_RETRY: return (int64_t)attempt * 2 + 2;
   case TASK_SUCCESS:
   case TASK_FAILURE: return INT64_MAX;
+  case TASK_CANCELLED: return INT64_MAX - 1;
   }
   return 0;
 }

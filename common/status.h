@@ -10,7 +10,14 @@
 
 #define STATUS_SCHEMA_VERSION 1
 
-enum task_status { TASK_PENDING, TASK_STARTED, TASK_RETRY, TASK_SUCCESS, TASK_FAILURE };
+enum task_status {
+  TASK_PENDING,
+  TASK_STARTED,
+  TASK_RETRY,
+  TASK_SUCCESS,
+  TASK_FAILURE,
+  TASK_CANCELLED /* DELETE /tasks/{id} before sending */
+};
 
 /* One state change of a task. Strings are owned by the event (free with status_event_clear);
  * optional ones are NULL when absent, optional times 0. */
@@ -36,7 +43,8 @@ const char *status_name(enum task_status s);
 int status_from_name(const char *name, enum task_status *out);
 
 /* Where an event sits in a task's life: later events have larger ranks. SUCCESS and FAILURE
- * rank above everything, so a late or duplicate event never moves a finished task back. */
+ * rank above everything, so a late or duplicate event never moves a finished task back.
+ * CANCELLED ranks just below them: if a send raced the cancel, what really happened wins. */
 int64_t status_rank(enum task_status s, int attempt);
 
 /* Fills *ev with the PENDING event of a job just accepted. The strings are borrowed from the

@@ -40,7 +40,7 @@ static int send_metrics(struct mg_connection *conn, struct health_server *srv, i
   struct metrics_out o = {0};
   char len[24];
   metrics_family(&o, "msg_consumer_deliveries_total", "counter",
-                 "Deliveries finished, by outcome (success, retry, parked, duplicate).");
+                 "Deliveries finished, by outcome (success, retry, parked, duplicate, cancelled).");
   metrics_sample(&o, "msg_consumer_deliveries_total", "outcome=\"success\"",
                  (double)atomic_load(&s->succeeded));
   metrics_sample(&o, "msg_consumer_deliveries_total", "outcome=\"retry\"",
@@ -49,6 +49,8 @@ static int send_metrics(struct mg_connection *conn, struct health_server *srv, i
                  (double)atomic_load(&s->parked));
   metrics_sample(&o, "msg_consumer_deliveries_total", "outcome=\"duplicate\"",
                  (double)atomic_load(&s->duplicates));
+  metrics_sample(&o, "msg_consumer_deliveries_total", "outcome=\"cancelled\"",
+                 (double)atomic_load(&s->cancelled));
   metrics_family(&o, "msg_consumer_redeliveries_total", "counter",
                  "Deliveries the broker marked as redelivered.");
   metrics_sample(&o, "msg_consumer_redeliveries_total", "", (double)atomic_load(&s->redelivered));

@@ -76,6 +76,7 @@ struct worker {
 
   /* The status stream, followed on STATUS_CH (see STATUS_PREFETCH). */
   struct idset *sent;          /* tasks known to have reached SUCCESS */
+  struct idset *cancelled;     /* tasks cancelled before sending (DELETE /tasks/{id}) */
   int64_t stream_offset;       /* last offset read, the resume point after a reconnect */
   int64_t stream_subscribed_at;/* wall clock at subscribe: later events mean caught up */
   int64_t stream_last_ms;      /* monotonic time of the last stream delivery */
@@ -342,10 +343,15 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
     break;
   }
   case EVO_TRANSIENT:
-    if((size_t)d->attempt <= w->cfg->retry.n_delays)
-      retry_later(w, d, o);
-    else
+    if((size_t)d->attempt > w->cfg->retry.n_delays)
       park(w, d, "retries_exhausted", o->code, o->message);
+    else if(d->job->expires_at_ms &&
+            util_now_ms() + (int64_t)w->cfg->retry.delays_ms[d->attempt - 1] >=
+              d->job->expires_at_ms)
+      /* The next attempt would come after the expiry: give up now, with the reason. */
+      park(w, d, "expired", "expired", o->message);
+    else
+      retry_later(w, d, o);
     break;
   case EVO_PERMANENT:
     log_event(CFG_LOG_INFO, "delivery refused", "task_id", d->job->task_id, "attempt", attempt,
@@ -450,14 +456,26 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
     return;
   }
   snprintf(d->ref, sizeof d->ref, "%s", d->job->task_id);
-  if(idset_has(w->sent, d->job->task_id)) {
-    /* Delivered again after a crash or a broker restart, but already sent: never twice. */
-    log_event(CFG_LOG_INFO, "already delivered, not sending again", "task_id", d->job->task_id,
-              NULL);
-    atomic_fetch_add(&w->state->duplicates, 1);
+  if(idset_has(w->sent, d->job->task_id) || idset_has(w->cancelled, d->job->task_id)) {
+    /* Delivered again after a crash or a broker restart, but already sent: never twice. Or
+     * cancelled by its sender while it waited: the task already says CANCELLED. */
+    int cancelled = !idset_has(w->sent, d->job->task_id);
+    log_event(CFG_LOG_INFO,
+              cancelled ? "task cancelled, not sending" : "already delivered, not sending again",
+              "task_id", d->job->task_id, NULL);
+    atomic_fetch_add(cancelled ? &w->state->cancelled : &w->state->duplicates, 1);
     amqp_basic_ack(w->conn, CONSUME_CH, tag, 0);
     set_in_flight(w, -1);
     delivery_free(d);
+    return;
+  }
+  if(d->job->expires_at_ms && util_now_ms() >= d->job->expires_at_ms) {
+    /* An OTP an hour late does harm: past its expiry a message is never sent. */
+    park(w, d, "expired", "expired", "the message expired before it could be sent");
+    if(!d->pending) {
+      set_in_flight(w, -1);
+      delivery_free(d);
+    }
     return;
   }
   {
@@ -479,6 +497,8 @@ static void note_status_event(const struct status_event *ev, void *arg)
   struct worker *w = arg;
   if(ev->status == TASK_SUCCESS)
     idset_add(w->sent, ev->task_id);
+  else if(ev->status == TASK_CANCELLED)
+    idset_add(w->cancelled, ev->task_id);
   /* Under steady traffic the stream is never idle: an event newer than the subscription
    * proves the backlog is behind us. */
   if(!w->stream_caught_up && ev->at_ms >= w->stream_subscribed_at)
@@ -721,16 +741,18 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   w.confirms = confirms_new(on_settle, &w);
   w.evo = evo_client_new(cfg, on_http_done, &w);
   w.sent = idset_new(SENT_MEMORY);
+  w.cancelled = idset_new(SENT_MEMORY);
   w.stream_offset = -1;
   {
     const char *fp = getenv("MSG_FAILPOINT");
     w.crash_before_ack = fp && !strcmp(fp, "crash_before_ack");
   }
-  if(!w.confirms || !w.evo || !w.sent) {
+  if(!w.confirms || !w.evo || !w.sent || !w.cancelled) {
     log_error("out of memory starting the worker");
     confirms_free(w.confirms);
     evo_client_free(w.evo);
     idset_free(w.sent);
+    idset_free(w.cancelled);
     return 1;
   }
   for(;;) {
@@ -815,6 +837,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   evo_client_free(w.evo);
   confirms_free(w.confirms);
   idset_free(w.sent);
+  idset_free(w.cancelled);
   atomic_store(&state->connected, 0);
   return rc;
 }

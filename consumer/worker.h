@@ -14,7 +14,7 @@ struct worker_state {
   atomic_int connected;  /* broker connection up, topology declared, consuming */
   atomic_int draining;   /* a stop signal arrived */
   atomic_llong in_flight;
-  atomic_llong succeeded, retried, parked, redelivered, duplicates;
+  atomic_llong succeeded, retried, parked, redelivered, duplicates, cancelled;
   atomic_llong loop_at_ms; /* last loop turn (monotonic), for liveness */
   atomic_llong connects;   /* successful broker connections (more than 1 = reconnects) */
   atomic_llong config_faults; /* 401/403/LICENSE_REQUIRED answers */

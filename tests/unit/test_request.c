@@ -1,5 +1,6 @@
 /* Unit tests of api/request.h: the POST /messages body rules of DESIGN §2 and their errors. */
 #include "request.h"
+#include "util.h"
 
 #include "check.h"
 
@@ -258,6 +259,30 @@ out:
   reset();
 }
 
+/* expires_at or ttl become job->expires_at_ms; bad or past values name their field. */
+static void test_expiry(void)
+{
+  int64_t before = util_now_ms();
+  CHECK(parse("{\"phone\":\"+52123456789\",\"message\":\"x\",\"ttl\":\"10m\"}") == 0);
+  CHECK(job.expires_at_ms >= before + 600000 && job.expires_at_ms <= util_now_ms() + 600000);
+  CHECK(parse("{\"phone\":\"+52123456789\",\"message\":\"x\",\"ttl\":30}") == 0);
+  CHECK(job.expires_at_ms >= before + 30000 && job.expires_at_ms <= util_now_ms() + 30000);
+  CHECK(parse("{\"phone\":\"+52123456789\",\"message\":\"x\",\"expires_at\":"
+              "\"2999-01-01T00:00:00Z\"}") == -1); /* more than 30 days away */
+  CHECK(parse("{\"phone\":\"+52123456789\",\"message\":\"x\",\"ttl\":null}") == 0);
+  CHECK_INT(job.expires_at_ms, 0);
+  CHECK(fails("{\"phone\":\"+52123456789\",\"message\":\"x\",\"expires_at\":"
+              "\"2001-01-01T00:00:00Z\"}", 422, "invalid_field", "expires_at"));
+  CHECK(fails("{\"phone\":\"+52123456789\",\"message\":\"x\",\"ttl\":\"soon\"}", 422,
+              "invalid_field", "ttl"));
+  CHECK(fails("{\"phone\":\"+52123456789\",\"message\":\"x\",\"ttl\":0}", 422,
+              "invalid_field", "ttl"));
+  CHECK(fails("{\"phone\":\"+52123456789\",\"message\":\"x\",\"ttl\":\"1m\","
+              "\"expires_at\":\"2030-01-01T00:00:00Z\"}", 422, "invalid_field", "ttl"));
+out:
+  reset();
+}
+
 int main(void)
 {
   static const struct check_test tests[] = {
@@ -271,6 +296,7 @@ int main(void)
     {"wrong_types", test_wrong_types},
     {"invalid_values", test_invalid_values},
     {"message_length", test_message_length},
+    {"expiry", test_expiry},
   };
   return CHECK_RUN(tests);
 }

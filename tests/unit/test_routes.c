@@ -14,21 +14,25 @@ static const char *openapi_path;
 static void test_match(void)
 {
   const char *param = NULL;
-  CHECK_INT(route_match("/", &param), ROUTE_ROOT);
-  CHECK_INT(route_match("/messages", &param), ROUTE_MESSAGES);
-  CHECK_INT(route_match("/messagesx", &param), -1);
-  CHECK_INT(route_match("/messages/", &param), -1);
-  CHECK_INT(route_match("/tasks/abc", &param), ROUTE_TASK);
+  char allow[64];
+  CHECK_INT(route_find("/", "GET", &param, allow, sizeof allow), ROUTE_ROOT);
+  CHECK_INT(route_find("/", "HEAD", &param, allow, sizeof allow), ROUTE_ROOT);
+  CHECK_INT(route_find("/messages", "POST", &param, allow, sizeof allow), ROUTE_MESSAGES);
+  CHECK_INT(route_find("/messages", "GET", &param, allow, sizeof allow), ROUTE_NO_METHOD);
+  CHECK_STR(allow, "POST");
+  CHECK_INT(route_find("/messages", "HEAD", &param, allow, sizeof allow), ROUTE_NO_METHOD);
+  CHECK_INT(route_find("/messagesx", "POST", &param, allow, sizeof allow), ROUTE_NO_PATH);
+  CHECK_INT(route_find("/messages/", "POST", &param, allow, sizeof allow), ROUTE_NO_PATH);
+  CHECK_INT(route_find("/tasks/abc", "GET", &param, allow, sizeof allow), ROUTE_TASK);
   CHECK_STR(param, "abc");
-  CHECK_INT(route_match("/tasks/", &param), -1);
-  CHECK_INT(route_match("/tasks", &param), -1);
-  CHECK_INT(route_match("/tasks/a/b", &param), -1);
-  CHECK_INT(route_match("/healthz", &param), -1);
-  CHECK_INT(route_allows(&ROUTES[ROUTE_TASK], "GET"), 1);
-  CHECK_INT(route_allows(&ROUTES[ROUTE_TASK], "HEAD"), 1);
-  CHECK_INT(route_allows(&ROUTES[ROUTE_TASK], "POST"), 0);
-  CHECK_INT(route_allows(&ROUTES[ROUTE_MESSAGES], "POST"), 1);
-  CHECK_INT(route_allows(&ROUTES[ROUTE_MESSAGES], "HEAD"), 0);
+  CHECK_INT(route_find("/tasks/xyz", "DELETE", &param, allow, sizeof allow), ROUTE_TASK_CANCEL);
+  CHECK_STR(param, "xyz");
+  CHECK_INT(route_find("/tasks/abc", "POST", &param, allow, sizeof allow), ROUTE_NO_METHOD);
+  CHECK_STR(allow, "GET, HEAD, DELETE");
+  CHECK_INT(route_find("/tasks/", "GET", &param, allow, sizeof allow), ROUTE_NO_PATH);
+  CHECK_INT(route_find("/tasks", "GET", &param, allow, sizeof allow), ROUTE_NO_PATH);
+  CHECK_INT(route_find("/tasks/a/b", "GET", &param, allow, sizeof allow), ROUTE_NO_PATH);
+  CHECK_INT(route_find("/healthz", "GET", &param, allow, sizeof allow), ROUTE_NO_PATH);
 out:;
 }
 

@@ -13,11 +13,12 @@
 
 static void test_names(void)
 {
-  static const char *const names[] = {"PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"};
+  static const char *const names[] = {"PENDING", "STARTED", "RETRY",
+                                      "SUCCESS", "FAILURE", "CANCELLED"};
   static const enum task_status values[] = {TASK_PENDING, TASK_STARTED, TASK_RETRY,
-                                            TASK_SUCCESS, TASK_FAILURE};
+                                            TASK_SUCCESS, TASK_FAILURE, TASK_CANCELLED};
   enum task_status s;
-  for(size_t i = 0; i < 5; i++) {
+  for(size_t i = 0; i < 6; i++) {
     CHECK_STR(status_name(values[i]), names[i]);
     s = (enum task_status)-1;
     CHECK(status_from_name(names[i], &s) == 0);
@@ -28,7 +29,7 @@ static void test_names(void)
   CHECK(status_from_name("", &s) == -1);
   CHECK(status_from_name("SUCCESS ", &s) == -1);
   CHECK(status_from_name("SUCCES", &s) == -1);
-  CHECK(status_from_name("CANCELLED", &s) == -1);
+  CHECK(status_from_name("CANCELED", &s) == -1);
   CHECK_INT(s, TASK_RETRY); /* untouched */
 out:;
 }
@@ -56,6 +57,11 @@ static void test_rank(void)
   CHECK_INT(status_rank(TASK_SUCCESS, 1), status_rank(TASK_FAILURE, 4));
   CHECK_INT(status_rank(TASK_SUCCESS, 3), status_rank(TASK_SUCCESS, 1));
   CHECK_INT(status_rank(TASK_PENDING, 0), status_rank(TASK_PENDING, 0));
+  /* A cancel ends a waiting task, but a send that raced it still shows as what happened. */
+  CHECK(status_rank(TASK_CANCELLED, 1) > status_rank(TASK_RETRY, 1000000));
+  CHECK(status_rank(TASK_CANCELLED, 0) > status_rank(TASK_STARTED, 1000000));
+  CHECK(status_rank(TASK_SUCCESS, 1) > status_rank(TASK_CANCELLED, 1));
+  CHECK(status_rank(TASK_FAILURE, 1) > status_rank(TASK_CANCELLED, 1));
 out:;
 }
 
