@@ -8,7 +8,13 @@ PACKAGES=(
   rabbitmq-server python3 curl ca-certificates wrk
 )
 
-# Node.js only runs the OpenAPI linter in the tests; a machine that already has node and npm
+# Test tools only (tests/deploy): docker-compose validates deploy/compose.yaml (`config -q`
+# needs no Docker engine). kubectl, for `kubectl kustomize`, is not here: Debian bookworm
+# packages neither kubectl nor kustomize; the machine image ships google-cloud-cli's kubectl.
+TEST_TOOL_PACKAGES=(docker-compose)
+PACKAGES+=("${TEST_TOOL_PACKAGES[@]}")
+
+# Node.js only runs the npm test tools below; a machine that already has node and npm
 # (another packaging) keeps them.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 
@@ -27,10 +33,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The OpenAPI linter, kept inside the checkout (.tools/, git-ignored).
+# The npm test tools, kept inside the checkout (.tools/, git-ignored): the OpenAPI linter;
+# tests/deploy's schema check of the rendered Kubernetes objects (kubernetes-models 4 and
+# @kubernetes-models/keda 0.4: their next majors need Node.js 22, the machine has 20; yaml
+# parses the manifests) and its two Dockerfile linters.
 TOOLS="$(cd "$(dirname "$0")/.." && pwd)/.tools"
-if [ ! -x "$TOOLS/node_modules/.bin/redocly" ]; then
-  echo "Installing the OpenAPI linter (@redocly/cli) into $TOOLS"
-  mkdir -p "$TOOLS"
-  npm install --prefix "$TOOLS" --no-audit --no-fund --silent @redocly/cli@2 >/dev/null
+NPM_TOOLS=(@redocly/cli@2 kubernetes-models@4 @kubernetes-models/keda@0.4 yaml@2
+           dockerfilelint@1 dockerfile-utils@0.16)
+for marker in .bin/redocly .bin/dockerfilelint .bin/dockerfile-utils yaml/package.json \
+              kubernetes-models/package.json @kubernetes-models/keda/package.json; do
+  if [ ! -e "$TOOLS/node_modules/$marker" ]; then
+    echo "Installing the npm test tools into $TOOLS: ${NPM_TOOLS[*]}"
+    mkdir -p "$TOOLS"
+    npm install --prefix "$TOOLS" --no-audit --no-fund --silent "${NPM_TOOLS[@]}" >/dev/null
+    break
+  fi
+done
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "Note: no kubectl, so tests/deploy cannot render the kustomizations (skipped here," \
+       "a failure in CI)." >&2
 fi
