@@ -342,6 +342,123 @@ out:
   return status;
 }
 
+/* POST /messages/batch: up to BATCH_MAX messages validated one by one; the valid ones are
+ * handed to the publisher together, so their confirms come back in one round. Answers 200
+ * with one result per item, in order (a task id, or the item's error), or 503 when the broker
+ * could not confirm some of them (their results say so). */
+#define BATCH_MAX 1000
+static int handle_post_batch(struct mg_connection *conn, struct http_server *srv)
+{
+  const struct cfg *cfg = srv->deps.cfg;
+  struct request_error rerr;
+  struct request_item *items = NULL;
+  const struct job **jobs = NULL;
+  enum pub_result *results = NULL;
+  size_t n = 0, valid = 0, accepted = 0, k = 0;
+  char *body = NULL;
+  size_t len = 0;
+  int rc, status;
+  json_t *list = NULL;
+
+  if(!is_json_type(mg_get_header(conn, "Content-Type")))
+    return reply_error(conn, 415, "unsupported_media_type",
+                       "the request body must be JSON (Content-Type: application/json)", NULL,
+                       NULL, NULL);
+  rc = read_body(conn, cfg->api.max_batch_body, &body, &len);
+  if(rc == 413) {
+    char msg[128];
+    mg_disable_connection_keep_alive(conn);
+    snprintf(msg, sizeof msg, "the request body is larger than %zu bytes",
+             cfg->api.max_batch_body);
+    return reply_error(conn, 413, "payload_too_large", msg, NULL, NULL, NULL);
+  }
+  if(rc)
+    return reply_error(conn, rc, rc == 400 ? "bad_request" : "unavailable",
+                       rc == 400 ? "the request body could not be read" : "out of memory",
+                       NULL, NULL, NULL);
+  rc = request_parse_batch(body, len, cfg->evolution.instance, BATCH_MAX, &items, &n, &rerr);
+  free(body);
+  if(rc)
+    return reply_error(conn, rerr.status, rerr.code, rerr.message, rerr.field, NULL, NULL);
+  jobs = calloc(n, sizeof *jobs);
+  results = calloc(n, sizeof *results);
+  list = json_array();
+  if(!jobs || !results || !list) {
+    status = reply_error(conn, 503, "unavailable", "out of memory", NULL, "Retry-After",
+                         RETRY_AFTER_S);
+    goto out;
+  }
+  for(size_t i = 0; i < n; i++) {
+    if(!items[i].ok)
+      continue;
+    if(util_uuid4(items[i].job.task_id)) {
+      items[i].ok = 0;
+      items[i].err.code = "unavailable";
+      snprintf(items[i].err.message, sizeof items[i].err.message, "no randomness for a task id");
+      items[i].err.field[0] = '\0';
+      continue;
+    }
+    items[i].job.created_at_ms = util_now_ms();
+    jobs[valid++] = &items[i].job;
+  }
+  if(valid) {
+    int64_t t0 = util_mono_us();
+    publisher_submit_many(srv->deps.publisher, jobs, valid, results, CONFIRM_WAIT_MS);
+    metrics_observe(&srv->metrics.confirm, (double)(util_mono_us() - t0) / 1e6);
+  }
+  for(size_t i = 0; i < n; i++) {
+    json_t *res;
+    if(items[i].ok) {
+      enum pub_result pr = results[k++];
+      static const enum publish_outcome OUTCOME[] = {
+        [PUB_OK] = PUBLISH_ACK, [PUB_UNAVAILABLE] = PUBLISH_UNAVAILABLE,
+        [PUB_TIMEOUT] = PUBLISH_TIMEOUT, [PUB_REJECTED] = PUBLISH_REJECTED};
+      atomic_fetch_add(&srv->metrics.publishes[OUTCOME[pr]], 1);
+      if(pr == PUB_OK) {
+        struct status_event ev;
+        status_pending_event(&items[i].job, &ev);
+        task_cache_apply(srv->deps.cache, &ev);
+        res = json_pack("{s:I, s:s, s:s}", "index", (json_int_t)i, "task_id",
+                        items[i].job.task_id, "status", "PENDING");
+        accepted++;
+      }
+      else
+        res = json_pack("{s:I, s:{s:s, s:s}}", "index", (json_int_t)i, "error", "code",
+                        "broker_unavailable", "message",
+                        "the message broker could not confirm the message; retry later");
+    }
+    else {
+      json_t *e = json_pack("{s:s, s:s}", "code", items[i].err.code, "message",
+                            items[i].err.message);
+      if(e && items[i].err.field[0])
+        json_object_set_new(e, "field", json_string(items[i].err.field));
+      res = e ? json_pack("{s:I, s:o}", "index", (json_int_t)i, "error", e) : NULL;
+    }
+    if(!res || json_array_append_new(list, res)) {
+      status = reply_error(conn, 503, "unavailable", "out of memory", NULL, "Retry-After",
+                           RETRY_AFTER_S);
+      goto out;
+    }
+  }
+  {
+    char counts[48];
+    snprintf(counts, sizeof counts, "%zu of %zu", accepted, n);
+    log_event(CFG_LOG_INFO, "batch handled", "accepted", counts, NULL);
+  }
+  status = reply(conn, accepted == valid ? 200 : 503,
+                 json_pack("{s:b, s:I, s:I, s:o}", "success", accepted == n, "accepted",
+                           (json_int_t)accepted, "rejected", (json_int_t)(n - accepted),
+                           "results", list),
+                 accepted == valid ? NULL : "Retry-After", RETRY_AFTER_S);
+  list = NULL; /* stolen by json_pack's "o" */
+out:
+  json_decref(list);
+  free(jobs);
+  free(results);
+  request_items_free(items, n);
+  return status;
+}
+
 static int handle_get_task(struct mg_connection *conn, struct http_server *srv, const char *id)
 {
   char *doc;
@@ -597,6 +714,7 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
   case ROUTE_DOCS:
     return send_static(conn, "text/html; charset=utf-8", static_docs_html, static_docs_html_len);
   case ROUTE_MESSAGES: return handle_post_message(conn, srv);
+  case ROUTE_BATCH: return handle_post_batch(conn, srv);
   case ROUTE_TASK: return handle_get_task(conn, srv, param);
   case ROUTE_TASK_CANCEL: return handle_cancel_task(conn, srv, param);
   case ROUTE_METRICS: return handle_metrics(conn, srv);

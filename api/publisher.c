@@ -201,6 +201,73 @@ enum pub_result publisher_submit(struct publisher *pub, const struct job *job, i
   return submit_and_wait(pub, r, timeout_ms);
 }
 
+void publisher_submit_many(struct publisher *pub, const struct job *const *jobs, size_t n,
+                           enum pub_result *results, int timeout_ms)
+{
+  struct pub_req **reqs = calloc(n, sizeof *reqs);
+  struct timespec deadline;
+  struct pub_req *head = NULL, *tail = NULL;
+  int was_empty;
+  size_t i;
+  for(i = 0; i < n; i++)
+    results[i] = PUB_UNAVAILABLE;
+  if(!reqs)
+    return;
+  for(i = 0; i < n; i++) {
+    reqs[i] = req_new();
+    if(!reqs[i] || build_req(reqs[i], pub, jobs[i]))
+      goto out;
+  }
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += timeout_ms / 1000;
+  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if(deadline.tv_nsec >= 1000000000L) {
+    deadline.tv_sec++;
+    deadline.tv_nsec -= 1000000000L;
+  }
+  for(i = 0; i < n; i++) {
+    reqs[i]->refs = 2; /* this worker and the publisher thread */
+    if(tail)
+      tail->next = reqs[i];
+    else
+      head = reqs[i];
+    tail = reqs[i];
+  }
+  pthread_mutex_lock(&pub->lock);
+  if(!pub->ready || pub->stopping) {
+    pthread_mutex_unlock(&pub->lock);
+    for(i = 0; i < n; i++)
+      reqs[i]->refs = 1;
+    goto out;
+  }
+  pub->in_flight += n;
+  was_empty = !pub->queue_head;
+  if(pub->queue_tail)
+    pub->queue_tail->next = head;
+  else
+    pub->queue_head = head;
+  pub->queue_tail = tail;
+  pthread_mutex_unlock(&pub->lock);
+  if(was_empty)
+    wake(pub);
+  pthread_mutex_lock(&pub->lock);
+  for(i = 0; i < n; i++) {
+    struct pub_req *r = reqs[i];
+    while(!r->job_done)
+      if(pthread_cond_timedwait(&r->done, &pub->lock, &deadline) == ETIMEDOUT)
+        break;
+    results[i] = r->job_done ? (r->job_ok ? PUB_OK : PUB_REJECTED) : PUB_TIMEOUT;
+    req_release(r);
+    reqs[i] = NULL;
+  }
+  pthread_mutex_unlock(&pub->lock);
+out:
+  for(i = 0; i < n; i++)
+    if(reqs[i])
+      req_release(reqs[i]);
+  free(reqs);
+}
+
 enum pub_result publisher_submit_event(struct publisher *pub, const struct status_event *ev,
                                        int timeout_ms)
 {

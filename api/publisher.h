@@ -31,6 +31,11 @@ void publisher_stop(struct publisher *pub, int drain_ms);
  * borrowed for the call. Safe from any thread. */
 enum pub_result publisher_submit(struct publisher *pub, const struct job *job, int timeout_ms);
 
+/* Publishes n jobs like publisher_submit, all handed over at once so their confirms come back
+ * in one round, and waits up to timeout_ms for all of them; results[i] is job i's outcome. */
+void publisher_submit_many(struct publisher *pub, const struct job *const *jobs, size_t n,
+                           enum pub_result *results, int timeout_ms);
+
 /* Publishes one status event (persistent, to the status stream) and waits up to timeout_ms for
  * its confirm; the event is borrowed for the call. Safe from any thread. */
 enum pub_result publisher_submit_event(struct publisher *pub, const struct status_event *ev,

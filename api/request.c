@@ -91,99 +91,186 @@ static int parse_expiry(json_t *root, struct job *job, struct request_error *err
   return 0;
 }
 
-int request_parse_message(const char *body, size_t len, const char *default_instance,
-                          struct job *job, struct request_error *err)
+/* Parses a body into a JSON value: empty, too deep or malformed bodies are refused (400). */
+static json_t *parse_body(const char *body, size_t len, struct request_error *err)
 {
   json_error_t je;
-  json_t *root, *phone, *message, *instance;
-  const char *key;
-  json_t *value;
-  char norm[JOB_PHONE_LEN];
-  enum job_field_error fe;
-  const char *instance_name = default_instance;
-  char *msg_copy = NULL, *inst_copy = NULL;
-  int rc = -1;
-
-  if(len == 0)
-    return fail(err, 400, "invalid_json", NULL, "the request body is empty");
-  if(too_deep(body, len))
-    return fail(err, 400, "invalid_json", NULL, "the JSON nests too deeply");
+  json_t *root;
+  if(len == 0) {
+    fail(err, 400, "invalid_json", NULL, "the request body is empty");
+    return NULL;
+  }
+  if(too_deep(body, len)) {
+    fail(err, 400, "invalid_json", NULL, "the JSON nests too deeply");
+    return NULL;
+  }
   /* JSON_DECODE_ANY: a scalar root is valid JSON of the wrong shape (422), not malformed (400). */
   root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
   if(!root) {
     char detail[256];
     snprintf(detail, sizeof detail, "malformed JSON at line %d, column %d: %s", je.line,
              je.column, je.text);
-    return fail(err, 400, "invalid_json", NULL, detail);
+    fail(err, 400, "invalid_json", NULL, detail);
   }
-  if(!json_is_object(root)) {
-    fail(err, 422, "invalid_body", NULL, "the body must be a JSON object");
-    goto out;
-  }
+  return root;
+}
+
+/* Names a field inside a batch item: "messages[3].phone"; prefix "" for a single message. */
+static const char *at(char *buf, size_t len, const char *prefix, const char *field)
+{
+  snprintf(buf, len, "%s%s", prefix, field);
+  return buf;
+}
+
+/* Validates one message object; field names in errors get `prefix` in front. */
+static int validate_message(json_t *root, const char *prefix, const char *default_instance,
+                            struct job *job, struct request_error *err)
+{
+  json_t *phone, *message, *instance;
+  const char *key;
+  json_t *value;
+  char norm[JOB_PHONE_LEN], name[64];
+  enum job_field_error fe;
+  const char *instance_name = default_instance;
+  char *msg_copy = NULL, *inst_copy = NULL;
+
+  if(!json_is_object(root))
+    return fail(err, 422, "invalid_body", *prefix ? at(name, sizeof name, prefix, "") : NULL,
+                "a message must be a JSON object");
   json_object_foreach(root, key, value) {
     if(strcmp(key, "phone") && strcmp(key, "message") && strcmp(key, "instance_name") &&
        strcmp(key, "expires_at") && strcmp(key, "ttl")) {
-      char field[64], msg[80];
-      snprintf(field, sizeof field, "%.60s", key);
+      char field[64], msg[96];
+      snprintf(field, sizeof field, "%s%.*s", prefix, (int)(60 - strlen(prefix)), key);
       snprintf(msg, sizeof msg, "unknown field %s", field);
-      fail(err, 422, "unknown_field", field, msg);
-      goto out;
+      return fail(err, 422, "unknown_field", field, msg);
     }
   }
   phone = json_object_get(root, "phone");
   message = json_object_get(root, "message");
   instance = json_object_get(root, "instance_name");
-  if(!phone || json_is_null(phone)) {
-    field_error(err, "phone", JOB_FIELD_MISSING);
-    goto out;
-  }
-  if(!json_is_string(phone)) {
-    field_error(err, "phone", JOB_FIELD_NOT_STRING);
-    goto out;
-  }
-  if((fe = job_normalize_phone(json_string_value(phone), norm)) != JOB_FIELD_OK) {
-    field_error(err, "phone", fe);
-    goto out;
-  }
-  if(!message || json_is_null(message)) {
-    field_error(err, "message", JOB_FIELD_MISSING);
-    goto out;
-  }
-  if(!json_is_string(message)) {
-    field_error(err, "message", JOB_FIELD_NOT_STRING);
-    goto out;
-  }
+  if(!phone || json_is_null(phone))
+    return field_error(err, at(name, sizeof name, prefix, "phone"), JOB_FIELD_MISSING);
+  if(!json_is_string(phone))
+    return field_error(err, at(name, sizeof name, prefix, "phone"), JOB_FIELD_NOT_STRING);
+  if((fe = job_normalize_phone(json_string_value(phone), norm)) != JOB_FIELD_OK)
+    return field_error(err, at(name, sizeof name, prefix, "phone"), fe);
+  if(!message || json_is_null(message))
+    return field_error(err, at(name, sizeof name, prefix, "message"), JOB_FIELD_MISSING);
+  if(!json_is_string(message))
+    return field_error(err, at(name, sizeof name, prefix, "message"), JOB_FIELD_NOT_STRING);
   if((fe = job_check_message(json_string_value(message), json_string_length(message))) !=
-     JOB_FIELD_OK) {
-    field_error(err, "message", fe);
-    goto out;
-  }
+     JOB_FIELD_OK)
+    return field_error(err, at(name, sizeof name, prefix, "message"), fe);
   if(instance && !json_is_null(instance)) {
-    if(!json_is_string(instance)) {
-      field_error(err, "instance_name", JOB_FIELD_NOT_STRING);
-      goto out;
-    }
+    if(!json_is_string(instance))
+      return field_error(err, at(name, sizeof name, prefix, "instance_name"),
+                         JOB_FIELD_NOT_STRING);
     instance_name = json_string_value(instance);
-    if((fe = job_check_instance(instance_name)) != JOB_FIELD_OK) {
-      field_error(err, "instance_name", fe);
-      goto out;
-    }
+    if((fe = job_check_instance(instance_name)) != JOB_FIELD_OK)
+      return field_error(err, at(name, sizeof name, prefix, "instance_name"), fe);
   }
-  if(parse_expiry(root, job, err))
-    goto out;
+  if(parse_expiry(root, job, err)) {
+    if(*prefix && err->field[0]) {
+      char field[64];
+      snprintf(field, sizeof field, "%s%s", prefix, err->field);
+      snprintf(err->field, sizeof err->field, "%s", field);
+    }
+    return -1;
+  }
   msg_copy = strdup(json_string_value(message));
   inst_copy = strdup(instance_name);
   if(!msg_copy || !inst_copy) {
     free(msg_copy);
     free(inst_copy);
-    fail(err, 503, "out_of_memory", NULL, "the server is out of memory");
-    goto out;
+    job->expires_at_ms = 0;
+    return fail(err, 503, "out_of_memory", NULL, "the server is out of memory");
   }
   memcpy(job->phone, norm, sizeof norm);
   job->message = msg_copy;
   job->instance_name = inst_copy;
-  rc = 0;
-out:
+  return 0;
+}
+
+int request_parse_message(const char *body, size_t len, const char *default_instance,
+                          struct job *job, struct request_error *err)
+{
+  json_t *root = parse_body(body, len, err);
+  int rc;
+  if(!root)
+    return -1;
+  if(!json_is_object(root))
+    rc = fail(err, 422, "invalid_body", NULL, "the body must be a JSON object");
+  else
+    rc = validate_message(root, "", default_instance, job, err);
   json_decref(root);
   return rc;
+}
+
+int request_parse_batch(const char *body, size_t len, const char *default_instance,
+                        size_t max_items, struct request_item **items, size_t *n,
+                        struct request_error *err)
+{
+  json_t *root = parse_body(body, len, err), *list, *item;
+  struct request_item *out = NULL;
+  const char *key;
+  json_t *value;
+  size_t i, count;
+  int rc = -1;
+  if(!root)
+    return -1;
+  if(!json_is_object(root)) {
+    fail(err, 422, "invalid_body", NULL, "the body must be a JSON object with \"messages\"");
+    goto done;
+  }
+  json_object_foreach(root, key, value) {
+    if(strcmp(key, "messages")) {
+      char field[64], msg[96];
+      snprintf(field, sizeof field, "%.60s", key);
+      snprintf(msg, sizeof msg, "unknown field %s", field);
+      fail(err, 422, "unknown_field", field, msg);
+      goto done;
+    }
+  }
+  list = json_object_get(root, "messages");
+  if(!json_is_array(list)) {
+    fail(err, 422, list ? "invalid_field" : "missing_field", "messages",
+         "messages must be an array of message objects");
+    goto done;
+  }
+  count = json_array_size(list);
+  if(count == 0 || count > max_items) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "messages must hold 1 to %zu items", max_items);
+    fail(err, 422, "invalid_field", "messages", msg);
+    goto done;
+  }
+  out = calloc(count, sizeof *out);
+  if(!out) {
+    fail(err, 503, "out_of_memory", NULL, "the server is out of memory");
+    goto done;
+  }
+  json_array_foreach(list, i, item) {
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "messages[%zu].", i);
+    out[i].ok = validate_message(item, prefix, default_instance, &out[i].job, &out[i].err) == 0;
+  }
+  *items = out;
+  *n = count;
+  rc = 0;
+done:
+  json_decref(root);
+  return rc;
+}
+
+void request_items_free(struct request_item *items, size_t n)
+{
+  if(!items)
+    return;
+  for(size_t i = 0; i < n; i++) {
+    free(items[i].job.message);
+    free(items[i].job.instance_name);
+    free(items[i].job.idempotency_key);
+  }
+  free(items);
 }

@@ -30,4 +30,22 @@ struct request_error {
 int request_parse_message(const char *body, size_t len, const char *default_instance,
                           struct job *job, struct request_error *err);
 
+/* The outcome of one item of a batch: a valid job (ok = 1) or why it was refused. */
+struct request_item {
+  int ok;
+  struct job job; /* phone, message, instance_name and expires_at_ms when ok */
+  struct request_error err;
+};
+
+/* Parses a POST /messages/batch body {"messages": [message, ...]} of 1..max_items messages,
+ * each validated like a single message (field names such as "messages[3].phone"). On success
+ * returns 0 and a new array of *n items (caller frees with request_items_free); when the body
+ * itself is wrong returns -1 with *err filled. */
+int request_parse_batch(const char *body, size_t len, const char *default_instance,
+                        size_t max_items, struct request_item **items, size_t *n,
+                        struct request_error *err);
+
+/* Frees what request_parse_batch returned; NULL is a no-op. */
+void request_items_free(struct request_item *items, size_t n);
+
 #endif

@@ -12,6 +12,7 @@ const struct route ROUTES[ROUTE_COUNT] = {
   [ROUTE_OPENAPI] = {"/openapi.json", "GET", 1},
   [ROUTE_DOCS] = {"/docs", "GET", 1},
   [ROUTE_MESSAGES] = {"/messages", "POST", 0},
+  [ROUTE_BATCH] = {"/messages/batch", "POST", 0},
   [ROUTE_TASK] = {"/tasks/{task_id}", "GET", 0},
   [ROUTE_TASK_CANCEL] = {"/tasks/{task_id}", "DELETE", 0},
   [ROUTE_METRICS] = {"/metrics", "GET", 1},

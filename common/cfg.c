@@ -219,6 +219,8 @@ static const struct key KEYS[] = {
   {.name = "api.api_keys", .type = K_STR_LIST, .flags = F_SECRET, .def_list = NO_KEYS,
    .max_n = 1024, AT(api.api_keys), .off_n = offsetof(struct cfg, api.n_api_keys)},
   {.name = "api.api_keys_file", .type = K_STR, .def = "", AT(api.api_keys_file)},
+  {.name = "api.max_batch_body", .type = K_SIZE, .def = "4MiB", .min = KIB, .max = 64 * MIB,
+   AT(api.max_batch_body)},
   {.name = "api.cache_max_tasks", .type = K_COUNT, .def = "1000000", .min = 1,
    .max = 100000000, AT(api.cache_max_tasks)},
 

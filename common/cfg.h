@@ -37,6 +37,7 @@ struct cfg {
     char *listen;          /* host:port, validated */
     unsigned threads;      /* 1..1024 */
     size_t max_body;       /* 1KiB..16MiB */
+    size_t max_batch_body; /* POST /messages/batch, 1KiB..64MiB */
     char **api_keys;       /* n_api_keys strings; empty list = no authentication; the keys of
                               api_keys_file are appended */
     char *api_keys_file;   /* "" or a file with one key per line */
