@@ -19,6 +19,9 @@
 #   BENCH_API_THREADS [unset]     api.threads (unset: the daemon's default)
 #   BENCH_LOG_LEVEL [info]        log.level of both daemons
 #   BENCH_BUILD_DIR [build]       CMake build tree; BENCH_NO_BUILD=1 skips building
+#   BENCH_FAKE [c]                fake Evolution API: c (tests/bench/fake_evolution_fast.c, the
+#                                 bench_fake_evolution target) or python (tests/fake/, ~10x slower)
+#   BENCH_FAKE_THREADS [256]      C fake: worker threads = connections whose latency can overlap
 #   BENCH_KEEP=1                  keep the run directory (configs, logs, wrk reports)
 #   BENCH_STRICT=1                exit 3 when the end-to-end check finds a lost, duplicated or
 #                                 unfinished message (the summary line is printed either way)
@@ -49,6 +52,13 @@ E2E_TIMEOUT=${BENCH_E2E_TIMEOUT:-300}
 CACHE_TASKS=${BENCH_CACHE_TASKS:-1000000}
 PREFETCH=${BENCH_PREFETCH:-64}
 LOG_LEVEL=${BENCH_LOG_LEVEL:-info}
+FAKE_KIND=${BENCH_FAKE:-c}
+FAKE_THREADS=${BENCH_FAKE_THREADS:-256}
+case "$FAKE_KIND" in
+  c) FAKE_LABEL="C, CivetWeb" ;;
+  python) FAKE_LABEL="Python" ;;
+  *) printf 'bench: BENCH_FAKE must be c or python, not %s\n' "$FAKE_KIND" >&2; exit 1 ;;
+esac
 BUILD_DIR=${BENCH_BUILD_DIR:-$ROOT/build}
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export RABBITMQ_MGMT_URL=${RABBITMQ_MGMT_URL:-http://127.0.0.1:15672}
@@ -56,6 +66,7 @@ export RABBITMQ_MGMT_URL=${RABBITMQ_MGMT_URL:-http://127.0.0.1:15672}
 API_BIN="$BUILD_DIR/api/msg-api"
 CONSUMER_BIN="$BUILD_DIR/consumer/msg-consumer"
 CEILING_BIN="$BUILD_DIR/tests/bench/bench_broker_ceiling"
+FAKE_BIN="$BUILD_DIR/tests/bench/bench_fake_evolution"
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
@@ -71,9 +82,12 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
   if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
     cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   fi
-  cmake --build "$BUILD_DIR" -j"$(nproc)" --target msg-api msg-consumer bench_broker_ceiling >/dev/null
+  cmake --build "$BUILD_DIR" -j"$(nproc)" --target msg-api msg-consumer bench_broker_ceiling \
+    bench_fake_evolution >/dev/null
 fi
-for bin in "$API_BIN" "$CONSUMER_BIN" "$CEILING_BIN"; do
+BINS=("$API_BIN" "$CONSUMER_BIN" "$CEILING_BIN")
+[ "$FAKE_KIND" = c ] && BINS+=("$FAKE_BIN")
+for bin in "${BINS[@]}"; do
   [ -x "$bin" ] || die "$bin is missing: build first (cmake --build $BUILD_DIR)"
 done
 
@@ -180,8 +194,13 @@ start_daemon() {
 
 start_fake() {
   local port_file="$RUN_DIR/fake.port" i
-  "$PY" "$FAKE_SCRIPT" --host 127.0.0.1 --port 0 --api-key bench-evolution-key \
-    --instances bench --port-file "$port_file" >"$RUN_DIR/fake.log" 2>&1 &
+  if [ "$FAKE_KIND" = c ]; then
+    "$FAKE_BIN" --host 127.0.0.1 --port 0 --api-key bench-evolution-key --instances bench \
+      --threads "$FAKE_THREADS" --port-file "$port_file" >"$RUN_DIR/fake.log" 2>&1 &
+  else
+    "$PY" "$FAKE_SCRIPT" --host 127.0.0.1 --port 0 --api-key bench-evolution-key \
+      --instances bench --port-file "$port_file" >"$RUN_DIR/fake.log" 2>&1 &
+  fi
   FAKE_PID=$!
   PIDS+=("$FAKE_PID")
   for ((i = 0; i < 100; i++)); do
@@ -236,7 +255,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["apikey"] = "bench-evolution-key"
 wrk.body = '{"number":"52123456789","text":"bench fake ceiling"}'
 EOF
-say "-- fake Evolution API alone (Python; bounds the end-to-end figure at 0 ms latency)"
+say "-- fake Evolution API alone ($FAKE_LABEL; bounds the end-to-end figure at 0 ms latency)"
 run_wrk fake 64 "$FAKE_DURATION" "$RUN_DIR/fake.lua" "$FAKE_URL/message/sendText/bench"
 print_wrk fake "64 connections, ${FAKE_DURATION}"
 curl -fsS -X POST "$FAKE_URL/_fake/reset" >/dev/null
@@ -331,9 +350,9 @@ EOF
 
 # --- summary ---------------------------------------------------------------------------------------
 
-SUMMARY=$("$PY" - "$RES" "$(nproc)" "$PREFETCH" <<'EOF'
+SUMMARY=$("$PY" - "$RES" "$(nproc)" "$PREFETCH" "$FAKE_KIND" <<'EOF'
 import json, sys
-d, cpus, prefetch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d, cpus, prefetch, fake_kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 def j(name):
     with open(f"{d}/{name}.json") as f:
         return json.load(f)
@@ -351,7 +370,7 @@ s = {
     "cpus": cpus,
     "broker_ceiling_msgs": c["msgs_per_s"], "broker_ceiling_window": c["window"],
     "broker_ceiling_window1_msgs": c1["msgs_per_s"],
-    "fake_ceiling_rps": fake["rps"],
+    "fake": fake_kind, "fake_ceiling_rps": fake["rps"],
 }
 for n, a in (("16", a16), ("64", a64)):
     s.update({f"accept_rps_{n}": a["rps"], f"accept_p50_ms_{n}": a["p50_ms"],

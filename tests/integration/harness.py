@@ -25,6 +25,12 @@ Environment:
   RABBITMQ_MGMT_URL  management API, default http://127.0.0.1:15672 (guest/guest unless the URL
                      carries user:password@)
   MSG_KEEP_TMP=1     keep every test's directory, not only those of failed tests
+  RABBITMQ_NODE      node name for rabbitmqctl (-n) in the tests that stop and start the
+                     broker's application (broker_outage); default: rabbitmqctl's own default
+
+Every daemon log is scanned at clean-up for sanitizer reports (AddressSanitizer,
+UndefinedBehaviorSanitizer "runtime error:", LeakSanitizer, ThreadSanitizer): one fails the
+test, so an instrumented build (tests/sanitize.sh) turns any report into a test failure.
 
 Standard library only (Python 3.11).
 """
@@ -513,6 +519,123 @@ def post_message(api, phone, message, instance=None, headers=None):
     return http("POST", _base(api) + "/messages", body, headers)
 
 
+class PostStream:
+    """POSTs a steady stream of messages to an api from `threads` threads until stop(), each
+    with a unique text (f"{tag}-{n}") and phone, on a fresh connection each, with at most
+    `rate` requests per second in all (None: as fast as answers come). Every attempt is
+    recorded in .results (dicts: n, text, phone, t0, t1 (time.monotonic()), status,
+    retry_after, task_id, error), where error is None for an HTTP answer, "refused" when the
+    connection could not be made, or the name of the exception after it was made (a reset,
+    an answer cut short, a timeout)."""
+
+    def __init__(self, api, tag, threads=2, rate=None, timeout=15, headers=None):
+        import threading
+        self.base = _base(api)
+        self.tag, self.rate, self.timeout, self.headers = tag, rate, timeout, headers or {}
+        self.results = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._n = 0
+        self._started = time.monotonic()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _next(self):
+        with self._lock:
+            n = self._n
+            self._n += 1
+        if self.rate:
+            due = self._started + n / self.rate
+            delay = due - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return None
+        return n
+
+    def _run(self):
+        while not self._stop.is_set():
+            n = self._next()
+            if n is None or self._stop.is_set():
+                return
+            self.results.append(self.post_one(n))
+
+    def post_one(self, n):
+        text = f"{self.tag}-{n}"
+        phone = f"+5511{9000000000 + n % 1000000000:010d}"
+        rec = {"n": n, "text": text, "phone": phone, "t0": time.monotonic(), "t1": None,
+               "status": None, "retry_after": None, "task_id": None, "error": None}
+        parts = urllib.parse.urlsplit(self.base)
+        conn = httpclient.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+        try:
+            try:
+                conn.connect()
+            except OSError:
+                rec["error"] = "refused"
+                return rec
+            try:
+                body = json.dumps({"phone": phone, "message": text}).encode()
+                conn.request("POST", "/messages", body=body,
+                             headers=dict({"Content-Type": "application/json"}, **self.headers))
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (OSError, httpclient.HTTPException) as e:
+                rec["error"] = type(e).__name__
+                return rec
+            rec["status"] = resp.status
+            rec["retry_after"] = resp.getheader("Retry-After")
+            if resp.status == 202:
+                try:
+                    rec["task_id"] = json.loads(raw)["task_id"]
+                except (ValueError, KeyError, TypeError):
+                    rec["error"] = "bad 202 body"
+            return rec
+        finally:
+            rec["t1"] = time.monotonic()
+            conn.close()
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout + 5)
+        return self.results
+
+    def accepted(self):
+        """{task_id: record} of every 202."""
+        return {r["task_id"]: r for r in self.results if r["status"] == 202 and r["task_id"]}
+
+
+class Poller:
+    """Polls GET `url` every `interval` seconds in a thread until stop(); .samples holds
+    (time.monotonic(), status or None when no answer, seconds taken)."""
+
+    def __init__(self, url, interval=0.2, timeout=5):
+        import threading
+        self.url, self.interval, self.timeout = url, interval, timeout
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                status = http("GET", self.url, timeout=self.timeout).status
+            except OSError:
+                status = None
+            self.samples.append((t0, status, time.monotonic() - t0))
+            self._stop.wait(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(self.timeout + 5)
+        return self.samples
+
+    def first(self, status, after=0.0):
+        """Time of the first sample with this status taken at or after `after`, or None."""
+        return next((t for t, s, _ in list(self.samples) if t >= after and s == status), None)
+
+
 def get_task(api, task_id):
     """GET /tasks/{task_id}; returns the Response."""
     return http("GET", f"{_base(api)}/tasks/{urllib.parse.quote(task_id, safe='')}")
@@ -555,6 +678,68 @@ def watch_task(api, task_id, until, timeout=20, interval=0.02):
                                  f"{sorted(wanted)}; statuses seen: {[d.get('status') for d in seen]}; "
                                  f"last answer: {r.status} {r.body.decode(errors='replace')}")
         time.sleep(interval)
+
+
+# --- the broker itself -------------------------------------------------------------------------
+
+RABBITMQ_NODE = os.environ.get("RABBITMQ_NODE")
+
+
+def rabbitmqctl(*args, timeout=120):
+    """Runs rabbitmqctl (through sudo -n when not root) against RABBITMQ_NODE; returns the
+    CompletedProcess, raises RuntimeError when it fails."""
+    argv = ["rabbitmqctl"] + (["-n", RABBITMQ_NODE] if RABBITMQ_NODE else []) + list(args)
+    if os.geteuid() != 0:
+        argv = ["sudo", "-n"] + argv
+    r = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited with {r.returncode}: "
+                           f"{(r.stdout + r.stderr).decode(errors='replace')[-1000:]}")
+    return r
+
+
+def broker_start_app(timeout=120):
+    """start_app, then waits for the node (await_startup) and its management API. Safe to call
+    when the application already runs."""
+    rabbitmqctl("start_app", timeout=timeout)
+    rabbitmqctl("await_startup", timeout=timeout)
+    wait_for(lambda: _mgmt_ok(), 60, interval=0.2, what="the management API after start_app")
+
+
+def _mgmt_ok():
+    try:
+        _mgmt("GET", "/api/overview")
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+class broker_outage:
+    """`with broker_outage() as out:` stops the RabbitMQ application (rabbitmqctl stop_app: the
+    node process stays, every client connection is closed) and starts it again when the block
+    ends, whatever happens inside, waiting for await_startup and the management API: the
+    broker is never left stopped. Times (time.monotonic()) are recorded in out.stop_called,
+    out.stopped (stop_app returned), out.start_called and out.started (ready again).
+    A test using it must run alone (ctest RUN_SERIAL: file names containing "faults" or
+    "chaos"), as every other client of the broker loses its connection too."""
+
+    def __enter__(self):
+        self.stop_called = time.monotonic()
+        self.stop_called_wall = time.time()
+        self.stopped = self.start_called = self.started = None
+        try:
+            rabbitmqctl("stop_app")
+        except BaseException:
+            broker_start_app()
+            raise
+        self.stopped = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.start_called = time.monotonic()
+        broker_start_app()
+        self.started = time.monotonic()
+        return False
 
 
 # --- RabbitMQ topology -----------------------------------------------------------------------------
@@ -650,6 +835,15 @@ def cleanup_topology(exchange_prefix):
                     time.sleep(0.5)
     _pending_prefixes.discard(exchange_prefix)
     return deleted
+
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
+                     "ThreadSanitizer", "ERROR: UndefinedBehaviorSanitizer")
+
+
+def sanitizer_reports(text):
+    """The lines of a daemon log that come from a sanitizer report (empty list: none)."""
+    return [line for line in text.splitlines() if any(m in line for m in SANITIZER_MARKERS)]
 
 
 def _cleanup_at_exit():
@@ -773,6 +967,14 @@ class IntegrationTest(unittest.TestCase):
             if self.check_exit_codes and was and isinstance(service, Daemon) and code != 0:
                 problems.append(f"{service.name} (pid {service.pid}) exited with {code} on SIGTERM; "
                                 f"log {service.log_path} ends with:\n{service.log_tail()}")
+            if isinstance(service, Daemon):
+                try:
+                    found = sanitizer_reports(service.log())
+                except OSError:
+                    found = []
+                if found:
+                    problems.append(f"{service.name} (pid {service.pid}) sanitizer report in "
+                                    f"{service.log_path}:\n" + "\n".join(found[:20]))
         for prefix in self._prefixes:
             try:
                 cleanup_topology(prefix)
