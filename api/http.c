@@ -61,34 +61,67 @@ struct http_server {
   struct idem_claim *claims;
 };
 
+/* Whether CivetWeb keeps the connection open after this answer (its should_keep_alive(), less
+ * the server-side reasons this file avoids): HTTP/1.1 unless the client says close, HTTP/1.0
+ * only when it asks for keep-alive. A 413 is answered without reading the body, so that
+ * connection always closes. */
+static int keeps_alive(const struct mg_connection *conn, int status)
+{
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  const char *c = mg_get_header(conn, "Connection");
+  if(status == 413)
+    return 0;
+  if(c)
+    return strcasecmp(c, "close") && (strcmp(ri->http_version, "1.0") || !strcasecmp(c, "keep-alive"));
+  return strcmp(ri->http_version, "1.0") != 0;
+}
+
+/* Sends status line, headers and body in one write: CivetWeb's mg_response_header_* functions
+ * make one send() per header line, which cost a large share of the accept path's CPU. */
+static void send_response(struct mg_connection *conn, int status, const char *type,
+                          const char *cache, const char *body, size_t len,
+                          const char *extra_name, const char *extra_value)
+{
+  int head_only = !strcmp(mg_get_request_info(conn)->request_method, "HEAD");
+  char head[512];
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                   "Cache-Control: %s\r\n%s%s%s%sConnection: %s\r\n\r\n",
+                   status, mg_get_response_code_text(conn, status), type, len, cache,
+                   extra_name ? extra_name : "", extra_name ? ": " : "",
+                   extra_name ? extra_value : "", extra_name ? "\r\n" : "",
+                   keeps_alive(conn, status) ? "keep-alive" : "close");
+  char *msg;
+  if(n < 0 || (size_t)n >= sizeof head)
+    return;
+  if(head_only || !len) {
+    mg_write(conn, head, (size_t)n);
+    return;
+  }
+  msg = malloc((size_t)n + len);
+  if(!msg) {
+    /* Out of memory: two writes still answer correctly. */
+    mg_write(conn, head, (size_t)n);
+    mg_write(conn, body, len);
+    return;
+  }
+  memcpy(msg, head, (size_t)n);
+  memcpy(msg + n, body, len);
+  mg_write(conn, msg, (size_t)n + len);
+  free(msg);
+}
+
 static void send_json(struct mg_connection *conn, int status, const char *body,
                       const char *extra_name, const char *extra_value)
 {
-  char len[24];
-  snprintf(len, sizeof len, "%zu", strlen(body));
-  mg_response_header_start(conn, status);
-  mg_response_header_add(conn, "Content-Type", "application/json; charset=utf-8", -1);
-  mg_response_header_add(conn, "Content-Length", len, -1);
-  mg_response_header_add(conn, "Cache-Control", "no-store", -1);
-  if(extra_name)
-    mg_response_header_add(conn, extra_name, extra_value, -1);
-  mg_response_header_send(conn);
-  if(strcmp(mg_get_request_info(conn)->request_method, "HEAD"))
-    mg_write(conn, body, strlen(body));
+  send_response(conn, status, "application/json; charset=utf-8", "no-store", body,
+                strlen(body), extra_name, extra_value);
 }
 
 static int send_static(struct mg_connection *conn, const char *type, const char *body,
                        size_t len)
 {
-  char clen[24];
-  snprintf(clen, sizeof clen, "%zu", len);
-  mg_response_header_start(conn, 200);
-  mg_response_header_add(conn, "Content-Type", type, -1);
-  mg_response_header_add(conn, "Content-Length", clen, -1);
-  mg_response_header_add(conn, "Cache-Control", "no-cache", -1);
-  mg_response_header_send(conn);
-  if(strcmp(mg_get_request_info(conn)->request_method, "HEAD"))
-    mg_write(conn, body, len);
+  send_response(conn, 200, type, "no-cache", body, len, NULL, NULL);
   return 200;
 }
 

@@ -248,11 +248,16 @@ class ValidationTest(IntegrationTest):
             with self.subTest(method=method):
                 self.assertError(http(method, base + "/messages"), 405, "method_not_allowed",
                                  headers={"allow": "POST"})
-        for path in ("/", "/health", "/livez", "/readyz", "/tasks/" + str(uuid.uuid4())):
+        for path in ("/", "/health", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs"):
             for method in ("POST", "DELETE"):
                 with self.subTest(path=path, method=method):
                     self.assertError(http(method, base + path, {"x": 1}), 405,
                                      "method_not_allowed", headers={"allow": "GET, HEAD"})
+        # A task also takes DELETE (cancel).
+        for method in ("POST", "PUT", "PATCH"):
+            with self.subTest(path="/tasks/{id}", method=method):
+                self.assertError(http(method, base + "/tasks/" + str(uuid.uuid4()), {"x": 1}), 405,
+                                 "method_not_allowed", headers={"allow": "GET, HEAD, DELETE"})
         r = http("GET", base + "/")
         self.assertEqual(r.status, 200)
         self.assertEqual(r.json["service"], "msg-api")
