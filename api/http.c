@@ -361,8 +361,9 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
   task_cache_apply(srv->deps.cache, &ev);
   log_event(CFG_LOG_DEBUG, "message accepted", "task_id", job.task_id, "instance",
             job.instance_name, NULL);
-  doc = json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message", "Message queued for delivery",
-                  "task_id", job.task_id, "status", "PENDING");
+  doc = json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message",
+                  job.send_at_ms ? "Message scheduled for delivery" : "Message queued for delivery",
+                  "task_id", job.task_id, "status", status_name(ev.status));
   status = reply(conn, 202, doc, NULL, NULL);
 out:
   if(claim) {
@@ -452,7 +453,7 @@ static int handle_post_batch(struct mg_connection *conn, struct http_server *srv
         status_pending_event(&items[i].job, &ev);
         task_cache_apply(srv->deps.cache, &ev);
         res = json_pack("{s:I, s:s, s:s}", "index", (json_int_t)i, "task_id",
-                        items[i].job.task_id, "status", "PENDING");
+                        items[i].job.task_id, "status", status_name(ev.status));
         accepted++;
       }
       else
@@ -517,9 +518,10 @@ static int handle_cancel_task(struct mg_connection *conn, struct http_server *sr
   if(!util_is_uuid(id) || !task_cache_status(srv->deps.cache, id, &status, &attempt))
     return reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
   if(status != TASK_CANCELLED) {
-    if(status != TASK_PENDING && status != TASK_RETRY) {
+    if(status != TASK_PENDING && status != TASK_RETRY && status != TASK_SCHEDULED) {
       char msg[96];
-      snprintf(msg, sizeof msg, "the task is %s: only PENDING or RETRY tasks can be cancelled",
+      snprintf(msg, sizeof msg, "the task is %s: only PENDING, SCHEDULED or RETRY tasks can be "
+               "cancelled",
                status_name(status));
       return reply_error(conn, 409, "not_cancellable", msg, NULL, NULL, NULL);
     }

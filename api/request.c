@@ -91,6 +91,29 @@ static int parse_expiry(json_t *root, struct job *job, struct request_error *err
   return 0;
 }
 
+/* Reads the optional send_at (RFC 3339, in the future, at most 30 days ahead, before any
+ * expiry) into job->send_at_ms. Returns 0, or -1 with *err filled (job->send_at_ms
+ * untouched). */
+static int parse_send_at(json_t *root, struct job *job, struct request_error *err)
+{
+  json_t *at = json_object_get(root, "send_at");
+  int64_t now = util_now_ms(), when;
+  if(!at || json_is_null(at))
+    return 0;
+  if(!json_is_string(at) || util_parse_time(json_string_value(at), &when))
+    return fail(err, 422, "invalid_field", "send_at",
+                "send_at must be an RFC 3339 time, e.g. 2026-11-28T12:00:00Z");
+  if(when <= now)
+    return fail(err, 422, "invalid_field", "send_at", "send_at is in the past");
+  if(when - now > REQUEST_MAX_TTL_MS)
+    return fail(err, 422, "invalid_field", "send_at", "send_at is more than 30 days away");
+  if(job->expires_at_ms && job->expires_at_ms <= when)
+    return fail(err, 422, "invalid_field", "send_at",
+                "the message would expire before its send_at");
+  job->send_at_ms = when;
+  return 0;
+}
+
 /* Parses a body into a JSON value: empty, too deep or malformed bodies are refused (400). */
 static json_t *parse_body(const char *body, size_t len, struct request_error *err)
 {
@@ -139,7 +162,7 @@ static int validate_message(json_t *root, const char *prefix, const char *defaul
                 "a message must be a JSON object");
   json_object_foreach(root, key, value) {
     if(strcmp(key, "phone") && strcmp(key, "message") && strcmp(key, "instance_name") &&
-       strcmp(key, "expires_at") && strcmp(key, "ttl")) {
+       strcmp(key, "expires_at") && strcmp(key, "ttl") && strcmp(key, "send_at")) {
       char field[64], msg[96];
       snprintf(field, sizeof field, "%s%.*s", prefix, (int)(60 - strlen(prefix)), key);
       snprintf(msg, sizeof msg, "unknown field %s", field);
@@ -170,7 +193,8 @@ static int validate_message(json_t *root, const char *prefix, const char *defaul
     if((fe = job_check_instance(instance_name)) != JOB_FIELD_OK)
       return field_error(err, at(name, sizeof name, prefix, "instance_name"), fe);
   }
-  if(parse_expiry(root, job, err)) {
+  if(parse_expiry(root, job, err) || parse_send_at(root, job, err)) {
+    job->expires_at_ms = 0;
     if(*prefix && err->field[0]) {
       char field[64];
       snprintf(field, sizeof field, "%s%s", prefix, err->field);
@@ -183,7 +207,7 @@ static int validate_message(json_t *root, const char *prefix, const char *defaul
   if(!msg_copy || !inst_copy) {
     free(msg_copy);
     free(inst_copy);
-    job->expires_at_ms = 0;
+    job->expires_at_ms = job->send_at_ms = 0;
     return fail(err, 503, "out_of_memory", NULL, "the server is out of memory");
   }
   memcpy(job->phone, norm, sizeof norm);

@@ -25,6 +25,7 @@ struct job {
   char *idempotency_key; /* NULL when the request had none */
   int64_t created_at_ms;
   int64_t expires_at_ms; /* 0: never; after it the job must not be sent */
+  int64_t send_at_ms;    /* 0: now; before it the job is held in delay queues, not sent */
 };
 
 /* Why a field was refused; job_field_error_text gives a sentence for each. */

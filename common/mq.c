@@ -182,6 +182,33 @@ static void format_delay(uint64_t ms, char *buf, size_t len)
     snprintf(buf, len, "%llums", (unsigned long long)ms);
 }
 
+const uint64_t MQ_DELAYS_MS[MQ_N_DELAYS] = {250,     1000,     4000,     16000,
+                                           64000,   256000,   1024000,  4096000,
+                                           16384000, 65536000, 262144000, 1048576000};
+
+uint64_t mq_schedule_hop(int64_t remaining_ms)
+{
+  uint64_t hop = MQ_DELAYS_MS[0];
+  for(size_t i = 0; i < MQ_N_DELAYS; i++)
+    if((int64_t)MQ_DELAYS_MS[i] <= remaining_ms)
+      hop = MQ_DELAYS_MS[i];
+  return hop;
+}
+
+void mq_delay_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf, size_t len)
+{
+  char d[32];
+  format_delay(delay_ms, d, sizeof d);
+  snprintf(buf, len, "%s.delay.%s", cfg->topology.exchange, d);
+}
+
+void mq_delay_routing_key(uint64_t delay_ms, char *buf, size_t len)
+{
+  char d[32];
+  format_delay(delay_ms, d, sizeof d);
+  snprintf(buf, len, "delay.%s", d);
+}
+
 void mq_retry_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf, size_t len)
 {
   char d[32];
@@ -269,6 +296,23 @@ int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t ch, const s
     n = 0;
     args[n++] = mq_entry_str("x-queue-type", qtype);
     args[n++] = mq_entry_i64("x-message-ttl", (int64_t)c->retry.delays_ms[i]);
+    args[n++] = mq_entry_str("x-dead-letter-exchange", c->topology.exchange);
+    args[n++] = mq_entry_str("x-dead-letter-routing-key", MQ_KEY_SEND);
+    if(quorum) {
+      args[n++] = mq_entry_str("x-dead-letter-strategy", "at-least-once");
+      args[n++] = mq_entry_str("x-overflow", "reject-publish");
+    }
+    if(declare_queue(conn, ch, name, args, n, key, c, err, errlen))
+      return -1;
+  }
+
+  /* Delay queues for scheduled sends: the same shape as retry queues. */
+  for(size_t i = 0; i < MQ_N_DELAYS; i++) {
+    mq_delay_queue_name(c, MQ_DELAYS_MS[i], name, sizeof name);
+    mq_delay_routing_key(MQ_DELAYS_MS[i], key, sizeof key);
+    n = 0;
+    args[n++] = mq_entry_str("x-queue-type", qtype);
+    args[n++] = mq_entry_i64("x-message-ttl", (int64_t)MQ_DELAYS_MS[i]);
     args[n++] = mq_entry_str("x-dead-letter-exchange", c->topology.exchange);
     args[n++] = mq_entry_str("x-dead-letter-routing-key", MQ_KEY_SEND);
     if(quorum) {

@@ -42,6 +42,22 @@ void mq_retry_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf, si
 /* Writes the routing key of a delay's retry queue ("retry.5s") into buf. */
 void mq_retry_routing_key(uint64_t delay_ms, char *buf, size_t len);
 
+/* Scheduled sends wait in delay queues "<exchange>.delay.<d>" (routing key "delay.<d>") that
+ * dead-letter back to the job queue: 250ms, then powers of 4 seconds from 1s to 1048576s
+ * (12 days). A job hops through them, the largest that fits each time, so any send_at up to 30
+ * days is reached in at most ~30 hops without holding anything unacked in a consumer. */
+#define MQ_N_DELAYS 12
+extern const uint64_t MQ_DELAYS_MS[MQ_N_DELAYS];
+
+/* The delay queue for a job still `remaining_ms` from its send_at: the largest delay that does
+ * not overshoot, or the shortest (250ms) when less than that remains, so a job is never sent
+ * early and at most 250ms late. */
+uint64_t mq_schedule_hop(int64_t remaining_ms);
+
+/* Writes the name ("messages.delay.4s") and the routing key ("delay.4s") of a delay queue. */
+void mq_delay_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf, size_t len);
+void mq_delay_routing_key(uint64_t delay_ms, char *buf, size_t len);
+
 /* Describes an RPC reply that was not AMQP_RESPONSE_NORMAL into buf; returns buf. */
 char *mq_reply_text(amqp_rpc_reply_t reply, char *buf, size_t len);
 

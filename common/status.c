@@ -7,7 +7,7 @@
 #include <string.h>
 
 static const char *const NAMES[] = {"PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE",
-                                     "CANCELLED"};
+                                     "CANCELLED", "SCHEDULED"};
 
 const char *status_name(enum task_status s)
 {
@@ -28,7 +28,8 @@ int64_t status_rank(enum task_status s, int attempt)
 {
   /* Attempt n goes STARTED then RETRY, and attempt n+1 starts after that RETRY. */
   switch(s) {
-  case TASK_PENDING: return 0;
+  case TASK_PENDING:
+  case TASK_SCHEDULED: return 0; /* both say "accepted, not yet taken" */
   case TASK_STARTED: return (int64_t)attempt * 2 + 1;
   case TASK_RETRY: return (int64_t)attempt * 2 + 2;
   case TASK_SUCCESS:
@@ -42,7 +43,7 @@ void status_pending_event(const struct job *job, struct status_event *ev)
 {
   memset(ev, 0, sizeof *ev);
   memcpy(ev->task_id, job->task_id, UTIL_UUID_LEN);
-  ev->status = TASK_PENDING;
+  ev->status = job->send_at_ms > job->created_at_ms ? TASK_SCHEDULED : TASK_PENDING;
   ev->at_ms = ev->created_at_ms = job->created_at_ms;
   ev->phone = (char *)job->phone;
   ev->idempotency_key = job->idempotency_key;

@@ -16,7 +16,8 @@ enum task_status {
   TASK_RETRY,
   TASK_SUCCESS,
   TASK_FAILURE,
-  TASK_CANCELLED /* DELETE /tasks/{id} before sending */
+  TASK_CANCELLED, /* DELETE /tasks/{id} before sending */
+  TASK_SCHEDULED  /* accepted with a send_at in the future: held until then */
 };
 
 /* One state change of a task. Strings are owned by the event (free with status_event_clear);
@@ -47,7 +48,8 @@ int status_from_name(const char *name, enum task_status *out);
  * CANCELLED ranks just below them: if a send raced the cancel, what really happened wins. */
 int64_t status_rank(enum task_status s, int attempt);
 
-/* Fills *ev with the PENDING event of a job just accepted. The strings are borrowed from the
+/* Fills *ev with the PENDING (or, with a future send_at, SCHEDULED) event of a job just
+ * accepted. The strings are borrowed from the
  * job: do not status_event_clear it. */
 void status_pending_event(const struct job *job, struct status_event *ev);
 

@@ -281,6 +281,23 @@ static void park(struct worker *w, struct delivery *d, const char *reason, const
   publish_status(w, d, d, &ev);
 }
 
+/* Sends a job whose send_at is still ahead to the delay queue that fits (never early, at most
+ * 250ms late); it comes back through the job queue and hops again until its time. Acked once
+ * the delay queue confirmed it: nothing is held unacked here meanwhile. */
+static void hold_until_send_at(struct worker *w, struct delivery *d)
+{
+  uint64_t hop = mq_schedule_hop(d->job->send_at_ms - util_now_ms());
+  amqp_basic_properties_t p;
+  amqp_table_entry_t h[1];
+  char key[64];
+  /* A hop is no delivery attempt: the attempt number stays as it was. */
+  h[0] = mq_entry_i64("x-attempt", d->attempt);
+  job_props(w, d, &p, h, 1);
+  mq_delay_routing_key(hop, key, sizeof key);
+  log_event(CFG_LOG_DEBUG, "scheduled: waiting", "task_id", d->job->task_id, "queue", key, NULL);
+  publish(w, d, w->cfg->topology.exchange, key, 1, &p, d->raw, d->raw_len);
+}
+
 static void retry_later(struct worker *w, struct delivery *d, const struct evo_outcome *o)
 {
   uint64_t delay = w->cfg->retry.delays_ms[d->attempt - 1];
@@ -467,6 +484,14 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
     amqp_basic_ack(w->conn, CONSUME_CH, tag, 0);
     set_in_flight(w, -1);
     delivery_free(d);
+    return;
+  }
+  if(d->job->send_at_ms && util_now_ms() < d->job->send_at_ms) {
+    hold_until_send_at(w, d);
+    if(!d->pending) {
+      set_in_flight(w, -1);
+      delivery_free(d);
+    }
     return;
   }
   if(d->job->expires_at_ms && util_now_ms() >= d->job->expires_at_ms) {

@@ -147,6 +147,19 @@ CONFIG = mini_yaml(read("config", "service.yaml"))
 K8S_CONFIG = mini_yaml(read("deploy", "k8s", "base", "config", "service.yaml"))
 
 
+def _schedule_delays():
+    """The delays of MQ_DELAYS_MS in common/mq.c, written as the daemons name their queues."""
+    src = read("common", "mq.c")
+    body = re.search(r"MQ_DELAYS_MS\[MQ_N_DELAYS\] = \{([^}]*)\}", src).group(1)
+    out = []
+    for ms in (int(x) for x in re.findall(r"\d+", body)):
+        out.append(f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms")
+    return out
+
+
+SCHEDULE_DELAYS = _schedule_delays()
+
+
 class Definitions(unittest.TestCase):
     def setUp(self):
         self.defs = json.loads(read("deploy", "rabbitmq", "definitions.json"))
@@ -164,6 +177,7 @@ class Definitions(unittest.TestCase):
         delays = sorted(set(CONFIG["retry"]["delays"]), key=duration_ms)
         expected = {t["queue"], t["dead_letter_queue"], t["status_stream"]}
         expected |= {f"{t['retry_queue_prefix']}.{d}" for d in delays}
+        expected |= {f"{t['exchange']}.delay.{d}" for d in SCHEDULE_DELAYS}
         self.assertEqual(set(self.queues), expected)
         self.assertEqual([e["name"] for e in self.defs["exchanges"]], [t["exchange"]])
         self.assertEqual(self.defs["exchanges"][0]["type"], "direct")
@@ -191,6 +205,18 @@ class Definitions(unittest.TestCase):
             self.assertEqual(args["x-message-ttl"], duration_ms(d))
             self.assertEqual(args["x-dead-letter-exchange"], t["exchange"])
             self.assertEqual(args["x-dead-letter-routing-key"], "send")
+
+    def test_schedule_delay_queues(self):
+        """The delay queues of scheduled sends (common/mq.c MQ_DELAYS_MS): each with its TTL,
+        dead-lettering back to the job queue, bound as delay.<d>."""
+        t = self.top
+        bound = {(b["source"], b["routing_key"]): b["destination"] for b in self.defs["bindings"]}
+        for d in SCHEDULE_DELAYS:
+            args = self.queues[f"{t['exchange']}.delay.{d}"]["arguments"]
+            self.assertEqual(args["x-message-ttl"], duration_ms(d))
+            self.assertEqual(args["x-dead-letter-exchange"], t["exchange"])
+            self.assertEqual(args["x-dead-letter-routing-key"], "send")
+            self.assertEqual(bound.get((t["exchange"], f"delay.{d}")), f"{t['exchange']}.delay.{d}")
 
     def test_bindings(self):
         t = self.top
