@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "deadletters.h"
 #include "log.h"
 #include "metrics.h"
 #include "request.h"
@@ -493,6 +494,116 @@ out:
   return status;
 }
 
+/* GET /dead-letters?limit=N: the parked jobs, oldest first, left parked. */
+static int handle_dead_letters(struct mg_connection *conn, struct http_server *srv)
+{
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  char value[16], err[512];
+  long limit = 20;
+  json_t *doc;
+  if(ri->query_string && mg_get_var(ri->query_string, strlen(ri->query_string), "limit", value,
+                                    sizeof value) > 0) {
+    char *end;
+    limit = strtol(value, &end, 10);
+    if(*end || limit < 1 || limit > 1000)
+      return reply_error(conn, 422, "invalid_field", "limit must be 1 to 1000", "limit", NULL,
+                         NULL);
+  }
+  doc = dead_peek(srv->deps.cfg, (size_t)limit, err, sizeof err);
+  if(!doc)
+    return reply_error(conn, 503, "broker_unavailable", err, NULL, "Retry-After", RETRY_AFTER_S);
+  return reply(conn, 200, doc, NULL, NULL);
+}
+
+/* POST /dead-letters/redrive {"max", "reason", "instance", "task_ids", "rate"}: parked jobs
+ * back to delivery, each confirmed before its parked copy is removed. */
+static int handle_redrive(struct mg_connection *conn, struct http_server *srv)
+{
+  struct redrive_filter f = {.max = 100};
+  const char **ids = NULL;
+  char *body = NULL, err[512];
+  size_t len = 0;
+  json_t *root = NULL, *v, *doc;
+  json_error_t je;
+  const char *key;
+  int rc, status;
+  if(!is_json_type(mg_get_header(conn, "Content-Type")))
+    return reply_error(conn, 415, "unsupported_media_type",
+                       "the request body must be JSON (Content-Type: application/json)", NULL,
+                       NULL, NULL);
+  rc = read_body(conn, srv->deps.cfg->api.max_batch_body, &body, &len);
+  if(rc)
+    return reply_error(conn, rc, rc == 413 ? "payload_too_large" : "bad_request",
+                       "the request body could not be read or is too large", NULL, NULL, NULL);
+  root = len ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &je) : json_object();
+  free(body);
+  if(!root || !json_is_object(root)) {
+    json_decref(root);
+    return reply_error(conn, root ? 422 : 400, root ? "invalid_body" : "invalid_json",
+                       "the body must be a JSON object", NULL, NULL, NULL);
+  }
+  json_object_foreach(root, key, v) {
+    const char *bad = NULL;
+    if(!strcmp(key, "max")) {
+      if(!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 100000)
+        bad = "max must be an integer from 1 to 100000";
+      else
+        f.max = (size_t)json_integer_value(v);
+    }
+    else if(!strcmp(key, "rate")) {
+      if(!json_is_number(v) || json_number_value(v) < 0)
+        bad = "rate must be a number of jobs per second, 0 for no limit";
+      else
+        f.rate = json_number_value(v);
+    }
+    else if(!strcmp(key, "reason") || !strcmp(key, "instance")) {
+      if(!json_is_string(v))
+        bad = "must be a string";
+      else if(!strcmp(key, "reason"))
+        f.reason = json_string_value(v);
+      else
+        f.instance = json_string_value(v);
+    }
+    else if(!strcmp(key, "task_ids")) {
+      size_t i;
+      json_t *id;
+      if(!json_is_array(v) || json_array_size(v) > 100000)
+        bad = "task_ids must be an array of task ids";
+      else if(!(ids = calloc(json_array_size(v) + 1, sizeof *ids)))
+        bad = "out of memory";
+      else
+        json_array_foreach(v, i, id) {
+          if(!json_is_string(id) || !util_is_uuid(json_string_value(id))) {
+            bad = "task_ids must be an array of task ids";
+            break;
+          }
+          ids[f.n_task_ids++] = json_string_value(id);
+        }
+      f.task_ids = ids;
+    }
+    else
+      bad = "unknown field";
+    if(bad) {
+      char msg[128];
+      snprintf(msg, sizeof msg, "%.40s: %s", key, bad);
+      status = reply_error(conn, 422, !strcmp(bad, "unknown field") ? "unknown_field"
+                                                                    : "invalid_field",
+                           msg, key, NULL, NULL);
+      goto out;
+    }
+  }
+  doc = dead_redrive(srv->deps.cfg, &f, err, sizeof err);
+  if(!doc)
+    status = reply_error(conn, 503, "broker_unavailable", err, NULL, "Retry-After",
+                         RETRY_AFTER_S);
+  else
+    status = reply(conn, 200, doc, NULL, NULL);
+out:
+  free(ids);
+  json_decref(root);
+  return status;
+}
+
 static int handle_get_task(struct mg_connection *conn, struct http_server *srv, const char *id)
 {
   char *doc;
@@ -753,6 +864,8 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
   case ROUTE_TASK: return handle_get_task(conn, srv, param);
   case ROUTE_TASK_CANCEL: return handle_cancel_task(conn, srv, param);
   case ROUTE_METRICS: return handle_metrics(conn, srv);
+  case ROUTE_DEAD_LETTERS: return handle_dead_letters(conn, srv);
+  case ROUTE_REDRIVE: return handle_redrive(conn, srv);
   case ROUTE_COUNT: break;
   }
   return reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);

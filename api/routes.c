@@ -16,6 +16,8 @@ const struct route ROUTES[ROUTE_COUNT] = {
   [ROUTE_TASK] = {"/tasks/{task_id}", "GET", 0},
   [ROUTE_TASK_CANCEL] = {"/tasks/{task_id}", "DELETE", 0},
   [ROUTE_METRICS] = {"/metrics", "GET", 1},
+  [ROUTE_DEAD_LETTERS] = {"/dead-letters", "GET", 0},
+  [ROUTE_REDRIVE] = {"/dead-letters/redrive", "POST", 0},
 };
 
 /* 1 when `path` fits `pattern`; sets *param for a trailing {param}. */

@@ -174,7 +174,7 @@ static int replace(char **dst, const char *src)
 int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
 {
   struct shard *c = shard_of(cache, ev->task_id);
-  int64_t rank = status_rank(ev->status, ev->attempt);
+  int64_t rank = status_rank_in(ev->status, ev->attempt, ev->generation);
   struct task *t;
   int rc = 1;
   pthread_rwlock_wrlock(&c->lock);

@@ -1,0 +1,34 @@
+/* Parked jobs (the dead queue): reading them without removing them, and moving them back to
+ * delivery ("redrive"). Each call opens its own short-lived AMQP connection on the calling
+ * thread, so the publisher and the status reader never wait for an operator's request. */
+#ifndef MSG_DEADLETTERS_H
+#define MSG_DEADLETTERS_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "cfg.h"
+
+/* Which parked jobs a redrive takes; NULL/0 fields match everything. */
+struct redrive_filter {
+  const char *reason;         /* x-failure-reason, e.g. "retries_exhausted" */
+  const char *instance;       /* the job's instance_name */
+  const char *const *task_ids;
+  size_t n_task_ids;
+  size_t max;                 /* at most this many moved (>= 1) */
+  double rate;                /* moves per second; 0 = as fast as the broker confirms */
+};
+
+/* Reads up to `limit` parked jobs, oldest first, and leaves them parked (they go back to the
+ * queue when the read ends). Returns a new JSON object {"count", "messages": [...]} (caller
+ * decrefs), or NULL with a reason in err. */
+json_t *dead_peek(const struct cfg *cfg, size_t limit, char *err, size_t errlen);
+
+/* Moves matching parked jobs back to the job queue with a fresh attempt count and the next
+ * generation, records each task PENDING again, and only then removes the parked copy (each
+ * step confirmed by the broker). Returns a new JSON report {"moved", "scanned", "task_ids"}
+ * (caller decrefs), or NULL with a reason in err; jobs not taken stay parked. */
+json_t *dead_redrive(const struct cfg *cfg, const struct redrive_filter *filter, char *err,
+                     size_t errlen);
+
+#endif
