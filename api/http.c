@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "deadletters.h"
 #include "log.h"
@@ -57,6 +58,7 @@ struct http_server {
   struct mg_context *ctx;
   int64_t started_ms;
   atomic_int draining;
+  atomic_llong last_request_ms; /* monotonic; when the latest request started */
   pthread_mutex_t idem_lock; /* guards claims */
   pthread_cond_t idem_done;
   struct idem_claim *claims;
@@ -66,11 +68,15 @@ struct http_server {
  * the server-side reasons this file avoids): HTTP/1.1 unless the client says close, HTTP/1.0
  * only when it asks for keep-alive. A 413 is answered without reading the body, so that
  * connection always closes. */
+/* Set once a stop signal came: answers then close their connections, so clients reconnect to
+ * another replica instead of keeping this one busy. One server per process. */
+static atomic_int shutting_down;
+
 static int keeps_alive(const struct mg_connection *conn, int status)
 {
   const struct mg_request_info *ri = mg_get_request_info(conn);
   const char *c = mg_get_header(conn, "Connection");
-  if(status == 413)
+  if(status == 413 || atomic_load(&shutting_down))
     return 0;
   if(c)
     return strcasecmp(c, "close") && (strcmp(ri->http_version, "1.0") || !strcasecmp(c, "keep-alive"));
@@ -813,6 +819,7 @@ static int route(struct mg_connection *conn, void *arg)
   struct http_server *srv = arg;
   int64_t t0 = util_mono_us();
   int slot = ROUTE_UNMATCHED;
+  atomic_store_explicit(&srv->last_request_ms, t0 / 1000, memory_order_relaxed);
   int status = dispatch(conn, srv, &slot);
   atomic_fetch_add_explicit(&srv->metrics.requests[slot][status_slot(status)], 1,
                             memory_order_relaxed);
@@ -835,6 +842,14 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
     return reply_error(conn, 405, "method_not_allowed", msg, NULL, "Allow", allow);
   }
   *route_slot = id;
+  /* Once stopping, no new work: clients retry elsewhere (Retry-After) while what is in flight
+   * finishes. Reads and probes are still answered. */
+  if(atomic_load(&srv->draining) &&
+     (id == ROUTE_MESSAGES || id == ROUTE_BATCH || id == ROUTE_TASK_CANCEL || id == ROUTE_REDRIVE))
+    /* Long enough for mg_stop to close the listener before the client is back: a client that
+     * returns while it closes would be reset rather than refused. */
+    return reply_error(conn, 503, "shutting_down", "this server is stopping; retry", NULL,
+                       "Retry-After", "5");
   /* Probes, the banner and the documentation stay open so orchestrators and readers need no
    * key. */
   if(!ROUTES[id].open && !authorized(conn, srv->deps.cfg))
@@ -917,9 +932,19 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
   return srv;
 }
 
-void http_set_draining(struct http_server *srv)
+void http_drain(struct http_server *srv, int quiet_ms, int max_ms)
 {
+  int64_t start = util_mono_ms();
   atomic_store(&srv->draining, 1);
+  atomic_store(&shutting_down, 1);
+  /* CivetWeb's mg_stop drops connections accepted but not yet read: keep answering (503 for new
+   * work, with Retry-After, on closing connections) while requests still come, and stop once
+   * clients have backed off (load balancers also see /readyz fail and move away). */
+  while(util_mono_ms() - start < max_ms &&
+        util_mono_ms() - atomic_load(&srv->last_request_ms) < quiet_ms) {
+    struct timespec ts = {0, 20 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
 }
 
 void http_stop(struct http_server *srv)

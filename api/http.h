@@ -24,9 +24,9 @@ struct http_server;
  * (e.g. the port is taken). */
 struct http_server *http_start(const struct http_deps *deps, char *err, size_t errlen);
 
-/* Makes /readyz and /health answer 503 so load balancers stop sending, while requests keep
- * being served. */
-void http_set_draining(struct http_server *srv);
+/* Makes /readyz and /health answer 503 so load balancers stop sending, keeps serving, and
+ * returns once no request has started for quiet_ms (or after max_ms). */
+void http_drain(struct http_server *srv, int quiet_ms, int max_ms);
 
 /* Stops accepting, waits for requests in flight, frees the server. NULL is a no-op. */
 void http_stop(struct http_server *srv);

@@ -15,6 +15,10 @@
 #include "util.h"
 
 #define PUBLISHER_DRAIN_MS 5000
+/* On SIGTERM requests keep being served until none has come for DRAIN_QUIET_MS, at most
+ * DRAIN_MAX_MS: under Kubernetes the preStop pause has already moved traffic away. */
+#define DRAIN_QUIET_MS 300
+#define DRAIN_MAX_MS 5000
 
 static void exit_now(int sig)
 {
@@ -78,7 +82,7 @@ int main(int argc, char **argv)
   signal(SIGINT, exit_now);
   pthread_sigmask(SIG_UNBLOCK, &stop_signals, NULL);
   log_event(CFG_LOG_INFO, "stopping: finishing requests in flight", NULL);
-  http_set_draining(http);
+  http_drain(http, DRAIN_QUIET_MS, DRAIN_MAX_MS);
 
 out:
   http_stop(http); /* waits for requests in flight, which wait for their confirms */

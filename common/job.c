@@ -168,7 +168,8 @@ char *job_encode(const struct job *job, size_t *len)
       json_object_set_new(o, "expires_at",
                           json_string(util_format_time(job->expires_at_ms, created)))) ||
      (job->send_at_ms &&
-      json_object_set_new(o, "send_at", json_string(util_format_time(job->send_at_ms, created))))) {
+      json_object_set_new(o, "send_at", json_string(util_format_time(job->send_at_ms, created)))) ||
+     (job->generation && json_object_set_new(o, "generation", json_integer(job->generation)))) {
     json_decref(o);
     return NULL;
   }
@@ -197,16 +198,17 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
   const char *task_id = NULL, *phone = NULL, *message = NULL, *instance = NULL,
              *created = NULL, *idem = NULL, *expires = NULL, *send_at = NULL;
   size_t message_len = 0;
-  json_int_t version = 0;
+  json_int_t version = 0, generation = 0;
   enum job_field_error fe;
   if(!root) {
     snprintf(err, errlen, "not JSON: line %d column %d: %s", je.line, je.column, je.text);
     return -1;
   }
-  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:s%, s:s, s:s, s?s, s?s, s?s}", "v", &version,
+  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:s%, s:s, s:s, s?s, s?s, s?s, s?I}", "v", &version,
                     "task_id", &task_id, "phone", &phone, "message", &message, &message_len,
                     "instance_name", &instance, "created_at", &created, "idempotency_key",
-                    &idem, "expires_at", &expires, "send_at", &send_at)) {
+                    &idem, "expires_at", &expires, "send_at", &send_at, "generation",
+                    &generation)) {
     snprintf(err, errlen, "bad job: %s", je.text);
     goto fail;
   }
@@ -248,6 +250,11 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
     snprintf(err, errlen, "expires_at is not an RFC 3339 time");
     goto fail;
   }
+  if(generation < 0 || generation > 1000000) {
+    snprintf(err, errlen, "generation out of range");
+    goto fail;
+  }
+  job->generation = (int)generation;
   if(send_at && util_parse_time(send_at, &job->send_at_ms)) {
     snprintf(err, errlen, "send_at is not an RFC 3339 time");
     goto fail;

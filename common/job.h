@@ -26,6 +26,7 @@ struct job {
   int64_t created_at_ms;
   int64_t expires_at_ms; /* 0: never; after it the job must not be sent */
   int64_t send_at_ms;    /* 0: now; before it the job is held in delay queues, not sent */
+  int generation;        /* 0, then +1 each time the parked job is redriven */
 };
 
 /* Why a field was refused; job_field_error_text gives a sentence for each. */

@@ -33,8 +33,8 @@ int64_t status_rank(enum task_status s, int attempt)
   case TASK_STARTED: return (int64_t)attempt * 2 + 1;
   case TASK_RETRY: return (int64_t)attempt * 2 + 2;
   case TASK_SUCCESS:
-  case TASK_FAILURE: return INT64_MAX;
-  case TASK_CANCELLED: return INT64_MAX - 1;
+  case TASK_FAILURE: return STATUS_RANK_FINAL;
+  case TASK_CANCELLED: return STATUS_RANK_FINAL - 1;
   }
   return 0;
 }
@@ -44,11 +44,17 @@ void status_pending_event(const struct job *job, struct status_event *ev)
   memset(ev, 0, sizeof *ev);
   memcpy(ev->task_id, job->task_id, UTIL_UUID_LEN);
   ev->status = job->send_at_ms > job->created_at_ms ? TASK_SCHEDULED : TASK_PENDING;
+  ev->generation = job->generation;
   ev->at_ms = ev->created_at_ms = job->created_at_ms;
   ev->phone = (char *)job->phone;
   ev->idempotency_key = job->idempotency_key;
   if(job->idempotency_key)
     ev->request_hash = job_request_hash(job);
+}
+
+int64_t status_rank_in(enum task_status s, int attempt, int generation)
+{
+  return ((int64_t)generation << 40) + status_rank(s, attempt);
 }
 
 static int set_str(json_t *o, const char *key, const char *v)
@@ -71,7 +77,8 @@ char *status_event_encode(const struct status_event *ev, size_t *len)
   char *out = NULL;
   if(!o)
     return NULL;
-  if(set_time(o, "created_at", ev->created_at_ms) || set_str(o, "phone", ev->phone) ||
+  if((ev->generation && json_object_set_new(o, "generation", json_integer(ev->generation))) ||
+     set_time(o, "created_at", ev->created_at_ms) || set_str(o, "phone", ev->phone) ||
      set_str(o, "idempotency_key", ev->idempotency_key) ||
      set_time(o, "next_retry_at", ev->next_retry_at_ms))
     goto done;
@@ -125,11 +132,11 @@ static int decode_object(json_t *root, struct status_event *ev, char *err, size_
   json_error_t je;
   const char *task_id, *status, *at, *created = NULL, *phone = NULL, *idem = NULL,
              *next = NULL, *key = NULL, *code = NULL, *emsg = NULL, *hash = NULL;
-  json_int_t version, attempt;
+  json_int_t version, attempt, generation = 0;
   memset(ev, 0, sizeof *ev);
-  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:I, s:s, s?s, s?s, s?s, s?s, s?s, s?{s?s}, s?{s?s, s?s}}",
+  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:I, s:s, s?I, s?s, s?s, s?s, s?s, s?s, s?{s?s}, s?{s?s, s?s}}",
                     "v", &version, "task_id", &task_id, "status", &status, "attempt", &attempt,
-                    "at", &at, "created_at", &created, "phone", &phone, "idempotency_key",
+                    "at", &at, "generation", &generation, "created_at", &created, "phone", &phone, "idempotency_key",
                     &idem, "request_hash", &hash, "next_retry_at", &next, "result", "evolution_key", &key, "error",
                     "code", &code, "message", &emsg)) {
     snprintf(err, errlen, "bad status event: %s", je.text);
@@ -137,6 +144,7 @@ static int decode_object(json_t *root, struct status_event *ev, char *err, size_
   }
   if(version != STATUS_SCHEMA_VERSION || !util_is_uuid(task_id) ||
      status_from_name(status, &ev->status) || attempt < 0 || attempt > 1000000 ||
+     generation < 0 || generation > STATUS_MAX_GENERATION ||
      util_parse_time(at, &ev->at_ms) || (created && util_parse_time(created, &ev->created_at_ms)) ||
      (next && util_parse_time(next, &ev->next_retry_at_ms))) {
     snprintf(err, errlen, "bad status event: a field is out of range");
@@ -153,6 +161,7 @@ static int decode_object(json_t *root, struct status_event *ev, char *err, size_
   }
   memcpy(ev->task_id, task_id, UTIL_UUID_LEN);
   ev->attempt = (int)attempt;
+  ev->generation = (int)generation;
   if(dup_opt(phone, &ev->phone) || dup_opt(idem, &ev->idempotency_key) ||
      dup_opt(key, &ev->evolution_key) || dup_opt(code, &ev->error_code) ||
      dup_opt(emsg, &ev->error_message)) {

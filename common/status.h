@@ -35,7 +35,13 @@ struct status_event {
   int64_t next_retry_at_ms; /* RETRY */
   char *idempotency_key;
   uint64_t request_hash;  /* PENDING with an idempotency key: job_request_hash; 0 when absent */
+  int generation;         /* 0, then +1 each time the parked job is redriven */
 };
+
+/* Ranks within one generation stay below this; a task's full rank is generation * 2^40 plus
+ * its rank, so a redriven task starts over as PENDING above its old FAILURE. */
+#define STATUS_RANK_FINAL ((INT64_C(1) << 40) - 1)
+#define STATUS_MAX_GENERATION 1000000
 
 /* The status name used on the wire and in task documents ("PENDING", ...). */
 const char *status_name(enum task_status s);
@@ -47,6 +53,9 @@ int status_from_name(const char *name, enum task_status *out);
  * rank above everything, so a late or duplicate event never moves a finished task back.
  * CANCELLED ranks just below them: if a send raced the cancel, what really happened wins. */
 int64_t status_rank(enum task_status s, int attempt);
+
+/* The rank across redrives: generation * 2^40 + status_rank. */
+int64_t status_rank_in(enum task_status s, int attempt, int generation);
 
 /* Fills *ev with the PENDING (or, with a future send_at, SCHEDULED) event of a job just
  * accepted. The strings are borrowed from the

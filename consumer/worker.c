@@ -34,6 +34,8 @@
 #define STATUS_BATCH_MAX 256
 /* Confirm owners are deliveries, or status batches tagged with this low bit. */
 #define BATCH_BIT ((uintptr_t)1)
+/* Sends finished after a connection loss, remembered until their job comes back. */
+#define ORPHANS_MAX 1024
 /* Task ids remembered as sent (16 bytes each, plus table overhead: 48 MiB at most). */
 #define SENT_MEMORY 1000000
 #define CONNECT_TIMEOUT_MS 5000
@@ -56,6 +58,7 @@ struct delivery {
   int succeeded;   /* Evolution API accepted it; the pending publish is the SUCCESS event */
   int64_t started_ms;
   int64_t started_us, sent_us; /* received, and handed to Evolution API (for metrics) */
+  unsigned conn_gen; /* the connection it came on: its tag means nothing on another one */
   char ref[64];    /* correlation id of its publishes, to match basic.return */
 };
 
@@ -84,6 +87,15 @@ struct worker {
   int stream_caught_up;
   int consuming_jobs;
   int crash_before_ack;        /* fault injection for tests: MSG_FAILPOINT=crash_before_ack */
+
+  unsigned conn_gen; /* bumped on every connect */
+  /* Sends that Evolution API accepted after their delivery's connection was lost: the broker
+   * redelivers those jobs, which are then recorded as SUCCESS with this key, not sent again. */
+  struct orphan {
+    char task_id[UTIL_UUID_LEN];
+    char key_id[101];
+  } orphans[ORPHANS_MAX];
+  size_t orphans_next;
 
   /* Status events queued during this loop turn, published together by flush_status. */
   char *ev_bodies[STATUS_BATCH_MAX];
@@ -147,6 +159,7 @@ static int publish_status(struct worker *w, struct delivery *d, struct delivery 
   ev->created_at_ms = d->job->created_at_ms;
   ev->phone = d->job->phone;
   ev->idempotency_key = d->job->idempotency_key;
+  ev->generation = d->job->generation;
   /* Every event of an idempotent task carries its request fingerprint, so a replica that
    * missed the PENDING event still refuses the key for a different request. */
   if(d->job->idempotency_key)
@@ -325,11 +338,40 @@ static void retry_later(struct worker *w, struct delivery *d, const struct evo_o
 
 /* ---- outcomes -------------------------------------------------------------------------- */
 
+/* A send finished after its delivery's connection was lost: nothing can be acked or published
+ * for it, and the broker redelivers the job. Remember a success so the redelivery records it
+ * instead of sending again. */
+static void orphan_done(struct worker *w, struct delivery *d, const struct evo_outcome *o)
+{
+  if(o->cls == EVO_SUCCESS || o->cls == EVO_ALREADY_SENT) {
+    struct orphan *slot = &w->orphans[w->orphans_next++ % ORPHANS_MAX];
+    memcpy(slot->task_id, d->job->task_id, UTIL_UUID_LEN);
+    snprintf(slot->key_id, sizeof slot->key_id, "%s", o->key_id);
+    idset_add(w->sent, d->job->task_id);
+    log_event(CFG_LOG_WARN, "sent while the broker connection was down; recorded on redelivery",
+              "task_id", d->job->task_id, NULL);
+  }
+  set_in_flight(w, -1);
+  delivery_free(d);
+}
+
+static struct orphan *find_orphan(struct worker *w, const char *task_id)
+{
+  for(size_t i = 0; i < ORPHANS_MAX; i++)
+    if(!strcmp(w->orphans[i].task_id, task_id))
+      return &w->orphans[i];
+  return NULL;
+}
+
 static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
 {
   struct worker *w = ctx;
   struct delivery *d = owner;
   char latency[24], status[8], attempt[16];
+  if(!w->conn || d->conn_gen != w->conn_gen) {
+    orphan_done(w, d, o);
+    return;
+  }
   snprintf(latency, sizeof latency, "%lld", (long long)(util_mono_ms() - d->started_ms));
   snprintf(status, sizeof status, "%ld", o->http_status);
   snprintf(attempt, sizeof attempt, "%d", d->attempt);
@@ -428,8 +470,9 @@ static void on_abort(void *owner, void *ctx)
 {
   struct worker *w = ctx;
   struct delivery *d = owner;
-  /* Requeue so another attempt happens soon; on a dead connection the broker does it. */
-  if(w->conn)
+  /* Requeue so another attempt happens soon; on a dead connection the broker does it (and a
+   * delivery from an earlier connection has no tag on this one). */
+  if(w->conn && d->conn_gen == w->conn_gen)
     amqp_basic_nack(w->conn, CONSUME_CH, d->tag, 0, 1);
   set_in_flight(w, -1);
   delivery_free(d);
@@ -449,11 +492,13 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
     return;
   }
   d->tag = tag;
-  memcpy(d->raw, m->body.bytes, m->body.len);
+  if(m->body.len) /* an empty body comes with a NULL pointer */
+    memcpy(d->raw, m->body.bytes, m->body.len);
   d->raw[m->body.len] = '\0';
   d->raw_len = m->body.len;
   d->started_ms = util_mono_ms();
   d->started_us = util_mono_us();
+  d->conn_gen = w->conn_gen;
   if((m->properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
      !mq_table_get_int(&m->properties.headers, "x-attempt", &attempt) &&
      (attempt < 1 || attempt > 1000))
@@ -477,11 +522,25 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
     /* Delivered again after a crash or a broker restart, but already sent: never twice. Or
      * cancelled by its sender while it waited: the task already says CANCELLED. */
     int cancelled = !idset_has(w->sent, d->job->task_id);
+    struct orphan *orphan = cancelled ? NULL : find_orphan(w, d->job->task_id);
     log_event(CFG_LOG_INFO,
               cancelled ? "task cancelled, not sending" : "already delivered, not sending again",
               "task_id", d->job->task_id, NULL);
     atomic_fetch_add(cancelled ? &w->state->cancelled : &w->state->duplicates, 1);
-    amqp_basic_ack(w->conn, CONSUME_CH, tag, 0);
+    if(orphan) {
+      /* Sent while disconnected: its SUCCESS was never recorded; record it now, ack after. */
+      struct status_event ev;
+      memset(&ev, 0, sizeof ev);
+      ev.status = TASK_SUCCESS;
+      ev.evolution_key = orphan->key_id[0] ? orphan->key_id : NULL;
+      orphan->task_id[0] = '\0';
+      d->succeeded = 1;
+      publish_status(w, d, d, &ev);
+      if(d->pending)
+        return;
+    }
+    else
+      amqp_basic_ack(w->conn, CONSUME_CH, tag, 0);
     set_in_flight(w, -1);
     delivery_free(d);
     return;
@@ -677,6 +736,7 @@ static int connect_broker(struct worker *w)
       goto fail;
     }
   }
+  w->conn_gen++;
   w->stream_subscribed_at = util_now_ms();
   w->stream_last_ms = util_mono_ms();
   w->stream_caught_up = 0;
@@ -726,7 +786,8 @@ static void drop_connection(struct worker *w)
   w->conn = NULL;
   amqp_bytes_free(w->consumer_tag);
   w->consumer_tag = amqp_empty_bytes;
-  evo_abort_all(w->evo, on_abort, w);
+  /* Sends in flight are not aborted: they may already have gone out, and aborting would lose
+   * the answer that prevents a second send when the broker redelivers (see on_http_done). */
   confirms_fail_all(w->confirms);
   drop_status(w);
 }

@@ -557,7 +557,14 @@ class PostStream:
             n = self._next()
             if n is None or self._stop.is_set():
                 return
-            self.results.append(self.post_one(n))
+            rec = self.post_one(n)
+            self.results.append(rec)
+            # A 503 says when to come back, as a well-behaved client (or load balancer) does.
+            if rec["status"] == 503 and rec["retry_after"]:
+                try:
+                    self._stop.wait(min(float(rec["retry_after"]), 5.0))
+                except ValueError:
+                    pass
 
     def post_one(self, n):
         text = f"{self.tag}-{n}"
