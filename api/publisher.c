@@ -131,12 +131,14 @@ static int build_req(struct pub_req *r, const struct publisher *pub, const struc
   return r->job_body && r->event_body ? 0 : -1;
 }
 
-/* Hands a built request to the publisher thread and waits for its confirm (see pub_req). */
-static enum pub_result submit_and_wait(struct publisher *pub, struct pub_req *r, int timeout_ms)
+/* Hands n built requests to the publisher thread at once and waits (until one deadline) for
+ * their confirms; results[i] gets request i's outcome. The requests are released. */
+static void hand_over(struct publisher *pub, struct pub_req **reqs, size_t n,
+                      enum pub_result *results, int timeout_ms)
 {
   struct timespec deadline;
-  enum pub_result res;
   int was_empty;
+  size_t i;
   clock_gettime(CLOCK_REALTIME, &deadline);
   deadline.tv_sec += timeout_ms / 1000;
   deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
@@ -147,17 +149,23 @@ static enum pub_result submit_and_wait(struct publisher *pub, struct pub_req *r,
   pthread_mutex_lock(&pub->lock);
   if(!pub->ready || pub->stopping) {
     pthread_mutex_unlock(&pub->lock);
-    req_release(r);
-    return PUB_UNAVAILABLE;
+    for(i = 0; i < n; i++) {
+      results[i] = PUB_UNAVAILABLE;
+      req_release(reqs[i]);
+    }
+    return;
   }
-  r->refs = 2; /* this worker and the publisher thread */
-  pub->in_flight++;
   was_empty = !pub->queue_head;
-  if(pub->queue_tail)
-    pub->queue_tail->next = r;
-  else
-    pub->queue_head = r;
-  pub->queue_tail = r;
+  for(i = 0; i < n; i++) {
+    reqs[i]->refs = 2; /* this worker and the publisher thread */
+    reqs[i]->next = NULL;
+    if(pub->queue_tail)
+      pub->queue_tail->next = reqs[i];
+    else
+      pub->queue_head = reqs[i];
+    pub->queue_tail = reqs[i];
+  }
+  pub->in_flight += n;
   pthread_mutex_unlock(&pub->lock);
   /* The publisher takes the whole queue at each turn, so a non-empty queue already has a
    * wake-up pending: one eventfd write per batch, not per request. */
@@ -165,17 +173,21 @@ static enum pub_result submit_and_wait(struct publisher *pub, struct pub_req *r,
     wake(pub);
 
   pthread_mutex_lock(&pub->lock);
-  while(!r->job_done) {
-    int rc = pthread_cond_timedwait(&r->done, &pub->lock, &deadline);
-    if(rc == ETIMEDOUT)
-      break;
+  for(i = 0; i < n; i++) {
+    struct pub_req *r = reqs[i];
+    while(!r->job_done)
+      if(pthread_cond_timedwait(&r->done, &pub->lock, &deadline) == ETIMEDOUT)
+        break;
+    results[i] = r->job_done ? (r->job_ok ? PUB_OK : PUB_REJECTED) : PUB_TIMEOUT;
+    req_release(r);
   }
-  if(r->job_done)
-    res = r->job_ok ? PUB_OK : PUB_REJECTED;
-  else
-    res = PUB_TIMEOUT;
-  req_release(r);
   pthread_mutex_unlock(&pub->lock);
+}
+
+static enum pub_result submit_and_wait(struct publisher *pub, struct pub_req *r, int timeout_ms)
+{
+  enum pub_result res;
+  hand_over(pub, &r, 1, &res, timeout_ms);
   return res;
 }
 
@@ -205,9 +217,6 @@ void publisher_submit_many(struct publisher *pub, const struct job *const *jobs,
                            enum pub_result *results, int timeout_ms)
 {
   struct pub_req **reqs = calloc(n, sizeof *reqs);
-  struct timespec deadline;
-  struct pub_req *head = NULL, *tail = NULL;
-  int was_empty;
   size_t i;
   for(i = 0; i < n; i++)
     results[i] = PUB_UNAVAILABLE;
@@ -216,55 +225,14 @@ void publisher_submit_many(struct publisher *pub, const struct job *const *jobs,
   for(i = 0; i < n; i++) {
     reqs[i] = req_new();
     if(!reqs[i] || build_req(reqs[i], pub, jobs[i]))
-      goto out;
+      break;
   }
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_sec += timeout_ms / 1000;
-  deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-  if(deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
-  for(i = 0; i < n; i++) {
-    reqs[i]->refs = 2; /* this worker and the publisher thread */
-    if(tail)
-      tail->next = reqs[i];
-    else
-      head = reqs[i];
-    tail = reqs[i];
-  }
-  pthread_mutex_lock(&pub->lock);
-  if(!pub->ready || pub->stopping) {
-    pthread_mutex_unlock(&pub->lock);
-    for(i = 0; i < n; i++)
-      reqs[i]->refs = 1;
-    goto out;
-  }
-  pub->in_flight += n;
-  was_empty = !pub->queue_head;
-  if(pub->queue_tail)
-    pub->queue_tail->next = head;
+  if(i == n)
+    hand_over(pub, reqs, n, results, timeout_ms);
   else
-    pub->queue_head = head;
-  pub->queue_tail = tail;
-  pthread_mutex_unlock(&pub->lock);
-  if(was_empty)
-    wake(pub);
-  pthread_mutex_lock(&pub->lock);
-  for(i = 0; i < n; i++) {
-    struct pub_req *r = reqs[i];
-    while(!r->job_done)
-      if(pthread_cond_timedwait(&r->done, &pub->lock, &deadline) == ETIMEDOUT)
-        break;
-    results[i] = r->job_done ? (r->job_ok ? PUB_OK : PUB_REJECTED) : PUB_TIMEOUT;
-    req_release(r);
-    reqs[i] = NULL;
-  }
-  pthread_mutex_unlock(&pub->lock);
-out:
-  for(i = 0; i < n; i++)
-    if(reqs[i])
-      req_release(reqs[i]);
+    for(i = 0; i < n; i++)
+      if(reqs[i])
+        req_release(reqs[i]);
   free(reqs);
 }
 

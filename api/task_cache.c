@@ -3,6 +3,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,13 +36,19 @@ struct shard {
   pthread_rwlock_t lock; /* guards everything below */
   struct task **buckets;
   struct task **ibuckets; /* by idempotency key, same size as buckets */
-  size_t nbuckets, count, max;
+  size_t nbuckets, count;
   int64_t retention_ms;
   struct task *oldest, *newest;
+  atomic_size_t *total; /* the cache's task count, shared by its shards */
+  size_t max;           /* the cache's bound */
 };
 
+/* The bound is on the whole cache, not per shard: ids do not spread evenly, and per-shard
+ * bounds would evict from full shards while others had room. When the cache is full, an insert
+ * drops the oldest task of its own shard. */
 struct task_cache {
   size_t nshards;
+  atomic_size_t total;
   struct shard shards[MAX_SHARDS];
 };
 
@@ -55,11 +62,12 @@ static uint64_t hash_id(const char *s)
   return h;
 }
 
-static int shard_init(struct shard *c, size_t max_tasks, int64_t retention_ms)
+static int shard_init(struct shard *c, size_t expected, size_t max_tasks, int64_t retention_ms,
+                      atomic_size_t *total)
 {
   size_t n = 64;
-  /* Buckets sized once for the maximum keep lookups short without rehashing under the lock. */
-  while(n < max_tasks && n < ((size_t)1 << 26))
+  /* Buckets sized once for the expected share keep lookups short without rehashing. */
+  while(n < expected && n < ((size_t)1 << 26))
     n <<= 1;
   c->buckets = calloc(n, sizeof *c->buckets);
   c->ibuckets = calloc(n, sizeof *c->ibuckets);
@@ -70,6 +78,7 @@ static int shard_init(struct shard *c, size_t max_tasks, int64_t retention_ms)
   }
   c->nbuckets = n;
   c->max = max_tasks;
+  c->total = total;
   c->retention_ms = retention_ms;
   pthread_rwlock_init(&c->lock, NULL);
   return 0;
@@ -84,7 +93,8 @@ struct task_cache *task_cache_new(size_t max_tasks, int64_t retention_ms)
   while(shards < MAX_SHARDS && max_tasks / (shards * 2) >= MIN_TASKS_PER_SHARD)
     shards *= 2;
   for(size_t i = 0; i < shards; i++)
-    if(shard_init(&cache->shards[i], (max_tasks + shards - 1) / shards, retention_ms)) {
+    if(shard_init(&cache->shards[i], (max_tasks + shards - 1) / shards, max_tasks,
+                  retention_ms, &cache->total)) {
       cache->nshards = i;
       task_cache_free(cache);
       return NULL;
@@ -150,6 +160,7 @@ static void drop_oldest(struct shard *c)
   if(!c->oldest)
     c->newest = NULL;
   c->count--;
+  atomic_fetch_sub(c->total, 1);
   task_free(t);
 }
 
@@ -189,7 +200,7 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
     }
     memcpy(t->id, ev->task_id, UTIL_UUID_LEN);
     t->rank = -1;
-    if(c->count >= c->max)
+    if(atomic_load(c->total) >= c->max && c->oldest)
       drop_oldest(c);
     b = hash_id(t->id) & (c->nbuckets - 1);
     t->chain = c->buckets[b];
@@ -200,6 +211,7 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
       c->oldest = t;
     c->newest = t;
     c->count++;
+    atomic_fetch_add(c->total, 1);
   }
   /* What the request was is merged whatever the order events arrive in. */
   if(ev->idempotency_key && !t->idem_key) {
@@ -319,11 +331,5 @@ int task_cache_find_idempotent(struct task_cache *cache, const char *key,
 
 size_t task_cache_size(struct task_cache *cache)
 {
-  size_t n = 0;
-  for(size_t i = 0; i < cache->nshards; i++) {
-    pthread_rwlock_rdlock(&cache->shards[i].lock);
-    n += cache->shards[i].count;
-    pthread_rwlock_unlock(&cache->shards[i].lock);
-  }
-  return n;
+  return atomic_load(&cache->total);
 }

@@ -245,6 +245,27 @@ static int declare_queue(amqp_connection_state_t conn, amqp_channel_t ch, const 
   return 0;
 }
 
+/* A queue whose messages wait `ttl_ms`, then dead-letter back to the job queue: the retry
+ * queues and the delay queues of scheduled sends. At-least-once dead-lettering on quorum
+ * queues, or the way back would silently be at-most-once. */
+static int declare_delay_queue(amqp_connection_state_t conn, amqp_channel_t ch,
+                               const struct cfg *c, const char *name, const char *key,
+                               uint64_t ttl_ms, char *err, size_t errlen)
+{
+  int quorum = c->topology.queue_type == CFG_QUEUE_QUORUM;
+  amqp_table_entry_t args[6];
+  int n = 0;
+  args[n++] = mq_entry_str("x-queue-type", quorum ? "quorum" : "classic");
+  args[n++] = mq_entry_i64("x-message-ttl", (int64_t)ttl_ms);
+  args[n++] = mq_entry_str("x-dead-letter-exchange", c->topology.exchange);
+  args[n++] = mq_entry_str("x-dead-letter-routing-key", MQ_KEY_SEND);
+  if(quorum) {
+    args[n++] = mq_entry_str("x-dead-letter-strategy", "at-least-once");
+    args[n++] = mq_entry_str("x-overflow", "reject-publish");
+  }
+  return declare_queue(conn, ch, name, args, n, key, c, err, errlen);
+}
+
 int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t ch, const struct cfg *cfg,
                         char *err, size_t errlen)
 {
@@ -293,16 +314,7 @@ int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t ch, const s
       continue;
     mq_retry_queue_name(c, c->retry.delays_ms[i], name, sizeof name);
     mq_retry_routing_key(c->retry.delays_ms[i], key, sizeof key);
-    n = 0;
-    args[n++] = mq_entry_str("x-queue-type", qtype);
-    args[n++] = mq_entry_i64("x-message-ttl", (int64_t)c->retry.delays_ms[i]);
-    args[n++] = mq_entry_str("x-dead-letter-exchange", c->topology.exchange);
-    args[n++] = mq_entry_str("x-dead-letter-routing-key", MQ_KEY_SEND);
-    if(quorum) {
-      args[n++] = mq_entry_str("x-dead-letter-strategy", "at-least-once");
-      args[n++] = mq_entry_str("x-overflow", "reject-publish");
-    }
-    if(declare_queue(conn, ch, name, args, n, key, c, err, errlen))
+    if(declare_delay_queue(conn, ch, c, name, key, c->retry.delays_ms[i], err, errlen))
       return -1;
   }
 
@@ -310,16 +322,7 @@ int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t ch, const s
   for(size_t i = 0; i < MQ_N_DELAYS; i++) {
     mq_delay_queue_name(c, MQ_DELAYS_MS[i], name, sizeof name);
     mq_delay_routing_key(MQ_DELAYS_MS[i], key, sizeof key);
-    n = 0;
-    args[n++] = mq_entry_str("x-queue-type", qtype);
-    args[n++] = mq_entry_i64("x-message-ttl", (int64_t)MQ_DELAYS_MS[i]);
-    args[n++] = mq_entry_str("x-dead-letter-exchange", c->topology.exchange);
-    args[n++] = mq_entry_str("x-dead-letter-routing-key", MQ_KEY_SEND);
-    if(quorum) {
-      args[n++] = mq_entry_str("x-dead-letter-strategy", "at-least-once");
-      args[n++] = mq_entry_str("x-overflow", "reject-publish");
-    }
-    if(declare_queue(conn, ch, name, args, n, key, c, err, errlen))
+    if(declare_delay_queue(conn, ch, c, name, key, MQ_DELAYS_MS[i], err, errlen))
       return -1;
   }
 
