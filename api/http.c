@@ -206,6 +206,30 @@ static int read_body(struct mg_connection *conn, size_t max, char **out, size_t 
   return 0;
 }
 
+/* Reads a JSON request body of at most `max` bytes. Returns 0 with the body (caller frees), or
+ * the status of the error answer it already sent (415 not JSON, 413 too large, 400, 503). */
+static int read_json_request(struct mg_connection *conn, size_t max, char **body, size_t *len)
+{
+  int rc;
+  if(!is_json_type(mg_get_header(conn, "Content-Type")))
+    return reply_error(conn, 415, "unsupported_media_type",
+                       "the request body must be JSON (Content-Type: application/json)", NULL,
+                       NULL, NULL);
+  rc = read_body(conn, max, body, len);
+  if(rc == 413) {
+    char msg[128];
+    /* The rest of the body is not read, so the connection cannot be reused. */
+    mg_disable_connection_keep_alive(conn);
+    snprintf(msg, sizeof msg, "the request body is larger than %zu bytes", max);
+    return reply_error(conn, 413, "payload_too_large", msg, NULL, NULL, NULL);
+  }
+  if(rc)
+    return reply_error(conn, rc, rc == 400 ? "bad_request" : "unavailable",
+                       rc == 400 ? "the request body could not be read" : "out of memory",
+                       NULL, NULL, NULL);
+  return 0;
+}
+
 static struct idem_claim **find_claim(struct http_server *srv, const char *key)
 {
   struct idem_claim **pp = &srv->claims;
@@ -284,22 +308,8 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
   int rc, status;
   json_t *doc;
 
-  if(!is_json_type(mg_get_header(conn, "Content-Type")))
-    return reply_error(conn, 415, "unsupported_media_type",
-                       "the request body must be JSON (Content-Type: application/json)", NULL,
-                       NULL, NULL);
-  rc = read_body(conn, cfg->api.max_body, &body, &len);
-  if(rc == 413) {
-    char msg[128];
-    /* The rest of the body is not read, so the connection cannot be reused. */
-    mg_disable_connection_keep_alive(conn);
-    snprintf(msg, sizeof msg, "the request body is larger than %zu bytes", cfg->api.max_body);
-    return reply_error(conn, 413, "payload_too_large", msg, NULL, NULL, NULL);
-  }
-  if(rc)
-    return reply_error(conn, rc, rc == 400 ? "bad_request" : "unavailable",
-                       rc == 400 ? "the request body could not be read" : "out of memory",
-                       NULL, NULL, NULL);
+  if((rc = read_json_request(conn, cfg->api.max_body, &body, &len)))
+    return rc;
   if(idem && job_check_idempotency_key(idem) != JOB_FIELD_OK) {
     free(body);
     return reply_error(conn, 422, "invalid_header",
@@ -401,22 +411,8 @@ static int handle_post_batch(struct mg_connection *conn, struct http_server *srv
   int rc, status;
   json_t *list = NULL;
 
-  if(!is_json_type(mg_get_header(conn, "Content-Type")))
-    return reply_error(conn, 415, "unsupported_media_type",
-                       "the request body must be JSON (Content-Type: application/json)", NULL,
-                       NULL, NULL);
-  rc = read_body(conn, cfg->api.max_batch_body, &body, &len);
-  if(rc == 413) {
-    char msg[128];
-    mg_disable_connection_keep_alive(conn);
-    snprintf(msg, sizeof msg, "the request body is larger than %zu bytes",
-             cfg->api.max_batch_body);
-    return reply_error(conn, 413, "payload_too_large", msg, NULL, NULL, NULL);
-  }
-  if(rc)
-    return reply_error(conn, rc, rc == 400 ? "bad_request" : "unavailable",
-                       rc == 400 ? "the request body could not be read" : "out of memory",
-                       NULL, NULL, NULL);
+  if((rc = read_json_request(conn, cfg->api.max_batch_body, &body, &len)))
+    return rc;
   rc = request_parse_batch(body, len, cfg->evolution.instance, BATCH_MAX, &items, &n, &rerr);
   free(body);
   if(rc)
@@ -533,14 +529,8 @@ static int handle_redrive(struct mg_connection *conn, struct http_server *srv)
   json_error_t je;
   const char *key;
   int rc, status;
-  if(!is_json_type(mg_get_header(conn, "Content-Type")))
-    return reply_error(conn, 415, "unsupported_media_type",
-                       "the request body must be JSON (Content-Type: application/json)", NULL,
-                       NULL, NULL);
-  rc = read_body(conn, srv->deps.cfg->api.max_batch_body, &body, &len);
-  if(rc)
-    return reply_error(conn, rc, rc == 413 ? "payload_too_large" : "bad_request",
-                       "the request body could not be read or is too large", NULL, NULL, NULL);
+  if((rc = read_json_request(conn, srv->deps.cfg->api.max_batch_body, &body, &len)))
+    return rc;
   root = len ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &je) : json_object();
   free(body);
   if(!root || !json_is_object(root)) {
