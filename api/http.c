@@ -621,7 +621,6 @@ static int handle_cancel_task(struct mg_connection *conn, struct http_server *sr
   enum task_status status;
   struct status_event ev;
   int attempt;
-  char *doc;
   if(!util_is_uuid(id) || !task_cache_status(srv->deps.cache, id, &status, &attempt))
     return reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
   if(status != TASK_CANCELLED) {
@@ -646,12 +645,7 @@ static int handle_cancel_task(struct mg_connection *conn, struct http_server *sr
     task_cache_apply(srv->deps.cache, &ev);
     log_event(CFG_LOG_INFO, "task cancelled", "task_id", id, NULL);
   }
-  doc = task_cache_render(srv->deps.cache, id);
-  if(!doc)
-    return reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
-  send_json(conn, 200, doc, NULL, NULL);
-  free(doc);
-  return 200;
+  return handle_get_task(conn, srv, id); /* the task document, now CANCELLED */
 }
 
 static int is_ready(struct http_server *srv)
