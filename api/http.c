@@ -12,11 +12,14 @@
 #include <strings.h>
 #include <time.h>
 
+#include "callback_url.h"
 #include "deadletters.h"
 #include "log.h"
 #include "metrics.h"
 #include "request.h"
 #include "routes.h"
+#include "sign.h"
+#include "webhook.h"
 #include "util.h"
 
 /* Compiled in from api/static/ by cmake/embed.cmake. */
@@ -50,6 +53,8 @@ struct http_metrics {
   atomic_ullong publishes[PUBLISH_OUTCOMES];
   struct metrics_hist confirm; /* hand-over to confirm, as the HTTP worker waits for it */
   atomic_ullong replays;       /* Idempotency-Key repeats answered without publishing */
+  atomic_llong receipts;         /* delivery receipts recorded from webhooks */
+  atomic_llong webhooks_refused; /* webhooks with a wrong or missing secret */
 };
 
 struct http_server {
@@ -230,6 +235,25 @@ static int read_json_request(struct mg_connection *conn, size_t max, char **body
   return 0;
 }
 
+/* A job's callback_url must point at an allowed host (callbacks.allow_hosts), so the service
+ * cannot be used to reach internal addresses. Returns 0, or -1 with *err filled for `field`. */
+static int check_callback(const struct cfg *cfg, const struct job *job, const char *field,
+                          struct request_error *err)
+{
+  if(!job->callback_url)
+    return 0;
+  err->status = 422;
+  err->code = "invalid_field";
+  snprintf(err->field, sizeof err->field, "%s", field);
+  if(!cfg->callbacks.secret[0]) {
+    snprintf(err->message, sizeof err->message,
+             "status callbacks are not enabled on this server (callbacks.secret)");
+    return -1;
+  }
+  return callback_url_check(job->callback_url, cfg->callbacks.allow_hosts,
+                            cfg->callbacks.n_allow_hosts, err->message, sizeof err->message);
+}
+
 static struct idem_claim **find_claim(struct http_server *srv, const char *key)
 {
   struct idem_claim **pp = &srv->claims;
@@ -319,11 +343,18 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
   memset(&job, 0, sizeof job);
   rc = request_parse_message(body, len, cfg->evolution.instance, &job, &rerr);
   free(body);
+  if(!rc && check_callback(cfg, &job, "callback_url", &rerr)) {
+    free(job.message);
+    free(job.instance_name);
+    free(job.callback_url);
+    rc = -1;
+  }
   if(rc)
     return reply_error(conn, rerr.status, rerr.code, rerr.message, rerr.field, NULL, NULL);
   if(util_uuid4(job.task_id)) {
     free(job.message);
     free(job.instance_name);
+    free(job.callback_url);
     return reply_error(conn, 503, "unavailable", "no randomness for a task id", NULL, "Retry-After",
                        RETRY_AFTER_S);
   }
@@ -390,6 +421,7 @@ out:
   free(job.message);
   free(job.instance_name);
   free(job.idempotency_key);
+  free(job.callback_url);
   return status;
 }
 
@@ -426,8 +458,14 @@ static int handle_post_batch(struct mg_connection *conn, struct http_server *srv
     goto out;
   }
   for(size_t i = 0; i < n; i++) {
+    char field[48];
     if(!items[i].ok)
       continue;
+    snprintf(field, sizeof field, "messages[%zu].callback_url", i);
+    if(check_callback(cfg, &items[i].job, field, &items[i].err)) {
+      items[i].ok = 0;
+      continue;
+    }
     if(util_uuid4(items[i].job.task_id)) {
       items[i].ok = 0;
       items[i].err.code = "unavailable";
@@ -501,13 +539,13 @@ static int handle_dead_letters(struct mg_connection *conn, struct http_server *s
 {
   const struct mg_request_info *ri = mg_get_request_info(conn);
   char value[16], err[512];
-  long limit = 20;
+  long limit = DEAD_PEEK_DEFAULT;
   json_t *doc;
   if(ri->query_string && mg_get_var(ri->query_string, strlen(ri->query_string), "limit", value,
                                     sizeof value) > 0) {
     char *end;
     limit = strtol(value, &end, 10);
-    if(*end || limit < 1 || limit > 1000)
+    if(*end || limit < 1 || limit > DEAD_PEEK_MAX)
       return reply_error(conn, 422, "invalid_field", "limit must be 1 to 1000", "limit", NULL,
                          NULL);
   }
@@ -521,7 +559,7 @@ static int handle_dead_letters(struct mg_connection *conn, struct http_server *s
  * back to delivery, each confirmed before its parked copy is removed. */
 static int handle_redrive(struct mg_connection *conn, struct http_server *srv)
 {
-  struct redrive_filter f = {.max = 100};
+  struct redrive_filter f = {.max = DEAD_REDRIVE_DEFAULT};
   const char **ids = NULL;
   char *body = NULL, err[512];
   size_t len = 0;
@@ -541,7 +579,7 @@ static int handle_redrive(struct mg_connection *conn, struct http_server *srv)
   json_object_foreach(root, key, v) {
     const char *bad = NULL;
     if(!strcmp(key, "max")) {
-      if(!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 100000)
+      if(!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > DEAD_REDRIVE_MAX)
         bad = "max must be an integer from 1 to 100000";
       else
         f.max = (size_t)json_integer_value(v);
@@ -648,6 +686,108 @@ static int handle_cancel_task(struct mg_connection *conn, struct http_server *sr
   return handle_get_task(conn, srv, id); /* the task document, now CANCELLED */
 }
 
+/* Evolution API signs nothing: the webhook carries a shared secret in a header of our
+ * choosing (webhook.headers), or, from 2.3 on, an HS256 JWT made with jwt_key. */
+#define WEBHOOK_JWT_LEEWAY_S 60
+static int webhook_authorized(struct mg_connection *conn, const struct cfg *cfg)
+{
+  const char *given = mg_get_header(conn, cfg->webhooks.header);
+  const char *auth = mg_get_header(conn, "Authorization");
+  char why[128];
+  if(cfg->webhooks.secret[0] && given &&
+     sign_equal(cfg->webhooks.secret, strlen(cfg->webhooks.secret), given, strlen(given)))
+    return 1;
+  if(cfg->webhooks.jwt_key[0] && auth && !strncasecmp(auth, "Bearer ", 7) &&
+     !sign_jwt_hs256_verify(auth + 7, cfg->webhooks.jwt_key, util_now_ms() / 1000,
+                            WEBHOOK_JWT_LEEWAY_S, why, sizeof why))
+    return 1;
+  return 0;
+}
+
+/* One receipt: onto the status stream (every replica applies it), and to the task's callback
+ * URL when it tells something new. Returns 0, or -1 when the broker did not confirm. */
+static int publish_receipt(struct http_server *srv, const struct webhook_receipt *r,
+                           int *applied)
+{
+  struct status_event ev;
+  char *url = NULL;
+  int known, news = 0, rc = 0;
+  memset(&ev, 0, sizeof ev);
+  ev.status = TASK_RECEIPT;
+  ev.delivery = r->state;
+  ev.at_ms = r->at_ms;
+  ev.evolution_key = (char *)r->key;
+  ev.instance = r->instance[0] ? (char *)r->instance : NULL;
+  known = task_cache_find_by_key(srv->deps.cache, r->key, ev.task_id);
+  if(known)
+    news = task_cache_receipt_is_news(srv->deps.cache, ev.task_id, r->state, &url);
+  else
+    ev.task_id[0] = '\0'; /* before its SUCCESS: every replica keeps it by key */
+  /* A repeat of what the task already shows is dropped here: Evolution repeats and reorders. */
+  if(known && !news)
+    return 0;
+  if(publisher_submit_event(srv->deps.publisher, &ev, CONFIRM_WAIT_MS) != PUB_OK)
+    rc = -1;
+  else if(url && publisher_submit_callback(srv->deps.publisher, &ev, url, CONFIRM_WAIT_MS) != PUB_OK)
+    rc = -1;
+  if(!rc) {
+    task_cache_apply(srv->deps.cache, &ev);
+    ++*applied;
+  }
+  free(url);
+  return rc;
+}
+
+/* POST /webhooks/evolution: Evolution API's webhook events. Delivery receipts are recorded;
+ * other events are answered 200 and ignored. 5xx only when the broker failed us: Evolution
+ * drops an event on a 4xx, and retries it on a 5xx. */
+static int handle_webhook(struct mg_connection *conn, struct http_server *srv)
+{
+  const struct cfg *cfg = srv->deps.cfg;
+  struct webhook_receipt *receipts;
+  char *body = NULL, why[160];
+  size_t len = 0;
+  int rc, n, applied = 0;
+  if(!cfg->webhooks.secret[0] && !cfg->webhooks.jwt_key[0])
+    return reply_error(conn, 404, "webhooks_disabled",
+                       "Evolution API webhooks are not configured (webhooks.secret or "
+                       "webhooks.jwt_key)",
+                       NULL, NULL, NULL);
+  if(!webhook_authorized(conn, cfg)) {
+    atomic_fetch_add(&srv->metrics.webhooks_refused, 1);
+    log_event(CFG_LOG_WARN, "webhook refused: wrong or missing secret", NULL);
+    return reply_error(conn, 401, "unauthorized",
+                       "a valid webhook secret or JWT is required", NULL, "WWW-Authenticate",
+                       "Bearer realm=\"msg-api webhooks\"");
+  }
+  if((rc = read_json_request(conn, cfg->api.max_body, &body, &len)))
+    return rc;
+  receipts = malloc(WEBHOOK_MAX_RECEIPTS * sizeof *receipts); /* small stacks: on the heap */
+  if(!receipts) {
+    free(body);
+    return reply_error(conn, 503, "unavailable", "out of memory", NULL, "Retry-After",
+                       RETRY_AFTER_S);
+  }
+  n = webhook_parse(body, len, util_now_ms(), receipts, WEBHOOK_MAX_RECEIPTS, why, sizeof why);
+  free(body);
+  if(n < 0) {
+    free(receipts);
+    return reply_error(conn, 400, "invalid_webhook", why, NULL, NULL, NULL);
+  }
+  for(int i = 0; i < n; i++)
+    if(publish_receipt(srv, &receipts[i], &applied)) {
+      free(receipts);
+      return reply_error(conn, 503, "broker_unavailable",
+                         "the message broker could not confirm the receipt; retry later", NULL,
+                         "Retry-After", RETRY_AFTER_S);
+    }
+  free(receipts);
+  atomic_fetch_add(&srv->metrics.receipts, (long long)applied);
+  return reply(conn, 200,
+               json_pack("{s:b, s:i, s:i}", "success", 1, "receipts", n, "applied", applied),
+               NULL, NULL);
+}
+
 static int is_ready(struct http_server *srv)
 {
   return !atomic_load(&srv->draining) && publisher_ready(srv->deps.publisher) &&
@@ -682,14 +822,8 @@ static int key_matches(const struct cfg *cfg, const char *given)
 {
   size_t glen = strlen(given);
   int found = 0;
-  for(size_t i = 0; i < cfg->api.n_api_keys; i++) {
-    const char *key = cfg->api.api_keys[i];
-    size_t klen = strlen(key);
-    unsigned char diff = (unsigned char)(klen != glen);
-    for(size_t j = 0; j < klen; j++)
-      diff |= (unsigned char)(key[j] ^ given[j < glen ? j : 0]);
-    found |= diff == 0;
-  }
+  for(size_t i = 0; i < cfg->api.n_api_keys; i++)
+    found |= sign_equal(cfg->api.api_keys[i], strlen(cfg->api.api_keys[i]), given, glen);
   return found;
 }
 
@@ -754,6 +888,13 @@ static int handle_metrics(struct mg_connection *conn, struct http_server *srv)
   metrics_family(&o, "msg_api_idempotent_replays_total", "counter",
                  "Requests answered from an earlier one with the same Idempotency-Key.");
   metrics_sample(&o, "msg_api_idempotent_replays_total", "", (double)atomic_load(&m->replays));
+  metrics_family(&o, "msg_api_delivery_receipts_total", "counter",
+                 "Delivery receipts from Evolution API webhooks that told something new.");
+  metrics_sample(&o, "msg_api_delivery_receipts_total", "", (double)atomic_load(&m->receipts));
+  metrics_family(&o, "msg_api_webhooks_refused_total", "counter",
+                 "Webhook requests refused for a wrong or missing secret or JWT.");
+  metrics_sample(&o, "msg_api_webhooks_refused_total", "",
+                 (double)atomic_load(&m->webhooks_refused));
   metrics_family(&o, "msg_api_publish_in_flight", "gauge", "Jobs waiting for their confirm.");
   metrics_sample(&o, "msg_api_publish_in_flight", "",
                  (double)publisher_in_flight(srv->deps.publisher));
@@ -865,6 +1006,7 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
   case ROUTE_METRICS: return handle_metrics(conn, srv);
   case ROUTE_DEAD_LETTERS: return handle_dead_letters(conn, srv);
   case ROUTE_REDRIVE: return handle_redrive(conn, srv);
+  case ROUTE_WEBHOOK: return handle_webhook(conn, srv);
   case ROUTE_COUNT: break;
   }
   return reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);

@@ -38,6 +38,7 @@ struct pub_req {
   int refs;
   int job_done, job_ok;
   int event_only; /* no job: the event itself is what the worker waits for */
+  char *callback_url, *callback_id; /* event_only to the callback queue: a status callback */
   pthread_cond_t done;
 };
 
@@ -77,6 +78,8 @@ static void req_release(struct pub_req *r)
   pthread_cond_destroy(&r->done);
   free(r->job_body);
   free(r->event_body);
+  free(r->callback_url);
+  free(r->callback_id);
   free(r);
 }
 
@@ -252,6 +255,25 @@ enum pub_result publisher_submit_event(struct publisher *pub, const struct statu
   return submit_and_wait(pub, r, timeout_ms);
 }
 
+enum pub_result publisher_submit_callback(struct publisher *pub, const struct status_event *ev,
+                                          const char *url, int timeout_ms)
+{
+  char id[STATUS_EVENT_ID_LEN];
+  struct pub_req *r = req_new();
+  if(!r)
+    return PUB_UNAVAILABLE;
+  memcpy(r->task_id, ev->task_id, UTIL_UUID_LEN);
+  r->event_only = 1;
+  r->event_body = status_callback_body(ev, id, &r->event_len);
+  r->callback_url = strdup(url);
+  r->callback_id = strdup(id);
+  if(!r->event_body || !r->callback_url || !r->callback_id) {
+    req_release(r);
+    return PUB_UNAVAILABLE;
+  }
+  return submit_and_wait(pub, r, timeout_ms);
+}
+
 int publisher_ready(struct publisher *pub)
 {
   int ready;
@@ -321,7 +343,10 @@ static int connect_broker(struct publisher *pub)
     return -1;
   }
   if(mq_channel_open(conn, CHANNEL, err, sizeof err) ||
-     mq_declare_topology(conn, CHANNEL, pub->cfg, err, sizeof err)) {
+     mq_declare_topology(conn, CHANNEL, pub->cfg, err, sizeof err) ||
+     /* Callbacks go to the dispatcher's queue: it must exist before the first one. */
+     (pub->cfg->callbacks.secret[0] &&
+      mq_declare_callback_topology(conn, CHANNEL, pub->cfg, err, sizeof err))) {
     log_event(CFG_LOG_ERROR, "cannot set up the broker", "role", "publisher", "reason", err,
               NULL);
     amqp_destroy_connection(conn);
@@ -371,6 +396,21 @@ static int publish_job(struct publisher *pub, struct pub_req *r)
   pthread_mutex_unlock(&pub->lock);
   if(!seq)
     return NOT_TRACKED;
+  if(r->event_only && r->callback_url) {
+    amqp_table_entry_t h[1];
+    h[0] = mq_entry_str("x-callback-url", r->callback_url);
+    props(pub, r, &p, "message.callback");
+    p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
+    p.message_id = amqp_cstring_bytes(r->callback_id);
+    p.headers.num_entries = 1;
+    p.headers.entries = h;
+    body.bytes = r->event_body;
+    body.len = r->event_len;
+    /* mandatory: without the dispatcher's queue the callback would be dropped silently. */
+    return amqp_basic_publish(pub->conn, CHANNEL, amqp_empty_bytes,
+                              amqp_cstring_bytes(pub->cfg->topology.callback_queue), 1, 0, &p,
+                              body);
+  }
   if(r->event_only) {
     props(pub, r, &p, "message.status");
     body.bytes = r->event_body;

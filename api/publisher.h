@@ -41,6 +41,11 @@ void publisher_submit_many(struct publisher *pub, const struct job *const *jobs,
 enum pub_result publisher_submit_event(struct publisher *pub, const struct status_event *ev,
                                        int timeout_ms);
 
+/* Publishes the status callback of `ev` for `url` (status_callback_body, to the callback queue
+ * that msg-consumer's dispatcher reads) and waits up to timeout_ms for its confirm. */
+enum pub_result publisher_submit_callback(struct publisher *pub, const struct status_event *ev,
+                                          const char *url, int timeout_ms);
+
 /* 1 while connected with the topology declared and the broker not blocking publishes. */
 int publisher_ready(struct publisher *pub);
 

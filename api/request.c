@@ -20,8 +20,7 @@ static int fail(struct request_error *err, int status, const char *code, const c
   return -1;
 }
 
-/* Nesting depth outside strings, stopping early past the limit. */
-static int too_deep(const char *s, size_t len)
+int request_too_deep(const char *s, size_t len)
 {
   int depth = 0, in_string = 0;
   for(size_t i = 0; i < len; i++) {
@@ -123,7 +122,7 @@ static json_t *parse_body(const char *body, size_t len, struct request_error *er
     fail(err, 400, "invalid_json", NULL, "the request body is empty");
     return NULL;
   }
-  if(too_deep(body, len)) {
+  if(request_too_deep(body, len)) {
     fail(err, 400, "invalid_json", NULL, "the JSON nests too deeply");
     return NULL;
   }
@@ -154,15 +153,16 @@ static int validate_message(json_t *root, const char *prefix, const char *defaul
   json_t *value;
   char norm[JOB_PHONE_LEN], name[64];
   enum job_field_error fe;
-  const char *instance_name = default_instance;
-  char *msg_copy = NULL, *inst_copy = NULL;
+  const char *instance_name = default_instance, *callback = NULL;
+  char *msg_copy = NULL, *inst_copy = NULL, *callback_copy = NULL;
 
   if(!json_is_object(root))
     return fail(err, 422, "invalid_body", *prefix ? at(name, sizeof name, prefix, "") : NULL,
                 "a message must be a JSON object");
   json_object_foreach(root, key, value) {
     if(strcmp(key, "phone") && strcmp(key, "message") && strcmp(key, "instance_name") &&
-       strcmp(key, "expires_at") && strcmp(key, "ttl") && strcmp(key, "send_at")) {
+       strcmp(key, "expires_at") && strcmp(key, "ttl") && strcmp(key, "send_at") &&
+       strcmp(key, "callback_url")) {
       char field[64], msg[96];
       snprintf(field, sizeof field, "%s%.*s", prefix, (int)(60 - strlen(prefix)), key);
       snprintf(msg, sizeof msg, "unknown field %s", field);
@@ -193,6 +193,18 @@ static int validate_message(json_t *root, const char *prefix, const char *defaul
     if((fe = job_check_instance(instance_name)) != JOB_FIELD_OK)
       return field_error(err, at(name, sizeof name, prefix, "instance_name"), fe);
   }
+  {
+    /* Only the shape here: whether the host is allowed is the server's configuration
+     * (callbacks.allow_hosts), checked by the caller. */
+    json_t *cb = json_object_get(root, "callback_url");
+    if(cb && !json_is_null(cb)) {
+      if(!json_is_string(cb) || !json_string_length(cb) ||
+         json_string_length(cb) > JOB_CALLBACK_URL_MAX)
+        return fail(err, 422, "invalid_field", at(name, sizeof name, prefix, "callback_url"),
+                    "callback_url must be an http:// or https:// URL of at most 2048 bytes");
+      callback = json_string_value(cb);
+    }
+  }
   if(parse_expiry(root, job, err) || parse_send_at(root, job, err)) {
     job->expires_at_ms = 0;
     if(*prefix && err->field[0]) {
@@ -204,15 +216,18 @@ static int validate_message(json_t *root, const char *prefix, const char *defaul
   }
   msg_copy = strdup(json_string_value(message));
   inst_copy = strdup(instance_name);
-  if(!msg_copy || !inst_copy) {
+  callback_copy = callback ? strdup(callback) : NULL;
+  if(!msg_copy || !inst_copy || (callback && !callback_copy)) {
     free(msg_copy);
     free(inst_copy);
+    free(callback_copy);
     job->expires_at_ms = job->send_at_ms = 0;
     return fail(err, 503, "out_of_memory", NULL, "the server is out of memory");
   }
   memcpy(job->phone, norm, sizeof norm);
   job->message = msg_copy;
   job->instance_name = inst_copy;
+  job->callback_url = callback_copy;
   return 0;
 }
 
@@ -295,6 +310,7 @@ void request_items_free(struct request_item *items, size_t n)
     free(items[i].job.message);
     free(items[i].job.instance_name);
     free(items[i].job.idempotency_key);
+    free(items[i].job.callback_url);
   }
   free(items);
 }

@@ -11,6 +11,10 @@
  * have small stacks, so deeper documents are refused before parsing. */
 #define REQUEST_MAX_DEPTH 32
 
+/* 1 when the JSON text nests deeper than REQUEST_MAX_DEPTH (counted outside strings, stopping
+ * early): such a body is refused before jansson parses it. */
+int request_too_deep(const char *s, size_t len);
+
 /* The longest ttl (and furthest expires_at) a message may ask for: 30 days. */
 #define REQUEST_MAX_TTL_MS (30LL * 24 * 3600 * 1000)
 
@@ -23,8 +27,9 @@ struct request_error {
 };
 
 /* Parses and validates a POST /messages body of `len` bytes. On success returns 0 and fills
- * job->phone, job->message, job->instance_name (default_instance when absent) and
- * job->expires_at_ms (from expires_at or ttl; 0 when neither); the caller
+ * job->phone, job->message, job->instance_name (default_instance when absent),
+ * job->expires_at_ms (from expires_at or ttl; 0 when neither), job->send_at_ms and
+ * job->callback_url (NULL when absent; its host is for the caller to check); the caller
  * owns those strings (job_free, or free them). On failure returns -1, fills *err and leaves
  * *job untouched. task_id, created_at_ms and idempotency_key are not touched. */
 int request_parse_message(const char *body, size_t len, const char *default_instance,

@@ -18,6 +18,8 @@ const struct route ROUTES[ROUTE_COUNT] = {
   [ROUTE_METRICS] = {"/metrics", "GET", 1},
   [ROUTE_DEAD_LETTERS] = {"/dead-letters", "GET", 0},
   [ROUTE_REDRIVE] = {"/dead-letters/redrive", "POST", 0},
+  /* Evolution API cannot send our API keys: the webhook has its own secret or JWT. */
+  [ROUTE_WEBHOOK] = {"/webhooks/evolution", "POST", 1},
 };
 
 /* 1 when `path` fits `pattern`; sets *param for a trailing {param}. */

@@ -14,6 +14,9 @@ struct task {
   struct task *chain;  /* next in the same hash bucket */
   struct task *newer;  /* insertion order, for dropping the oldest */
   struct task *ichain; /* next in the same idempotency-key bucket */
+  struct task *kchain; /* next in the same Evolution-key bucket */
+  struct receipts *receipts; /* delivery receipts, allocated with the first one */
+  char *callback_url;
   char *idem_key;      /* Idempotency-Key the task was created with, or NULL */
   uint64_t request_hash;
   char id[UTIL_UUID_LEN];
@@ -23,6 +26,26 @@ struct task {
   int64_t rank;
   int64_t created_at_ms, updated_at_ms, next_retry_at_ms;
   char *evolution_key, *error_code, *error_message;
+};
+
+/* What the webhooks said about a sent message: the highest state reached and when each state
+ * was first reported (DELIVERY_ERROR is kept beside the state, not instead of it). */
+struct receipts {
+  unsigned char state;
+  int64_t at_ms[DELIVERY_STATES];
+};
+
+/* Receipts that came before their task's SUCCESS (Evolution sends webhooks before its HTTP
+ * answer): kept by Evolution key until the task shows up, at most PENDING_MAX of them, for at
+ * most PENDING_TTL_MS. */
+#define PENDING_MAX 65536
+#define PENDING_TTL_MS (60 * 60 * 1000)
+#define PENDING_BUCKETS 16384
+struct pending_receipt {
+  struct pending_receipt *chain, *newer, *older;
+  char *key;
+  int64_t kept_at_ms;
+  struct receipts r;
 };
 
 /* The cache is split into shards by task id, each with its own lock, buckets and eviction
@@ -36,6 +59,7 @@ struct shard {
   pthread_rwlock_t lock; /* guards everything below */
   struct task **buckets;
   struct task **ibuckets; /* by idempotency key, same size as buckets */
+  struct task **kbuckets; /* by Evolution key, same size as buckets */
   size_t nbuckets, count;
   int64_t retention_ms;
   struct task *oldest, *newest;
@@ -50,6 +74,11 @@ struct task_cache {
   size_t nshards;
   atomic_size_t total;
   struct shard shards[MAX_SHARDS];
+
+  pthread_mutex_t pending_lock; /* guards the pending receipts; taken after a shard's lock */
+  struct pending_receipt *pending_buckets[PENDING_BUCKETS];
+  struct pending_receipt *pending_oldest, *pending_newest;
+  size_t pending_count;
 };
 
 static uint64_t hash_id(const char *s)
@@ -71,9 +100,11 @@ static int shard_init(struct shard *c, size_t expected, size_t max_tasks, int64_
     n <<= 1;
   c->buckets = calloc(n, sizeof *c->buckets);
   c->ibuckets = calloc(n, sizeof *c->ibuckets);
-  if(!c->buckets || !c->ibuckets) {
+  c->kbuckets = calloc(n, sizeof *c->kbuckets);
+  if(!c->buckets || !c->ibuckets || !c->kbuckets) {
     free(c->buckets);
     free(c->ibuckets);
+    free(c->kbuckets);
     return -1;
   }
   c->nbuckets = n;
@@ -90,6 +121,7 @@ struct task_cache *task_cache_new(size_t max_tasks, int64_t retention_ms)
   size_t shards = 1;
   if(!cache)
     return NULL;
+  pthread_mutex_init(&cache->pending_lock, NULL);
   while(shards < MAX_SHARDS && max_tasks / (shards * 2) >= MIN_TASKS_PER_SHARD)
     shards *= 2;
   for(size_t i = 0; i < shards; i++)
@@ -115,7 +147,19 @@ static void task_free(struct task *t)
   free(t->error_code);
   free(t->error_message);
   free(t->idem_key);
+  free(t->callback_url);
+  free(t->receipts);
   free(t);
+}
+
+static void pending_free_all(struct task_cache *cache)
+{
+  for(struct pending_receipt *p = cache->pending_oldest, *next; p; p = next) {
+    next = p->newer;
+    free(p->key);
+    free(p);
+  }
+  pthread_mutex_destroy(&cache->pending_lock);
 }
 
 void task_cache_free(struct task_cache *cache)
@@ -131,7 +175,9 @@ void task_cache_free(struct task_cache *cache)
     pthread_rwlock_destroy(&c->lock);
     free(c->buckets);
     free(c->ibuckets);
+    free(c->kbuckets);
   }
+  pending_free_all(cache);
   free(cache);
 }
 
@@ -155,6 +201,12 @@ static void drop_oldest(struct shard *c)
     while(*pp != t)
       pp = &(*pp)->ichain;
     *pp = t->ichain;
+  }
+  if(t->evolution_key) {
+    pp = &c->kbuckets[hash_id(t->evolution_key) & (c->nbuckets - 1)];
+    while(*pp != t)
+      pp = &(*pp)->kchain;
+    *pp = t->kchain;
   }
   c->oldest = t->newer;
   if(!c->oldest)
@@ -182,12 +234,220 @@ static int replace(char **dst, const char *src)
   return 0;
 }
 
+/* ---- delivery receipts ------------------------------------------------------------------ */
+
+/* Records one receipt; returns 1 when it told something new (a higher state, or a state's
+ * first report), 0 for a duplicate or a late lower state, -1 when out of memory. */
+static int merge_receipt(struct receipts **rp, enum delivery_state state, int64_t at_ms)
+{
+  struct receipts *r = *rp;
+  int news = 0;
+  if(!r && !(r = *rp = calloc(1, sizeof *r)))
+    return -1;
+  if(!r->at_ms[state] || at_ms < r->at_ms[state]) {
+    news = !r->at_ms[state];
+    r->at_ms[state] = at_ms ? at_ms : 1;
+  }
+  if(state != DELIVERY_ERROR && state > r->state) {
+    r->state = (unsigned char)state;
+    news = 1;
+  }
+  return news;
+}
+
+static int merge_all(struct receipts **dst, const struct receipts *src)
+{
+  for(int s = 1; s < DELIVERY_STATES; s++)
+    if(src->at_ms[s] && merge_receipt(dst, (enum delivery_state)s, src->at_ms[s]) < 0)
+      return -1;
+  return 0;
+}
+
+static size_t pending_bucket(const char *key)
+{
+  return hash_id(key) & (PENDING_BUCKETS - 1);
+}
+
+static void pending_unlink(struct task_cache *cache, struct pending_receipt *p)
+{
+  struct pending_receipt **pp = &cache->pending_buckets[pending_bucket(p->key)];
+  while(*pp != p)
+    pp = &(*pp)->chain;
+  *pp = p->chain;
+  if(p->older)
+    p->older->newer = p->newer;
+  else
+    cache->pending_oldest = p->newer;
+  if(p->newer)
+    p->newer->older = p->older;
+  else
+    cache->pending_newest = p->older;
+  cache->pending_count--;
+  free(p->key);
+  free(p);
+}
+
+static struct pending_receipt *pending_find(struct task_cache *cache, const char *key)
+{
+  struct pending_receipt *p = cache->pending_buckets[pending_bucket(key)];
+  while(p && strcmp(p->key, key))
+    p = p->chain;
+  return p;
+}
+
+/* A receipt for a message no task is known for yet: kept until its SUCCESS arrives. */
+static int keep_pending(struct task_cache *cache, const struct status_event *ev)
+{
+  struct pending_receipt *p;
+  int64_t now = util_now_ms();
+  int rc = 0;
+  pthread_mutex_lock(&cache->pending_lock);
+  while(cache->pending_oldest && (cache->pending_count >= PENDING_MAX ||
+                                  cache->pending_oldest->kept_at_ms + PENDING_TTL_MS < now))
+    pending_unlink(cache, cache->pending_oldest);
+  p = pending_find(cache, ev->evolution_key);
+  if(!p) {
+    if(!(p = calloc(1, sizeof *p)) || !(p->key = strdup(ev->evolution_key))) {
+      free(p);
+      rc = -1;
+      goto out;
+    }
+    p->kept_at_ms = now;
+    p->chain = cache->pending_buckets[pending_bucket(p->key)];
+    cache->pending_buckets[pending_bucket(p->key)] = p;
+    p->older = cache->pending_newest;
+    if(cache->pending_newest)
+      cache->pending_newest->newer = p;
+    else
+      cache->pending_oldest = p;
+    cache->pending_newest = p;
+    cache->pending_count++;
+  }
+  {
+    struct receipts *r = &p->r;
+    if(merge_receipt(&r, ev->delivery, ev->at_ms) < 0)
+      rc = -1;
+  }
+out:
+  pthread_mutex_unlock(&cache->pending_lock);
+  return rc;
+}
+
+static void unindex_key(struct shard *c, struct task *t)
+{
+  struct task **pp;
+  if(!t->evolution_key)
+    return;
+  pp = &c->kbuckets[hash_id(t->evolution_key) & (c->nbuckets - 1)];
+  while(*pp && *pp != t)
+    pp = &(*pp)->kchain;
+  if(*pp)
+    *pp = t->kchain;
+  t->kchain = NULL;
+}
+
+/* Indexes the task by its Evolution key, and takes over the receipts that came before it. */
+static int index_key(struct task_cache *cache, struct shard *c, struct task *t)
+{
+  size_t b = hash_id(t->evolution_key) & (c->nbuckets - 1);
+  struct pending_receipt *p;
+  int rc = 0;
+  t->kchain = c->kbuckets[b];
+  c->kbuckets[b] = t;
+  pthread_mutex_lock(&cache->pending_lock);
+  if((p = pending_find(cache, t->evolution_key))) {
+    rc = merge_all(&t->receipts, &p->r);
+    pending_unlink(cache, p);
+  }
+  pthread_mutex_unlock(&cache->pending_lock);
+  return rc;
+}
+
+/* Secondary indexes (Idempotency-Key, Evolution key) live in the shard of each task, which the
+ * key does not tell: every shard is looked in. `take` runs under the shard's read lock on the
+ * task found and says whether it counts. Returns 1 when one did. */
+enum task_index { BY_IDEMPOTENCY_KEY, BY_EVOLUTION_KEY };
+static int find_indexed(struct task_cache *cache, enum task_index index, const char *key,
+                        int (*take)(const struct shard *, const struct task *, void *), void *arg)
+{
+  uint64_t h = hash_id(key);
+  for(size_t i = 0; i < cache->nshards; i++) {
+    struct shard *c = &cache->shards[i];
+    struct task *t;
+    int hit;
+    pthread_rwlock_rdlock(&c->lock);
+    t = (index == BY_IDEMPOTENCY_KEY ? c->ibuckets : c->kbuckets)[h & (c->nbuckets - 1)];
+    while(t && strcmp(index == BY_IDEMPOTENCY_KEY ? t->idem_key : t->evolution_key, key))
+      t = index == BY_IDEMPOTENCY_KEY ? t->ichain : t->kchain;
+    hit = t && take(c, t, arg);
+    pthread_rwlock_unlock(&c->lock);
+    if(hit)
+      return 1;
+  }
+  return 0;
+}
+
+static int take_id(const struct shard *c, const struct task *t, void *task_id)
+{
+  (void)c;
+  memcpy(task_id, t->id, UTIL_UUID_LEN);
+  return 1;
+}
+
+int task_cache_find_by_key(struct task_cache *cache, const char *key,
+                           char task_id[UTIL_UUID_LEN])
+{
+  return find_indexed(cache, BY_EVOLUTION_KEY, key, take_id, task_id);
+}
+
+int task_cache_receipt_is_news(struct task_cache *cache, const char *task_id,
+                               enum delivery_state state, char **callback_url)
+{
+  struct shard *c = shard_of(cache, task_id);
+  struct task *t;
+  int news = 0;
+  *callback_url = NULL;
+  pthread_rwlock_rdlock(&c->lock);
+  t = find(c, task_id);
+  if(t) {
+    const struct receipts *r = t->receipts;
+    news = !r || !r->at_ms[state] || (state != DELIVERY_ERROR && state > r->state);
+    if(news && t->callback_url)
+      *callback_url = strdup(t->callback_url);
+  }
+  pthread_rwlock_unlock(&c->lock);
+  return news;
+}
+
+static int apply_receipt(struct task_cache *cache, const struct status_event *ev)
+{
+  char id[UTIL_UUID_LEN];
+  struct shard *c;
+  struct task *t;
+  int rc = 0;
+  if(ev->task_id[0])
+    memcpy(id, ev->task_id, UTIL_UUID_LEN);
+  else if(!task_cache_find_by_key(cache, ev->evolution_key, id))
+    return keep_pending(cache, ev);
+  c = shard_of(cache, id);
+  pthread_rwlock_wrlock(&c->lock);
+  if((t = find(c, id)))
+    rc = merge_receipt(&t->receipts, ev->delivery, ev->at_ms);
+  pthread_rwlock_unlock(&c->lock);
+  if(!t && !ev->task_id[0])
+    return keep_pending(cache, ev); /* evicted between the two looks */
+  return rc;
+}
+
 int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
 {
-  struct shard *c = shard_of(cache, ev->task_id);
+  struct shard *c;
   int64_t rank = status_rank_in(ev->status, ev->attempt, ev->generation);
   struct task *t;
   int rc = 1;
+  if(ev->status == TASK_RECEIPT)
+    return apply_receipt(cache, ev);
+  c = shard_of(cache, ev->task_id);
   pthread_rwlock_wrlock(&c->lock);
   drop_expired(c, util_now_ms());
   t = find(c, ev->task_id);
@@ -225,6 +485,8 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
   }
   if(ev->request_hash)
     t->request_hash = ev->request_hash;
+  if(ev->callback_url && !t->callback_url && !(t->callback_url = strdup(ev->callback_url)))
+    rc = -1;
   if(ev->created_at_ms)
     t->created_at_ms = ev->created_at_ms;
   if(rank <= t->rank) {
@@ -240,8 +502,16 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
   if(ev->phone && strlen(ev->phone) < sizeof t->phone)
     strcpy(t->phone, ev->phone);
   t->next_retry_at_ms = ev->status == TASK_RETRY ? ev->next_retry_at_ms : 0;
-  if(replace(&t->evolution_key, ev->evolution_key) ||
-     replace(&t->error_code, ev->error_code) || replace(&t->error_message, ev->error_message))
+  if(ev->evolution_key && strlen(ev->evolution_key) > STATUS_KEY_MAX)
+    ; /* not indexable: a receipt could not name it anyway */
+  else if(!(ev->evolution_key && t->evolution_key && !strcmp(ev->evolution_key, t->evolution_key))) {
+    unindex_key(c, t);
+    if(replace(&t->evolution_key, ev->evolution_key))
+      rc = -1;
+    else if(t->evolution_key && index_key(cache, c, t))
+      rc = -1;
+  }
+  if(replace(&t->error_code, ev->error_code) || replace(&t->error_message, ev->error_message))
     rc = -1;
 out:
   pthread_rwlock_unlock(&c->lock);
@@ -252,6 +522,29 @@ static json_t *time_or_null(int64_t ms)
 {
   char buf[UTIL_TIME_LEN];
   return ms ? json_string(util_format_time(ms, buf)) : json_null();
+}
+
+/* The task document's "delivery": null until the message was sent, then the highest state
+ * the webhooks reported (at least "sent") and when each state was first reported. */
+static json_t *delivery_doc(const struct task *t)
+{
+  static const char *const AT_NAMES[DELIVERY_STATES] = {
+    NULL, "sent_at", "server_ack_at", "delivered_at", "read_at", "error_at"};
+  const struct receipts *r = t->receipts;
+  enum delivery_state state = r ? (enum delivery_state)r->state : DELIVERY_NONE;
+  json_t *d;
+  if(t->status != TASK_SUCCESS && !(r && state))
+    return json_null();
+  if(state < DELIVERY_SENT)
+    state = DELIVERY_SENT;
+  d = json_pack("{s:s}", "state", delivery_name(state));
+  for(int s = 1; d && s < DELIVERY_STATES; s++) {
+    int64_t at = r ? r->at_ms[s] : 0;
+    if(s == DELIVERY_SENT && !at && t->status == TASK_SUCCESS)
+      at = t->updated_at_ms;
+    json_object_set_new(d, AT_NAMES[s], time_or_null(at));
+  }
+  return d ? d : json_null();
 }
 
 char *task_cache_render(struct task_cache *cache, const char *task_id)
@@ -274,11 +567,12 @@ char *task_cache_render(struct task_cache *cache, const char *task_id)
                       t->error_message ? t->error_message : "");
   else
     error = json_null();
-  doc = json_pack("{s:s, s:s, s:i, s:o, s:o, s:o, s:o, s:o}", "task_id", t->id, "status",
+  doc = json_pack("{s:s, s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:o}", "task_id", t->id, "status",
                   status_name((enum task_status)t->status), "attempts", t->attempt,
                   "created_at", time_or_null(t->created_at_ms), "updated_at",
                   time_or_null(t->updated_at_ms), "result", result, "error", error,
-                  "next_retry_at", time_or_null(t->next_retry_at_ms));
+                  "next_retry_at", time_or_null(t->next_retry_at_ms), "delivery",
+                  delivery_doc(t));
   if(doc)
     out = json_dumps(doc, JSON_COMPACT);
 out:
@@ -304,29 +598,29 @@ int task_cache_status(struct task_cache *cache, const char *task_id, enum task_s
   return found;
 }
 
+struct idempotent_hit {
+  char *task_id;
+  uint64_t *request_hash;
+  enum task_status *status;
+};
+
+static int take_idempotent(const struct shard *c, const struct task *t, void *arg)
+{
+  struct idempotent_hit *hit = arg;
+  if(t->created_at_ms + c->retention_ms < util_now_ms())
+    return 0;
+  memcpy(hit->task_id, t->id, UTIL_UUID_LEN);
+  *hit->request_hash = t->request_hash;
+  *hit->status = (enum task_status)t->status;
+  return 1;
+}
+
 int task_cache_find_idempotent(struct task_cache *cache, const char *key,
                                char task_id[UTIL_UUID_LEN], uint64_t *request_hash,
                                enum task_status *status)
 {
-  uint64_t h = hash_id(key);
-  int found = 0;
-  /* Keys are indexed in the shard of their task, which the key does not tell: look in each. */
-  for(size_t i = 0; i < cache->nshards && !found; i++) {
-    struct shard *c = &cache->shards[i];
-    struct task *t;
-    pthread_rwlock_rdlock(&c->lock);
-    t = c->ibuckets[h & (c->nbuckets - 1)];
-    while(t && strcmp(t->idem_key, key))
-      t = t->ichain;
-    if(t && t->created_at_ms + c->retention_ms >= util_now_ms()) {
-      memcpy(task_id, t->id, UTIL_UUID_LEN);
-      *request_hash = t->request_hash;
-      *status = (enum task_status)t->status;
-      found = 1;
-    }
-    pthread_rwlock_unlock(&c->lock);
-  }
-  return found;
+  struct idempotent_hit hit = {task_id, request_hash, status};
+  return find_indexed(cache, BY_IDEMPOTENCY_KEY, key, take_idempotent, &hit);
 }
 
 size_t task_cache_size(struct task_cache *cache)

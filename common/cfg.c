@@ -167,6 +167,8 @@ struct key {
   size_t max_n;                 /* lists */
   const struct enum_name *names; /* K_ENUM, terminated by a NULL name */
   const char *const *schemes;   /* K_URL, NULL-terminated */
+  bool (*elem_check)(const char *s); /* K_STR_LIST: extra rule for each element */
+  const char *elem_expect;      /* ...and what it expects, for the error message */
   size_t off, off_n;            /* offsetof the field, and of the list count */
 };
 
@@ -183,6 +185,9 @@ static const char *const AMQP_SCHEMES[] = {"amqp://", "amqps://", NULL};
 static const char *const HTTP_SCHEMES[] = {"http://", "https://", NULL};
 static const char *const NO_KEYS[] = {NULL};
 static const char *const DEFAULT_DELAYS[] = {"5s", "5s", "5s", NULL};
+static const char *const DEFAULT_CALLBACK_DELAYS[] = {"5s", "30s", "2m", "10m", "1h", NULL};
+
+static bool valid_instance_rate(const char *s);
 
 #define AT(m) .off = offsetof(struct cfg, m)
 /* AMQP short strings hold at most 255 bytes. */
@@ -201,7 +206,9 @@ static const struct key KEYS[] = {
   {.name = "broker.tls.verify_peer", .type = K_BOOL, .def = "true", AT(broker.tls.verify_peer)},
 
   AMQP_NAME("topology.exchange", "messages", topology.exchange),
-  AMQP_NAME("topology.queue", "messages.send", topology.queue),
+  /* Leaves room for the ".lane.<instance>" suffix of the rate-limited lanes. */
+  {.name = "topology.queue", .type = K_NONEMPTY, .def = "messages.send", .max = 184,
+   AT(topology.queue)},
   {.name = "topology.queue_type", .type = K_ENUM, .def = "quorum", .names = QUEUE_TYPES,
    AT(topology.queue_type)},
   /* Leaves room for the ".<delay>" suffix of each retry queue. */
@@ -211,6 +218,9 @@ static const struct key KEYS[] = {
   AMQP_NAME("topology.status_stream", "messages.status", topology.status_stream),
   {.name = "topology.status_retention", .type = K_DURATION, .def = "24h", .min = MS_MINUTE,
    .max = 365 * MS_DAY, AT(topology.status_retention_ms)},
+  /* Leaves room for the ".retry.<delay>" and ".dead" suffixes. */
+  {.name = "topology.callback_queue", .type = K_NONEMPTY, .def = "messages.callbacks",
+   .max = 200, AT(topology.callback_queue)},
 
   {.name = "api.listen", .type = K_LISTEN, .def = "0.0.0.0:8001", AT(api.listen)},
   {.name = "api.threads", .type = K_UINT, .def = "64", .min = 1, .max = 1024, AT(api.threads)},
@@ -244,9 +254,31 @@ static const struct key KEYS[] = {
    .max = 5 * MS_MINUTE, AT(evolution.connect_timeout_ms)},
   {.name = "evolution.rate_limit", .type = K_DOUBLE, .def = "0", .dmin = 0, .dmax = 1e6,
    AT(evolution.rate_limit)},
+  {.name = "evolution.rate_burst", .type = K_UINT, .def = "1", .min = 1, .max = 100000,
+   AT(evolution.rate_burst)},
+  {.name = "evolution.rate_limits", .type = K_STR_LIST, .def_list = NO_KEYS, .max_n = 4096,
+   .elem_check = valid_instance_rate, .elem_expect = "\"<instance>=<sends per second>\"",
+   AT(evolution.rate_limits), .off_n = offsetof(struct cfg, evolution.n_rate_limits)},
 
   {.name = "retry.delays", .type = K_DURATION_LIST, .def_list = DEFAULT_DELAYS, .min = 1,
    .max = MS_DAY, .max_n = 32, AT(retry.delays_ms), .off_n = offsetof(struct cfg, retry.n_delays)},
+
+  {.name = "callbacks.secret", .type = K_STR, .flags = F_SECRET, .def = "", AT(callbacks.secret)},
+  {.name = "callbacks.allow_hosts", .type = K_STR_LIST, .def_list = NO_KEYS, .max_n = 1024,
+   AT(callbacks.allow_hosts), .off_n = offsetof(struct cfg, callbacks.n_allow_hosts)},
+  {.name = "callbacks.timeout", .type = K_DURATION, .def = "5s", .min = 100, .max = 5 * MS_MINUTE,
+   AT(callbacks.timeout_ms)},
+  {.name = "callbacks.retry_delays", .type = K_DURATION_LIST, .def_list = DEFAULT_CALLBACK_DELAYS,
+   .min = 1, .max = MS_DAY, .max_n = 32, AT(callbacks.retry_delays_ms),
+   .off_n = offsetof(struct cfg, callbacks.n_retry_delays)},
+  {.name = "callbacks.concurrency", .type = K_UINT, .def = "32", .min = 1, .max = 1024,
+   AT(callbacks.concurrency)},
+
+  {.name = "webhooks.secret", .type = K_STR, .flags = F_SECRET, .def = "", AT(webhooks.secret)},
+  {.name = "webhooks.header", .type = K_NONEMPTY, .def = "X-Webhook-Secret", .max = 100,
+   AT(webhooks.header)},
+  {.name = "webhooks.jwt_key", .type = K_STR, .flags = F_SECRET, .def = "",
+   AT(webhooks.jwt_key)},
 
   {.name = "log.level", .type = K_ENUM, .def = "info", .names = LOG_LEVELS, AT(log.level)},
   {.name = "log.format", .type = K_ENUM, .def = "json", .names = LOG_FORMATS, AT(log.format)},
@@ -448,6 +480,45 @@ static bool valid_instance(const char *s)
   return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
 }
 
+/* Splits "<instance>=<rate>" of evolution.rate_limits; returns the rate, or -1 when the entry
+ * is not valid. The instance part is the first `*name_len` bytes. */
+static double parse_instance_rate(const char *s, size_t *name_len)
+{
+  const char *eq = strchr(s, '=');
+  char name[65], *end;
+  double rate;
+  if(!eq || eq == s || (size_t)(eq - s) >= sizeof name)
+    return -1;
+  memcpy(name, s, (size_t)(eq - s));
+  name[eq - s] = '\0';
+  if(!valid_instance(name) || !eq[1] || isspace((unsigned char)eq[1]))
+    return -1;
+  errno = 0;
+  rate = strtod(eq + 1, &end);
+  if(errno || *end || !(rate >= 0 && rate <= 1e6))
+    return -1;
+  *name_len = (size_t)(eq - s);
+  return rate;
+}
+
+static bool valid_instance_rate(const char *s)
+{
+  size_t n;
+  return parse_instance_rate(s, &n) >= 0;
+}
+
+double cfg_instance_rate(const struct cfg *cfg, const char *instance)
+{
+  size_t want = strlen(instance);
+  for(size_t i = 0; i < cfg->evolution.n_rate_limits; i++) {
+    size_t n;
+    double rate = parse_instance_rate(cfg->evolution.rate_limits[i], &n);
+    if(rate >= 0 && n == want && !memcmp(cfg->evolution.rate_limits[i], instance, n))
+      return rate;
+  }
+  return cfg->evolution.rate_limit;
+}
+
 static bool valid_url(const struct key *k, const char *s)
 {
   for(const char *const *sc = k->schemes; *sc; sc++) {
@@ -551,7 +622,10 @@ static void sb_expected(struct sbuf *b, const struct key *k, bool elem)
     sb_puts(b, "an instance name of 1-64 characters from A-Z a-z 0-9 . _ -");
     break;
   case K_STR_LIST:
-    sb_puts(b, elem ? "a non-empty string" : "a list of non-empty strings");
+    if(k->elem_expect)
+      sb_printf(b, elem ? "%s" : "a list of %s", k->elem_expect);
+    else
+      sb_puts(b, elem ? "a non-empty string" : "a list of non-empty strings");
     break;
   }
 }
@@ -698,7 +772,7 @@ static int set_value(struct cfg *cfg, const struct key *k, const char *s)
 static int set_elem(const struct key *k, void *arr, size_t i, const char *s)
 {
   if(k->type == K_STR_LIST) {
-    if(!*s)
+    if(!*s || (k->elem_check && !k->elem_check(s)))
       return SET_BAD;
     char *copy = strdup(s);
     if(!copy)

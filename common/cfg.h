@@ -29,6 +29,7 @@ struct cfg {
 
   struct {
     char *exchange, *queue, *retry_queue_prefix, *dead_letter_queue, *status_stream;
+    char *callback_queue; /* status callbacks: "<it>", "<it>.retry.<delay>", "<it>.dead" */
     enum cfg_queue_type queue_type;
     uint64_t status_retention_ms; /* 1m..365d */
   } topology;
@@ -58,12 +59,33 @@ struct cfg {
     enum cfg_api_version api_version;
     uint64_t timeout_ms, connect_timeout_ms;
     double rate_limit; /* sends per second per instance; 0 = unlimited */
+    unsigned rate_burst; /* sends allowed at once after a quiet spell, 1..100000 */
+    char **rate_limits;  /* "<instance>=<rate>" overrides of rate_limit (validated) */
+    size_t n_rate_limits;
   } evolution;
 
   struct {
     uint64_t *delays_ms; /* n_delays entries, each 1ms..24h; at most 32 entries */
     size_t n_delays;
   } retry;
+
+  /* Evolution API webhooks (delivery receipts) at msg-api's POST /webhooks/evolution. */
+  struct {
+    char *secret;   /* expected in header `header` (Evolution's webhook.headers); a secret */
+    char *header;   /* header name, default X-Webhook-Secret */
+    char *jwt_key;  /* Evolution 2.3+ jwt_key: Authorization: Bearer <HS256 JWT>; a secret */
+  } webhooks;
+
+  /* Status callbacks, POSTed by msg-consumer's dispatcher (consumer/callbacks.c). */
+  struct {
+    char *secret;          /* HMAC key of X-Msg-Signature; "" = callbacks disabled; a secret */
+    char **allow_hosts;    /* n_allow_hosts host names, IP literals or "*.domain" entries */
+    size_t n_allow_hosts;  /* 0: no callback URL is allowed */
+    uint64_t timeout_ms;   /* whole request, 100ms..5m */
+    uint64_t *retry_delays_ms; /* n_retry_delays entries, each 1ms..24h; at most 32 */
+    size_t n_retry_delays;
+    unsigned concurrency;  /* callbacks in flight (the prefetch), 1..1024 */
+  } callbacks;
 
   struct {
     enum cfg_log_level level;
@@ -82,6 +104,10 @@ struct cfg {
  * Problems in an environment variable read `$NAME: expected ..., got "..."`. Every problem of the
  * file is reported, not just the first. */
 struct cfg *cfg_load(const char *path, char **errors);
+
+/* The send rate of an Evolution instance: its entry in evolution.rate_limits, else
+ * evolution.rate_limit. 0 = unlimited. */
+double cfg_instance_rate(const struct cfg *cfg, const char *instance);
 
 /* Frees everything cfg_load returned. cfg_free(NULL) is a no-op. */
 void cfg_free(struct cfg *cfg);

@@ -169,7 +169,9 @@ char *job_encode(const struct job *job, size_t *len)
                           json_string(util_format_time(job->expires_at_ms, created)))) ||
      (job->send_at_ms &&
       json_object_set_new(o, "send_at", json_string(util_format_time(job->send_at_ms, created)))) ||
-     (job->generation && json_object_set_new(o, "generation", json_integer(job->generation)))) {
+     (job->generation && json_object_set_new(o, "generation", json_integer(job->generation))) ||
+     (job->callback_url &&
+      json_object_set_new(o, "callback_url", json_string(job->callback_url)))) {
     json_decref(o);
     return NULL;
   }
@@ -187,6 +189,7 @@ void job_free(struct job *job)
   free(job->message);
   free(job->instance_name);
   free(job->idempotency_key);
+  free(job->callback_url);
   free(job);
 }
 
@@ -196,7 +199,8 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
   json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
   struct job *job = NULL;
   const char *task_id = NULL, *phone = NULL, *message = NULL, *instance = NULL,
-             *created = NULL, *idem = NULL, *expires = NULL, *send_at = NULL;
+             *created = NULL, *idem = NULL, *expires = NULL, *send_at = NULL,
+             *callback = NULL;
   size_t message_len = 0;
   json_int_t version = 0, generation = 0;
   enum job_field_error fe;
@@ -204,11 +208,11 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
     snprintf(err, errlen, "not JSON: line %d column %d: %s", je.line, je.column, je.text);
     return -1;
   }
-  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:s%, s:s, s:s, s?s, s?s, s?s, s?I}", "v", &version,
+  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:s%, s:s, s:s, s?s, s?s, s?s, s?I, s?s}", "v", &version,
                     "task_id", &task_id, "phone", &phone, "message", &message, &message_len,
                     "instance_name", &instance, "created_at", &created, "idempotency_key",
                     &idem, "expires_at", &expires, "send_at", &send_at, "generation",
-                    &generation)) {
+                    &generation, "callback_url", &callback)) {
     snprintf(err, errlen, "bad job: %s", je.text);
     goto fail;
   }
@@ -259,10 +263,17 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
     snprintf(err, errlen, "send_at is not an RFC 3339 time");
     goto fail;
   }
+  /* Where it points is checked against the allow-list by whoever uses it. */
+  if(callback && (!*callback || strlen(callback) > JOB_CALLBACK_URL_MAX)) {
+    snprintf(err, errlen, "callback_url is empty or too long");
+    goto fail;
+  }
   job->message = strdup(message);
+  job->callback_url = callback ? strdup(callback) : NULL;
   job->instance_name = strdup(instance);
   job->idempotency_key = idem ? strdup(idem) : NULL;
-  if(!job->message || !job->instance_name || (idem && !job->idempotency_key)) {
+  if(!job->message || !job->instance_name || (idem && !job->idempotency_key) ||
+     (callback && !job->callback_url)) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }

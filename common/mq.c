@@ -27,7 +27,7 @@ amqp_table_entry_t mq_entry_i64(const char *key, int64_t value)
   return e;
 }
 
-static amqp_table_entry_t entry_bool(const char *key, int value)
+amqp_table_entry_t mq_entry_bool(const char *key, int value)
 {
   amqp_table_entry_t e;
   e.key = amqp_cstring_bytes(key);
@@ -126,8 +126,8 @@ amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int 
   gethostname(host, sizeof host - 1);
   snprintf(name, sizeof name, "%s-%s@%s", cfg->broker.connection_name, role, host);
   {
-    amqp_table_entry_t caps[2] = {entry_bool("connection.blocked", 1),
-                                  entry_bool("consumer_cancel_notify", 1)};
+    amqp_table_entry_t caps[2] = {mq_entry_bool("connection.blocked", 1),
+                                  mq_entry_bool("consumer_cancel_notify", 1)};
     amqp_table_entry_t props[2];
     amqp_table_t table;
     amqp_rpc_reply_t r;
@@ -245,25 +245,86 @@ static int declare_queue(amqp_connection_state_t conn, amqp_channel_t ch, const 
   return 0;
 }
 
-/* A queue whose messages wait `ttl_ms`, then dead-letter back to the job queue: the retry
- * queues and the delay queues of scheduled sends. At-least-once dead-lettering on quorum
- * queues, or the way back would silently be at-most-once. */
-static int declare_delay_queue(amqp_connection_state_t conn, amqp_channel_t ch,
-                               const struct cfg *c, const char *name, const char *key,
-                               uint64_t ttl_ms, char *err, size_t errlen)
+/* A queue whose messages wait `ttl_ms`, then dead-letter to `dlx`/`dl_key`: the retry queues
+ * (of jobs and of callbacks) and the delay queues of scheduled sends. At-least-once
+ * dead-lettering on quorum queues, or the way back would silently be at-most-once. */
+static int declare_ttl_queue(amqp_connection_state_t conn, amqp_channel_t ch,
+                             const struct cfg *c, const char *name, const char *bind_key,
+                             uint64_t ttl_ms, const char *dlx, const char *dl_key, char *err,
+                             size_t errlen)
 {
   int quorum = c->topology.queue_type == CFG_QUEUE_QUORUM;
   amqp_table_entry_t args[6];
   int n = 0;
   args[n++] = mq_entry_str("x-queue-type", quorum ? "quorum" : "classic");
   args[n++] = mq_entry_i64("x-message-ttl", (int64_t)ttl_ms);
-  args[n++] = mq_entry_str("x-dead-letter-exchange", c->topology.exchange);
-  args[n++] = mq_entry_str("x-dead-letter-routing-key", MQ_KEY_SEND);
+  args[n++] = mq_entry_str("x-dead-letter-exchange", dlx);
+  args[n++] = mq_entry_str("x-dead-letter-routing-key", dl_key);
   if(quorum) {
     args[n++] = mq_entry_str("x-dead-letter-strategy", "at-least-once");
     args[n++] = mq_entry_str("x-overflow", "reject-publish");
   }
-  return declare_queue(conn, ch, name, args, n, key, c, err, errlen);
+  return declare_queue(conn, ch, name, args, n, bind_key, c, err, errlen);
+}
+
+/* A TTL queue bound to the work exchange with `key` that leads back to the job queue. */
+static int declare_delay_queue(amqp_connection_state_t conn, amqp_channel_t ch,
+                               const struct cfg *c, const char *name, const char *key,
+                               uint64_t ttl_ms, char *err, size_t errlen)
+{
+  return declare_ttl_queue(conn, ch, c, name, key, ttl_ms, c->topology.exchange, MQ_KEY_SEND,
+                           err, errlen);
+}
+
+/* 1 when delays[i] is the first occurrence of its value: one queue per distinct delay, so a
+ * long delay never holds back a short one. */
+static int first_of_its_delay(const uint64_t *delays, size_t i)
+{
+  for(size_t j = 0; j < i; j++)
+    if(delays[j] == delays[i])
+      return 0;
+  return 1;
+}
+
+/* The arguments of the job queue and of the lanes: they dead-letter only to the dead queue
+ * (delivery limit): retries are republished by the consumer, see DESIGN §3 on cycle detection.
+ * At-least-once dead-lettering silently degrades to at-most-once without reject-publish.
+ * Returns the number of entries written (at most 7). */
+static int job_queue_args(const struct cfg *c, amqp_table_entry_t *args)
+{
+  int quorum = c->topology.queue_type == CFG_QUEUE_QUORUM;
+  int n = 0;
+  args[n++] = mq_entry_str("x-queue-type", quorum ? "quorum" : "classic");
+  args[n++] = mq_entry_str("x-dead-letter-exchange", c->topology.exchange);
+  args[n++] = mq_entry_str("x-dead-letter-routing-key", MQ_KEY_DEAD);
+  if(quorum) {
+    args[n++] = mq_entry_i64("x-delivery-limit", MQ_DELIVERY_LIMIT);
+    args[n++] = mq_entry_str("x-dead-letter-strategy", "at-least-once");
+    args[n++] = mq_entry_str("x-overflow", "reject-publish");
+  }
+  return n;
+}
+
+void mq_lane_queue_name(const struct cfg *cfg, const char *instance, char *buf, size_t len)
+{
+  snprintf(buf, len, "%s.lane.%s", cfg->topology.queue, instance);
+}
+
+void mq_lane_routing_key(const char *instance, char *buf, size_t len)
+{
+  snprintf(buf, len, "lane.%s", instance);
+}
+
+int mq_declare_lane(amqp_connection_state_t conn, amqp_channel_t ch, const struct cfg *cfg,
+                    const char *instance, char *err, size_t errlen)
+{
+  char name[512], key[128];
+  amqp_table_entry_t args[8];
+  int n = job_queue_args(cfg, args);
+  args[n++] = mq_entry_bool("x-single-active-consumer", 1);
+  mq_lane_queue_name(cfg, instance, name, sizeof name);
+  mq_lane_routing_key(instance, key, sizeof key);
+  return declare_queue(conn, ch, name, args, n, key, cfg, err, errlen);
 }
 
 int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t ch, const struct cfg *cfg,
@@ -290,27 +351,14 @@ int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t ch, const s
                    errlen))
     return -1;
 
-  /* The job queue dead-letters only to the dead queue (delivery limit): retries are
-   * republished by the consumer, see DESIGN §3 on cycle detection. At-least-once
-   * dead-lettering silently degrades to at-most-once without reject-publish. */
-  n = 0;
-  args[n++] = mq_entry_str("x-queue-type", qtype);
-  args[n++] = mq_entry_str("x-dead-letter-exchange", c->topology.exchange);
-  args[n++] = mq_entry_str("x-dead-letter-routing-key", MQ_KEY_DEAD);
-  if(quorum) {
-    args[n++] = mq_entry_i64("x-delivery-limit", MQ_DELIVERY_LIMIT);
-    args[n++] = mq_entry_str("x-dead-letter-strategy", "at-least-once");
-    args[n++] = mq_entry_str("x-overflow", "reject-publish");
-  }
+  /* The job queue: see job_queue_args. */
+  n = job_queue_args(c, args);
   if(declare_queue(conn, ch, c->topology.queue, args, n, MQ_KEY_SEND, c, err, errlen))
     return -1;
 
   /* One retry queue per distinct delay, so a long delay never holds back a short one. */
   for(size_t i = 0; i < c->retry.n_delays; i++) {
-    size_t j;
-    for(j = 0; j < i && c->retry.delays_ms[j] != c->retry.delays_ms[i]; j++)
-      ;
-    if(j < i)
+    if(!first_of_its_delay(c->retry.delays_ms, i))
       continue;
     mq_retry_queue_name(c, c->retry.delays_ms[i], name, sizeof name);
     mq_retry_routing_key(c->retry.delays_ms[i], key, sizeof key);
@@ -334,6 +382,58 @@ int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t ch, const s
   args[n++] = mq_entry_str("x-max-age", max_age);
   if(declare_queue(conn, ch, c->topology.status_stream, args, n, NULL, c, err, errlen))
     return -1;
+  return 0;
+}
+
+void mq_callback_retry_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf,
+                                  size_t len)
+{
+  char d[32];
+  format_delay(delay_ms, d, sizeof d);
+  snprintf(buf, len, "%s.retry.%s", cfg->topology.callback_queue, d);
+}
+
+void mq_callback_dead_queue_name(const struct cfg *cfg, char *buf, size_t len)
+{
+  snprintf(buf, len, "%s.dead", cfg->topology.callback_queue);
+}
+
+int mq_declare_callback_topology(amqp_connection_state_t conn, amqp_channel_t ch,
+                                 const struct cfg *cfg, char *err, size_t errlen)
+{
+  const struct cfg *c = cfg;
+  int quorum = c->topology.queue_type == CFG_QUEUE_QUORUM;
+  char dead[512], name[512];
+  amqp_table_entry_t args[7];
+  int n = 0;
+  mq_callback_dead_queue_name(c, dead, sizeof dead);
+  args[n++] = mq_entry_str("x-queue-type", quorum ? "quorum" : "classic");
+  if(declare_queue(conn, ch, dead, args, n, NULL, c, err, errlen))
+    return -1;
+
+  /* Everything goes through the default exchange, by queue name: callbacks need no routing.
+   * The callback queue dead-letters only to its dead queue (delivery limit), for the reason
+   * the job queue does (DESIGN §3): failed callbacks are republished by the dispatcher. */
+  n = 0;
+  args[n++] = mq_entry_str("x-queue-type", quorum ? "quorum" : "classic");
+  args[n++] = mq_entry_str("x-dead-letter-exchange", "");
+  args[n++] = mq_entry_str("x-dead-letter-routing-key", dead);
+  if(quorum) {
+    args[n++] = mq_entry_i64("x-delivery-limit", MQ_DELIVERY_LIMIT);
+    args[n++] = mq_entry_str("x-dead-letter-strategy", "at-least-once");
+    args[n++] = mq_entry_str("x-overflow", "reject-publish");
+  }
+  if(declare_queue(conn, ch, c->topology.callback_queue, args, n, NULL, c, err, errlen))
+    return -1;
+
+  for(size_t i = 0; i < c->callbacks.n_retry_delays; i++) {
+    if(!first_of_its_delay(c->callbacks.retry_delays_ms, i))
+      continue;
+    mq_callback_retry_queue_name(c, c->callbacks.retry_delays_ms[i], name, sizeof name);
+    if(declare_ttl_queue(conn, ch, c, name, NULL, c->callbacks.retry_delays_ms[i], "",
+                         c->topology.callback_queue, err, errlen))
+      return -1;
+  }
   return 0;
 }
 

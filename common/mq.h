@@ -19,8 +19,8 @@
 
 /* Connects and logs in to cfg->broker.url (amqps:// uses TLS with cfg->broker.tls), announcing
  * "<cfg->broker.connection_name>-<role>@<host name>" as the connection name (role: "api",
- * "api-status", "consumer") and the capabilities
- * connection.blocked and consumer_cancel_notify. Each connect and each RPC is bounded by
+ * "api-status", "consumer", "callbacks", "admin" for dead-letter reads and redrives) and the
+ * capabilities connection.blocked and consumer_cancel_notify. Each connect and each RPC is bounded by
  * `timeout_ms`. Returns the connection (caller destroys it with mq_close or, after a socket
  * error, amqp_destroy_connection), or NULL with a reason in err[errlen]. */
 amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int timeout_ms,
@@ -58,6 +58,31 @@ uint64_t mq_schedule_hop(int64_t remaining_ms);
 void mq_delay_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf, size_t len);
 void mq_delay_routing_key(uint64_t delay_ms, char *buf, size_t len);
 
+/* Rate-limited instances get a lane: the quorum queue "<topology.queue>.lane.<instance>",
+ * bound with routing key "lane.<instance>", single active consumer (one consumer process at a
+ * time paces the instance, whatever the replica count), dead-lettering like the job queue. */
+void mq_lane_queue_name(const struct cfg *cfg, const char *instance, char *buf, size_t len);
+void mq_lane_routing_key(const char *instance, char *buf, size_t len);
+
+/* Declares the lane of `instance` on `channel`. Returns 0, or -1 with the reason in err. */
+int mq_declare_lane(amqp_connection_state_t conn, amqp_channel_t channel, const struct cfg *cfg,
+                    const char *instance, char *err, size_t errlen);
+
+/* Status callbacks (consumer/callbacks.c), all through the default exchange by queue name:
+ * <topology.callback_queue> (what the dispatcher consumes; dead-letters to its dead queue
+ * after MQ_DELIVERY_LIMIT returns), one "<callback_queue>.retry.<delay>" per distinct
+ * callbacks.retry_delays entry (TTL = the delay, then back to <callback_queue>), and
+ * "<callback_queue>.dead" (parked callbacks). Quorum queues with at-least-once dead-lettering
+ * unless topology.queue_type is classic, like the job queues. */
+void mq_callback_retry_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf,
+                                  size_t len);
+void mq_callback_dead_queue_name(const struct cfg *cfg, char *buf, size_t len);
+
+/* Declares the callback queues on `channel`; idempotent while the arguments are unchanged.
+ * Returns 0, or -1 with the broker's reason in err. */
+int mq_declare_callback_topology(amqp_connection_state_t conn, amqp_channel_t channel,
+                                 const struct cfg *cfg, char *err, size_t errlen);
+
 /* Describes an RPC reply that was not AMQP_RESPONSE_NORMAL into buf; returns buf. */
 char *mq_reply_text(amqp_rpc_reply_t reply, char *buf, size_t len);
 
@@ -75,5 +100,6 @@ int mq_table_get_int(const amqp_table_t *table, const char *key, int64_t *out);
 /* Builders for table entries; strings are borrowed until the table is sent. */
 amqp_table_entry_t mq_entry_str(const char *key, const char *value);
 amqp_table_entry_t mq_entry_i64(const char *key, int64_t value);
+amqp_table_entry_t mq_entry_bool(const char *key, int value);
 
 #endif

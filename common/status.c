@@ -7,7 +7,24 @@
 #include <string.h>
 
 static const char *const NAMES[] = {"PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE",
-                                     "CANCELLED", "SCHEDULED"};
+                                     "CANCELLED", "SCHEDULED", "RECEIPT"};
+static const char *const DELIVERY_NAMES[DELIVERY_STATES] = {"",          "sent", "server_ack",
+                                                            "delivered", "read", "error"};
+
+const char *delivery_name(enum delivery_state s)
+{
+  return (unsigned)s < DELIVERY_STATES ? DELIVERY_NAMES[s] : "";
+}
+
+int delivery_from_name(const char *name, enum delivery_state *out)
+{
+  for(int i = 1; i < DELIVERY_STATES; i++)
+    if(!strcmp(name, DELIVERY_NAMES[i])) {
+      *out = (enum delivery_state)i;
+      return 0;
+    }
+  return -1;
+}
 
 const char *status_name(enum task_status s)
 {
@@ -35,6 +52,7 @@ int64_t status_rank(enum task_status s, int attempt)
   case TASK_SUCCESS:
   case TASK_FAILURE: return STATUS_RANK_FINAL;
   case TASK_CANCELLED: return STATUS_RANK_FINAL - 1;
+  case TASK_RECEIPT: return -1;
   }
   return 0;
 }
@@ -47,6 +65,8 @@ void status_pending_event(const struct job *job, struct status_event *ev)
   ev->generation = job->generation;
   ev->at_ms = ev->created_at_ms = job->created_at_ms;
   ev->phone = (char *)job->phone;
+  ev->instance = job->instance_name;
+  ev->callback_url = job->callback_url;
   ev->idempotency_key = job->idempotency_key;
   if(job->idempotency_key)
     ev->request_hash = job_request_hash(job);
@@ -71,14 +91,24 @@ static int set_time(json_t *o, const char *key, int64_t ms)
 char *status_event_encode(const struct status_event *ev, size_t *len)
 {
   char at[UTIL_TIME_LEN];
-  json_t *o = json_pack("{s:i, s:s, s:s, s:i, s:s}", "v", STATUS_SCHEMA_VERSION, "task_id",
-                        ev->task_id, "status", status_name(ev->status), "attempt", ev->attempt,
-                        "at", util_format_time(ev->at_ms, at));
+  json_t *o = json_pack("{s:i, s:s, s:i, s:s}", "v", STATUS_SCHEMA_VERSION, "status",
+                        status_name(ev->status), "attempt", ev->attempt, "at",
+                        util_format_time(ev->at_ms, at));
   char *out = NULL;
   if(!o)
     return NULL;
+  if(ev->task_id[0] && json_object_set_new(o, "task_id", json_string(ev->task_id)))
+    goto done;
+  if(ev->status == TASK_RECEIPT) {
+    /* A receipt names the message; the task is found by it when task_id is missing. */
+    if(set_str(o, "evolution_key", ev->evolution_key) ||
+       set_str(o, "delivery", delivery_name(ev->delivery)) || set_str(o, "instance", ev->instance))
+      goto done;
+    goto dump;
+  }
   if((ev->generation && json_object_set_new(o, "generation", json_integer(ev->generation))) ||
      set_time(o, "created_at", ev->created_at_ms) || set_str(o, "phone", ev->phone) ||
+     set_str(o, "instance", ev->instance) || set_str(o, "callback_url", ev->callback_url) ||
      set_str(o, "idempotency_key", ev->idempotency_key) ||
      set_time(o, "next_retry_at", ev->next_retry_at_ms))
     goto done;
@@ -100,6 +130,50 @@ char *status_event_encode(const struct status_event *ev, size_t *len)
     if(!e || json_object_set_new(o, "error", e))
       goto done;
   }
+dump:
+  out = json_dumps(o, JSON_COMPACT);
+  if(out)
+    *len = strlen(out);
+done:
+  json_decref(o);
+  return out;
+}
+
+char *status_callback_body(const struct status_event *ev, char id[STATUS_EVENT_ID_LEN],
+                           size_t *len)
+{
+  char at[UTIL_TIME_LEN];
+  int receipt = ev->status == TASK_RECEIPT;
+  json_t *o;
+  char *out = NULL;
+  if(receipt)
+    snprintf(id, STATUS_EVENT_ID_LEN, "%s.delivery.%s", ev->task_id, delivery_name(ev->delivery));
+  else
+    snprintf(id, STATUS_EVENT_ID_LEN, "%s.%s.%d.%d", ev->task_id, status_name(ev->status),
+             ev->attempt, ev->generation);
+  o = json_pack("{s:s, s:s, s:s, s:s}", "event_id", id, "type",
+                receipt ? "task.delivery" : "task.status", "task_id", ev->task_id, "at",
+                util_format_time(ev->at_ms, at));
+  if(!o)
+    return NULL;
+  if(receipt) {
+    if(set_str(o, "delivery", delivery_name(ev->delivery)) ||
+       set_str(o, "evolution_key", ev->evolution_key))
+      goto done;
+  }
+  else {
+    if(json_object_set_new(o, "status", json_string(status_name(ev->status))) ||
+       json_object_set_new(o, "attempt", json_integer(ev->attempt)) ||
+       set_time(o, "next_retry_at", ev->next_retry_at_ms))
+      goto done;
+    if(ev->evolution_key &&
+       json_object_set_new(o, "result", json_pack("{s:s}", "evolution_key", ev->evolution_key)))
+      goto done;
+    if(ev->error_code &&
+       json_object_set_new(o, "error", json_pack("{s:s, s:s}", "code", ev->error_code, "message",
+                                                 ev->error_message ? ev->error_message : "")))
+      goto done;
+  }
   out = json_dumps(o, JSON_COMPACT);
   if(out)
     *len = strlen(out);
@@ -111,6 +185,8 @@ done:
 void status_event_clear(struct status_event *ev)
 {
   free(ev->phone);
+  free(ev->instance);
+  free(ev->callback_url);
   free(ev->evolution_key);
   free(ev->error_code);
   free(ev->error_message);
@@ -130,20 +206,22 @@ static int dup_opt(const char *src, char **dst)
 static int decode_object(json_t *root, struct status_event *ev, char *err, size_t errlen)
 {
   json_error_t je;
-  const char *task_id, *status, *at, *created = NULL, *phone = NULL, *idem = NULL,
-             *next = NULL, *key = NULL, *code = NULL, *emsg = NULL, *hash = NULL;
+  const char *task_id = NULL, *status, *at, *callback = NULL, *delivery = NULL,
+             *receipt_key = NULL, *created = NULL, *phone = NULL, *idem = NULL,
+             *instance = NULL, *next = NULL, *key = NULL, *code = NULL, *emsg = NULL, *hash = NULL;
   json_int_t version, attempt, generation = 0;
   memset(ev, 0, sizeof *ev);
-  if(json_unpack_ex(root, &je, 0, "{s:I, s:s, s:s, s:I, s:s, s?I, s?s, s?s, s?s, s?s, s?s, s?{s?s}, s?{s?s, s?s}}",
+  if(json_unpack_ex(root, &je, 0, "{s:I, s?s, s:s, s:I, s:s, s?I, s?s, s?s, s?s, s?s, s?s, s?s, s?{s?s}, s?{s?s, s?s}, s?s, s?s, s?s}",
                     "v", &version, "task_id", &task_id, "status", &status, "attempt", &attempt,
-                    "at", &at, "generation", &generation, "created_at", &created, "phone", &phone, "idempotency_key",
+                    "at", &at, "generation", &generation, "created_at", &created, "phone", &phone, "instance", &instance, "idempotency_key",
                     &idem, "request_hash", &hash, "next_retry_at", &next, "result", "evolution_key", &key, "error",
-                    "code", &code, "message", &emsg)) {
+                    "code", &code, "message", &emsg, "callback_url", &callback, "delivery",
+                    &delivery, "evolution_key", &receipt_key)) {
     snprintf(err, errlen, "bad status event: %s", je.text);
     goto fail;
   }
-  if(version != STATUS_SCHEMA_VERSION || !util_is_uuid(task_id) ||
-     status_from_name(status, &ev->status) || attempt < 0 || attempt > 1000000 ||
+  if(version != STATUS_SCHEMA_VERSION || status_from_name(status, &ev->status) ||
+     (task_id ? !util_is_uuid(task_id) : ev->status != TASK_RECEIPT) || attempt < 0 || attempt > 1000000 ||
      generation < 0 || generation > STATUS_MAX_GENERATION ||
      util_parse_time(at, &ev->at_ms) || (created && util_parse_time(created, &ev->created_at_ms)) ||
      (next && util_parse_time(next, &ev->next_retry_at_ms))) {
@@ -159,10 +237,28 @@ static int decode_object(json_t *root, struct status_event *ev, char *err, size_
     }
     ev->request_hash = h;
   }
-  memcpy(ev->task_id, task_id, UTIL_UUID_LEN);
+  if(ev->status == TASK_RECEIPT) {
+    if(!receipt_key || !*receipt_key || strlen(receipt_key) > STATUS_KEY_MAX || !delivery ||
+       delivery_from_name(delivery, &ev->delivery)) {
+      snprintf(err, errlen, "bad status event: a receipt needs evolution_key and delivery");
+      goto fail;
+    }
+    key = receipt_key;
+  }
+  if(callback && strlen(callback) > STATUS_URL_MAX) {
+    snprintf(err, errlen, "bad status event: callback_url is too long");
+    goto fail;
+  }
+  if(task_id)
+    memcpy(ev->task_id, task_id, UTIL_UUID_LEN);
   ev->attempt = (int)attempt;
   ev->generation = (int)generation;
-  if(dup_opt(phone, &ev->phone) || dup_opt(idem, &ev->idempotency_key) ||
+  if(instance && job_check_instance(instance)) {
+    snprintf(err, errlen, "bad status event: instance is not an instance name");
+    goto fail;
+  }
+  if(dup_opt(phone, &ev->phone) || dup_opt(instance, &ev->instance) ||
+     dup_opt(callback, &ev->callback_url) || dup_opt(idem, &ev->idempotency_key) ||
      dup_opt(key, &ev->evolution_key) || dup_opt(code, &ev->error_code) ||
      dup_opt(emsg, &ev->error_message)) {
     snprintf(err, errlen, "out of memory");

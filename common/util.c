@@ -1,8 +1,9 @@
-/* Small helpers shared by both daemons: clocks, timestamps, task ids. */
+/* Small helpers shared by both daemons: clocks, timestamps, task ids, error texts. */
 #include "util.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,4 +157,15 @@ int util_is_uuid(const char *s)
       return 0;
   }
   return s[36] == '\0';
+}
+
+int util_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+  va_list ap;
+  if(err && errlen) {
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return -1;
 }

@@ -1,4 +1,4 @@
-/* Small helpers shared by both daemons: clocks, timestamps, task ids. */
+/* Small helpers shared by both daemons: clocks, timestamps, task ids, error texts. */
 #ifndef MSG_UTIL_H
 #define MSG_UTIL_H
 
@@ -30,5 +30,9 @@ int util_uuid4(char *buf);
 
 /* Returns 1 when `s` is a UUID in the canonical 8-4-4-4-12 hexadecimal form, else 0. */
 int util_is_uuid(const char *s);
+
+/* Writes a printf-formatted reason into err[errlen] (nothing when err is NULL or errlen 0) and
+ * returns -1: the "-1 with a reason in err" of functions that fail that way. */
+int util_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

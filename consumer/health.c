@@ -15,6 +15,7 @@
 struct health_server {
   const struct cfg *cfg;
   struct worker_state *state;
+  struct callbacks_stats *callbacks;
   struct mg_context *ctx;
   int64_t started_ms;
 };
@@ -66,6 +67,36 @@ static int send_metrics(struct mg_connection *conn, struct health_server *srv, i
   metrics_family(&o, "msg_consumer_delivery_duration_seconds", "histogram",
                  "Time from receiving a job to acking it with its outcome recorded.");
   metrics_hist_samples(&o, "msg_consumer_delivery_duration_seconds", "", &s->delivery_latency);
+  metrics_family(&o, "msg_consumer_rate_limit_waiting", "gauge",
+                 "Jobs of rate-limited instances held here until their instance may send again.");
+  metrics_sample(&o, "msg_consumer_rate_limit_waiting", "",
+                 (double)atomic_load(&s->lane_waiting));
+  metrics_family(&o, "msg_consumer_rate_limit_forwarded_total", "counter",
+                 "Jobs moved from the job queue to the lane of their rate-limited instance.");
+  metrics_sample(&o, "msg_consumer_rate_limit_forwarded_total", "",
+                 (double)atomic_load(&s->lane_forwarded));
+  {
+    struct callbacks_stats *cb = srv->callbacks;
+    metrics_family(&o, "msg_consumer_callbacks_total", "counter",
+                   "Status callbacks finished, by outcome (delivered: 2xx; retried: sent to a "
+                   "retry queue; parked: sent to the dead queue).");
+    metrics_sample(&o, "msg_consumer_callbacks_total", "outcome=\"delivered\"",
+                   (double)atomic_load(&cb->delivered));
+    metrics_sample(&o, "msg_consumer_callbacks_total", "outcome=\"retried\"",
+                   (double)atomic_load(&cb->retried));
+    metrics_sample(&o, "msg_consumer_callbacks_total", "outcome=\"parked\"",
+                   (double)atomic_load(&cb->parked));
+    metrics_family(&o, "msg_consumer_callbacks_in_flight", "gauge",
+                   "Status callbacks taken from the queue and not yet acked.");
+    metrics_sample(&o, "msg_consumer_callbacks_in_flight", "",
+                   (double)atomic_load(&cb->in_flight));
+    metrics_family(&o, "msg_consumer_callbacks_connected", "gauge",
+                   "1 when the callback dispatcher is connected and consuming.");
+    metrics_sample(&o, "msg_consumer_callbacks_connected", "", atomic_load(&cb->connected));
+    metrics_family(&o, "msg_consumer_callback_request_duration_seconds", "histogram",
+                   "Time from sending a status callback to its answer or failure.");
+    metrics_hist_samples(&o, "msg_consumer_callback_request_duration_seconds", "", &cb->latency);
+  }
   metrics_family(&o, "msg_consumer_in_flight", "gauge", "Deliveries being worked on.");
   metrics_sample(&o, "msg_consumer_in_flight", "", (double)atomic_load(&s->in_flight));
   metrics_family(&o, "msg_consumer_broker_connections_total", "counter",
@@ -139,8 +170,8 @@ static int on_log(const struct mg_connection *conn, const char *message)
   return 1; /* the probes' own errors are not worth a log line */
 }
 
-struct health_server *health_start(const struct cfg *cfg, struct worker_state *state, char *err,
-                                   size_t errlen)
+struct health_server *health_start(const struct cfg *cfg, struct worker_state *state,
+                                   struct callbacks_stats *callbacks, char *err, size_t errlen)
 {
   struct health_server *srv = calloc(1, sizeof *srv);
   struct mg_callbacks cb;
@@ -156,6 +187,7 @@ struct health_server *health_start(const struct cfg *cfg, struct worker_state *s
   }
   srv->cfg = cfg;
   srv->state = state;
+  srv->callbacks = callbacks;
   srv->started_ms = util_mono_ms();
   memset(&cb, 0, sizeof cb);
   cb.log_message = on_log;

@@ -4,15 +4,17 @@
 
 #include <stddef.h>
 
+#include "callbacks.h"
 #include "cfg.h"
 #include "worker.h"
 
 struct health_server;
 
-/* Starts listening on cfg->consumer.health_listen; cfg and state are borrowed. NULL with a
+/* Starts listening on cfg->consumer.health_listen; cfg, state and callbacks (the status-callback
+ * dispatcher's counters, reported in /metrics whether or not it runs) are borrowed. NULL with a
  * reason in err. */
-struct health_server *health_start(const struct cfg *cfg, struct worker_state *state, char *err,
-                                   size_t errlen);
+struct health_server *health_start(const struct cfg *cfg, struct worker_state *state,
+                                   struct callbacks_stats *callbacks, char *err, size_t errlen);
 
 /* Stops the listener and frees it; NULL is a no-op. */
 void health_stop(struct health_server *srv);

@@ -3,6 +3,7 @@
 #include "worker.h"
 
 #include <amqp.h>
+#include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include "evo.h"
 #include "idset.h"
 #include "job.h"
+#include "lanes.h"
 #include "log.h"
 #include "mq.h"
 #include "status.h"
@@ -24,6 +26,13 @@
 #define CONSUME_CH 1
 #define PUBLISH_CH 2
 #define STATUS_CH 3
+/* Each lane of a rate-limited instance (lanes.h) gets a channel of its own from here on: it is
+ * declared and consumed on a channel nothing else uses yet, so no delivery can interleave with
+ * those RPCs, and its prefetch is its own. */
+#define LANE_CH_BASE 4
+/* A lane's prefetch is about this many seconds of its sends, plus its burst: no job waits here
+ * unacked for its token much longer than that. */
+#define LANE_HOLD_SECONDS 2
 /* The status stream is read so that a redelivered job whose task already reached SUCCESS is
  * acked without a second send. Acks on a stream are credit: sent in batches. */
 #define STATUS_PREFETCH 2000
@@ -49,10 +58,13 @@
  * outcome is being recorded). */
 struct delivery {
   uint64_t tag;
+  amqp_channel_t channel; /* the job queue's, or a lane's */
+  struct delivery *next;  /* on a lane's list (lanes.h) */
   struct job *job; /* NULL for a job that could not be parsed */
   char *raw;       /* the job body as received, republished unchanged to retry/dead */
   size_t raw_len;
   int attempt;     /* 1 for the first delivery attempt */
+  int64_t returns; /* x-delivery-count: times the broker got it back without an ack */
   int pending;     /* tracked publishes not yet confirmed */
   int failed;      /* one of them was nacked or returned */
   int succeeded;   /* Evolution API accepted it; the pending publish is the SUCCESS event */
@@ -87,6 +99,11 @@ struct worker {
   int stream_caught_up;
   int consuming_jobs;
   int crash_before_ack;        /* fault injection for tests: MSG_FAILPOINT=crash_before_ack */
+  int draining;                /* a stop signal arrived: take nothing new */
+
+  /* Rate limits (lanes.h); rate_limited is 0 when no instance has a rate. */
+  struct lane_table *lanes;
+  int rate_limited;
 
   unsigned conn_gen; /* bumped on every connect */
   /* Sends that Evolution API accepted after their delivery's connection was lost: the broker
@@ -146,6 +163,38 @@ static int publish(struct worker *w, struct delivery *owner, const char *exchang
   return 0;
 }
 
+/* A status change of a task that named a callback_url also goes to the callback queue, where
+ * the dispatcher (callbacks.c) POSTs it with retries of its own; the delivery is acked only
+ * once that publish is confirmed too, so no callback is lost. */
+static int publish_callback(struct worker *w, struct delivery *d, const struct status_event *ev)
+{
+  amqp_basic_properties_t p;
+  amqp_table_entry_t h[1];
+  char id[STATUS_EVENT_ID_LEN], *body;
+  size_t len;
+  int rc;
+  if(!(body = status_callback_body(ev, id, &len)))
+    return -1;
+  memset(&p, 0, sizeof p);
+  p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+             AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
+             AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG |
+             AMQP_BASIC_HEADERS_FLAG;
+  p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  p.content_type = amqp_cstring_bytes("application/json");
+  p.message_id = amqp_cstring_bytes(id);
+  p.correlation_id = amqp_cstring_bytes(d->ref);
+  p.timestamp = (uint64_t)(util_now_ms() / 1000);
+  p.app_id = amqp_cstring_bytes("msg-consumer");
+  p.type = amqp_cstring_bytes("message.callback");
+  h[0] = mq_entry_str("x-callback-url", d->job->callback_url);
+  p.headers.num_entries = 1;
+  p.headers.entries = h;
+  rc = publish(w, d, "", w->cfg->topology.callback_queue, 1, &p, body, len);
+  free(body);
+  return rc;
+}
+
 /* Queues a status event of d's task for the job's status stream; flush_status publishes the
  * queue as one message. A non-NULL owner is acked only after the event is confirmed. */
 static int publish_status(struct worker *w, struct delivery *d, struct delivery *owner,
@@ -174,6 +223,9 @@ static int publish_status(struct worker *w, struct delivery *d, struct delivery 
   w->ev_owners[w->ev_n++] = owner;
   if(owner)
     owner->pending++;
+  if(owner && d->job->callback_url && w->cfg->callbacks.secret[0] &&
+     (ev->status == TASK_RETRY || ev->status == TASK_SUCCESS || ev->status == TASK_FAILURE))
+    return publish_callback(w, d, ev);
   return 0;
 }
 
@@ -443,9 +495,9 @@ static void settle_delivery(struct worker *w, struct delivery *d, int ok)
   }
   if(w->conn) {
     if(d->failed)
-      amqp_basic_nack(w->conn, CONSUME_CH, d->tag, 0, 1);
+      amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
     else
-      amqp_basic_ack(w->conn, CONSUME_CH, d->tag, 0);
+      amqp_basic_ack(w->conn, d->channel, d->tag, 0);
     metrics_observe(&w->state->delivery_latency, (double)(util_mono_us() - d->started_us) / 1e6);
   }
   set_in_flight(w, -1);
@@ -473,51 +525,27 @@ static void on_abort(void *owner, void *ctx)
   /* Requeue so another attempt happens soon; on a dead connection the broker does it (and a
    * delivery from an earlier connection has no tag on this one). */
   if(w->conn && d->conn_gen == w->conn_gen)
-    amqp_basic_nack(w->conn, CONSUME_CH, d->tag, 0, 1);
+    amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
   set_in_flight(w, -1);
   delivery_free(d);
 }
 
 /* ---- deliveries ------------------------------------------------------------------------ */
 
-static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, int redelivered)
+/* Frees a delivery that has nothing left in flight. */
+static void delivery_done(struct worker *w, struct delivery *d)
 {
-  struct delivery *d = calloc(1, sizeof *d);
-  char err[256];
-  int64_t attempt = 1;
-  if(!d || !(d->raw = malloc(m->body.len + 1))) {
-    /* Out of memory: give it back for later. */
-    free(d);
-    amqp_basic_nack(w->conn, CONSUME_CH, tag, 0, 1);
+  if(d->pending)
     return;
-  }
-  d->tag = tag;
-  if(m->body.len) /* an empty body comes with a NULL pointer */
-    memcpy(d->raw, m->body.bytes, m->body.len);
-  d->raw[m->body.len] = '\0';
-  d->raw_len = m->body.len;
-  d->started_ms = util_mono_ms();
-  d->started_us = util_mono_us();
-  d->conn_gen = w->conn_gen;
-  if((m->properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
-     !mq_table_get_int(&m->properties.headers, "x-attempt", &attempt) &&
-     (attempt < 1 || attempt > 1000))
-    attempt = 1;
-  d->attempt = (int)attempt;
-  set_in_flight(w, 1);
-  if(redelivered)
-    atomic_fetch_add(&w->state->redelivered, 1);
-  if(job_decode(d->raw, d->raw_len, &d->job, err, sizeof err)) {
-    snprintf(d->ref, sizeof d->ref, "malformed-%llu", (unsigned long long)tag);
-    /* Parked at once: a job that cannot be parsed never gets better by looping. */
-    park(w, d, "malformed", "malformed_job", err);
-    if(!d->pending) {
-      set_in_flight(w, -1);
-      delivery_free(d);
-    }
-    return;
-  }
-  snprintf(d->ref, sizeof d->ref, "%s", d->job->task_id);
+  set_in_flight(w, -1);
+  delivery_free(d);
+}
+
+/* What happens to a job before it may be sent: acked at once when its task is already sent or
+ * cancelled, held in the delay queues until its send_at, parked when it expired. Returns 1
+ * when it was handled so (d is then owned by its publishes or freed), 0 when it may be sent. */
+static int handled_before_send(struct worker *w, struct delivery *d)
+{
   if(idset_has(w->sent, d->job->task_id) || idset_has(w->cancelled, d->job->task_id)) {
     /* Delivered again after a crash or a broker restart, but already sent: never twice. Or
      * cancelled by its sender while it waited: the task already says CANCELLED. */
@@ -536,44 +564,290 @@ static void start_delivery(struct worker *w, uint64_t tag, amqp_message_t *m, in
       orphan->task_id[0] = '\0';
       d->succeeded = 1;
       publish_status(w, d, d, &ev);
-      if(d->pending)
-        return;
     }
     else
-      amqp_basic_ack(w->conn, CONSUME_CH, tag, 0);
-    set_in_flight(w, -1);
-    delivery_free(d);
-    return;
+      amqp_basic_ack(w->conn, d->channel, d->tag, 0);
+    delivery_done(w, d);
+    return 1;
   }
   if(d->job->send_at_ms && util_now_ms() < d->job->send_at_ms) {
     hold_until_send_at(w, d);
-    if(!d->pending) {
-      set_in_flight(w, -1);
-      delivery_free(d);
-    }
-    return;
+    delivery_done(w, d);
+    return 1;
   }
   if(d->job->expires_at_ms && util_now_ms() >= d->job->expires_at_ms) {
     /* An OTP an hour late does harm: past its expiry a message is never sent. */
     park(w, d, "expired", "expired", "the message expired before it could be sent");
-    if(!d->pending) {
-      set_in_flight(w, -1);
-      delivery_free(d);
-    }
-    return;
+    delivery_done(w, d);
+    return 1;
   }
-  {
-    struct status_event ev;
-    memset(&ev, 0, sizeof ev);
-    ev.status = TASK_STARTED;
-    publish_status(w, d, NULL, &ev);
-  }
+  return 0;
+}
+
+/* Records STARTED and hands the job to Evolution API. */
+static void begin_send(struct worker *w, struct delivery *d)
+{
+  struct status_event ev;
+  memset(&ev, 0, sizeof ev);
+  ev.status = TASK_STARTED;
+  publish_status(w, d, NULL, &ev);
   d->sent_us = util_mono_us();
   if(evo_send(w->evo, d->job, d)) {
     log_event(CFG_LOG_ERROR, "cannot start an Evolution API request", "task_id",
               d->job->task_id, NULL);
     on_abort(d, w);
   }
+}
+
+/* ---- rate limits: lanes ---------------------------------------------------------------- */
+
+static void list_push(struct delivery ***tail, struct delivery *d)
+{
+  d->next = NULL;
+  **tail = d;
+  *tail = &d->next;
+}
+
+static struct delivery *list_pop(struct delivery **head, struct delivery ***tail)
+{
+  struct delivery *d = *head;
+  if(d && !(*head = d->next))
+    *tail = head;
+  return d;
+}
+
+/* Moves a job of a rate-limited instance from the job queue to its lane (confirmed, then the
+ * original is acked): whichever consumer holds the lane paces it. */
+static void forward_to_lane(struct worker *w, struct lane *l, struct delivery *d)
+{
+  amqp_basic_properties_t p;
+  amqp_table_entry_t h[1];
+  char key[128];
+  /* Moving to the lane is no delivery attempt: the attempt number stays as it was. */
+  h[0] = mq_entry_i64("x-attempt", d->attempt);
+  job_props(w, d, &p, h, 1);
+  mq_lane_routing_key(l->instance, key, sizeof key);
+  atomic_fetch_add(&w->state->lane_forwarded, 1);
+  publish(w, d, w->cfg->topology.exchange, key, 1, &p, d->raw, d->raw_len);
+  delivery_done(w, d);
+}
+
+/* Rate limits: a job of a limited instance that came from the job queue moves to its lane; one
+ * that came from its lane waits for a token. Returns 1 when d may be sent now. */
+static int lane_admit(struct worker *w, struct delivery *d)
+{
+  struct lane *l;
+  if(!w->rate_limited)
+    return 1;
+  l = lanes_get(w->lanes, d->job->instance_name, util_mono_us());
+  if(!l) {
+    /* Out of memory: give it back for later rather than send it unpaced. */
+    amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
+    delivery_done(w, d);
+    return 0;
+  }
+  if(l->rate <= 0)
+    return 1;
+  if(d->channel == CONSUME_CH) {
+    if(l->open)
+      forward_to_lane(w, l, d);
+    else
+      list_push(&l->forward_tail, d); /* the loop opens the lane, then forwards */
+    return 0;
+  }
+  if(!l->wait_head && lane_take(l, util_mono_us()))
+    return 1;
+  list_push(&l->wait_tail, d);
+  l->waiting++;
+  atomic_fetch_add(&w->state->lane_waiting, 1);
+  return 0;
+}
+
+/* Declares a lane and consumes it on its own channel. Returns 0, or -1 when the connection
+ * failed or the broker refused (the connection is then dropped and set up again). */
+static int open_lane(struct worker *w, struct lane *l)
+{
+  char err[512], name[512];
+  amqp_channel_t ch = (amqp_channel_t)(LANE_CH_BASE + l->index);
+  double per_hold = ceil(l->rate * LANE_HOLD_SECONDS) + l->burst;
+  uint16_t prefetch = per_hold > w->cfg->consumer.prefetch ? (uint16_t)w->cfg->consumer.prefetch
+                                                            : (uint16_t)per_hold;
+  amqp_basic_consume_ok_t *ok;
+  mq_lane_queue_name(w->cfg, l->instance, name, sizeof name);
+  if(mq_channel_open(w->conn, ch, err, sizeof err) ||
+     mq_declare_lane(w->conn, ch, w->cfg, l->instance, err, sizeof err))
+    goto fail;
+  if(!amqp_basic_qos(w->conn, ch, 0, prefetch ? prefetch : 1, 0) ||
+     !(ok = amqp_basic_consume(w->conn, ch, amqp_cstring_bytes(name), amqp_empty_bytes, 0, 0, 0,
+                               amqp_empty_table))) {
+    mq_reply_text(amqp_get_rpc_reply(w->conn), err, sizeof err);
+    goto fail;
+  }
+  amqp_bytes_free(l->consumer_tag);
+  l->consumer_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
+  l->open = 1;
+  log_event(CFG_LOG_INFO, "consuming a rate-limited lane", "queue", name, NULL);
+  return 0;
+fail:
+  log_event(CFG_LOG_ERROR, "cannot open a rate-limited lane", "queue", name, "reason", err, NULL);
+  return -1;
+}
+
+/* Gives back (requeues) the lane jobs that were not sent: at a stop, nothing waits for tokens
+ * that will never come. */
+static void release_lane_jobs(struct worker *w, struct lane *l)
+{
+  struct delivery *d;
+  while((d = list_pop(&l->forward_head, &l->forward_tail))) {
+    amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
+    delivery_done(w, d);
+  }
+  while((d = list_pop(&l->wait_head, &l->wait_tail))) {
+    amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
+    atomic_fetch_sub(&w->state->lane_waiting, 1);
+    delivery_done(w, d);
+  }
+  l->waiting = 0;
+}
+
+/* One loop turn of the lanes: open the new ones, forward what waited for them, send what has a
+ * token. Writes the time until the next token into *wait_ms (unchanged when nothing waits).
+ * Returns 0, or -1 when the connection must be dropped. */
+static int service_lanes(struct worker *w, int *wait_ms)
+{
+  int64_t now = util_mono_us();
+  for(size_t i = 0; i < lanes_count(w->lanes); i++) {
+    struct lane *l = lanes_at(w->lanes, i);
+    struct delivery *d;
+    if(l->rate <= 0)
+      continue;
+    if(w->draining) {
+      release_lane_jobs(w, l);
+      continue;
+    }
+    if(!l->open) {
+      int channel_max = amqp_get_channel_max(w->conn); /* 0: no limit but the protocol's */
+      if(LANE_CH_BASE + l->index > (size_t)(channel_max ? channel_max : 65535)) {
+        /* More lanes than channels: its jobs wait in the job queue, requeued. */
+        if(l->forward_head)
+          log_event(CFG_LOG_ERROR, "too many rate-limited instances for the broker's channel limit",
+                    "instance", l->instance, NULL);
+        release_lane_jobs(w, l);
+        continue;
+      }
+      if(open_lane(w, l))
+        return -1;
+    }
+    while((d = list_pop(&l->forward_head, &l->forward_tail)))
+      forward_to_lane(w, l, d);
+    while(l->wait_head && lane_take(l, now)) {
+      d = list_pop(&l->wait_head, &l->wait_tail);
+      l->waiting--;
+      atomic_fetch_sub(&w->state->lane_waiting, 1);
+      if(!handled_before_send(w, d))
+        begin_send(w, d);
+    }
+    if(l->wait_head) {
+      int64_t ms = (lane_wait_us(l, now) + 999) / 1000;
+      if(ms < *wait_ms)
+        *wait_ms = (int)ms;
+    }
+  }
+  return 0;
+}
+
+/* The connection is gone: the lanes' jobs go back to their queues on the broker's side. */
+static void reset_lanes(struct worker *w)
+{
+  for(size_t i = 0; w->lanes && i < lanes_count(w->lanes); i++) {
+    struct lane *l = lanes_at(w->lanes, i);
+    struct delivery *d;
+    while((d = list_pop(&l->forward_head, &l->forward_tail)))
+      delivery_done(w, d);
+    while((d = list_pop(&l->wait_head, &l->wait_tail))) {
+      atomic_fetch_sub(&w->state->lane_waiting, 1);
+      delivery_done(w, d);
+    }
+    l->waiting = 0;
+    l->open = 0;
+    amqp_bytes_free(l->consumer_tag);
+    l->consumer_tag = amqp_empty_bytes;
+  }
+}
+
+/* At a stop: the lanes' consumers are cancelled like the job queue's. */
+static void cancel_lanes(struct worker *w)
+{
+  for(size_t i = 0; w->conn && i < lanes_count(w->lanes); i++) {
+    struct lane *l = lanes_at(w->lanes, i);
+    amqp_basic_cancel_t req;
+    if(!l->open)
+      continue;
+    req.consumer_tag = l->consumer_tag;
+    req.nowait = 1;
+    amqp_send_method(w->conn, (amqp_channel_t)(LANE_CH_BASE + l->index),
+                     AMQP_BASIC_CANCEL_METHOD, &req);
+  }
+}
+
+/* ---- deliveries ------------------------------------------------------------------------ */
+
+static void start_delivery(struct worker *w, amqp_channel_t channel, uint64_t tag,
+                           amqp_message_t *m, int redelivered)
+{
+  struct delivery *d = calloc(1, sizeof *d);
+  char err[256];
+  int64_t attempt = 1;
+  if(!d || !(d->raw = malloc(m->body.len + 1))) {
+    /* Out of memory: give it back for later. */
+    free(d);
+    amqp_basic_nack(w->conn, channel, tag, 0, 1);
+    return;
+  }
+  d->tag = tag;
+  d->channel = channel;
+  if(m->body.len) /* an empty body comes with a NULL pointer */
+    memcpy(d->raw, m->body.bytes, m->body.len);
+  d->raw[m->body.len] = '\0';
+  d->raw_len = m->body.len;
+  d->started_ms = util_mono_ms();
+  d->started_us = util_mono_us();
+  d->conn_gen = w->conn_gen;
+  if((m->properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
+     !mq_table_get_int(&m->properties.headers, "x-attempt", &attempt) &&
+     (attempt < 1 || attempt > 1000))
+    attempt = 1;
+  d->attempt = (int)attempt;
+  if(!(m->properties._flags & AMQP_BASIC_HEADERS_FLAG) ||
+     mq_table_get_int(&m->properties.headers, "x-delivery-count", &d->returns))
+    d->returns = 0;
+  set_in_flight(w, 1);
+  if(redelivered)
+    atomic_fetch_add(&w->state->redelivered, 1);
+  if(job_decode(d->raw, d->raw_len, &d->job, err, sizeof err)) {
+    snprintf(d->ref, sizeof d->ref, "malformed-%llu", (unsigned long long)tag);
+    /* Parked at once: a job that cannot be parsed never gets better by looping. */
+    park(w, d, "malformed", "malformed_job", err);
+    delivery_done(w, d);
+    return;
+  }
+  snprintf(d->ref, sizeof d->ref, "%s", d->job->task_id);
+  if(handled_before_send(w, d))
+    return;
+  if(d->returns >= MQ_DELIVERY_LIMIT - 1) {
+    /* Its last delivery before the queue's poison guard dead-letters it: consumers keep dying
+     * on this job (or losing it). Parked here, its task ends FAILURE with the reason, instead
+     * of staying STARTED in a dead queue that RabbitMQ filled silently. */
+    char why[128];
+    snprintf(why, sizeof why, "delivered %lld times without an outcome: a consumer may be "
+             "crashing on it", (long long)d->returns + 1);
+    park(w, d, "delivery_limit", "poison_job", why);
+    delivery_done(w, d);
+    return;
+  }
+  if(!lane_admit(w, d))
+    return;
+  begin_send(w, d);
 }
 
 static void note_status_event(const struct status_event *ev, void *arg)
@@ -583,6 +857,10 @@ static void note_status_event(const struct status_event *ev, void *arg)
     idset_add(w->sent, ev->task_id);
   else if(ev->status == TASK_CANCELLED)
     idset_add(w->cancelled, ev->task_id);
+  else if(ev->instance && w->rate_limited)
+    /* Every consumer learns every limited instance from its accepted jobs and consumes its
+     * lane too: if the active one dies, the broker hands the lane to another. */
+    lanes_get(w->lanes, ev->instance, util_mono_us());
   /* Under steady traffic the stream is never idle: an event newer than the subscription
    * proves the backlog is behind us. */
   if(!w->stream_caught_up && ev->at_ms >= w->stream_subscribed_at)
@@ -646,7 +924,7 @@ static int drain_frames(struct worker *w)
       if(f.channel == STATUS_CH)
         on_status_event(w, tag, &m);
       else
-        start_delivery(w, tag, &m, redelivered);
+        start_delivery(w, f.channel, tag, &m, redelivered);
       amqp_destroy_message(&m);
       break;
     }
@@ -716,7 +994,9 @@ static int connect_broker(struct worker *w)
   }
   if(mq_channel_open(conn, CONSUME_CH, err, sizeof err) ||
      mq_channel_open(conn, PUBLISH_CH, err, sizeof err) ||
-     mq_declare_topology(conn, PUBLISH_CH, w->cfg, err, sizeof err))
+     mq_declare_topology(conn, PUBLISH_CH, w->cfg, err, sizeof err) ||
+     (w->cfg->callbacks.secret[0] &&
+      mq_declare_callback_topology(conn, PUBLISH_CH, w->cfg, err, sizeof err)))
     goto fail;
   if(!amqp_confirm_select(conn, PUBLISH_CH)) {
     snprintf(err, sizeof err, "confirm.select refused");
@@ -790,6 +1070,7 @@ static void drop_connection(struct worker *w)
    * the answer that prevents a second send when the broker redelivers (see on_http_done). */
   confirms_fail_all(w->confirms);
   drop_status(w);
+  reset_lanes(w);
 }
 
 static void cancel_consumer(struct worker *w)
@@ -828,13 +1109,19 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   w.evo = evo_client_new(cfg, on_http_done, &w);
   w.sent = idset_new(SENT_MEMORY);
   w.cancelled = idset_new(SENT_MEMORY);
+  w.lanes = lanes_new(cfg);
+  w.rate_limited = cfg->evolution.rate_limit > 0;
+  for(size_t i = 0; i < cfg->evolution.n_rate_limits; i++)
+    if(strcmp(strchr(cfg->evolution.rate_limits[i], '=') + 1, "0"))
+      w.rate_limited = 1; /* a cheap over-approximation: lanes_get knows each exact rate */
   w.stream_offset = -1;
   {
     const char *fp = getenv("MSG_FAILPOINT");
     w.crash_before_ack = fp && !strcmp(fp, "crash_before_ack");
   }
-  if(!w.confirms || !w.evo || !w.sent || !w.cancelled) {
+  if(!w.confirms || !w.evo || !w.sent || !w.cancelled || !w.lanes) {
     log_error("out of memory starting the worker");
+    lanes_free(w.lanes);
     confirms_free(w.confirms);
     evo_client_free(w.evo);
     idset_free(w.sent);
@@ -851,7 +1138,9 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
     if(signals == 1 && !grace_deadline) {
       log_event(CFG_LOG_INFO, "stopping: finishing deliveries in flight", NULL);
       atomic_store(&state->draining, 1);
+      w.draining = 1;
       cancel_consumer(&w);
+      cancel_lanes(&w);
       grace_deadline = now + (int64_t)cfg->consumer.shutdown_grace_ms;
       settle_deadline = grace_deadline + SETTLE_EXTRA_MS;
     }
@@ -891,6 +1180,9 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
       if(w.stream_caught_up && !w.consuming_jobs && !grace_deadline && start_consuming_jobs(&w))
         drop_connection(&w);
     }
+    /* Lanes are opened only once the status stream is caught up, like the job queue. */
+    if(w.conn && w.consuming_jobs && service_lanes(&w, &timeout))
+      drop_connection(&w);
 
     if(w.conn) {
       /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
@@ -913,6 +1205,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   }
   /* Whatever is left is requeued by the broker when the connection closes. */
   evo_abort_all(w.evo, on_abort, &w);
+  reset_lanes(&w);
   confirms_fail_all(w.confirms);
   drop_status(&w);
   if(w.conn) {
@@ -924,6 +1217,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   confirms_free(w.confirms);
   idset_free(w.sent);
   idset_free(w.cancelled);
+  lanes_free(w.lanes);
   atomic_store(&state->connected, 0);
   return rc;
 }

@@ -18,6 +18,8 @@ struct worker_state {
   atomic_llong loop_at_ms; /* last loop turn (monotonic), for liveness */
   atomic_llong connects;   /* successful broker connections (more than 1 = reconnects) */
   atomic_llong config_faults; /* 401/403/LICENSE_REQUIRED answers */
+  atomic_llong lane_waiting;   /* jobs of rate-limited instances waiting here for a token */
+  atomic_llong lane_forwarded; /* jobs moved from the job queue to their instance's lane */
   struct metrics_hist evolution_latency; /* sendText request to answer (or failure) */
   struct metrics_hist delivery_latency;  /* delivery received to outcome recorded (ack) */
 };

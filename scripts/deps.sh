@@ -4,7 +4,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake pkg-config
-  librabbitmq-dev libcurl4-openssl-dev libcivetweb-dev libjansson-dev libyaml-dev
+  librabbitmq-dev libcurl4-openssl-dev libcivetweb-dev libjansson-dev libyaml-dev libssl-dev
   rabbitmq-server python3 curl ca-certificates wrk
 )
 

@@ -178,6 +178,9 @@ class Definitions(unittest.TestCase):
         expected = {t["queue"], t["dead_letter_queue"], t["status_stream"]}
         expected |= {f"{t['retry_queue_prefix']}.{d}" for d in delays}
         expected |= {f"{t['exchange']}.delay.{d}" for d in SCHEDULE_DELAYS}
+        cq = t["callback_queue"]
+        expected |= {cq, f"{cq}.dead"}
+        expected |= {f"{cq}.retry.{d}" for d in CONFIG["callbacks"]["retry_delays"]}
         self.assertEqual(set(self.queues), expected)
         self.assertEqual([e["name"] for e in self.defs["exchanges"]], [t["exchange"]])
         self.assertEqual(self.defs["exchanges"][0]["type"], "direct")
@@ -217,6 +220,34 @@ class Definitions(unittest.TestCase):
             self.assertEqual(args["x-dead-letter-exchange"], t["exchange"])
             self.assertEqual(args["x-dead-letter-routing-key"], "send")
             self.assertEqual(bound.get((t["exchange"], f"delay.{d}")), f"{t['exchange']}.delay.{d}")
+
+    def test_callback_queues(self):
+        """The status-callback queues (common/mq.c mq_declare_callback_topology): all through
+        the default exchange, so unbound; the queue dead-letters to its dead queue, each retry
+        queue back to the queue after its delay, at-least-once."""
+        t = self.top
+        qtype = t["queue_type"]
+        cq = t["callback_queue"]
+        main = self.queues[cq]["arguments"]
+        self.assertEqual(main["x-queue-type"], qtype)
+        self.assertEqual(main["x-dead-letter-exchange"], "")
+        self.assertEqual(main["x-dead-letter-routing-key"], f"{cq}.dead")
+        self.assertEqual(self.queues[f"{cq}.dead"]["arguments"], {"x-queue-type": qtype})
+        for d in CONFIG["callbacks"]["retry_delays"]:
+            args = self.queues[f"{cq}.retry.{d}"]["arguments"]
+            self.assertEqual(args["x-queue-type"], qtype)
+            self.assertEqual(args["x-message-ttl"], duration_ms(d))
+            self.assertEqual(args["x-dead-letter-exchange"], "")
+            self.assertEqual(args["x-dead-letter-routing-key"], cq)
+        for args in [main] + [self.queues[f"{cq}.retry.{d}"]["arguments"]
+                              for d in CONFIG["callbacks"]["retry_delays"]]:
+            if qtype == "quorum":
+                self.assertEqual(args["x-dead-letter-strategy"], "at-least-once")
+                self.assertEqual(args["x-overflow"], "reject-publish")
+        if qtype == "quorum":
+            self.assertEqual(main["x-delivery-limit"],
+                             self.queues[t["queue"]]["arguments"]["x-delivery-limit"])
+        self.assertFalse([b for b in self.defs["bindings"] if b["destination"].startswith(cq)])
 
     def test_bindings(self):
         t = self.top

@@ -2,7 +2,8 @@
 """A fake Evolution API (WhatsApp HTTP gateway) for tests: v2.3.x behaviour, or v1.8 bodies.
 
 It reproduces what a sender can observe of `POST /message/sendText/{instance}`, as described in
-shared/research/evolution-api.md §2–§4 and §8, including the order of the checks:
+shared/research/evolution-api.md §2–§4 and §8, including the order of the checks, and the status
+webhooks that follow a send (§6; see "Webhooks" below):
 
   body-parser (malformed JSON) → route → instance exists → apikey → JSON schema → blank text
   → injected faults → number on WhatsApp → latency (+ the request's own `delay`) → 201
@@ -15,11 +16,14 @@ read the records and change behaviour at run time:
 
   GET  /_fake/requests[?since=N]  recorded sendText requests, oldest first, from index N
   GET  /_fake/stats               {"total", "in_flight", "by_status", "sent", "sent_by_number",
-                                   "sent_by_text"}
+                                   "sent_by_text", "webhooks_sent", "webhooks_failed",
+                                   "webhooks_dropped", "webhooks_pending"}
   GET  /_fake/config              the current run-time configuration (faults with their hits)
   POST /_fake/config              change any of: latency_ms, not_on_whatsapp, api_key, instances,
-                                  connection_state, api_version, faults (replaces the list)
+                                  connection_state, api_version, faults (replaces the list),
+                                  and the webhook_* keys below; all or nothing (400 if invalid)
   POST /_fake/reset               forget the records and the fault rules (the rest stays)
+  GET  /_fake/webhooks, POST /_fake/webhook   see "Webhooks" below
 
 A fault rule:
   {"match": {"number": "...", "text_contains": "...", "instance": "..."},   all optional
@@ -39,12 +43,102 @@ message that went out (201 and prisma); rejections answer at once.
 
 Message ids are "3EB0" + 36 hex digits in v2 mode and "BAE5" + 12 in v1 mode (research §3).
 
+Webhooks (research §6). Off until `webhook_url` is set. After every send that went out (201, and
+the "prisma" fault, which counts as sent) the fake POSTs, from a background thread that never
+delays the HTTP answer (except with the "early" webhook fault below):
+  1. `send.message`, whose `data` is exactly the 201 body (v2 §3.1 or v1 §3.3), if SEND_MESSAGE
+     is subscribed. Not for "prisma": Evolution stores the message before it emits the event, so
+     the failed insert throws first and there is no success body to send;
+  2. one `messages.update` per status of `webhook_receipts` (default SERVER_ACK, DELIVERY_ACK,
+     READ), in order, if MESSAGES_UPDATE is subscribed; `webhook_delay_ms` (default 50) before
+     each event after the first. For "prisma" the receipts carry the id the message got on
+     WhatsApp, which the client never saw (the request record's key_id stays null; the id is in
+     /_fake/webhooks). Real 2.3.x skips those updates when the DB row is missing (§6.5).
+One message's events go out one after the other from one thread, each with its retries, so a
+retried event delays the ones after it (Evolution emits them concurrently: use "reverse" for
+reordering). Each event is sent in the §6.3 envelope:
+  {"event", "instance", "data", "destination": webhook_url, "date_time": ISO UTC with "Z",
+   "sender": the instance's own JID (fixed per instance name), "server_url": this fake's URL,
+   "apikey": null}                              (v1 mode: no "apikey" key at all)
+`messages.update` data, v2: {"keyId", "remoteJid", "fromMe": true, "status", "instanceId",
+"messageId"} where keyId is the message's key.id, instanceId the sendText body's, and messageId a
+stable DB-row-like id ("c" + 24 characters, the same for every receipt of one message).
+v1 mode: {"remoteJid", "id", "fromMe": true, "status", "datetime": <Unix ms>, "owner": <instance>}.
+The mode is the fake's api_version when the message was sent.
+
+Each POST is made like Evolution 2.3's axios: JSON body, `Content-Type: application/json`,
+`Accept`, `User-Agent: axios/...`, plus `webhook_headers` (Evolution 2.2+ `webhook.headers`). If
+those contain "jwt_key", that entry is not sent; `Authorization: Bearer <JWT>` is sent instead,
+an HS256 JWT signed with the key's UTF-8 bytes, header {"alg":"HS256","typ":"JWT"}, payload
+{"iat": now, "exp": now + 600, "app": "evolution", "action": "webhook"} (Evolution 2.3.0+; one
+token per event, reused by its retries). Answers 2xx are success; anything else (3xx included,
+redirects are not followed), a refused or reset connection or a timeout is a failed attempt.
+Retries follow Evolution 2.3's retryWebhookRequest, with test-sized defaults: at most
+`webhook_retry` attempts; no retry after an HTTP status in `webhook_retry_non_retryable`; before
+attempt n+1 wait min(base * 2^(n-1), max) plus a jitter of ±jitter * that, and at least base.
+
+Webhook configuration (command line flag in brackets; all also in POST/GET /_fake/config):
+  webhook_url                  [--webhook-url]  http://host:port/path, or null: no webhooks
+  webhook_headers              [--webhook-headers JSON]  {name: value}; "jwt_key" as above
+  webhook_events               [--webhook-events A,B]  SEND_MESSAGE and/or MESSAGES_UPDATE,
+                               default both; [] means all, as in Evolution's /webhook/set
+  webhook_by_events            [--webhook-by-events]  POST to <url>/send-message and
+                               <url>/messages-update (Evolution's byEvents); default false
+  webhook_receipts             [--webhook-receipts A,B]  statuses sent after a send; each one of
+                               ERROR, PENDING, SERVER_ACK, DELIVERY_ACK, READ, PLAYED, DELETED
+  webhook_delay_ms             [--webhook-delay-ms]  between one message's events, default 50
+  webhook_retry                [--webhook-retry]  max attempts per event, default 10 (1: none)
+  webhook_retry_base_ms        [--webhook-retry-base-ms]  first retry delay, default 200
+  webhook_retry_max_ms         [--webhook-retry-max-ms]  delay cap before jitter, default 5000
+  webhook_retry_jitter         [--webhook-retry-jitter]  0..1, default 0.2 (0: exact delays)
+  webhook_retry_non_retryable  [--webhook-retry-non-retryable A,B]  default 400,401,403,404,422
+  webhook_timeout_ms           [--webhook-timeout-ms]  per attempt, default 5000
+  webhook_faults               rule list, below (POST /_fake/config only; reset clears it)
+
+A webhook fault rule changes the webhooks of the messages it matches, chosen when the message is
+sent, like the send fault rules (first matching rule with times left; match, times, fail_ratio
+and seed as above), and needs at least one of:
+  "duplicate": true     every receipt is sent twice, back to back
+  "reverse": true       receipts in reverse order (READ before SERVER_ACK)
+  "early": true         the message's webhooks are sent, answered (with retries) and recorded
+                        BEFORE the sendText answer, which waits for them: a receipt that arrives
+                        before the sender stored key.id
+  "statuses": [...]     the receipt list for this message instead of webhook_receipts
+                        (e.g. ["SERVER_ACK", "ERROR"]; [] sends none)
+
+Webhook control routes:
+  GET  /_fake/webhooks[?since=N]  every attempt, oldest first, from index N: {"index", "event",
+                                  "instance", "status" (null for send.message), "key_id",
+                                  "attempt" (1-based), "http_status" (null when no answer),
+                                  "error" (null, "timeout" or the connection error), "at" (Unix
+                                  time the attempt started), "url", "manual"}
+  POST /_fake/webhook             send one messages.update now and answer when it is done:
+                                  {"instance", "key_id", "status", "number"?, "v1"?, "headers"?}
+                                  → {"http_status", "attempts", "error"} (200). "number" gives
+                                  remoteJid; without it key_id must be a message the fake sent.
+                                  "v1" picks the data shape (default: the fake's api_version).
+                                  "headers" replaces webhook_headers for this event ({} sends
+                                  none; "jwt_key" works as above): forged or duplicate receipts.
+                                  409 when webhook_url is not set.
+/_fake/stats also counts "webhooks_sent" (attempts answered 2xx), "webhooks_failed" (other
+attempts), "webhooks_dropped" (events given up: non-retryable status or attempts exhausted) and
+"webhooks_pending" (events of sent messages not finished yet: wait for 0). POST /_fake/reset also
+forgets the webhook records and webhook_faults, and stops the webhooks still queued.
+Everything stays where webhook_url points; the tests keep it on loopback.
+
 Usage: fake_evolution.py --host 127.0.0.1 --port 0 --api-key KEY --instances a,b
                          [--latency-ms N] [--port-file PATH] [--api-version v2|v1] [--verbose]
+                         [--webhook-url URL] [--webhook-headers JSON] [--webhook-... (above)]
 Python 3.11 standard library only.
 """
 
 import argparse
+import base64
+import copy
+import datetime
+import hashlib
+import hmac
+import http.client
 import json
 import os
 import random
@@ -80,6 +174,29 @@ CANNED_FAULTS = {
 }
 ACTIONS = set(CANNED_FAULTS) | {"status", "hang", "reset", "license_503"}
 CONNECTION_STATES = {"open", "connecting", "close", "refused"}
+
+# Webhooks (research §6). Subscription names → the envelope's `event`.
+WEBHOOK_EVENTS = {"SEND_MESSAGE": "send.message", "MESSAGES_UPDATE": "messages.update"}
+# renderStatus.ts values plus DELETED (wa.types.ts), research §6.5.
+RECEIPT_STATUSES = ("ERROR", "PENDING", "SERVER_ACK", "DELIVERY_ACK", "READ", "PLAYED", "DELETED")
+WEBHOOK_DEFAULTS = {
+    "webhook_url": None,
+    "webhook_headers": {},
+    "webhook_events": ["SEND_MESSAGE", "MESSAGES_UPDATE"],
+    "webhook_by_events": False,
+    "webhook_receipts": ["SERVER_ACK", "DELIVERY_ACK", "READ"],
+    "webhook_delay_ms": 50,
+    "webhook_retry": 10,
+    "webhook_retry_base_ms": 200,
+    "webhook_retry_max_ms": 5000,
+    "webhook_retry_jitter": 0.2,
+    "webhook_retry_non_retryable": [400, 401, 403, 404, 422],
+    "webhook_timeout_ms": 5000,
+}
+# What axios sends by itself (Evolution posts with an axios instance).
+AXIOS_HEADERS = {"Accept": "application/json, text/plain, */*", "Content-Type": "application/json",
+                 "User-Agent": "axios/1.7.9"}
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 SEND_TEXT_RE = re.compile(r"^/message/sendText/([^/]+)/?$", re.IGNORECASE)  # Express: case-insensitive,
 CONNECTION_STATE_RE = re.compile(r"^/instance/connectionState/([^/]+)/?$", re.IGNORECASE)  # slash optional
@@ -148,25 +265,182 @@ class ConfigError(ValueError):
     """A /_fake/config or fault rule that makes no sense; answered with 400."""
 
 
-class FaultRule:
-    """One injected fault; `times` None means unlimited."""
+def instance_uuid(instance):
+    """The instanceId of an instance's messages: a UUID fixed per instance name."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "evolution:" + instance))
+
+
+def instance_jid(instance):
+    """The instance's own WhatsApp JID (the webhook envelope's `sender`), fixed per name."""
+    n = int.from_bytes(hashlib.sha256(instance.encode("utf-8")).digest()[:8], "big") % 10**9
+    return f"5511{n:09d}@s.whatsapp.net"
+
+
+def db_row_id(key_id):
+    """A cuid-like Message row id ("c" + 24 base-36 characters), v2's `messageId`; derived from
+    the key id so that every receipt of one message carries the same one."""
+    n = int.from_bytes(hashlib.sha256(key_id.encode("utf-8")).digest(), "big")
+    chars = []
+    for _ in range(24):
+        n, r = divmod(n, 36)
+        chars.append("0123456789abcdefghijklmnopqrstuvwxyz"[r])
+    return "c" + "".join(chars)
+
+
+def iso_now():
+    """`date_time` of the envelope: ISO 8601 with milliseconds and a Z (the fake runs in UTC)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jwt_hs256(key, now=None):
+    """The token of Evolution 2.3's generateJwtToken: jsonwebtoken's sign(payload, key, HS256),
+    i.e. compact JSON header and payload in this key order, unpadded base64url, HMAC-SHA256."""
+    iat = int(time.time() if now is None else now)
+    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    payload = b64url(json.dumps({"iat": iat, "exp": iat + 600, "app": "evolution", "action": "webhook"},
+                                separators=(",", ":")).encode())
+    signing_input = f"{header}.{payload}".encode("ascii")
+    signature = hmac.new(key.encode("utf-8"), signing_input, hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64url(signature)}"
+
+
+def outgoing_headers(custom):
+    """The headers of one webhook POST: axios's own, then the instance's webhook.headers (names
+    compared case-insensitively), with a "jwt_key" entry turned into a Bearer JWT (2.3.0+)."""
+    custom = dict(custom)
+    if "jwt_key" in custom:
+        custom["Authorization"] = "Bearer " + jwt_hs256(custom.pop("jwt_key"))
+    headers = {k.lower(): (k, v) for k, v in AXIOS_HEADERS.items()}
+    headers.update({k.lower(): (k, v) for k, v in custom.items()})
+    return dict(headers.values())
+
+
+def check_headers(value, what):
+    """A {name: value} header dict that http.client can send; raises ConfigError."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what} must be an object of header names to string values")
+    for name, v in value.items():
+        ok = HEADER_NAME_RE.match(name) and isinstance(v, str) and "\r" not in v and "\n" not in v
+        if ok and name != "jwt_key":  # the key is never sent, only the token
+            try:
+                v.encode("latin-1")  # what http.client can put in a header
+            except UnicodeEncodeError:
+                ok = False
+        if not ok:
+            raise ConfigError(f"{what}: bad header {name!r}: {v!r}")
+    if value.get("jwt_key") == "":
+        raise ConfigError(f"{what}: jwt_key must not be empty (Evolution's jwt.sign would throw)")
+    return dict(value)
+
+
+def check_statuses(value, what):
+    if not (isinstance(value, list) and all(isinstance(x, str) and x in RECEIPT_STATUSES for x in value)):
+        raise ConfigError(f"{what} must be a list of statuses among {list(RECEIPT_STATUSES)}")
+    return list(value)
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_webhook_config(cfg):
+    """The webhook_* keys of a /_fake/config body, validated and normalized."""
+    out = {}
+    if "webhook_url" in cfg:
+        url = cfg["webhook_url"]
+        if url is not None:
+            try:
+                parts = urlsplit(url)
+                parts.port  # raises ValueError on a bad port
+                ok = parts.scheme == "http" and bool(parts.hostname)
+            except (ValueError, TypeError, AttributeError):
+                ok = False
+            if not ok:
+                raise ConfigError("webhook_url must be null or an http://host[:port][/path] URL")
+        out["webhook_url"] = url
+    if "webhook_headers" in cfg:
+        out["webhook_headers"] = check_headers(cfg["webhook_headers"], "webhook_headers")
+    if "webhook_events" in cfg:
+        events = cfg["webhook_events"]
+        if not (isinstance(events, list) and all(e in WEBHOOK_EVENTS for e in events)):
+            raise ConfigError(f"webhook_events must be a list among {list(WEBHOOK_EVENTS)}")
+        # Evolution's /webhook/set subscribes an enabled webhook with no events to all of them.
+        out["webhook_events"] = [e for e in WEBHOOK_EVENTS if e in events] or list(WEBHOOK_EVENTS)
+    if "webhook_by_events" in cfg:
+        if not isinstance(cfg["webhook_by_events"], bool):
+            raise ConfigError("webhook_by_events must be a boolean")
+        out["webhook_by_events"] = cfg["webhook_by_events"]
+    if "webhook_receipts" in cfg:
+        out["webhook_receipts"] = check_statuses(cfg["webhook_receipts"], "webhook_receipts")
+    for key in ("webhook_delay_ms", "webhook_retry_base_ms", "webhook_retry_max_ms"):
+        if key in cfg:
+            if not (is_number(cfg[key]) and cfg[key] >= 0):
+                raise ConfigError(f"{key} must be a non-negative number")
+            out[key] = cfg[key]
+    if "webhook_timeout_ms" in cfg:
+        if not (is_number(cfg["webhook_timeout_ms"]) and cfg["webhook_timeout_ms"] > 0):
+            raise ConfigError("webhook_timeout_ms must be a positive number")
+        out["webhook_timeout_ms"] = cfg["webhook_timeout_ms"]
+    if "webhook_retry" in cfg:
+        v = cfg["webhook_retry"]
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ConfigError("webhook_retry (max attempts per event) must be an integer >= 1")
+        out["webhook_retry"] = v
+    if "webhook_retry_jitter" in cfg:
+        if not (is_number(cfg["webhook_retry_jitter"]) and 0 <= cfg["webhook_retry_jitter"] <= 1):
+            raise ConfigError("webhook_retry_jitter must be between 0 and 1")
+        out["webhook_retry_jitter"] = cfg["webhook_retry_jitter"]
+    if "webhook_retry_non_retryable" in cfg:
+        v = cfg["webhook_retry_non_retryable"]
+        if not (isinstance(v, list) and all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599
+                                            for c in v)):
+            raise ConfigError("webhook_retry_non_retryable must be a list of HTTP status codes")
+        out["webhook_retry_non_retryable"] = list(v)
+    return out
+
+
+def http_post(url, headers, body, timeout):
+    """One webhook attempt: (HTTP status or None, error or None)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        conn.request("POST", target, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status, None
+    except TimeoutError:  # socket.timeout is TimeoutError since 3.10
+        return None, "timeout"
+    except (OSError, http.client.HTTPException) as e:
+        return None, f"{type(e).__name__}: {e}".rstrip(": ")
+    finally:
+        conn.close()
+
+
+class MatchRule:
+    """What fault rules share: which requests they take (match, fail_ratio, seed) and how many
+    (times: None means unlimited)."""
+
+    NAME = "rule"
+    KEYS = set()
 
     def __init__(self, spec):
         if not isinstance(spec, dict):
-            raise ConfigError("a fault rule must be an object")
-        unknown = set(spec) - {"match", "times", "fail_ratio", "seed", "action", "status", "body",
-                               "headers", "content_type", "seconds"}
+            raise ConfigError(f"a {self.NAME} must be an object")
+        unknown = set(spec) - {"match", "times", "fail_ratio", "seed"} - self.KEYS
         if unknown:
-            raise ConfigError(f"unknown fault rule keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown {self.NAME} keys: {sorted(unknown)}")
         self.spec = spec
         self.match = spec.get("match") or {}
         if not isinstance(self.match, dict) or set(self.match) - {"number", "text_contains", "instance"}:
             raise ConfigError("match takes only number, text_contains and instance")
-        self.action = spec.get("action")
-        if self.action not in ACTIONS:
-            raise ConfigError(f"action must be one of {sorted(ACTIONS)}, got {self.action!r}")
-        if self.action == "status" and not isinstance(spec.get("status"), int):
-            raise ConfigError('action "status" needs an integer "status"')
+
+    def check_common(self):
+        spec = self.spec
         self.times = spec.get("times")
         if self.times is not None and (not isinstance(self.times, int) or self.times < 0):
             raise ConfigError("times must be a non-negative integer or null")
@@ -198,6 +472,44 @@ class FaultRule:
         return dict(self.spec, times=self.times, hits=self.hits)
 
 
+class FaultRule(MatchRule):
+    """One injected sendText fault."""
+
+    NAME = "fault rule"
+    KEYS = {"action", "status", "body", "headers", "content_type", "seconds"}
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.action = spec.get("action")
+        if self.action not in ACTIONS:
+            raise ConfigError(f"action must be one of {sorted(ACTIONS)}, got {self.action!r}")
+        if self.action == "status" and not isinstance(spec.get("status"), int):
+            raise ConfigError('action "status" needs an integer "status"')
+        self.check_common()
+
+
+class WebhookFaultRule(MatchRule):
+    """Misbehaviour of the webhooks of the messages it matches."""
+
+    NAME = "webhook fault rule"
+    KEYS = {"duplicate", "reverse", "early", "statuses"}
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        if not set(spec) & self.KEYS:
+            raise ConfigError(f"a webhook fault rule needs one of {sorted(self.KEYS)}")
+        for flag in ("duplicate", "reverse", "early"):
+            if not isinstance(spec.get(flag, False), bool):
+                raise ConfigError(f"{flag} must be a boolean")
+        self.duplicate = spec.get("duplicate", False)
+        self.reverse = spec.get("reverse", False)
+        self.early = spec.get("early", False)
+        self.statuses = None
+        if "statuses" in spec:
+            self.statuses = check_statuses(spec["statuses"], "statuses")
+        self.check_common()
+
+
 class State:
     """Everything the handlers share; `lock` guards all of it."""
 
@@ -212,6 +524,15 @@ class State:
         self.connection_state = "open"
         self.faults = []
         self.records = []
+        self.webhook = copy.deepcopy(WEBHOOK_DEFAULTS)
+        self.webhook_faults = []
+        self.webhook_records = []
+        self.webhooks_pending = 0
+        self.webhooks_dropped = 0
+        self.generation = 0  # bumped by reset: webhooks still queued from before are abandoned
+        self.sent_jids = {}  # key id → remoteJid of every message sent since the last reset
+        self.server_url = "http://127.0.0.1"  # the envelope's server_url; set once bound
+        self.jitter = random.Random()
 
     def config_view(self):
         with self.lock:
@@ -219,14 +540,16 @@ class State:
                     "latency_ms": self.latency_ms, "api_version": self.api_version,
                     "not_on_whatsapp": sorted(self.not_on_whatsapp),
                     "connection_state": self.connection_state,
-                    "faults": [r.describe() for r in self.faults]}
+                    "faults": [r.describe() for r in self.faults],
+                    **copy.deepcopy(self.webhook),
+                    "webhook_faults": [r.describe() for r in self.webhook_faults]}
 
     def configure(self, cfg):
         """Applies a /_fake/config body all at once, or nothing when any part is invalid."""
         if not isinstance(cfg, dict):
             raise ConfigError("the config body must be a JSON object")
         unknown = set(cfg) - {"latency_ms", "not_on_whatsapp", "api_key", "instances", "faults",
-                              "connection_state", "api_version"}
+                              "connection_state", "api_version", "webhook_faults"} - set(WEBHOOK_DEFAULTS)
         if unknown:
             raise ConfigError(f"unknown config keys: {sorted(unknown)}")
         if "latency_ms" in cfg and not (isinstance(cfg["latency_ms"], (int, float)) and cfg["latency_ms"] >= 0):
@@ -243,7 +566,14 @@ class State:
         if "faults" in cfg and not isinstance(cfg["faults"], list):
             raise ConfigError("faults must be a list")
         faults = [FaultRule(spec) for spec in cfg.get("faults", [])]
+        webhook = check_webhook_config(cfg)
+        if "webhook_faults" in cfg and not isinstance(cfg["webhook_faults"], list):
+            raise ConfigError("webhook_faults must be a list")
+        webhook_faults = [WebhookFaultRule(spec) for spec in cfg.get("webhook_faults", [])]
         with self.lock:
+            self.webhook.update(webhook)
+            if "webhook_faults" in cfg:
+                self.webhook_faults = webhook_faults
             for key in ("latency_ms", "api_key", "connection_state", "api_version"):
                 if key in cfg:
                     setattr(self, key, cfg[key])
@@ -258,6 +588,11 @@ class State:
         with self.lock:
             self.records.clear()
             self.faults.clear()
+            self.webhook_records.clear()
+            self.webhook_faults.clear()
+            self.webhooks_pending = self.webhooks_dropped = 0
+            self.sent_jids.clear()
+            self.generation += 1
 
     def add_record(self, record):
         with self.lock:
@@ -291,8 +626,138 @@ class State:
                     sent += 1
                     by_number[r["number"]] = by_number.get(r["number"], 0) + 1
                     by_text[r["text"]] = by_text.get(r["text"], 0) + 1
+            ok = sum(1 for w in self.webhook_records if 200 <= (w["http_status"] or 0) < 300)
             return {"total": len(self.records), "in_flight": in_flight, "by_status": by_status,
-                    "sent": sent, "sent_by_number": by_number, "sent_by_text": by_text}
+                    "sent": sent, "sent_by_number": by_number, "sent_by_text": by_text,
+                    "webhooks_sent": ok, "webhooks_failed": len(self.webhook_records) - ok,
+                    "webhooks_dropped": self.webhooks_dropped, "webhooks_pending": self.webhooks_pending}
+
+    # --- webhooks -------------------------------------------------------------------------------
+
+    def plan_webhooks(self, instance, number, text, key_id, jid, v1, body):
+        """What a message that just went out sends (a dict for run_message_webhooks), or None.
+        Remembers its remoteJid for /_fake/webhook in any case."""
+        digits = re.sub(r"\D", "", number)
+        with self.lock:
+            self.sent_jids[key_id] = jid
+            if self.webhook["webhook_url"] is None:
+                return None
+            rule = next((r for r in self.webhook_faults if r.applies(instance, number, digits, text)), None)
+            events = self.webhook["webhook_events"]
+            statuses = list(self.webhook["webhook_receipts"] if rule is None or rule.statuses is None
+                            else rule.statuses)
+            if rule is not None and rule.reverse:
+                statuses.reverse()
+            copies = 2 if rule is not None and rule.duplicate else 1
+            # (status, copy): copy 1 is the duplicate, sent right after its original.
+            updates = [(s, c) for s in statuses for c in range(copies)] if "MESSAGES_UPDATE" in events else []
+            send_message = body is not None and "SEND_MESSAGE" in events
+            count = len(updates) + send_message
+            if count == 0:
+                return None
+            self.webhooks_pending += count
+            return {"generation": self.generation, "instance": instance, "key_id": key_id, "jid": jid,
+                    "v1": v1, "body": body if send_message else None, "updates": updates,
+                    "early": rule is not None and rule.early, "count": count}
+
+    def webhook_events_done(self, generation, count):
+        with self.lock:
+            if generation == self.generation:
+                self.webhooks_pending -= count
+
+    def alive(self, generation):
+        """Whether webhooks planned in that generation may still go out."""
+        with self.lock:
+            return generation == self.generation and not self.stopping.is_set()
+
+    def add_webhook_record(self, generation, record):
+        with self.lock:
+            if generation == self.generation:
+                record["index"] = len(self.webhook_records)
+                self.webhook_records.append(record)
+
+    def webhook_dropped(self, generation):
+        with self.lock:
+            if generation == self.generation:
+                self.webhooks_dropped += 1
+
+    def webhooks_since(self, since):
+        with self.lock:
+            return [dict(r) for r in self.webhook_records[since:]]
+
+
+def receipt_data(instance, key_id, jid, status, v1):
+    """`data` of a messages.update (research §6.5)."""
+    if v1:
+        return {"remoteJid": jid, "id": key_id, "fromMe": True, "status": status,
+                "datetime": int(time.time() * 1000), "owner": instance}
+    return {"keyId": key_id, "remoteJid": jid, "fromMe": True, "status": status,
+            "instanceId": instance_uuid(instance), "messageId": db_row_id(key_id)}
+
+
+def deliver_webhook(st, generation, event, instance, data, v1, key_id, status, headers=None, manual=False):
+    """Emits one event like Evolution 2.3's WebhookController.emit + retryWebhookRequest: one
+    body and one header set (one JWT) for all attempts. Records every attempt. Returns
+    (last HTTP status or None, attempts, last error or None)."""
+    with st.lock:
+        cfg = copy.deepcopy(st.webhook)
+        server_url = st.server_url
+    url = cfg["webhook_url"]
+    if url is None:  # switched off since the message was sent
+        return None, 0, "webhook_url is not set"
+    envelope = {"event": event, "instance": instance, "data": data, "destination": url,
+                "date_time": iso_now(), "sender": instance_jid(instance), "server_url": server_url}
+    if not v1:
+        envelope["apikey"] = None  # v2 sends null when the key is not exposed; v1 leaves it out
+    body = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    target = f"{url}/{event.replace('.', '-')}" if cfg["webhook_by_events"] else url
+    sent_headers = outgoing_headers(cfg["webhook_headers"] if headers is None else headers)
+    base, attempts = cfg["webhook_retry_base_ms"], 0
+    while True:
+        if not st.alive(generation):
+            return None, attempts, "abandoned"
+        attempts += 1
+        at = time.time()
+        code, error = http_post(target, sent_headers, body, cfg["webhook_timeout_ms"] / 1000)
+        st.add_webhook_record(generation, {"event": event, "instance": instance, "status": status,
+                                           "key_id": key_id, "attempt": attempts, "http_status": code,
+                                           "error": error, "at": at, "url": target, "manual": manual})
+        if code is not None and 200 <= code < 300:
+            return code, attempts, None
+        if code in cfg["webhook_retry_non_retryable"] or attempts >= cfg["webhook_retry"]:
+            st.webhook_dropped(generation)
+            return code, attempts, error
+        delay = min(base * 2 ** (attempts - 1), cfg["webhook_retry_max_ms"])
+        delay = max(base, delay + delay * cfg["webhook_retry_jitter"] * (st.jitter.random() * 2 - 1))
+        st.stopping.wait(delay / 1000)
+
+
+def run_message_webhooks(st, plan):
+    """The webhooks of one sent message (a State.plan_webhooks dict), one after the other."""
+    generation, left = plan["generation"], plan["count"]
+    instance, key_id, jid, v1 = plan["instance"], plan["key_id"], plan["jid"], plan["v1"]
+    try:
+        first = True
+        if plan["body"] is not None:
+            deliver_webhook(st, generation, "send.message", instance, plan["body"], v1, key_id, None)
+            st.webhook_events_done(generation, 1)
+            left -= 1
+            first = False
+        for status, duplicate in plan["updates"]:
+            if not first and not duplicate:
+                with st.lock:
+                    delay_ms = st.webhook["webhook_delay_ms"]
+                st.stopping.wait(delay_ms / 1000)
+            if not st.alive(generation):
+                return
+            deliver_webhook(st, generation, "messages.update", instance,
+                            receipt_data(instance, key_id, jid, status, v1), v1, key_id, status)
+            st.webhook_events_done(generation, 1)
+            left -= 1
+            first = False
+    finally:
+        if left:
+            st.webhook_events_done(generation, left)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -481,9 +946,22 @@ class Handler(BaseHTTPRequestHandler):
             payload = {"key": {"remoteJid": jid, "fromMe": True, "id": key_id}, "pushName": "Você",
                        "status": "PENDING", "message": {"conversation": text},
                        "messageType": "conversation", "messageTimestamp": now,
-                       "instanceId": str(uuid.uuid5(uuid.NAMESPACE_URL, "evolution:" + instance)),
-                       "source": "unknown"}
+                       "instanceId": instance_uuid(instance), "source": "unknown"}
+        # Evolution fires send.message (not awaited) and then answers (research §2.4).
+        self.start_webhooks(st, instance, number, text, key_id, jid, v1, payload)
         answer(201, payload, key_id=key_id, sent=True)
+
+    @staticmethod
+    def start_webhooks(st, instance, number, text, key_id, jid, v1, body):
+        """Sends the message's webhooks from a new thread, or right now with the "early" fault."""
+        plan = st.plan_webhooks(instance, number, text, key_id, jid, v1, body)
+        if plan is None:
+            return
+        if plan["early"]:
+            run_message_webhooks(st, plan)
+        else:
+            threading.Thread(target=run_message_webhooks, args=(st, plan), daemon=True,
+                             name=f"webhooks-{key_id}").start()
 
     @staticmethod
     def new_key_id(v1):
@@ -521,8 +999,13 @@ class Handler(BaseHTTPRequestHandler):
         if action == "prisma":
             # The message went out before the database insert failed: it counts as sent.
             with st.lock:
-                latency_ms = st.latency_ms
+                latency_ms, v1 = st.latency_ms, st.api_version == "v1"
             self.sleep(latency_ms / 1000)
+            # Its receipts still come (research §6.5 says 2.3.x would drop them for want of the
+            # DB row; the fake sends them), with an id the client never sees; no send.message,
+            # which Evolution emits only after the failed insert.
+            self.start_webhooks(st, record["instance"], record["number"], record["text"],
+                                self.new_key_id(v1), create_jid(record["number"]), v1, None)
             st.finish_record(record, status, sent=True, fault=action)
         else:
             st.finish_record(record, status, fault=action)
@@ -539,6 +1022,14 @@ class Handler(BaseHTTPRequestHandler):
             except ValueError:
                 return self.reply(400, {"error": "since must be an integer"})
             return self.reply(200, st.requests_since(max(since, 0)))
+        if route == ("GET", "/_fake/webhooks"):
+            try:
+                since = int(query.get("since", ["0"])[0])
+            except ValueError:
+                return self.reply(400, {"error": "since must be an integer"})
+            return self.reply(200, st.webhooks_since(max(since, 0)))
+        if route == ("POST", "/_fake/webhook"):
+            return self.manual_webhook(st, raw)
         if route == ("GET", "/_fake/stats"):
             return self.reply(200, st.stats())
         if route == ("GET", "/_fake/config"):
@@ -553,6 +1044,41 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(400, {"error": str(e)})
             return self.reply(200, st.config_view())
         self.reply(404, {"error": f"no control route {self.command} {path}"})
+
+    def manual_webhook(self, st, raw):
+        """POST /_fake/webhook: one messages.update now, with the configured retries."""
+        try:
+            spec = json.loads(raw or b"{}")
+            if not isinstance(spec, dict):
+                raise ConfigError("the body must be a JSON object")
+            unknown = set(spec) - {"instance", "key_id", "status", "number", "v1", "headers"}
+            if unknown:
+                raise ConfigError(f"unknown keys: {sorted(unknown)}")
+            for key in ("instance", "key_id"):
+                if not (isinstance(spec.get(key), str) and spec[key]):
+                    raise ConfigError(f"{key} must be a non-empty string")
+            if spec.get("status") not in RECEIPT_STATUSES:
+                raise ConfigError(f"status must be one of {list(RECEIPT_STATUSES)}")
+            if "number" in spec and not isinstance(spec["number"], str):
+                raise ConfigError("number must be a string")
+            if "v1" in spec and not isinstance(spec["v1"], bool):
+                raise ConfigError("v1 must be a boolean")
+            headers = check_headers(spec["headers"], "headers") if "headers" in spec else None
+        except ValueError as e:  # ConfigError and JSONDecodeError
+            return self.reply(400, {"error": str(e)})
+        instance, key_id = spec["instance"], spec["key_id"]
+        with st.lock:
+            url, generation = st.webhook["webhook_url"], st.generation
+            v1 = spec.get("v1", st.api_version == "v1")
+            jid = create_jid(spec["number"]) if "number" in spec else st.sent_jids.get(key_id)
+        if url is None:
+            return self.reply(409, {"error": "webhook_url is not set"})
+        if jid is None:
+            return self.reply(400, {"error": f"unknown key_id {key_id!r}: give a number"})
+        code, attempts, error = deliver_webhook(st, generation, "messages.update", instance,
+                                                receipt_data(instance, key_id, jid, spec["status"], v1),
+                                                v1, key_id, spec["status"], headers=headers, manual=True)
+        self.reply(200, {"http_status": code, "attempts": attempts, "error": error})
 
 
 class FakeServer(ThreadingHTTPServer):
@@ -577,6 +1103,15 @@ def write_port_file(path, port):
     os.replace(tmp, path)  # readers never see a half-written file
 
 
+def comma_list(value):
+    return [x.strip() for x in value.split(",") if x.strip()]
+
+
+def number(value):
+    v = float(value)
+    return int(v) if v.is_integer() else v
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Fake Evolution API for tests.")
     p.add_argument("--host", default="127.0.0.1")
@@ -587,12 +1122,31 @@ def main(argv=None):
     p.add_argument("--port-file", help="write the bound port here (atomically)")
     p.add_argument("--api-version", choices=("v1", "v2"), default="v2")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    w = p.add_argument_group("webhooks", "initial values of the webhook_* settings (see the module doc)")
+    w.add_argument("--webhook-url", help="http:// URL the webhooks are POSTed to (default: none)")
+    w.add_argument("--webhook-headers", type=json.loads, metavar="JSON", help='e.g. {"jwt_key": "secret"}')
+    w.add_argument("--webhook-events", type=comma_list, metavar="A,B", help="SEND_MESSAGE,MESSAGES_UPDATE")
+    w.add_argument("--webhook-by-events", action="store_const", const=True)
+    w.add_argument("--webhook-receipts", type=comma_list, metavar="A,B", help="SERVER_ACK,DELIVERY_ACK,READ")
+    w.add_argument("--webhook-delay-ms", type=number)
+    w.add_argument("--webhook-retry", type=int, metavar="MAX_ATTEMPTS")
+    w.add_argument("--webhook-retry-base-ms", type=number)
+    w.add_argument("--webhook-retry-max-ms", type=number)
+    w.add_argument("--webhook-retry-jitter", type=number)
+    w.add_argument("--webhook-retry-non-retryable", type=lambda v: [int(c) for c in comma_list(v)], metavar="A,B")
+    w.add_argument("--webhook-timeout-ms", type=number)
     args = p.parse_args(argv)
 
     instances = [i for i in args.instances.split(",") if i]
     state = State(args.api_key, instances, args.latency_ms, args.api_version)
+    try:
+        state.configure({k: v for k, v in vars(args).items() if k.startswith("webhook_") and v is not None})
+    except ConfigError as e:
+        p.error(str(e))
     server = FakeServer((args.host, args.port), state, args.verbose)
     port = server.server_address[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    state.server_url = f"http://{host}:{port}"
     if args.port_file:
         write_port_file(args.port_file, port)
     print(f"fake-evolution listening on {args.host}:{port}", flush=True)

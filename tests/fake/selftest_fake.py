@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Self-test of fake_evolution.py: starts it as a subprocess on a free port and checks every
 behaviour the integration tests rely on (exact statuses and bodies, the order of the checks,
-fresh message ids, fault rules, the control API, v1 mode, clean exit on SIGTERM).
+fresh message ids, fault rules, the control API, v1 mode, clean exit on SIGTERM), and its
+webhooks, with a receiver on loopback inside this process (envelopes v2 and v1, header secret,
+HS256 JWT, order, duplicate/reverse/early/statuses faults, retries, manual webhooks).
 
 Run directly (ctest does): exit code 0 when every check passes. Standard library only.
 """
 
+import base64
 import concurrent.futures
+import datetime
+import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -16,15 +22,23 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_evolution.py")
 KEY = "selftest-key"
 KEY_ID_V2 = re.compile(r"^3EB0[0-9A-F]{36}$")
 KEY_ID_V1 = re.compile(r"^BAE5[0-9A-F]{12}$")
+RECEIPTS = ["SERVER_ACK", "DELIVERY_ACK", "READ"]
+WEBHOOK_DEFAULTS = {"webhook_url": None, "webhook_headers": {}, "webhook_events": ["SEND_MESSAGE", "MESSAGES_UPDATE"],
+                    "webhook_by_events": False, "webhook_receipts": RECEIPTS, "webhook_delay_ms": 50,
+                    "webhook_retry": 10, "webhook_retry_base_ms": 200, "webhook_retry_max_ms": 5000,
+                    "webhook_retry_jitter": 0.2, "webhook_retry_non_retryable": [400, 401, 403, 404, 422],
+                    "webhook_timeout_ms": 5000, "webhook_faults": []}
 
 
 def start_fake(*extra):
@@ -80,6 +94,73 @@ def call(base, method, path, body=None, headers=None, timeout=5):
         return status, raw.decode()
 
 
+class Receiver:
+    """A webhook receiver on loopback: records every POST on arrival and answers from a script
+    (`plan`: HTTP statuses, or (seconds, status) to answer late; 200 once it is used up)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.got, self.plan = [], []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, fmt, *args):
+                pass
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver.lock:
+                    receiver.got.append({"path": self.path, "raw": raw, "json": json.loads(raw),
+                                         "headers": {k.lower(): v for k, v in self.headers.items()},
+                                         "at": time.monotonic()})
+                    step = receiver.plan.pop(0) if receiver.plan else 200
+                delay, status = step if isinstance(step, tuple) else (0, step)
+                time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:
+                    pass  # the fake gave up waiting (timeout test)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/evolution"
+
+    def reset(self, plan=()):
+        with self.lock:
+            self.got.clear()
+            self.plan[:] = list(plan)
+
+    def requests(self):
+        with self.lock:
+            return list(self.got)
+
+    def wait(self, n, timeout=5):
+        deadline = time.monotonic() + timeout
+        while len(got := self.requests()) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return got
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def b64url_decode(part):
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def decode_jwt(token, key):
+    """(header, payload, whether the HS256 signature verifies with key)."""
+    header, payload, signature = token.split(".")
+    expected = hmac.new(key.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return (json.loads(b64url_decode(header)), json.loads(b64url_decode(payload)),
+            hmac.compare_digest(b64url_decode(signature), expected))
+
+
 class FakeTestCase(unittest.TestCase):
     args = ()
 
@@ -110,6 +191,23 @@ class FakeTestCase(unittest.TestCase):
 
     def requests(self, since=0):
         return self.ctl("GET", f"/_fake/requests?since={since}")[1]
+
+    def hooks(self, since=0):
+        return self.ctl("GET", f"/_fake/webhooks?since={since}")[1]
+
+    def stats(self):
+        return self.ctl("GET", "/_fake/stats")[1]
+
+    def wait_idle(self, timeout=5):
+        """Waits until no webhook of a sent message is left to go; returns the stats."""
+        deadline = time.monotonic() + timeout
+        while (stats := self.stats())["webhooks_pending"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(stats["webhooks_pending"], 0, "webhooks still pending")
+        return stats
+
+    def manual(self, **body):
+        return self.ctl("POST", "/_fake/webhook", body)
 
 
 class V2Test(FakeTestCase):
@@ -238,7 +336,8 @@ class V2Test(FakeTestCase):
         self.assertEqual([x["index"] for x in self.requests(since=2)], [2])
         self.assertEqual(self.ctl("GET", "/_fake/stats")[1],
                          {"total": 3, "in_flight": 0, "by_status": {"201": 2, "401": 1}, "sent": 2,
-                          "sent_by_number": {"5511999999999": 2}, "sent_by_text": {"first": 1, "second": 1}})
+                          "sent_by_number": {"5511999999999": 2}, "sent_by_text": {"first": 1, "second": 1},
+                          "webhooks_sent": 0, "webhooks_failed": 0, "webhooks_dropped": 0, "webhooks_pending": 0})
 
     def test_reset(self):
         self.configure(faults=[{"action": "timed_out_500"}])
@@ -258,6 +357,18 @@ class V2Test(FakeTestCase):
             status, body = self.ctl("POST", "/_fake/config", bad)
             self.assertEqual(status, 400, bad)
             self.assertIn("error", body)
+
+    def test_webhooks_off_by_default(self):
+        cfg = self.ctl("GET", "/_fake/config")[1]
+        self.assertEqual({k: v for k, v in cfg.items() if k.startswith("webhook")}, WEBHOOK_DEFAULTS)
+        self.assertEqual(self.send({"number": "5511999999999", "text": "x"})[0], 201)
+        self.configure(faults=[{"action": "prisma", "times": 1}])
+        self.assertEqual(self.send({"number": "5511999999999", "text": "x"})[0], 400)
+        self.assertEqual(self.hooks(), [])
+        stats = self.stats()
+        self.assertEqual([stats[k] for k in ("webhooks_sent", "webhooks_failed", "webhooks_dropped",
+                                             "webhooks_pending")], [0, 0, 0, 0])
+        self.assertEqual(self.manual(instance="inst1", key_id="X", status="READ", number="1")[0], 409)
 
     def test_latency(self):
         self.configure(latency_ms=500)
@@ -447,6 +558,441 @@ class V1Test(FakeTestCase):
                                        "number": "5511988887777"}]})
 
 
+class WebhookTest(FakeTestCase):
+    """Webhooks in v2 mode, to a Receiver in this process."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.receiver = Receiver()
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.receiver.close()
+
+    def setUp(self):
+        super().setUp()  # the reset also abandons anything a previous test left queued
+        self.receiver.reset()
+        self.configure(webhook_url=self.receiver.url, webhook_headers={},
+                       webhook_events=["SEND_MESSAGE", "MESSAGES_UPDATE"], webhook_by_events=False,
+                       webhook_receipts=RECEIPTS, webhook_delay_ms=0, webhook_retry=10,
+                       webhook_retry_base_ms=20, webhook_retry_max_ms=5000, webhook_retry_jitter=0,
+                       webhook_retry_non_retryable=[400, 401, 403, 404, 422], webhook_timeout_ms=2000)
+
+    def tearDown(self):
+        self.wait_idle(10)
+
+    def send_ok(self, text="olá", number="5511999999999", instance="inst1"):
+        status, body = self.send({"number": number, "text": text}, instance=instance)
+        self.assertEqual(status, 201, body)
+        return body
+
+    def received(self):
+        """(event, data status) of what the receiver got, in arrival order."""
+        return [(g["json"]["event"], g["json"]["data"]["status"]) for g in self.receiver.requests()]
+
+    def test_v2_envelopes_and_order(self):
+        before = time.time()
+        body = self.send_ok("Olá, código 123")
+        self.wait_idle()
+        got = self.receiver.requests()
+        self.assertEqual(self.received(), [("send.message", "PENDING"), ("messages.update", "SERVER_ACK"),
+                                           ("messages.update", "DELIVERY_ACK"), ("messages.update", "READ")])
+        envs = [g["json"] for g in got]
+        for g, env in zip(got, envs):
+            self.assertEqual(set(env), {"event", "instance", "data", "destination", "date_time", "sender",
+                                        "server_url", "apikey"})
+            self.assertEqual((env["instance"], env["destination"], env["server_url"], env["apikey"]),
+                             ("inst1", self.receiver.url, self.base, None))
+            self.assertRegex(env["date_time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+            when = datetime.datetime.fromisoformat(env["date_time"].replace("Z", "+00:00")).timestamp()
+            self.assertTrue(before - 1 <= when <= time.time() + 1, env["date_time"])
+            self.assertRegex(env["sender"], r"^\d{10,15}@s\.whatsapp\.net$")
+            self.assertEqual(g["path"], "/hooks/evolution")
+            self.assertEqual(g["headers"]["content-type"], "application/json")
+            self.assertNotIn("authorization", g["headers"])
+        self.assertEqual(len({e["sender"] for e in envs}), 1)
+        self.assertEqual(envs[0]["data"], body)  # send.message carries exactly the 201 body
+        receipts = [e["data"] for e in envs[1:]]
+        for d in receipts:
+            self.assertEqual(set(d), {"keyId", "remoteJid", "fromMe", "status", "instanceId", "messageId"})
+            self.assertEqual((d["keyId"], d["remoteJid"], d["fromMe"], d["instanceId"]),
+                             (body["key"]["id"], body["key"]["remoteJid"], True, body["instanceId"]))
+            self.assertRegex(d["messageId"], r"^c[0-9a-z]{24}$")
+            self.assertNotEqual(d["messageId"], d["keyId"])
+        self.assertEqual(len({d["messageId"] for d in receipts}), 1)
+        key = body["key"]["id"]
+        records = self.hooks()
+        self.assertEqual([(r["index"], r["event"], r["instance"], r["status"], r["key_id"], r["attempt"],
+                           r["http_status"], r["error"], r["manual"], r["url"]) for r in records],
+                         [(i, e, "inst1", st, key, 1, 200, None, False, self.receiver.url)
+                          for i, (e, st) in enumerate([("send.message", None), ("messages.update", "SERVER_ACK"),
+                                                       ("messages.update", "DELIVERY_ACK"),
+                                                       ("messages.update", "READ")])])
+        self.assertEqual([r["at"] for r in records], sorted(r["at"] for r in records))
+        self.assertTrue(before <= records[0]["at"] <= time.time())
+        self.assertEqual([r["index"] for r in self.hooks(since=3)], [3])
+        stats = self.stats()
+        self.assertEqual([stats[k] for k in ("webhooks_sent", "webhooks_failed", "webhooks_dropped",
+                                             "webhooks_pending")], [4, 0, 0, 0])
+        # Another instance has another JID.
+        self.receiver.reset()
+        self.send_ok(instance="inst2")
+        self.wait_idle()
+        other = self.receiver.requests()[0]["json"]
+        self.assertEqual(other["instance"], "inst2")
+        self.assertNotEqual(other["sender"], envs[0]["sender"])
+
+    def test_answer_never_waits_for_webhooks(self):
+        self.receiver.reset(plan=[(0.7, 200)])  # a slow receiver, busy with send.message
+        t0 = time.monotonic()
+        self.send_ok()
+        self.assertLess(time.monotonic() - t0, 0.5)
+        self.assertEqual(len(self.receiver.wait(1)), 1)
+        self.wait_idle(10)
+        self.assertEqual(len(self.receiver.requests()), 4)
+
+    def test_delay_between_events(self):
+        self.configure(webhook_delay_ms=150)
+        self.send_ok()
+        self.wait_idle()
+        at = [g["at"] for g in self.receiver.requests()]
+        self.assertEqual(len(at), 4)
+        self.assertTrue(all(b - a >= 0.14 for a, b in zip(at, at[1:])), at)
+
+    def test_header_secret_and_forged_receipts(self):
+        self.configure(webhook_headers={"x-hook-secret": "s3cret"})
+        body = self.send_ok()
+        self.wait_idle()
+        self.assertEqual([g["headers"].get("x-hook-secret") for g in self.receiver.requests()], ["s3cret"] * 4)
+        key = body["key"]["id"]
+        # Forged: a wrong secret, then none at all; a duplicate READ with the right one.
+        self.assertEqual(self.manual(instance="inst1", key_id=key, status="READ", headers={"x-hook-secret": "wrong"}),
+                         (200, {"http_status": 200, "attempts": 1, "error": None}))
+        self.assertEqual(self.manual(instance="inst1", key_id=key, status="READ", headers={})[0], 200)
+        self.assertEqual(self.manual(instance="inst1", key_id=key, status="READ")[0], 200)
+        got = self.receiver.requests()[4:]
+        self.assertEqual([g["headers"].get("x-hook-secret") for g in got], ["wrong", None, "s3cret"])
+        for g in got:
+            self.assertEqual(g["json"]["event"], "messages.update")
+            self.assertEqual(g["json"]["data"]["keyId"], key)
+            self.assertEqual(g["json"]["data"]["remoteJid"], body["key"]["remoteJid"])  # remembered
+        self.assertEqual([(r["manual"], r["status"]) for r in self.hooks(since=4)], [(True, "READ")] * 3)
+
+    def test_jwt_bearer(self):
+        self.configure(webhook_headers={"jwt_key": "chave-secreta-€", "x-extra": "1"})
+        now = time.time()
+        self.send_ok()
+        self.wait_idle()
+        got = self.receiver.requests()
+        self.assertEqual(len(got), 4)
+        for g in got:
+            self.assertNotIn("jwt_key", g["headers"])
+            self.assertEqual(g["headers"]["x-extra"], "1")
+            scheme, token = g["headers"]["authorization"].split(" ")
+            self.assertEqual(scheme, "Bearer")
+            self.assertRegex(token, r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")  # unpadded
+            header, payload, valid = decode_jwt(token, "chave-secreta-€")
+            self.assertTrue(valid, token)
+            self.assertEqual(header, {"alg": "HS256", "typ": "JWT"})
+            self.assertEqual(set(payload), {"iat", "exp", "app", "action"})
+            self.assertEqual((payload["app"], payload["action"]), ("evolution", "webhook"))
+            self.assertEqual(payload["exp"] - payload["iat"], 600)
+            self.assertLessEqual(abs(payload["iat"] - now), 5)
+            self.assertFalse(decode_jwt(token, "another key")[2])
+        # A receipt signed with the wrong key, as a forger would send it.
+        self.manual(instance="inst1", key_id="3EB0FORGED", status="READ", number="5511999999999",
+                    headers={"jwt_key": "wrong"})
+        token = self.receiver.requests()[-1]["headers"]["authorization"].split(" ")[1]
+        self.assertFalse(decode_jwt(token, "chave-secreta-€")[2])
+        self.assertTrue(decode_jwt(token, "wrong")[2])
+
+    def test_events_subscription_and_by_events(self):
+        self.configure(webhook_events=["MESSAGES_UPDATE"])
+        self.send_ok()
+        self.wait_idle()
+        self.assertEqual([e for e, _ in self.received()], ["messages.update"] * 3)
+        self.receiver.reset()
+        self.configure(webhook_events=["SEND_MESSAGE"])
+        self.send_ok()
+        self.wait_idle()
+        self.assertEqual(self.received(), [("send.message", "PENDING")])
+        # An empty list subscribes to everything, as in Evolution's /webhook/set.
+        self.assertEqual(self.configure(webhook_events=[])["webhook_events"], ["SEND_MESSAGE", "MESSAGES_UPDATE"])
+        self.receiver.reset()
+        self.configure(webhook_by_events=True, webhook_receipts=["SERVER_ACK"])
+        self.send_ok()
+        self.wait_idle()
+        got = self.receiver.requests()
+        self.assertEqual([g["path"] for g in got],
+                         ["/hooks/evolution/send-message", "/hooks/evolution/messages-update"])
+        self.assertEqual({g["json"]["destination"] for g in got}, {self.receiver.url})
+
+    def test_receipt_list_and_faults(self):
+        self.configure(webhook_receipts=["SERVER_ACK", "DELIVERY_ACK"], webhook_faults=[
+            {"match": {"text_contains": "dup"}, "duplicate": True, "times": 1},
+            {"match": {"number": "5511888888888"}, "reverse": True},
+            {"match": {"instance": "inst2"}, "statuses": ["SERVER_ACK", "ERROR"]},
+            {"match": {"text_contains": "both"}, "statuses": RECEIPTS, "reverse": True, "duplicate": True},
+            {"match": {"text_contains": "silent"}, "statuses": []},
+        ])
+
+        def receipts(**kw):
+            self.receiver.reset()
+            body = self.send_ok(**kw)
+            self.wait_idle()
+            got = [g["json"] for g in self.receiver.requests()]
+            self.assertEqual(got[0]["event"], "send.message")
+            self.assertTrue(all(g["data"]["keyId"] == body["key"]["id"] for g in got[1:]))
+            return [g["data"]["status"] for g in got[1:]]
+
+        self.assertEqual(receipts(), ["SERVER_ACK", "DELIVERY_ACK"])
+        self.assertEqual(receipts(text="dup"), ["SERVER_ACK", "SERVER_ACK", "DELIVERY_ACK", "DELIVERY_ACK"])
+        self.assertEqual(receipts(text="dup"), ["SERVER_ACK", "DELIVERY_ACK"])  # times: 1, used up
+        self.assertEqual(receipts(number="+55 11 8888-88888"), ["DELIVERY_ACK", "SERVER_ACK"])
+        self.assertEqual(receipts(instance="inst2"), ["SERVER_ACK", "ERROR"])
+        self.assertEqual(receipts(text="both"), ["READ", "READ", "DELIVERY_ACK", "DELIVERY_ACK", "SERVER_ACK",
+                                                 "SERVER_ACK"])
+        self.assertEqual(receipts(text="silent"), [])
+        rules = self.ctl("GET", "/_fake/config")[1]["webhook_faults"]
+        self.assertEqual([(r["times"], r["hits"]) for r in rules], [(0, 1), (None, 1), (None, 1), (None, 1), (None, 1)])
+
+    def test_early_receipts_come_before_the_answer(self):
+        self.configure(webhook_delay_ms=100, webhook_faults=[{"match": {"text_contains": "early"}, "early": True}])
+        t0 = time.monotonic()
+        body = self.send_ok("early bird")
+        answered = time.monotonic()
+        got = self.receiver.requests()
+        self.assertEqual(len(got), 4)
+        self.assertLess(got[-1]["at"], answered)
+        self.assertGreaterEqual(answered - t0, 0.3)  # the answer waited for three 100 ms delays
+        self.assertEqual(got[1]["json"]["data"]["keyId"], body["key"]["id"])
+        # Sent, answered and recorded before the sendText answer.
+        self.assertEqual([r["http_status"] for r in self.hooks()], [200] * 4)
+        self.assertEqual(self.stats()["webhooks_pending"], 0)
+        # Without the rule the answer comes first.
+        self.receiver.reset()
+        self.send_ok("late")
+        self.assertLess(len(self.receiver.requests()), 4)
+        self.wait_idle()
+        self.assertEqual(len(self.receiver.requests()), 4)
+
+    def test_retry_on_500(self):
+        self.configure(webhook_events=["MESSAGES_UPDATE"], webhook_receipts=["SERVER_ACK"], webhook_retry_base_ms=100)
+        self.receiver.reset(plan=[500, 500])
+        body = self.send_ok()
+        self.wait_idle()
+        got = self.receiver.requests()
+        self.assertEqual(len(got), 3)
+        self.assertEqual(len({g["raw"] for g in got}), 1)  # one body for all the attempts
+        self.assertGreaterEqual(got[1]["at"] - got[0]["at"], 0.09)   # base
+        self.assertGreaterEqual(got[2]["at"] - got[1]["at"], 0.19)   # base * 2
+        self.assertEqual([(r["attempt"], r["http_status"], r["error"], r["key_id"]) for r in self.hooks()],
+                         [(1, 500, None, body["key"]["id"]), (2, 500, None, body["key"]["id"]),
+                          (3, 200, None, body["key"]["id"])])
+        stats = self.stats()
+        self.assertEqual((stats["webhooks_sent"], stats["webhooks_failed"], stats["webhooks_dropped"]), (1, 2, 0))
+        # By hand, any other failure status is retried too.
+        self.receiver.reset(plan=[503, 502, 429])
+        self.assertEqual(self.manual(instance="inst1", key_id=body["key"]["id"], status="READ"),
+                         (200, {"http_status": 200, "attempts": 4, "error": None}))
+
+    def test_no_retry_on_non_retryable_statuses(self):
+        self.configure(webhook_events=["MESSAGES_UPDATE"], webhook_receipts=["SERVER_ACK"])
+        self.receiver.reset(plan=[401])
+        self.send_ok()
+        self.wait_idle()
+        time.sleep(0.1)  # a retry would come after 20 ms
+        self.assertEqual(len(self.receiver.requests()), 1)
+        self.assertEqual([(r["attempt"], r["http_status"]) for r in self.hooks()], [(1, 401)])
+        stats = self.stats()
+        self.assertEqual((stats["webhooks_sent"], stats["webhooks_failed"], stats["webhooks_dropped"]), (0, 1, 1))
+        for code in (400, 401, 403, 404, 422):
+            self.receiver.reset(plan=[code])
+            self.assertEqual(self.manual(instance="inst1", key_id="K", status="READ", number="5511999999999"),
+                             (200, {"http_status": code, "attempts": 1, "error": None}))
+        self.configure(webhook_retry_non_retryable=[])
+        self.receiver.reset(plan=[401])
+        self.assertEqual(self.manual(instance="inst1", key_id="K", status="READ", number="5511999999999")[1],
+                         {"http_status": 200, "attempts": 2, "error": None})
+
+    def test_connection_errors_until_attempts_run_out(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # nobody listens there once closed
+        self.configure(webhook_url=f"http://127.0.0.1:{port}/x", webhook_retry=3, webhook_retry_base_ms=10)
+        status, answer = self.manual(instance="inst1", key_id="K", status="READ", number="5511999999999")
+        self.assertEqual((status, answer["http_status"], answer["attempts"]), (200, None, 3))
+        self.assertTrue(answer["error"].startswith("ConnectionRefusedError"), answer)
+        records = self.hooks()
+        self.assertEqual([(r["attempt"], r["http_status"]) for r in records], [(1, None), (2, None), (3, None)])
+        self.assertTrue(all(r["error"] for r in records))
+        self.assertEqual(self.stats()["webhooks_dropped"], 1)
+
+    def test_timeout_is_retried(self):
+        self.configure(webhook_timeout_ms=200)
+        self.receiver.reset(plan=[(0.6, 200)])
+        self.assertEqual(self.manual(instance="inst1", key_id="K", status="READ", number="5511999999999")[1],
+                         {"http_status": 200, "attempts": 2, "error": None})
+        self.assertEqual([(r["http_status"], r["error"]) for r in self.hooks()], [(None, "timeout"), (200, None)])
+
+    def test_prisma_sends_receipts_with_an_unseen_id(self):
+        self.configure(faults=[{"action": "prisma", "times": 1}])
+        self.assertEqual(self.send({"number": "5531987654321", "text": "x"})[0], 400)
+        self.wait_idle()
+        got = [g["json"] for g in self.receiver.requests()]
+        self.assertEqual([(g["event"], g["data"]["status"]) for g in got], [("messages.update", s) for s in RECEIPTS])
+        key = got[0]["data"]["keyId"]
+        self.assertRegex(key, KEY_ID_V2)
+        self.assertEqual(got[0]["data"]["remoteJid"], "553187654321@s.whatsapp.net")
+        self.assertIsNone(self.requests()[0]["key_id"])  # the client never saw it
+        self.assertEqual({r["key_id"] for r in self.hooks()}, {key})
+        self.assertEqual(self.manual(instance="inst1", key_id=key, status="READ")[0], 200)  # remembered
+
+    def test_manual_webhook(self):
+        status, answer = self.manual(instance="inst2", key_id="3EB0ABC", status="DELIVERY_ACK",
+                                     number="+55 31 98765-4321")
+        self.assertEqual((status, answer), (200, {"http_status": 200, "attempts": 1, "error": None}))
+        env = self.receiver.requests()[0]["json"]
+        self.assertEqual((env["event"], env["instance"]), ("messages.update", "inst2"))
+        self.assertEqual(env["data"]["remoteJid"], "553187654321@s.whatsapp.net")
+        self.assertEqual(env["data"]["status"], "DELIVERY_ACK")
+        self.assertEqual(env["data"]["keyId"], "3EB0ABC")
+        self.manual(instance="inst1", key_id="BAE5ABC", status="READ", number="5511999999999", v1=True)
+        env = self.receiver.requests()[1]["json"]
+        self.assertNotIn("apikey", env)
+        self.assertEqual(set(env["data"]), {"remoteJid", "id", "fromMe", "status", "datetime", "owner"})
+        for bad in ({"instance": "inst1", "key_id": "unknown", "status": "READ"},           # no number
+                    {"instance": "inst1", "key_id": "K", "status": "DELIVERED", "number": "1"},
+                    {"key_id": "K", "status": "READ", "number": "1"},
+                    {"instance": "inst1", "key_id": "K", "status": "READ", "number": 1},
+                    {"instance": "inst1", "key_id": "K", "status": "READ", "number": "1", "v1": "yes"},
+                    {"instance": "inst1", "key_id": "K", "status": "READ", "number": "1", "headers": {"a b": "c"}},
+                    {"instance": "inst1", "key_id": "K", "status": "READ", "number": "1", "event": "x"}):
+            status, answer = self.manual(**bad)
+            self.assertEqual(status, 400, bad)
+            self.assertIn("error", answer)
+        self.assertEqual(len(self.receiver.requests()), 2)
+
+    def test_reset_forgets_and_abandons(self):
+        self.configure(webhook_delay_ms=300, webhook_faults=[{"duplicate": True}])
+        self.send_ok()
+        self.receiver.wait(1)
+        self.assertEqual(self.ctl("POST", "/_fake/reset")[0], 200)
+        self.assertEqual(self.hooks(), [])
+        self.assertEqual(self.ctl("GET", "/_fake/config")[1]["webhook_faults"], [])
+        stats = self.stats()
+        self.assertEqual([stats[k] for k in ("webhooks_sent", "webhooks_failed", "webhooks_dropped",
+                                             "webhooks_pending")], [0, 0, 0, 0])
+        time.sleep(0.5)
+        self.assertEqual(len(self.receiver.requests()), 1)  # the receipts queued behind the delay are gone
+        self.assertEqual(self.hooks(), [])
+        self.assertEqual(self.ctl("GET", "/_fake/config")[1]["webhook_url"], self.receiver.url)  # config stays
+
+    def test_config_validation(self):
+        before = self.ctl("GET", "/_fake/config")[1]
+        for bad in ({"webhook_url": "https://example.test/x"}, {"webhook_url": "ftp://x"}, {"webhook_url": "http://"},
+                    {"webhook_url": 5}, {"webhook_url": "http://127.0.0.1:99999/"},
+                    {"webhook_headers": {"a": 1}}, {"webhook_headers": {"bad name": "x"}},
+                    {"webhook_headers": {"a": "x\r\ny: z"}}, {"webhook_headers": {"jwt_key": ""}},
+                    {"webhook_headers": {"a": "€"}},
+                    {"webhook_headers": []}, {"webhook_events": ["CONNECTION_UPDATE"]},
+                    {"webhook_events": "SEND_MESSAGE"},
+                    {"webhook_by_events": 1}, {"webhook_receipts": ["DELIVERED"]}, {"webhook_delay_ms": -1},
+                    {"webhook_retry": 0}, {"webhook_retry": True}, {"webhook_retry": 2.5},
+                    {"webhook_retry_base_ms": "1"},
+                    {"webhook_retry_jitter": 2}, {"webhook_timeout_ms": 0},
+                    {"webhook_retry_non_retryable": ["401"]}, {"webhook_faults": {}},
+                    {"webhook_faults": [{"match": {"number": "1"}}]}, {"webhook_faults": [{"early": "yes"}]},
+                    {"webhook_faults": [{"statuses": ["NOPE"]}]}, {"webhook_faults": [{"action": "reset"}]},
+                    {"webhook_faults": [{"early": True, "match": {"phone": "1"}}]},
+                    {"webhook_faults": [{"early": True, "times": -1}]},
+                    {"webhook_url": None, "webhook_retry": 0}):  # all or nothing: the URL stays
+            status, body = self.ctl("POST", "/_fake/config", bad)
+            self.assertEqual(status, 400, bad)
+            self.assertIn("error", body)
+        self.assertEqual(self.ctl("GET", "/_fake/config")[1], before)
+
+
+class WebhookV1Test(FakeTestCase):
+    """v1 mode, with the webhook settings given on the command line."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.receiver = Receiver()
+        cls.args = ("--api-version", "v1", "--webhook-url", cls.receiver.url,
+                    "--webhook-headers", json.dumps({"x-hook-secret": "v1-secret"}),
+                    "--webhook-events", "MESSAGES_UPDATE,SEND_MESSAGE", "--webhook-receipts", "SERVER_ACK,READ",
+                    "--webhook-delay-ms", "0", "--webhook-retry", "4", "--webhook-retry-base-ms", "20",
+                    "--webhook-retry-max-ms", "100", "--webhook-retry-jitter", "0",
+                    "--webhook-retry-non-retryable", "401,403", "--webhook-timeout-ms", "1500")
+        super().setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.receiver.close()
+
+    def setUp(self):
+        super().setUp()
+        self.receiver.reset()
+
+    def tearDown(self):
+        self.wait_idle(10)
+
+    def test_command_line_config(self):
+        cfg = self.ctl("GET", "/_fake/config")[1]
+        self.assertEqual({k: v for k, v in cfg.items() if k.startswith("webhook")},
+                         {"webhook_url": self.receiver.url, "webhook_headers": {"x-hook-secret": "v1-secret"},
+                          "webhook_events": ["SEND_MESSAGE", "MESSAGES_UPDATE"], "webhook_by_events": False,
+                          "webhook_receipts": ["SERVER_ACK", "READ"], "webhook_delay_ms": 0, "webhook_retry": 4,
+                          "webhook_retry_base_ms": 20, "webhook_retry_max_ms": 100, "webhook_retry_jitter": 0,
+                          "webhook_retry_non_retryable": [401, 403], "webhook_timeout_ms": 1500,
+                          "webhook_faults": []})
+
+    def test_v1_envelopes(self):
+        status, body = self.send({"number": "5511999999999", "textMessage": {"text": "Olá!"}})
+        self.assertEqual(status, 201)
+        now_ms = time.time() * 1000
+        self.wait_idle()
+        got = self.receiver.requests()
+        envs = [g["json"] for g in got]
+        self.assertEqual([(e["event"], e["data"]["status"]) for e in envs],
+                         [("send.message", "PENDING"), ("messages.update", "SERVER_ACK"), ("messages.update", "READ")])
+        for g, env in zip(got, envs):
+            self.assertEqual(set(env), {"event", "instance", "data", "destination", "date_time", "sender",
+                                        "server_url"})
+            self.assertEqual(g["headers"]["x-hook-secret"], "v1-secret")
+        self.assertEqual(envs[0]["data"], body)
+        for env in envs[1:]:
+            d = env["data"]
+            self.assertEqual(list(d), ["remoteJid", "id", "fromMe", "status", "datetime", "owner"])
+            self.assertEqual((d["remoteJid"], d["id"], d["fromMe"], d["owner"]),
+                             (body["key"]["remoteJid"], body["key"]["id"], True, "inst1"))
+            self.assertIsInstance(d["datetime"], int)
+            self.assertLess(abs(d["datetime"] - now_ms), 5000)
+        # By hand: v1 data by default in v1 mode, v2 data on request.
+        self.receiver.reset()
+        self.manual(instance="inst1", key_id=body["key"]["id"], status="READ")
+        self.manual(instance="inst1", key_id=body["key"]["id"], status="READ", v1=False)
+        a, b = [g["json"] for g in self.receiver.requests()]
+        self.assertEqual((set(a["data"]), "apikey" in a),
+                         ({"remoteJid", "id", "fromMe", "status", "datetime", "owner"}, False))
+        self.assertEqual((set(b["data"]), b["apikey"]),
+                         ({"keyId", "remoteJid", "fromMe", "status", "instanceId", "messageId"}, None))
+
+    def test_retry_settings_from_the_command_line(self):
+        self.receiver.reset(plan=[500, 500, 500, 500, 500])
+        t0 = time.monotonic()
+        self.assertEqual(self.manual(instance="inst1", key_id="K", status="READ", number="5511999999999")[1],
+                         {"http_status": 500, "attempts": 4, "error": None})  # --webhook-retry 4
+        self.assertGreaterEqual(time.monotonic() - t0, 0.02 + 0.04 + 0.08)
+        self.receiver.reset(plan=[404])
+        self.assertEqual(self.manual(instance="inst1", key_id="K", status="READ", number="5511999999999")[1],
+                         {"http_status": 200, "attempts": 2, "error": None})  # 404 is retryable here
+
+
 class LifecycleTest(unittest.TestCase):
     def test_sigterm_exits_zero_even_with_a_hung_request(self):
         proc, base = start_fake()
@@ -461,6 +1007,28 @@ class LifecycleTest(unittest.TestCase):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+    def test_bad_webhook_option_is_refused_at_start(self):
+        r = subprocess.run([sys.executable, FAKE, "--port", "0", "--webhook-url", "ftp://x"],
+                           capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("webhook_url", r.stderr)
+
+    def test_sigterm_with_webhooks_in_flight(self):
+        receiver = Receiver()
+        proc, base = start_fake("--webhook-url", receiver.url, "--webhook-delay-ms", "5000")
+        try:
+            receiver.reset(plan=[(3, 200)])
+            self.assertEqual(call(base, "POST", "/message/sendText/inst1", {"number": "1234567890", "text": "x"},
+                                  {"apikey": KEY})[0], 201)
+            receiver.wait(1)
+            t0 = time.monotonic()
+            self.assertEqual(stop_fake(proc), 0)
+            self.assertLess(time.monotonic() - t0, 2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            receiver.close()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       abort();
     free(job.message);
     free(job.instance_name);
+    free(job.callback_url);
   }
   else if(err.status != 400 && err.status != 422 && err.status != 503)
     abort();

@@ -302,6 +302,16 @@ class FakeEvolution(Service):
         connection_state, api_version, faults); returns the whole current configuration."""
         return self._control("POST", "/_fake/config", cfg)
 
+    def webhooks(self, since=0):
+        """Every webhook attempt the fake made, from index `since` (dicts: event, instance,
+        status, key_id, attempt, http_status, error, at, url, manual)."""
+        return self._control("GET", f"/_fake/webhooks?since={since}")
+
+    def send_webhook(self, **body):
+        """Sends one messages.update now (instance, key_id, status, number?, v1?, headers?) and
+        returns {"http_status", "attempts", "error"} once it is done."""
+        return self._control("POST", "/_fake/webhook", body)
+
     def reset(self):
         """Forgets the recorded requests and the fault rules."""
         self._control("POST", "/_fake/reset")

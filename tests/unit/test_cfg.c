@@ -13,7 +13,7 @@ static const char *shipped_config = "../../config/service.yaml";
 static const char *const OVERRIDE_VARS[] = {
   "AMQP_URL", "EVOLUTION_API_URL", "EVOLUTION_API_KEY", "EVOLUTION_INSTANCE_NAME",
   "APP_HOST", "APP_PORT", "LOG_LEVEL", "CFG_T_USER", "CFG_T_HOST", "CFG_T_EMPTY",
-  "CFG_T_THREADS", "CFG_T_UNSET", "CFG_T_UNSET_TOO", NULL};
+  "CFG_T_THREADS", "CFG_T_UNSET", "CFG_T_UNSET_TOO", "MSG_CALLBACK_SECRET", NULL};
 
 static void clear_env(void)
 {
@@ -109,6 +109,15 @@ static int check_defaults(const struct cfg *c)
   CHECK(c->retry.n_delays == 3);
   CHECK(c->retry.delays_ms[0] == 5000 && c->retry.delays_ms[1] == 5000 &&
         c->retry.delays_ms[2] == 5000);
+  CHECK_STR(c->topology.callback_queue, "messages.callbacks");
+  CHECK_STR(c->callbacks.secret, "");
+  CHECK(c->callbacks.n_allow_hosts == 0);
+  CHECK(c->callbacks.timeout_ms == 5000);
+  CHECK(c->callbacks.n_retry_delays == 5);
+  CHECK(c->callbacks.retry_delays_ms[0] == 5000 && c->callbacks.retry_delays_ms[1] == 30000 &&
+        c->callbacks.retry_delays_ms[2] == 120000 && c->callbacks.retry_delays_ms[3] == 600000 &&
+        c->callbacks.retry_delays_ms[4] == 3600000);
+  CHECK(c->callbacks.concurrency == 32);
   CHECK(c->log.level == CFG_LOG_INFO);
   CHECK(c->log.format == CFG_LOG_JSON);
   return 0;

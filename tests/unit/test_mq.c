@@ -50,6 +50,15 @@ static void test_names(void)
   CHECK_STR(buf, "messages.retry.2m");
   mq_retry_routing_key(7200000, buf, sizeof buf);
   CHECK_STR(buf, "retry.2h");
+  cfg.topology.callback_queue = "messages.callbacks";
+  mq_callback_retry_queue_name(&cfg, 200, buf, sizeof buf);
+  CHECK_STR(buf, "messages.callbacks.retry.200ms");
+  mq_callback_retry_queue_name(&cfg, 600000, buf, sizeof buf);
+  CHECK_STR(buf, "messages.callbacks.retry.10m");
+  mq_callback_retry_queue_name(&cfg, 3600000, buf, sizeof buf);
+  CHECK_STR(buf, "messages.callbacks.retry.1h");
+  mq_callback_dead_queue_name(&cfg, buf, sizeof buf);
+  CHECK_STR(buf, "messages.callbacks.dead");
 out:;
 }
 

@@ -3,6 +3,7 @@
 
 #include "check.h"
 
+#include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -293,10 +294,72 @@ out:
   free(joined);
 }
 
+/* Receipts travel without a task id when the api could not tell it; callbacks have stable ids. */
+static void test_receipts_and_callbacks(void)
+{
+  struct status_event r = {.status = TASK_RECEIPT, .delivery = DELIVERY_DELIVERED,
+                           .at_ms = 1795867200000, .evolution_key = "3EB0AA", .instance = "shop"};
+  struct status_event out = {0}, s = {.status = TASK_SUCCESS, .attempt = 2, .generation = 1,
+                                      .at_ms = 1795867200000, .evolution_key = "3EB0AA"};
+  char err[256], id[STATUS_EVENT_ID_LEN], *body = NULL;
+  size_t len;
+  json_t *doc = NULL;
+  body = status_event_encode(&r, &len);
+  CHECK(body);
+  CHECK(!strstr(body, "task_id"));
+  CHECK_INT(status_event_decode(body, len, &out, err, sizeof err), 0);
+  CHECK_INT(out.status, TASK_RECEIPT);
+  CHECK_INT(out.delivery, DELIVERY_DELIVERED);
+  CHECK_STR(out.evolution_key, "3EB0AA");
+  CHECK_STR(out.task_id, "");
+  status_event_clear(&out);
+  free(body);
+  body = NULL;
+  /* A receipt needs its message id and a known state; a status needs its task id. */
+  {
+    static const char *const bad[] = {
+      "{\"v\":1,\"status\":\"RECEIPT\",\"attempt\":0,\"at\":\"2026-11-28T12:00:00Z\","
+      "\"delivery\":\"read\"}",
+      "{\"v\":1,\"status\":\"RECEIPT\",\"attempt\":0,\"at\":\"2026-11-28T12:00:00Z\","
+      "\"evolution_key\":\"K\",\"delivery\":\"lost\"}",
+      "{\"v\":1,\"status\":\"SUCCESS\",\"attempt\":1,\"at\":\"2026-11-28T12:00:00Z\"}"};
+    static const char good[] =
+      "{\"v\":1,\"status\":\"RECEIPT\",\"attempt\":0,\"at\":\"2026-11-28T12:00:00Z\","
+      "\"evolution_key\":\"K\",\"delivery\":\"read\"}";
+    for(size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+      CHECK_INT(status_event_decode(bad[i], strlen(bad[i]), &out, err, sizeof err), -1);
+    CHECK_INT(status_event_decode(good, strlen(good), &out, err, sizeof err), 0);
+    status_event_clear(&out);
+  }
+
+  memcpy(s.task_id, "123e4567-e89b-42d3-a456-426614174001", UTIL_UUID_LEN);
+  body = status_callback_body(&s, id, &len);
+  CHECK(body);
+  CHECK_STR(id, "123e4567-e89b-42d3-a456-426614174001.SUCCESS.2.1");
+  doc = json_loadb(body, len, 0, NULL);
+  CHECK(doc);
+  CHECK_STR(json_string_value(json_object_get(doc, "event_id")), id);
+  CHECK_STR(json_string_value(json_object_get(doc, "type")), "task.status");
+  CHECK_STR(json_string_value(json_object_get(json_object_get(doc, "result"), "evolution_key")),
+            "3EB0AA");
+  json_decref(doc);
+  doc = NULL;
+  free(body);
+  memcpy(r.task_id, s.task_id, UTIL_UUID_LEN);
+  body = status_callback_body(&r, id, &len);
+  CHECK(body);
+  CHECK_STR(id, "123e4567-e89b-42d3-a456-426614174001.delivery.delivered");
+  CHECK(strstr(body, "\"type\":\"task.delivery\""));
+out:
+  json_decref(doc);
+  free(body);
+}
+
 int main(void)
 {
   static const struct check_test tests[] = {
     {"names", test_names},
+    {"receipts_and_callbacks", test_receipts_and_callbacks},
     {"rank", test_rank},
     {"round_trip_full", test_round_trip_full},
     {"round_trip_minimal", test_round_trip_minimal},

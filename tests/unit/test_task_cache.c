@@ -90,7 +90,7 @@ static void test_lifecycle(void)
   CHECK_INT(task_cache_apply(c, &e), 1);
   doc = doc_of(c, ID1);
   CHECK(doc != NULL);
-  CHECK_INT(json_object_size(doc), 8);
+  CHECK_INT(json_object_size(doc), 9);
   CHECK_STR(str_at(doc, "task_id"), ID1);
   CHECK_STR(str_at(doc, "status"), "SUCCESS");
   CHECK_INT(json_integer_value(json_object_get(doc, "attempts")), 1);
@@ -354,6 +354,90 @@ out:
   task_cache_free(c);
 }
 
+static struct status_event receipt(const char *id, const char *key, enum delivery_state d,
+                                   int64_t at)
+{
+  struct status_event e = {.status = TASK_RECEIPT, .delivery = d, .at_ms = at,
+                           .evolution_key = (char *)key};
+  if(id)
+    snprintf(e.task_id, sizeof e.task_id, "%s", id);
+  return e;
+}
+
+static const char *delivery_at(json_t *doc, const char *key)
+{
+  return json_string_value(json_object_get(json_object_get(doc, "delivery"), key));
+}
+
+/* Receipts move "delivery" up only (duplicates and reordering ignored, errors recorded beside
+ * the state), found by task id or by Evolution key, and kept when they precede the SUCCESS. */
+static void test_receipts(void)
+{
+  struct task_cache *c = task_cache_new(100, RETENTION_MS);
+  json_t *doc = NULL;
+  struct status_event e;
+  char id[UTIL_UUID_LEN], *url = NULL;
+  CHECK(c != NULL);
+  e = ev(ID1, TASK_PENDING, 0, T0);
+  e.callback_url = "https://hooks.example.com/msg";
+  CHECK_INT(task_cache_apply(c, &e), 1);
+  doc = doc_of(c, ID1);
+  CHECK(is_null_at(doc, "delivery"));
+  json_decref(doc);
+  doc = NULL;
+  CHECK_INT(task_cache_find_by_key(c, KEY, id), 0);
+
+  /* Before the SUCCESS: kept aside by key, not visible yet. */
+  e = receipt(NULL, KEY, DELIVERY_SERVER_ACK, T0 + 100);
+  CHECK_INT(task_cache_apply(c, &e), 0);
+  e = ev(ID1, TASK_SUCCESS, 1, T0 + 200);
+  e.evolution_key = KEY;
+  e.phone = "+52123456789";
+  CHECK_INT(task_cache_apply(c, &e), 1);
+  CHECK_INT(task_cache_find_by_key(c, KEY, id), 1);
+  CHECK_STR(id, ID1);
+  doc = doc_of(c, ID1);
+  CHECK_STR(delivery_at(doc, "state"), "server_ack");
+  CHECK_STR(delivery_at(doc, "sent_at"), "2026-11-28T12:00:00.200Z");
+  CHECK_STR(delivery_at(doc, "server_ack_at"), "2026-11-28T12:00:00.100Z");
+  CHECK(json_is_null(json_object_get(json_object_get(doc, "delivery"), "read_at")));
+  json_decref(doc);
+  doc = NULL;
+
+  /* READ before DELIVERY_ACK: the state is the maximum; the late one still gets its time. */
+  CHECK_INT(task_cache_receipt_is_news(c, ID1, DELIVERY_READ, &url), 1);
+  CHECK_STR(url, "https://hooks.example.com/msg");
+  free(url);
+  url = NULL;
+  e = receipt(NULL, KEY, DELIVERY_READ, T0 + 900);
+  CHECK_INT(task_cache_apply(c, &e), 1);
+  e = receipt(ID1, KEY, DELIVERY_DELIVERED, T0 + 500);
+  CHECK_INT(task_cache_apply(c, &e), 1);
+  e = receipt(ID1, KEY, DELIVERY_READ, T0 + 950); /* a duplicate */
+  CHECK_INT(task_cache_apply(c, &e), 0);
+  CHECK_INT(task_cache_receipt_is_news(c, ID1, DELIVERY_READ, &url), 0);
+  CHECK(url == NULL);
+  e = receipt(ID1, KEY, DELIVERY_ERROR, T0 + 1000);
+  CHECK_INT(task_cache_apply(c, &e), 1);
+  doc = doc_of(c, ID1);
+  CHECK_STR(delivery_at(doc, "state"), "read");
+  CHECK_STR(delivery_at(doc, "delivered_at"), "2026-11-28T12:00:00.500Z");
+  CHECK_STR(delivery_at(doc, "read_at"), "2026-11-28T12:00:00.900Z");
+  CHECK_STR(delivery_at(doc, "error_at"), "2026-11-28T12:00:01.000Z");
+  CHECK_STR(str_at(doc, "status"), "SUCCESS");
+  json_decref(doc);
+  doc = NULL;
+
+  /* A receipt for a message nobody knows is kept, and harms nothing. */
+  e = receipt(NULL, "UNKNOWNKEY", DELIVERY_READ, T0);
+  CHECK_INT(task_cache_apply(c, &e), 0);
+  CHECK_INT(task_cache_size(c), 1);
+out:
+  free(url);
+  json_decref(doc);
+  task_cache_free(c);
+}
+
 static void test_free_null(void)
 {
   task_cache_free(NULL);
@@ -371,6 +455,7 @@ int main(void)
     {"eviction", test_eviction},
     {"many", test_many},
     {"retention", test_retention},
+    {"receipts", test_receipts},
     {"free_null", test_free_null},
   };
   return CHECK_RUN(tests);

@@ -35,7 +35,7 @@ static const char *header_str(const amqp_basic_properties_t *p, const char *key,
 static amqp_connection_state_t open_dead(const struct cfg *cfg, uint32_t *depth, char *err,
                                          size_t errlen)
 {
-  amqp_connection_state_t conn = mq_connect(cfg, "api-admin", TIMEOUT_MS, err, errlen);
+  amqp_connection_state_t conn = mq_connect(cfg, "admin", TIMEOUT_MS, err, errlen);
   amqp_queue_declare_ok_t *ok;
   if(!conn)
     return NULL;

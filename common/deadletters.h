@@ -1,6 +1,8 @@
 /* Parked jobs (the dead queue): reading them without removing them, and moving them back to
- * delivery ("redrive"). Each call opens its own short-lived AMQP connection on the calling
- * thread, so the publisher and the status reader never wait for an operator's request. */
+ * delivery ("redrive"), for msg-api's /dead-letters endpoints and msg-consumer's --dead-letters
+ * and --redrive. Each call opens its own short-lived AMQP connection on the calling thread
+ * (named "<broker.connection_name>-admin"), so msg-api's publisher and status reader never wait
+ * for an operator's request. */
 #ifndef MSG_DEADLETTERS_H
 #define MSG_DEADLETTERS_H
 
@@ -8,6 +10,13 @@
 #include <stddef.h>
 
 #include "cfg.h"
+
+/* Page and batch bounds shared by GET /dead-letters, POST /dead-letters/redrive and
+ * msg-consumer --dead-letters/--redrive. */
+#define DEAD_PEEK_DEFAULT 20
+#define DEAD_PEEK_MAX 1000
+#define DEAD_REDRIVE_DEFAULT 100
+#define DEAD_REDRIVE_MAX 100000
 
 /* Which parked jobs a redrive takes; NULL/0 fields match everything. */
 struct redrive_filter {

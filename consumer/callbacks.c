@@ -1,0 +1,721 @@
+/* Status-callback dispatcher of msg-consumer: a thread of its own that owns one AMQP connection
+ * (deliveries of the callback queue on one channel, confirmed republishes on another) and one
+ * curl multi handle, driven by one loop like the worker's. See callbacks.h for the contract. */
+#include "callbacks.h"
+
+#include <amqp.h>
+#include <curl/curl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "callback_url.h"
+#include "confirms.h"
+#include "log.h"
+#include "mq.h"
+#include "sign.h"
+#include "util.h"
+
+#define CONSUME_CH 1
+#define PUBLISH_CH 2
+#define CONNECT_TIMEOUT_MS 5000
+#define BACKOFF_MIN_MS 200
+#define BACKOFF_MAX_MS 10000
+/* After the grace period, republishes already under way get this long to be confirmed. */
+#define SETTLE_EXTRA_MS 3000
+/* Longest wait of one loop turn: how late the worker's draining flag may be noticed. It is
+ * also well under half of the shortest heartbeat (1s), so heartbeats are serviced in time. */
+#define TURN_MS 200
+#define ERROR_LEN 256
+/* An AMQP short string: message_id can hold no more. */
+#define EVENT_ID_MAX 255
+
+enum { RUN = 0, DRAIN = 1, STOP_NOW = 2 };
+
+/* One callback, from its delivery until its ack or nack. It is referenced by exactly one of:
+ * the transfer list (while it is POSTed), or its tracked republish (while the retry or dead
+ * queue has not confirmed it yet). */
+struct callback {
+  struct callback *prev, *next; /* the transfer list */
+  /* amqp_read_message copies properties (into msg.pool) and body (malloc) out of the
+   * connection's buffers: the message stays valid after amqp_maybe_release_buffers, until
+   * amqp_destroy_message in callback_free. */
+  amqp_message_t msg;
+  uint64_t tag;
+  unsigned conn_gen; /* the connection it came on: its tag means nothing on another one */
+  int attempt;       /* 1 for the first */
+  char *url;         /* x-callback-url, NUL-terminated */
+  char event_id[EVENT_ID_MAX + 1];
+  CURL *easy;
+  struct curl_slist *headers;
+  int64_t sent_us;
+  char error[ERROR_LEN]; /* why the last attempt failed */
+};
+
+struct callbacks {
+  const struct cfg *cfg;
+  struct callbacks_stats *stats;
+  const atomic_int *draining; /* the worker's: a stop signal arrived */
+  atomic_int stop;            /* RUN, DRAIN or STOP_NOW, from callbacks_stop */
+  atomic_int done;            /* the thread has finished */
+  pthread_t thread;
+  CURLM *multi;
+  amqp_connection_state_t conn;
+  unsigned conn_gen;  /* bumped on every connect */
+  int broken;         /* a republish failed or came back: the loop drops the connection */
+  int stopping;       /* draining: no new callbacks are taken */
+  amqp_bytes_t consumer_tag;
+  struct confirms *confirms;
+  struct callback *transfers;
+  long long in_flight;
+  char dead_queue[512];
+};
+
+/* Headers a republished callback does not carry over: the broker's dead-letter history
+ * (cycle detection reads x-death, DESIGN §3) and the ones set here again. */
+static const char *const DROPPED_HEADERS[] = {
+  "x-attempt", "x-death", "x-first-death-queue", "x-first-death-reason",
+  "x-first-death-exchange", "x-last-death-queue", "x-last-death-reason",
+  "x-last-death-exchange", "x-delivery-count", "x-failure-reason", "x-attempts", "x-last-error",
+  "x-failed-at", NULL};
+
+static void set_in_flight(struct callbacks *cb, long long delta)
+{
+  cb->in_flight += delta;
+  atomic_store(&cb->stats->in_flight, cb->in_flight);
+}
+
+static void callback_free(struct callbacks *cb, struct callback *c)
+{
+  amqp_destroy_message(&c->msg);
+  free(c->url);
+  free(c);
+  set_in_flight(cb, -1);
+}
+
+/* Acks the delivery, or gives it back to the queue (nack with requeue), then frees it. On a
+ * lost connection nothing is sent: the broker has already requeued it. */
+static void give_back(struct callbacks *cb, struct callback *c, int ack)
+{
+  if(cb->conn && c->conn_gen == cb->conn_gen) {
+    if(ack)
+      amqp_basic_ack(cb->conn, CONSUME_CH, c->tag, 0);
+    else
+      amqp_basic_nack(cb->conn, CONSUME_CH, c->tag, 0, 1);
+  }
+  callback_free(cb, c);
+}
+
+static void on_settle(void *owner, int ok, void *ctx)
+{
+  /* Acked only once the retry or dead queue confirmed the copy; a nack requeues the original,
+   * so a callback is never lost between the two. */
+  give_back(ctx, owner, ok);
+}
+
+static int dropped_header(amqp_bytes_t key)
+{
+  for(const char *const *h = DROPPED_HEADERS; *h; h++)
+    if(key.len == strlen(*h) && !memcmp(key.bytes, *h, key.len))
+      return 1;
+  return 0;
+}
+
+/* Publishes the callback's body and properties, with `extra` headers, to `queue` through the
+ * default exchange, tracked by a confirm that settles it (on_settle). Returns 0 once tracked,
+ * or -1 when nothing was published (out of memory): the caller then gives the delivery back. */
+static int republish(struct callbacks *cb, struct callback *c, const char *queue,
+                     const amqp_table_entry_t *extra, int n_extra)
+{
+  amqp_basic_properties_t p = c->msg.properties;
+  int have = (p._flags & AMQP_BASIC_HEADERS_FLAG) ? p.headers.num_entries : 0;
+  amqp_table_entry_t *h = malloc(((size_t)have + (size_t)n_extra) * sizeof *h);
+  int n = 0, rc;
+  if(!h || !confirms_add(cb->confirms, c)) {
+    free(h);
+    return -1;
+  }
+  for(int i = 0; i < have; i++)
+    if(!dropped_header(p.headers.entries[i].key))
+      h[n++] = p.headers.entries[i];
+  for(int i = 0; i < n_extra; i++)
+    h[n++] = extra[i];
+  /* user_id must name the publishing connection's user or the broker closes the channel. */
+  p._flags &= ~(amqp_flags_t)AMQP_BASIC_USER_ID_FLAG;
+  p._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+  p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  p.headers.num_entries = n;
+  p.headers.entries = h;
+  /* Mandatory: a queue deleted under us comes back as basic.return instead of vanishing. */
+  rc = amqp_basic_publish(cb->conn, PUBLISH_CH, amqp_empty_bytes, amqp_cstring_bytes(queue), 1,
+                          0, &p, c->msg.body);
+  free(h);
+  if(rc != AMQP_STATUS_OK) {
+    /* Tracked already: dropping the connection settles it (requeued by the broker). */
+    log_event(CFG_LOG_WARN, "callbacks: publish failed", "reason", amqp_error_string2(rc), NULL);
+    cb->broken = 1;
+  }
+  return 0;
+}
+
+/* Parks a callback in the dead queue with why; acked once that is confirmed. */
+static void park(struct callbacks *cb, struct callback *c, const char *reason, const char *why)
+{
+  amqp_table_entry_t h[4];
+  char failed_at[UTIL_TIME_LEN], attempts[16];
+  h[0] = mq_entry_str("x-failure-reason", reason);
+  h[1] = mq_entry_i64("x-attempts", c->attempt);
+  h[2] = mq_entry_str("x-last-error", why);
+  h[3] = mq_entry_str("x-failed-at", util_format_time(util_now_ms(), failed_at));
+  snprintf(attempts, sizeof attempts, "%d", c->attempt);
+  atomic_fetch_add(&cb->stats->parked, 1);
+  log_event(CFG_LOG_WARN, "callback parked", "event_id", c->event_id[0] ? c->event_id : NULL,
+            "reason", reason, "error", why, "attempts", attempts, NULL);
+  if(republish(cb, c, cb->dead_queue, h, 4))
+    give_back(cb, c, 0);
+}
+
+/* A failed attempt: to the retry queue of its delay, or parked when the delays are used up. */
+static void failed(struct callbacks *cb, struct callback *c)
+{
+  const struct cfg *cfg = cb->cfg;
+  amqp_table_entry_t h[1];
+  char queue[512], attempt[16];
+  uint64_t delay;
+  if((size_t)c->attempt > cfg->callbacks.n_retry_delays) {
+    park(cb, c, "callback_failed", c->error);
+    return;
+  }
+  delay = cfg->callbacks.retry_delays_ms[c->attempt - 1];
+  mq_callback_retry_queue_name(cfg, delay, queue, sizeof queue);
+  /* The attempt number travels on the message, so it survives restarts and replicas. */
+  h[0] = mq_entry_i64("x-attempt", c->attempt + 1);
+  snprintf(attempt, sizeof attempt, "%d", c->attempt);
+  atomic_fetch_add(&cb->stats->retried, 1);
+  log_event(CFG_LOG_INFO, "callback failed, will retry", "event_id", c->event_id, "attempt",
+            attempt, "error", c->error, "retry_queue", queue, NULL);
+  if(republish(cb, c, queue, h, 1))
+    give_back(cb, c, 0);
+}
+
+/* ---- transfers ----------------------------------------------------------------------------- */
+
+static size_t discard(char *data, size_t size, size_t nmemb, void *arg)
+{
+  (void)data;
+  (void)arg;
+  return size * nmemb; /* the answer's status is all that counts */
+}
+
+static void transfer_end(struct callbacks *cb, struct callback *c)
+{
+  if(c->prev)
+    c->prev->next = c->next;
+  else
+    cb->transfers = c->next;
+  if(c->next)
+    c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  curl_multi_remove_handle(cb->multi, c->easy);
+  curl_easy_cleanup(c->easy);
+  curl_slist_free_all(c->headers);
+  c->easy = NULL;
+  c->headers = NULL;
+}
+
+static int add_header(struct callback *c, const char *line)
+{
+  struct curl_slist *h = curl_slist_append(c->headers, line);
+  if(!h)
+    return -1;
+  c->headers = h;
+  return 0;
+}
+
+/* POSTs the body verbatim, signed now. Returns 0, or -1 when the transfer cannot start. */
+static int start_transfer(struct callbacks *cb, struct callback *c)
+{
+  const struct cfg *cfg = cb->cfg;
+  char sig[SIGN_HEADER_MAX], line[EVENT_ID_MAX + SIGN_HEADER_MAX + 32];
+  /* libcurl wants a valid pointer even for an empty body. */
+  const char *body = c->msg.body.len ? c->msg.body.bytes : "";
+  sign_callback_header(cfg->callbacks.secret, util_now_ms() / 1000, body, c->msg.body.len, sig,
+                       sizeof sig);
+  if(!sig[0] || add_header(c, "Content-Type: application/json"))
+    goto fail;
+  snprintf(line, sizeof line, "X-Msg-Event-Id: %s", c->event_id);
+  if(add_header(c, line))
+    goto fail;
+  snprintf(line, sizeof line, "X-Msg-Signature: %s", sig);
+  /* "Expect:" off: a receiver that never answers 100 Continue would cost us a second. */
+  if(add_header(c, line) || add_header(c, "Expect:"))
+    goto fail;
+  c->easy = curl_easy_init();
+  if(!c->easy)
+    goto fail;
+  curl_easy_setopt(c->easy, CURLOPT_URL, c->url);
+  curl_easy_setopt(c->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(c->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  /* A redirect could lead anywhere the allow-list does not: a 3xx is a failed attempt. */
+  curl_easy_setopt(c->easy, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(c->easy, CURLOPT_POST, 1L);
+  curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, body);
+  curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->msg.body.len);
+  curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, c->headers);
+  curl_easy_setopt(c->easy, CURLOPT_USERAGENT, "msg-consumer/" MSG_VERSION);
+  curl_easy_setopt(c->easy, CURLOPT_TIMEOUT_MS, (long)cfg->callbacks.timeout_ms);
+  curl_easy_setopt(c->easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c->easy, CURLOPT_WRITEFUNCTION, discard);
+  curl_easy_setopt(c->easy, CURLOPT_PRIVATE, c);
+  if(curl_multi_add_handle(cb->multi, c->easy) != CURLM_OK)
+    goto fail;
+  c->sent_us = util_mono_us();
+  c->next = cb->transfers;
+  if(cb->transfers)
+    cb->transfers->prev = c;
+  cb->transfers = c;
+  return 0;
+fail:
+  curl_easy_cleanup(c->easy);
+  curl_slist_free_all(c->headers);
+  c->easy = NULL;
+  c->headers = NULL;
+  return -1;
+}
+
+static void transfer_done(struct callbacks *cb, struct callback *c, CURLcode rc, long status)
+{
+  char latency[24], code[8], attempt[16];
+  int64_t took_us = util_mono_us() - c->sent_us;
+  metrics_observe(&cb->stats->latency, (double)took_us / 1e6);
+  if(rc == CURLE_OK && status >= 200 && status < 300) {
+    snprintf(latency, sizeof latency, "%lld", (long long)(took_us / 1000));
+    snprintf(code, sizeof code, "%ld", status);
+    snprintf(attempt, sizeof attempt, "%d", c->attempt);
+    atomic_fetch_add(&cb->stats->delivered, 1);
+    log_event(CFG_LOG_INFO, "callback delivered", "event_id", c->event_id, "attempt", attempt,
+              "http_status", code, "latency_ms", latency, NULL);
+    give_back(cb, c, 1);
+    return;
+  }
+  if(rc != CURLE_OK)
+    snprintf(c->error, sizeof c->error, "%s", curl_easy_strerror(rc));
+  else
+    snprintf(c->error, sizeof c->error, "the receiver answered HTTP %ld", status);
+  failed(cb, c);
+}
+
+static void run_transfers(struct callbacks *cb, struct curl_waitfd *waits, unsigned n_waits,
+                          int timeout_ms)
+{
+  CURLMsg *m;
+  int running, left;
+  curl_multi_poll(cb->multi, waits, n_waits, timeout_ms, NULL);
+  curl_multi_perform(cb->multi, &running);
+  while((m = curl_multi_info_read(cb->multi, &left))) {
+    struct callback *c = NULL;
+    CURLcode rc;
+    long status = 0;
+    if(m->msg != CURLMSG_DONE)
+      continue;
+    /* The message dies with the handle: read everything first. */
+    rc = m->data.result;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+    curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+    transfer_end(cb, c);
+    transfer_done(cb, c, rc, status);
+  }
+}
+
+/* Ends every POST in flight and gives its delivery back (nack, or nothing on a lost
+ * connection); the receiver may see it again: callbacks are at-least-once. */
+static void abort_transfers(struct callbacks *cb)
+{
+  while(cb->transfers) {
+    struct callback *c = cb->transfers;
+    transfer_end(cb, c);
+    give_back(cb, c, 0);
+  }
+}
+
+/* ---- deliveries ---------------------------------------------------------------------------- */
+
+/* Copies a string header into *out (malloc'd). 0, -1 when absent or not a string without NUL,
+ * -2 when out of memory. */
+static int header_string(const amqp_basic_properties_t *p, const char *key, char **out)
+{
+  const amqp_field_value_t *v;
+  amqp_bytes_t b;
+  if(!(p->_flags & AMQP_BASIC_HEADERS_FLAG) || !(v = mq_table_get(&p->headers, key)) ||
+     (v->kind != AMQP_FIELD_KIND_UTF8 && v->kind != AMQP_FIELD_KIND_BYTES))
+    return -1;
+  b = v->value.bytes;
+  if(b.len && memchr(b.bytes, '\0', b.len))
+    return -1;
+  *out = malloc(b.len + 1);
+  if(!*out)
+    return -2;
+  if(b.len)
+    memcpy(*out, b.bytes, b.len);
+  (*out)[b.len] = '\0';
+  return 0;
+}
+
+/* The event id goes into an HTTP header: printable ASCII only, so nothing can be injected. */
+static int take_event_id(const amqp_basic_properties_t *p, char *out)
+{
+  amqp_bytes_t id = p->message_id;
+  if(!(p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) || id.len == 0 || id.len > EVENT_ID_MAX)
+    return -1;
+  for(size_t i = 0; i < id.len; i++) {
+    unsigned char ch = ((const unsigned char *)id.bytes)[i];
+    if(ch < 0x20 || ch > 0x7e)
+      return -1;
+  }
+  memcpy(out, id.bytes, id.len);
+  out[id.len] = '\0';
+  return 0;
+}
+
+/* Takes one delivery; `m` is owned by the callback afterwards. */
+static void on_delivery(struct callbacks *cb, uint64_t tag, amqp_message_t *m)
+{
+  const struct cfg *cfg = cb->cfg;
+  struct callback *c = calloc(1, sizeof *c);
+  const amqp_basic_properties_t *p;
+  char err[256];
+  int64_t attempt = 1;
+  int rc;
+  if(!c) {
+    amqp_destroy_message(m);
+    amqp_basic_nack(cb->conn, CONSUME_CH, tag, 0, 1);
+    return;
+  }
+  c->msg = *m;
+  c->tag = tag;
+  c->conn_gen = cb->conn_gen;
+  set_in_flight(cb, 1);
+  if(cb->stopping) {
+    /* Sent before our basic.cancel reached the broker: back to the queue, untouched. */
+    give_back(cb, c, 0);
+    return;
+  }
+  p = &c->msg.properties;
+  if((p->_flags & AMQP_BASIC_HEADERS_FLAG) &&
+     !mq_table_get_int(&p->headers, "x-attempt", &attempt) && (attempt < 1 || attempt > 1000))
+    attempt = 1;
+  c->attempt = (int)attempt;
+  if(take_event_id(p, c->event_id)) {
+    park(cb, c, "callback_malformed",
+         "the message has no message_id (the event id) of 1-255 printable ASCII characters");
+    return;
+  }
+  rc = header_string(p, "x-callback-url", &c->url);
+  if(rc == -2) {
+    give_back(cb, c, 0);
+    return;
+  }
+  if(rc) {
+    park(cb, c, "callback_url_refused", "the message has no x-callback-url string header");
+    return;
+  }
+  /* Checked again here, whoever published it and whatever the allow-list was then. */
+  if(callback_url_check(c->url, cfg->callbacks.allow_hosts, cfg->callbacks.n_allow_hosts, err,
+                        sizeof err)) {
+    park(cb, c, "callback_url_refused", err);
+    return;
+  }
+  if(start_transfer(cb, c)) {
+    log_event(CFG_LOG_ERROR, "callbacks: cannot start a request", "event_id", c->event_id, NULL);
+    give_back(cb, c, 0);
+  }
+}
+
+/* Reads every frame available without blocking. Returns 0, or -1 when the connection is gone
+ * or must be rebuilt. */
+static int drain_frames(struct callbacks *cb)
+{
+  for(;;) {
+    amqp_frame_t f;
+    struct timeval zero = {0, 0};
+    int rc;
+    memset(&f, 0, sizeof f);
+    rc = amqp_simple_wait_frame_noblock(cb->conn, &f, &zero);
+    if(rc == AMQP_STATUS_TIMEOUT)
+      break;
+    if(rc != AMQP_STATUS_OK) {
+      log_event(CFG_LOG_WARN, "callbacks: broker connection lost", "reason",
+                amqp_error_string2(rc), NULL);
+      return -1;
+    }
+    if(f.frame_type != AMQP_FRAME_METHOD)
+      continue; /* heartbeats queued by a publish (research §1.6) */
+    switch(f.payload.method.id) {
+    case AMQP_BASIC_DELIVER_METHOD: {
+      uint64_t tag = ((amqp_basic_deliver_t *)f.payload.method.decoded)->delivery_tag;
+      amqp_message_t m;
+      memset(&m, 0, sizeof m);
+      if(amqp_read_message(cb->conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
+        log_event(CFG_LOG_WARN, "callbacks: connection lost while reading a delivery", NULL);
+        return -1;
+      }
+      on_delivery(cb, tag, &m);
+      break;
+    }
+    case AMQP_BASIC_ACK_METHOD: {
+      amqp_basic_ack_t *a = f.payload.method.decoded;
+      confirms_settle(cb->confirms, a->delivery_tag, a->multiple, 1);
+      break;
+    }
+    case AMQP_BASIC_NACK_METHOD: {
+      amqp_basic_nack_t *n = f.payload.method.decoded;
+      confirms_settle(cb->confirms, n->delivery_tag, n->multiple, 0);
+      break;
+    }
+    case AMQP_BASIC_RETURN_METHOD: {
+      amqp_message_t m;
+      memset(&m, 0, sizeof m);
+      if(amqp_read_message(cb->conn, f.channel, &m, 0).reply_type == AMQP_RESPONSE_NORMAL)
+        amqp_destroy_message(&m);
+      /* A queue we declared is gone. Rebuilding the connection declares it again, and every
+       * callback not yet acked comes back: none is acked on an unroutable copy. */
+      log_event(CFG_LOG_ERROR, "callbacks: a republish was unroutable; declaring the queues again",
+                NULL);
+      return -1;
+    }
+    case AMQP_BASIC_CANCEL_METHOD:
+      log_event(CFG_LOG_WARN, "callbacks: the broker cancelled our consumer (queue deleted?)",
+                NULL);
+      return -1;
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+      amqp_channel_close_t *close = f.payload.method.decoded;
+      char why[300];
+      snprintf(why, sizeof why, "%u %.*s", close->reply_code, (int)close->reply_text.len,
+               (const char *)close->reply_text.bytes);
+      log_event(CFG_LOG_ERROR, "callbacks: channel closed by the broker", "reason", why, NULL);
+      return -1;
+    }
+    case AMQP_CONNECTION_CLOSE_METHOD:
+      log_event(CFG_LOG_WARN, "callbacks: connection closed by the broker", NULL);
+      return -1;
+    default: break;
+    }
+  }
+  amqp_maybe_release_buffers(cb->conn);
+  return 0;
+}
+
+/* ---- connection ---------------------------------------------------------------------------- */
+
+static int connect_broker(struct callbacks *cb)
+{
+  const struct cfg *cfg = cb->cfg;
+  char err[512];
+  amqp_basic_consume_ok_t *ok;
+  amqp_connection_state_t conn = mq_connect(cfg, "callbacks", CONNECT_TIMEOUT_MS, err, sizeof err);
+  if(!conn) {
+    log_event(CFG_LOG_WARN, "callbacks: cannot connect to the broker", "reason", err, NULL);
+    return -1;
+  }
+  if(mq_channel_open(conn, CONSUME_CH, err, sizeof err) ||
+     mq_channel_open(conn, PUBLISH_CH, err, sizeof err) ||
+     mq_declare_callback_topology(conn, PUBLISH_CH, cfg, err, sizeof err))
+    goto fail;
+  /* Quorum queues refuse a global prefetch; this one bounds the requests in flight. */
+  if(!amqp_confirm_select(conn, PUBLISH_CH) ||
+     !amqp_basic_qos(conn, CONSUME_CH, 0, (uint16_t)cfg->callbacks.concurrency, 0)) {
+    mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
+    goto fail;
+  }
+  ok = amqp_basic_consume(conn, CONSUME_CH, amqp_cstring_bytes(cfg->topology.callback_queue),
+                          amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+  if(!ok) {
+    mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
+    goto fail;
+  }
+  cb->consumer_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
+  cb->conn = conn;
+  cb->conn_gen++;
+  atomic_store(&cb->stats->connected, 1);
+  log_event(CFG_LOG_INFO, "callbacks: consuming", "queue", cfg->topology.callback_queue, NULL);
+  return 0;
+fail:
+  log_event(CFG_LOG_ERROR, "callbacks: cannot set up the broker", "reason", err, NULL);
+  amqp_destroy_connection(conn);
+  return -1;
+}
+
+/* Drops the connection after a failure: the broker requeues every callback not acked. */
+static void drop_connection(struct callbacks *cb)
+{
+  atomic_store(&cb->stats->connected, 0);
+  amqp_destroy_connection(cb->conn);
+  cb->conn = NULL;
+  cb->broken = 0;
+  amqp_bytes_free(cb->consumer_tag);
+  cb->consumer_tag = amqp_empty_bytes;
+  abort_transfers(cb);
+  confirms_fail_all(cb->confirms);
+}
+
+static void cancel_consumer(struct callbacks *cb)
+{
+  amqp_basic_cancel_t req;
+  if(!cb->conn)
+    return;
+  req.consumer_tag = cb->consumer_tag;
+  req.nowait = 1;
+  /* No wait for cancel-ok: it would stall the loop while callbacks are in flight. */
+  amqp_send_method(cb->conn, CONSUME_CH, AMQP_BASIC_CANCEL_METHOD, &req);
+}
+
+static void *run(void *arg)
+{
+  struct callbacks *cb = arg;
+  const struct cfg *cfg = cb->cfg;
+  int backoff = BACKOFF_MIN_MS, stop = RUN;
+  int64_t retry_at = 0, grace_deadline = 0, settle_deadline = 0;
+  for(;;) {
+    struct curl_waitfd wait;
+    unsigned n_waits = 0;
+    int timeout = TURN_MS;
+    int64_t now = util_mono_ms();
+    stop = atomic_load(&cb->stop);
+    if(stop == STOP_NOW)
+      break;
+    if(!cb->stopping && (stop == DRAIN || atomic_load(cb->draining))) {
+      log_event(CFG_LOG_INFO, "callbacks: stopping, finishing callbacks in flight", NULL);
+      cb->stopping = 1;
+      cancel_consumer(cb);
+      grace_deadline = now + (int64_t)cfg->consumer.shutdown_grace_ms;
+      settle_deadline = grace_deadline + SETTLE_EXTRA_MS;
+    }
+    if(cb->stopping) {
+      if(!cb->in_flight || !cb->conn)
+        break;
+      if(now >= grace_deadline && cb->transfers) {
+        log_event(CFG_LOG_WARN, "callbacks: grace period over, requeueing callbacks in flight",
+                  NULL);
+        abort_transfers(cb);
+      }
+      if(now >= settle_deadline)
+        break;
+    }
+
+    if(!cb->conn && !cb->stopping && now >= retry_at) {
+      if(connect_broker(cb)) {
+        retry_at = now + backoff / 2 + (int)(random() % (backoff / 2 + 1));
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+      }
+      else
+        backoff = BACKOFF_MIN_MS;
+    }
+    if(cb->conn && (drain_frames(cb) || cb->broken))
+      drop_connection(cb);
+    if(cb->conn) {
+      /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
+      if(amqp_frames_enqueued(cb->conn) || amqp_data_in_buffer(cb->conn))
+        timeout = 0;
+      wait.fd = amqp_get_sockfd(cb->conn);
+      wait.events = CURL_WAIT_POLLIN;
+      wait.revents = 0;
+      n_waits = 1;
+    }
+    else if(!cb->stopping && retry_at - now < timeout)
+      timeout = retry_at - now < 0 ? 0 : (int)(retry_at - now);
+    if(cb->stopping && timeout > 50)
+      timeout = 50;
+    run_transfers(cb, &wait, n_waits, timeout);
+    if(cb->conn && cb->broken)
+      drop_connection(cb);
+  }
+  /* Whatever is left goes back to the queue: nacked here, or requeued by the broker when the
+   * connection closes. */
+  abort_transfers(cb);
+  confirms_fail_all(cb->confirms);
+  if(cb->conn) {
+    atomic_store(&cb->stats->connected, 0);
+    if(stop == STOP_NOW)
+      amqp_destroy_connection(cb->conn);
+    else
+      mq_close(cb->conn);
+    cb->conn = NULL;
+  }
+  amqp_bytes_free(cb->consumer_tag);
+  cb->consumer_tag = amqp_empty_bytes;
+  atomic_store(&cb->done, 1);
+  return NULL;
+}
+
+struct callbacks *callbacks_start(const struct cfg *cfg, struct callbacks_stats *stats,
+                                  const atomic_int *draining, char *err, size_t errlen)
+{
+  struct callbacks *cb = calloc(1, sizeof *cb);
+  int rc;
+  if(!cb) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  cb->cfg = cfg;
+  cb->stats = stats;
+  cb->draining = draining;
+  atomic_init(&cb->stop, RUN);
+  atomic_init(&cb->done, 0);
+  cb->consumer_tag = amqp_empty_bytes;
+  mq_callback_dead_queue_name(cfg, cb->dead_queue, sizeof cb->dead_queue);
+  cb->multi = curl_multi_init();
+  cb->confirms = confirms_new(on_settle, cb);
+  if(!cb->multi || !cb->confirms) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
+  /* Requests in flight are bounded by the prefetch, not by curl queueing them. */
+  curl_multi_setopt(cb->multi, CURLMOPT_MAXCONNECTS, (long)cfg->callbacks.concurrency + 4);
+  rc = pthread_create(&cb->thread, NULL, run, cb);
+  if(rc) {
+    snprintf(err, errlen, "cannot start the callbacks thread: %s", strerror(rc));
+    goto fail;
+  }
+  return cb;
+fail:
+  if(cb->multi)
+    curl_multi_cleanup(cb->multi);
+  confirms_free(cb->confirms);
+  free(cb);
+  return NULL;
+}
+
+int callbacks_stop(struct callbacks *cb, int now, int stop_fd)
+{
+  int expected = RUN, cut = 0;
+  if(!cb)
+    return 0;
+  if(now)
+    atomic_store(&cb->stop, STOP_NOW);
+  else
+    atomic_compare_exchange_strong(&cb->stop, &expected, DRAIN);
+  /* Thread-safe by contract: ends the thread's wait at once. */
+  curl_multi_wakeup(cb->multi);
+  while(!now && stop_fd >= 0 && !atomic_load(&cb->done)) {
+    struct pollfd pfd = {.fd = stop_fd, .events = POLLIN};
+    struct signalfd_siginfo si;
+    if(poll(&pfd, 1, TURN_MS) > 0 && read(stop_fd, &si, sizeof si) == (ssize_t)sizeof si) {
+      log_event(CFG_LOG_WARN, "callbacks: another stop signal, giving the rest back now", NULL);
+      atomic_store(&cb->stop, STOP_NOW);
+      curl_multi_wakeup(cb->multi);
+      cut = 1;
+      break;
+    }
+  }
+  pthread_join(cb->thread, NULL);
+  curl_multi_cleanup(cb->multi);
+  confirms_free(cb->confirms);
+  free(cb);
+  return cut;
+}

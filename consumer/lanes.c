@@ -1,0 +1,148 @@
+/* Per-instance lanes and their token buckets (see lanes.h). */
+#include "lanes.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct lane_table {
+  const struct cfg *cfg;
+  struct lane **lanes; /* creation order */
+  size_t n, cap;
+  size_t *slots; /* open addressing: index + 1, 0 = empty; size is a power of two */
+  size_t n_slots;
+};
+
+static uint64_t hash_name(const char *s)
+{
+  uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+  for(; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h;
+}
+
+struct lane_table *lanes_new(const struct cfg *cfg)
+{
+  struct lane_table *t = calloc(1, sizeof *t);
+  if(!t)
+    return NULL;
+  t->cfg = cfg;
+  t->n_slots = 64;
+  t->slots = calloc(t->n_slots, sizeof *t->slots);
+  if(!t->slots) {
+    free(t);
+    return NULL;
+  }
+  return t;
+}
+
+void lanes_free(struct lane_table *t)
+{
+  if(!t)
+    return;
+  for(size_t i = 0; i < t->n; i++) {
+    amqp_bytes_free(t->lanes[i]->consumer_tag);
+    free(t->lanes[i]);
+  }
+  free(t->lanes);
+  free(t->slots);
+  free(t);
+}
+
+static size_t *find_slot(struct lane_table *t, const char *instance)
+{
+  size_t mask = t->n_slots - 1, i = (size_t)hash_name(instance) & mask;
+  while(t->slots[i] && strcmp(t->lanes[t->slots[i] - 1]->instance, instance))
+    i = (i + 1) & mask;
+  return &t->slots[i];
+}
+
+static int grow(struct lane_table *t)
+{
+  size_t n_slots = t->n_slots * 2, *slots = calloc(n_slots, sizeof *slots), *old = t->slots;
+  if(!slots)
+    return -1;
+  t->slots = slots;
+  t->n_slots = n_slots;
+  for(size_t i = 0; i < t->n; i++)
+    *find_slot(t, t->lanes[i]->instance) = i + 1;
+  free(old);
+  return 0;
+}
+
+struct lane *lanes_get(struct lane_table *t, const char *instance, int64_t now_us)
+{
+  size_t *slot = find_slot(t, instance);
+  struct lane *l;
+  if(*slot)
+    return t->lanes[*slot - 1];
+  if(strlen(instance) > JOB_INSTANCE_MAX)
+    return NULL;
+  /* At most half full, so probes stay short and always end. */
+  if((t->n + 1) * 2 > t->n_slots) {
+    if(grow(t))
+      return NULL;
+    slot = find_slot(t, instance);
+  }
+  if(t->n == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 16;
+    struct lane **lanes = realloc(t->lanes, cap * sizeof *lanes);
+    if(!lanes)
+      return NULL;
+    t->lanes = lanes;
+    t->cap = cap;
+  }
+  if(!(l = calloc(1, sizeof *l)))
+    return NULL;
+  strcpy(l->instance, instance);
+  l->rate = cfg_instance_rate(t->cfg, instance);
+  l->burst = l->tokens = t->cfg->evolution.rate_burst;
+  l->refilled_us = now_us;
+  l->index = t->n;
+  l->forward_tail = &l->forward_head;
+  l->wait_tail = &l->wait_head;
+  t->lanes[t->n++] = l;
+  *slot = t->n;
+  return l;
+}
+
+size_t lanes_count(const struct lane_table *t)
+{
+  return t->n;
+}
+
+struct lane *lanes_at(const struct lane_table *t, size_t i)
+{
+  return t->lanes[i];
+}
+
+static void refill(struct lane *l, int64_t now_us)
+{
+  if(now_us > l->refilled_us) {
+    l->tokens += (double)(now_us - l->refilled_us) * l->rate / 1e6;
+    if(l->tokens > l->burst)
+      l->tokens = l->burst;
+  }
+  l->refilled_us = now_us;
+}
+
+int lane_take(struct lane *l, int64_t now_us)
+{
+  if(l->rate <= 0)
+    return 1;
+  refill(l, now_us);
+  if(l->tokens < 1)
+    return 0;
+  l->tokens -= 1;
+  return 1;
+}
+
+int64_t lane_wait_us(struct lane *l, int64_t now_us)
+{
+  if(l->rate <= 0)
+    return 0;
+  refill(l, now_us);
+  if(l->tokens >= 1)
+    return 0;
+  /* Rounded up, so a wake-up never comes a microsecond before the token. */
+  return (int64_t)((1 - l->tokens) * 1e6 / l->rate) + 1;
+}
