@@ -409,7 +409,8 @@ int task_cache_receipt_is_news(struct task_cache *cache, const char *task_id,
   *callback_url = NULL;
   pthread_rwlock_rdlock(&c->lock);
   t = find(c, task_id);
-  if(t) {
+  /* "sent" tells nothing a SUCCESS did not (send.message comes with every send). */
+  if(t && !(state == DELIVERY_SENT && t->status == TASK_SUCCESS)) {
     const struct receipts *r = t->receipts;
     news = !r || !r->at_ms[state] || (state != DELIVERY_ERROR && state > r->state);
     if(news && t->callback_url)

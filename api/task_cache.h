@@ -46,7 +46,7 @@ int task_cache_find_by_key(struct task_cache *cache, const char *key,
                            char task_id[UTIL_UUID_LEN]);
 
 /* Whether a receipt of `state` would tell something new about the task (a higher state, or a
- * state's first report): 1 or 0 (also 0 for an unknown task). When 1 and the task has a
+ * state's first report; "sent" after SUCCESS never does): 1 or 0 (also 0 for an unknown task). When 1 and the task has a
  * callback URL, *callback_url gets a malloc'd copy (caller frees), else NULL. */
 int task_cache_receipt_is_news(struct task_cache *cache, const char *task_id,
                                enum delivery_state state, char **callback_url);

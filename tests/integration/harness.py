@@ -405,6 +405,7 @@ class ConfigPath(str):
         self.queue = topo["queue"]
         self.dead_queue = topo["dead_letter_queue"]
         self.status_stream = topo["status_stream"]
+        self.callback_queue = topo.get("callback_queue")
         self.retry_prefix = topo["retry_queue_prefix"]
         return self
 
@@ -482,9 +483,10 @@ def make_config(tmpdir, name, fake_url, overrides=None):
     """Writes tmpdir/<name>.yaml for both daemons and returns its ConfigPath.
 
     Topology names are unique per call (exchange t-<name>-<random>, queues <exchange>.send,
-    .retry.*, .dead, .status), ports are fresh, Evolution points at `fake_url` (a URL, an object
-    with .url, or None for a closed port) with EVOLUTION_KEY and instance "test-inst", retries
-    are [1s, 1s] and logs are debug text. `overrides` is merged in, e.g. {"retry": {"delays": ["1s"]}}.
+    .retry.*, .dead, .status, .callbacks), ports are fresh, Evolution points at `fake_url` (a
+    URL, an object with .url, or None for a closed port) with EVOLUTION_KEY and instance
+    "test-inst", retries are [1s, 1s] and logs are debug text. `overrides` is merged in, e.g.
+    {"retry": {"delays": ["1s"]}}.
     The exchange prefix is also registered for deletion at interpreter exit."""
     safe = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40] or "test"
     exchange = f"t-{safe}-{secrets.token_hex(4)}"
@@ -493,7 +495,8 @@ def make_config(tmpdir, name, fake_url, overrides=None):
         "broker": {"url": AMQP_URL},
         "topology": {"exchange": exchange, "queue": f"{exchange}.send",
                      "retry_queue_prefix": f"{exchange}.retry", "dead_letter_queue": f"{exchange}.dead",
-                     "status_stream": f"{exchange}.status"},
+                     "status_stream": f"{exchange}.status",
+                     "callback_queue": f"{exchange}.callbacks"},
         "api": {"listen": f"127.0.0.1:{free_port()}"},
         # A short grace keeps stop()'s default 10 s timeout above the consumer's drain time.
         "consumer": {"health_listen": f"127.0.0.1:{free_port()}", "shutdown_grace": "5s"},

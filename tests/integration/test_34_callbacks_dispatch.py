@@ -93,13 +93,11 @@ def verify_signature(header, body, secret=SECRET):
 
 class CallbacksTest(IntegrationTest):
     def start_dispatcher(self, allow=("127.0.0.1",), connection_name="msg"):
-        base = self.config()
-        self.cq = f"{base.exchange}.callbacks"
-        cfg = self.config_like(base, {
+        cfg = self.config({
             "broker": {"connection_name": connection_name},
-            "topology": {"callback_queue": self.cq},
             "callbacks": {"secret": SECRET, "allow_hosts": list(allow), "timeout": "3s",
                           "retry_delays": DELAYS, "concurrency": 8}})
+        self.cq = cfg.callback_queue  # <exchange>.callbacks: this test's own
         self.receiver = Receiver()
         self.addCleanup(self.receiver.stop)
         consumer = self.start_consumer(cfg)

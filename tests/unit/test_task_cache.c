@@ -404,6 +404,9 @@ static void test_receipts(void)
   json_decref(doc);
   doc = NULL;
 
+  /* send.message after the SUCCESS: nothing new. */
+  CHECK_INT(task_cache_receipt_is_news(c, ID1, DELIVERY_SENT, &url), 0);
+  CHECK(url == NULL);
   /* READ before DELIVERY_ACK: the state is the maximum; the late one still gets its time. */
   CHECK_INT(task_cache_receipt_is_news(c, ID1, DELIVERY_READ, &url), 1);
   CHECK_STR(url, "https://hooks.example.com/msg");
