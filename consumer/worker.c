@@ -68,6 +68,7 @@ struct delivery {
   int pending;     /* tracked publishes not yet confirmed */
   int failed;      /* one of them was nacked or returned */
   int succeeded;   /* Evolution API accepted it; the pending publish is the SUCCESS event */
+  char key_id[101]; /* ...with this message id ("" when Evolution gave none) */
   int64_t started_ms;
   int64_t started_us, sent_us; /* received, and handed to Evolution API (for metrics) */
   unsigned conn_gen; /* the connection it came on: its tag means nothing on another one */
@@ -393,16 +394,22 @@ static void retry_later(struct worker *w, struct delivery *d, const struct evo_o
 /* A send finished after its delivery's connection was lost: nothing can be acked or published
  * for it, and the broker redelivers the job. Remember a success so the redelivery records it
  * instead of sending again. */
+/* Remembers a send whose SUCCESS could not be recorded: its redelivery records it. */
+static void remember_orphan(struct worker *w, const char *task_id, const char *key_id,
+                            const char *why)
+{
+  struct orphan *slot = &w->orphans[w->orphans_next++ % ORPHANS_MAX];
+  memcpy(slot->task_id, task_id, UTIL_UUID_LEN);
+  snprintf(slot->key_id, sizeof slot->key_id, "%s", key_id);
+  idset_add(w->sent, task_id);
+  log_event(CFG_LOG_WARN, why, "task_id", task_id, NULL);
+}
+
 static void orphan_done(struct worker *w, struct delivery *d, const struct evo_outcome *o)
 {
-  if(o->cls == EVO_SUCCESS || o->cls == EVO_ALREADY_SENT) {
-    struct orphan *slot = &w->orphans[w->orphans_next++ % ORPHANS_MAX];
-    memcpy(slot->task_id, d->job->task_id, UTIL_UUID_LEN);
-    snprintf(slot->key_id, sizeof slot->key_id, "%s", o->key_id);
-    idset_add(w->sent, d->job->task_id);
-    log_event(CFG_LOG_WARN, "sent while the broker connection was down; recorded on redelivery",
-              "task_id", d->job->task_id, NULL);
-  }
+  if(o->cls == EVO_SUCCESS || o->cls == EVO_ALREADY_SENT)
+    remember_orphan(w, d->job->task_id, o->key_id,
+                    "sent while the broker connection was down; recorded on redelivery");
   set_in_flight(w, -1);
   delivery_free(d);
 }
@@ -447,6 +454,7 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
     }
     atomic_fetch_add(&w->state->succeeded, 1);
     d->succeeded = 1;
+    snprintf(d->key_id, sizeof d->key_id, "%s", o->key_id);
     log_event(CFG_LOG_INFO, "message delivered", "task_id", d->job->task_id, "attempt", attempt,
               "outcome", o->code, "evolution_key", o->key_id[0] ? o->key_id : NULL, "latency_ms",
               latency, NULL);
@@ -484,6 +492,11 @@ static void settle_delivery(struct worker *w, struct delivery *d, int ok)
     d->failed = 1;
   if(--d->pending)
     return;
+  if(d->failed && d->succeeded && d->job)
+    /* Sent, but its SUCCESS was refused or lost with the connection (a broker stopping nacks):
+     * the job comes back, and must then be recorded, not sent again. */
+    remember_orphan(w, d->job->task_id, d->key_id,
+                    "sent but the SUCCESS was not confirmed; recorded on redelivery");
   if(w->conn && !d->failed && d->job && d->succeeded) {
     idset_add(w->sent, d->job->task_id);
     if(w->crash_before_ack) {
@@ -561,6 +574,7 @@ static int handled_before_send(struct worker *w, struct delivery *d)
       memset(&ev, 0, sizeof ev);
       ev.status = TASK_SUCCESS;
       ev.evolution_key = orphan->key_id[0] ? orphan->key_id : NULL;
+      snprintf(d->key_id, sizeof d->key_id, "%s", orphan->key_id);
       orphan->task_id[0] = '\0';
       d->succeeded = 1;
       publish_status(w, d, d, &ev);

@@ -4,6 +4,7 @@ burst), while instance "fast" is served at full speed next to it. The limit live
 (a lane queue per limited instance with a single active consumer), so it does not multiply with
 the replica count, and it survives the active consumer's death."""
 import re
+import sys
 import time
 import unittest
 
@@ -60,7 +61,14 @@ class RateLimitTest(IntegrationTest):
         self.assertEqual(len(slow), 30, "each limited message sent exactly once")
         self.assertEqual(len(fast), 30, "each unlimited message sent exactly once")
         busiest = self.max_in_any_second(slow)
-        self.assertLessEqual(busiest, RATE + BURST, f"{busiest} sends in one second")
+        print(f"\n[rate limit] slow: 30 sends over {slow[-1] - slow[0]:.2f}s, at most {busiest} in "
+              f"any second (limit {RATE} + burst {BURST}); fast: 30 sends over "
+              f"{fast[-1] - fast[0]:.2f}s, done {slow[-1] - fast[-1]:.2f}s before slow",
+              file=sys.stderr)
+        # The times are when the fake got each request: one send delayed on a loaded machine
+        # can land in the next window, hence one of slack. Two replicas each pacing on their
+        # own would show 10 or more, and finish in half the time.
+        self.assertLessEqual(busiest, RATE + BURST + 1, f"{busiest} sends in one second")
         # Paced, not just bursty: 30 sends at 5/s after a burst of 2 take at least 5.6 s.
         self.assertGreaterEqual(slow[-1] - slow[0], (30 - BURST) / RATE - 0.3)
         # The other instance was not held behind the limited one's backlog.
