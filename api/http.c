@@ -734,6 +734,14 @@ static int publish_receipt(struct http_server *srv, const struct webhook_receipt
     task_cache_apply(srv->deps.cache, &ev);
     ++*applied;
   }
+  if(!rc && !known) {
+    /* Before its SUCCESS here: the callback is owed, and paid when the task shows up, or now
+     * if it showed up meanwhile. */
+    int now = task_cache_owe_callback(srv->deps.cache, r->key, r->state, ev.task_id, &url);
+    if(now > 0 && url &&
+       publisher_submit_callback(srv->deps.publisher, &ev, url, CONFIRM_WAIT_MS) != PUB_OK)
+      rc = -1;
+  }
   free(url);
   return rc;
 }

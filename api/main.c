@@ -63,6 +63,7 @@ int main(int argc, char **argv)
     exit_code = 1;
     goto out;
   }
+  status_reader_set_publisher(reader, publisher);
   deps.cfg = cfg;
   deps.publisher = publisher;
   deps.reader = reader;
@@ -86,8 +87,9 @@ int main(int argc, char **argv)
 
 out:
   http_stop(http); /* waits for requests in flight, which wait for their confirms */
-  publisher_stop(publisher, PUBLISHER_DRAIN_MS);
+  /* The reader may be handing callbacks to the publisher: it stops first. */
   status_reader_stop(reader);
+  publisher_stop(publisher, PUBLISHER_DRAIN_MS);
   task_cache_free(cache);
   if(!exit_code)
     log_event(CFG_LOG_INFO, "msg-api stopped", NULL);

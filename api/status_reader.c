@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "mq.h"
+#include "publisher.h"
 #include "status.h"
 #include "util.h"
 
@@ -34,7 +35,45 @@ struct status_reader {
   atomic_ullong connects;
   atomic_int_least64_t offset; /* last stream offset read; the resume point after a reconnect */
   int64_t subscribed_at;        /* wall clock at subscribe; reader thread only */
+  _Atomic(struct publisher *) publisher; /* for the receipt callbacks this replica owes */
 };
+
+/* How long the reader waits for the confirm of an owed callback (rare: receipts that came
+ * before their task's SUCCESS). */
+#define OWED_CALLBACK_WAIT_MS 2000
+
+void status_reader_set_publisher(struct status_reader *r, struct publisher *pub)
+{
+  atomic_store(&r->publisher, pub);
+}
+
+/* A SUCCESS may let this replica pay the callbacks of receipts its webhook handler got before
+ * the task was known (task_cache_owe_callback). */
+static void pay_owed_callbacks(struct status_reader *r, const struct status_event *success)
+{
+  struct publisher *pub = atomic_load(&r->publisher);
+  int64_t at_ms[DELIVERY_STATES];
+  unsigned owed;
+  char *url, *key;
+  if(!pub || !task_cache_take_owed(r->cache, success->task_id, &owed, at_ms, &url, &key))
+    return;
+  for(int s = 1; s < DELIVERY_STATES; s++) {
+    struct status_event ev;
+    if(!(owed & (1u << s)))
+      continue;
+    memset(&ev, 0, sizeof ev);
+    memcpy(ev.task_id, success->task_id, UTIL_UUID_LEN);
+    ev.status = TASK_RECEIPT;
+    ev.delivery = (enum delivery_state)s;
+    ev.at_ms = at_ms[s] ? at_ms[s] : util_now_ms();
+    ev.evolution_key = key;
+    if(publisher_submit_callback(pub, &ev, url, OWED_CALLBACK_WAIT_MS) != PUB_OK)
+      log_event(CFG_LOG_ERROR, "could not queue the callback of an early receipt", "task_id",
+                success->task_id, "delivery", delivery_name(ev.delivery), NULL);
+  }
+  free(url);
+  free(key);
+}
 
 static amqp_connection_state_t subscribe(struct status_reader *r)
 {
@@ -87,6 +126,8 @@ static void apply_event(const struct status_event *ev, void *arg)
   if(task_cache_apply(r->cache, ev) < 0)
     log_event(CFG_LOG_ERROR, "out of memory applying a status event", "task_id", ev->task_id,
               NULL);
+  if(ev->status == TASK_SUCCESS && ev->evolution_key)
+    pay_owed_callbacks(r, ev);
   atomic_fetch_add(&r->events, 1);
 }
 

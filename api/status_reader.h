@@ -16,6 +16,12 @@ struct status_reader;
 struct status_reader *status_reader_start(const struct cfg *cfg, struct task_cache *cache,
                                           char *err, size_t errlen);
 
+struct publisher;
+
+/* Lets the reader send the status callbacks of delivery receipts that came before their task's
+ * SUCCESS, once that SUCCESS is read (until then, none are sent). */
+void status_reader_set_publisher(struct status_reader *r, struct publisher *pub);
+
 /* Stops the thread, closes its connection and frees the reader. NULL is a no-op. */
 void status_reader_stop(struct status_reader *r);
 

@@ -22,6 +22,7 @@ struct task {
   char id[UTIL_UUID_LEN];
   char phone[JOB_PHONE_LEN];
   unsigned char status;
+  unsigned char owed; /* receipt states whose callback this replica owes (bit 1 << state) */
   int attempt;
   int64_t rank;
   int64_t created_at_ms, updated_at_ms, next_retry_at_ms;
@@ -46,6 +47,7 @@ struct pending_receipt {
   char *key;
   int64_t kept_at_ms;
   struct receipts r;
+  unsigned char owed; /* states whose webhook this replica received: it owes their callbacks */
 };
 
 /* The cache is split into shards by task id, each with its own lock, buckets and eviction
@@ -357,6 +359,7 @@ static int index_key(struct task_cache *cache, struct shard *c, struct task *t)
   pthread_mutex_lock(&cache->pending_lock);
   if((p = pending_find(cache, t->evolution_key))) {
     rc = merge_all(&t->receipts, &p->r);
+    t->owed |= p->owed;
     pending_unlink(cache, p);
   }
   pthread_mutex_unlock(&cache->pending_lock);
@@ -398,6 +401,81 @@ int task_cache_find_by_key(struct task_cache *cache, const char *key,
                            char task_id[UTIL_UUID_LEN])
 {
   return find_indexed(cache, BY_EVOLUTION_KEY, key, take_id, task_id);
+}
+
+/* Copies the task's callback URL; returns 0, or -1 when out of memory. */
+static int copy_callback_url(struct task_cache *cache, const char *task_id, char **url)
+{
+  struct shard *c = shard_of(cache, task_id);
+  struct task *t;
+  int rc = 0;
+  *url = NULL;
+  pthread_rwlock_rdlock(&c->lock);
+  if((t = find(c, task_id)) && t->callback_url && !(*url = strdup(t->callback_url)))
+    rc = -1;
+  pthread_rwlock_unlock(&c->lock);
+  return rc;
+}
+
+int task_cache_owe_callback(struct task_cache *cache, const char *key, enum delivery_state state,
+                            char task_id[UTIL_UUID_LEN], char **url)
+{
+  unsigned char bit = (unsigned char)(1u << state);
+  struct pending_receipt *p;
+  int ours;
+  *url = NULL;
+  if(state == DELIVERY_SENT)
+    return 0; /* send.message: the SUCCESS callback says it */
+  if(task_cache_find_by_key(cache, key, task_id))
+    return copy_callback_url(cache, task_id, url) ? -1 : 1;
+  pthread_mutex_lock(&cache->pending_lock);
+  if((p = pending_find(cache, key)))
+    p->owed |= bit;
+  pthread_mutex_unlock(&cache->pending_lock);
+  if(!p || !task_cache_find_by_key(cache, key, task_id))
+    return 0; /* the SUCCESS will find the debt (or the receipt was dropped: nothing owed) */
+  /* The SUCCESS came in between: if it merged the receipts before the bit was set, the debt is
+   * still on the receipt left behind, and ours to pay now. */
+  pthread_mutex_lock(&cache->pending_lock);
+  p = pending_find(cache, key);
+  ours = p && (p->owed & bit);
+  if(ours)
+    p->owed &= (unsigned char)~bit;
+  pthread_mutex_unlock(&cache->pending_lock);
+  if(!ours)
+    return 0;
+  return copy_callback_url(cache, task_id, url) ? -1 : 1;
+}
+
+int task_cache_take_owed(struct task_cache *cache, const char *task_id, unsigned *owed,
+                         int64_t at_ms[DELIVERY_STATES], char **url, char **key)
+{
+  struct shard *c = shard_of(cache, task_id);
+  struct task *t;
+  int rc = 0;
+  *owed = 0;
+  *url = *key = NULL;
+  pthread_rwlock_wrlock(&c->lock);
+  t = find(c, task_id);
+  if(t && t->owed) {
+    if(t->callback_url && t->evolution_key && t->receipts) {
+      *url = strdup(t->callback_url);
+      *key = strdup(t->evolution_key);
+      if(*url && *key) {
+        *owed = t->owed;
+        memcpy(at_ms, t->receipts->at_ms, sizeof t->receipts->at_ms);
+        rc = 1;
+      }
+      else {
+        free(*url);
+        free(*key);
+        *url = *key = NULL;
+      }
+    }
+    t->owed = 0;
+  }
+  pthread_rwlock_unlock(&c->lock);
+  return rc;
 }
 
 int task_cache_receipt_is_news(struct task_cache *cache, const char *task_id,

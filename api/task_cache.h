@@ -51,6 +51,22 @@ int task_cache_find_by_key(struct task_cache *cache, const char *key,
 int task_cache_receipt_is_news(struct task_cache *cache, const char *task_id,
                                enum delivery_state state, char **callback_url);
 
+/* Status callbacks of receipts that came before their task's SUCCESS: the replica that got
+ * such a webhook owes its callback, and pays it once the task is known. After applying a
+ * receipt for Evolution key `key`, the webhook handler calls this (never owed for "sent": the
+ * SUCCESS callback says it): 1 when the task is known
+ * by now (task_id written, *url a malloc'd copy of its callback URL or NULL: send it now);
+ * 0 when the debt was recorded for the SUCCESS to find (see task_cache_take_owed); -1 when
+ * out of memory. */
+int task_cache_owe_callback(struct task_cache *cache, const char *key, enum delivery_state state,
+                            char task_id[UTIL_UUID_LEN], char **url);
+
+/* After applying a task's SUCCESS: the receipt callbacks this replica owes for it. Returns 1
+ * with *owed (bits 1 << state), the first time of each state, and malloc'd copies of the
+ * callback URL and Evolution key (caller frees); 0 when nothing is owed. The debt is cleared. */
+int task_cache_take_owed(struct task_cache *cache, const char *task_id, unsigned *owed,
+                         int64_t at_ms[DELIVERY_STATES], char **url, char **key);
+
 /* Number of tasks held. */
 size_t task_cache_size(struct task_cache *cache);
 

@@ -104,6 +104,22 @@ class ReceiptsCallbacksTest(IntegrationTest):
         wait_for(reached, timeout, what=f"delivery {state}")
         return get_task(api, task_id).json
 
+    def four_callbacks(self, task_id):
+        """Waits for the task's callbacks: exactly one signed SUCCESS, server_ack, delivered
+        and read, with distinct event ids. Returns their bodies."""
+        wait_for(lambda: len(self.receiver.requests) >= 4, 15, what="four callbacks")
+        time.sleep(0.5)
+        reqs = self.receiver.requests
+        for req in reqs:
+            verify_signature(self, req)
+        bodies = [json.loads(r["body"]) for r in reqs]
+        kinds = sorted((b["type"], b.get("status") or b.get("delivery")) for b in bodies)
+        self.assertEqual(kinds, [("task.delivery", "delivered"), ("task.delivery", "read"),
+                                 ("task.delivery", "server_ack"), ("task.status", "SUCCESS")])
+        self.assertEqual(len({b["event_id"] for b in bodies}), 4)
+        self.assertTrue(all(b["task_id"] == task_id for b in bodies))
+        return bodies
+
     def test_receipts_and_signed_callbacks(self):
         cfg, api = self.stack()
         task_id = self.post(api, "receipts please")
@@ -116,17 +132,7 @@ class ReceiptsCallbacksTest(IntegrationTest):
         self.assertLessEqual(d["server_ack_at"], d["delivered_at"])
         self.assertLessEqual(d["delivered_at"], d["read_at"])
         # One signed callback per change: SUCCESS, then server_ack, delivered, read.
-        wait_for(lambda: len(self.receiver.requests) >= 4, 15, what="four callbacks")
-        time.sleep(0.5)
-        reqs = self.receiver.requests
-        for req in reqs:
-            verify_signature(self, req)
-        bodies = [json.loads(r["body"]) for r in reqs]
-        kinds = sorted((b["type"], b.get("status") or b.get("delivery")) for b in bodies)
-        self.assertEqual(kinds, [("task.delivery", "delivered"), ("task.delivery", "read"),
-                                 ("task.delivery", "server_ack"), ("task.status", "SUCCESS")])
-        self.assertEqual(len({b["event_id"] for b in bodies}), 4)
-        self.assertTrue(all(b["task_id"] == task_id for b in bodies))
+        bodies = self.four_callbacks(task_id)
         success = next(b for b in bodies if b["type"] == "task.status")
         self.assertEqual(success["result"]["evolution_key"], doc["result"]["evolution_key"])
 
@@ -157,6 +163,15 @@ class ReceiptsCallbacksTest(IntegrationTest):
         r = self.fake.send_webhook(instance="test-inst", key_id=key, status="SERVER_ACK")
         self.assertEqual(r["http_status"], 200)
         self.assertEqual(get_task(api, twice).json["delivery"]["state"], "read")
+
+    def test_callbacks_of_receipts_that_came_before_success(self):
+        cfg, api = self.stack()
+        self.fake.config(webhook_faults=[{"match": {"text_contains": "early"}, "early": True}])
+        task_id = self.post(api, "early with a callback")
+        wait_task_status(api, task_id, "SUCCESS")
+        self.wait_delivery(api, task_id, "read")
+        # All three receipts were answered before the SUCCESS; their callbacks still come.
+        self.four_callbacks(task_id)
 
     def test_forged_webhooks_refused(self):
         cfg, api = self.stack()

@@ -441,6 +441,54 @@ out:
   task_cache_free(c);
 }
 
+/* A replica owes the callbacks of the receipts it got before the task's SUCCESS, and pays them
+ * once, after that SUCCESS; later receipts are paid at once. */
+static void test_owed_callbacks(void)
+{
+  struct task_cache *c = task_cache_new(100, RETENTION_MS);
+  struct status_event e;
+  char id[UTIL_UUID_LEN], *url = NULL, *key = NULL;
+  int64_t at[DELIVERY_STATES];
+  unsigned owed = 0;
+  CHECK(c != NULL);
+  e = ev(ID2, TASK_PENDING, 0, T0);
+  e.callback_url = "https://hooks.example.com/x";
+  CHECK_INT(task_cache_apply(c, &e), 1);
+  e = receipt(NULL, KEY, DELIVERY_SERVER_ACK, T0 + 10);
+  CHECK_INT(task_cache_apply(c, &e), 0);
+  CHECK_INT(task_cache_owe_callback(c, KEY, DELIVERY_SERVER_ACK, id, &url), 0);
+  CHECK(url == NULL);
+  e = receipt(NULL, KEY, DELIVERY_DELIVERED, T0 + 20);
+  CHECK_INT(task_cache_apply(c, &e), 0);
+  CHECK_INT(task_cache_owe_callback(c, KEY, DELIVERY_DELIVERED, id, &url), 0);
+  e = receipt(NULL, KEY, DELIVERY_SENT, T0 + 5);
+  CHECK_INT(task_cache_apply(c, &e), 0);
+  CHECK_INT(task_cache_owe_callback(c, KEY, DELIVERY_SENT, id, &url), 0);
+  CHECK_INT(task_cache_take_owed(c, ID2, &owed, at, &url, &key), 0);
+  e = ev(ID2, TASK_SUCCESS, 1, T0 + 30);
+  e.evolution_key = KEY;
+  CHECK_INT(task_cache_apply(c, &e), 1);
+  CHECK_INT(task_cache_take_owed(c, ID2, &owed, at, &url, &key), 1);
+  CHECK_INT(owed, (1u << DELIVERY_SERVER_ACK) | (1u << DELIVERY_DELIVERED));
+  CHECK(at[DELIVERY_SERVER_ACK] == T0 + 10);
+  CHECK_STR(url, "https://hooks.example.com/x");
+  CHECK_STR(key, KEY);
+  free(url);
+  free(key);
+  url = key = NULL;
+  CHECK_INT(task_cache_take_owed(c, ID2, &owed, at, &url, &key), 0);
+  /* Known now: the caller pays at once. */
+  e = receipt(NULL, KEY, DELIVERY_READ, T0 + 40);
+  CHECK_INT(task_cache_apply(c, &e), 1);
+  CHECK_INT(task_cache_owe_callback(c, KEY, DELIVERY_READ, id, &url), 1);
+  CHECK_STR(id, ID2);
+  CHECK_STR(url, "https://hooks.example.com/x");
+out:
+  free(url);
+  free(key);
+  task_cache_free(c);
+}
+
 static void test_free_null(void)
 {
   task_cache_free(NULL);
@@ -459,6 +507,7 @@ int main(void)
     {"many", test_many},
     {"retention", test_retention},
     {"receipts", test_receipts},
+    {"owed_callbacks", test_owed_callbacks},
     {"free_null", test_free_null},
   };
   return CHECK_RUN(tests);
