@@ -507,6 +507,18 @@ static bool valid_instance_rate(const char *s)
   return parse_instance_rate(s, &n) >= 0;
 }
 
+int cfg_any_rate_limit(const struct cfg *cfg)
+{
+  if(cfg->evolution.rate_limit > 0)
+    return 1;
+  for(size_t i = 0; i < cfg->evolution.n_rate_limits; i++) {
+    size_t n;
+    if(parse_instance_rate(cfg->evolution.rate_limits[i], &n) > 0)
+      return 1;
+  }
+  return 0;
+}
+
 double cfg_instance_rate(const struct cfg *cfg, const char *instance)
 {
   size_t want = strlen(instance);

@@ -109,6 +109,9 @@ struct cfg *cfg_load(const char *path, char **errors);
  * evolution.rate_limit. 0 = unlimited. */
 double cfg_instance_rate(const struct cfg *cfg, const char *instance);
 
+/* 1 when some instance has a send rate (evolution.rate_limit or an entry of rate_limits). */
+int cfg_any_rate_limit(const struct cfg *cfg);
+
 /* Frees everything cfg_load returned. cfg_free(NULL) is a no-op. */
 void cfg_free(struct cfg *cfg);
 

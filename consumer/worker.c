@@ -1124,10 +1124,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   w.sent = idset_new(SENT_MEMORY);
   w.cancelled = idset_new(SENT_MEMORY);
   w.lanes = lanes_new(cfg);
-  w.rate_limited = cfg->evolution.rate_limit > 0;
-  for(size_t i = 0; i < cfg->evolution.n_rate_limits; i++)
-    if(strcmp(strchr(cfg->evolution.rate_limits[i], '=') + 1, "0"))
-      w.rate_limited = 1; /* a cheap over-approximation: lanes_get knows each exact rate */
+  w.rate_limited = cfg_any_rate_limit(cfg);
   w.stream_offset = -1;
   {
     const char *fp = getenv("MSG_FAILPOINT");

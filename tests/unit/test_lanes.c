@@ -43,6 +43,13 @@ static void test_rates_from_config(void)
   CHECK(cfg_instance_rate(cfg, "bul") == 2.5);
   CHECK(cfg_instance_rate(cfg, "bulk2") == 2.5);
   CHECK_INT(cfg->evolution.rate_burst, 3);
+  CHECK_INT(cfg_any_rate_limit(cfg), 1);
+  cfg_free(cfg);
+  free(errors);
+  /* Overrides that all say "unlimited" (in any spelling) limit nothing. */
+  cfg = load("  rate_limits: [\"otp=0\", \"bulk=0.0\"]\n", &errors);
+  CHECK(cfg);
+  CHECK_INT(cfg_any_rate_limit(cfg), 0);
 out:
   cfg_free(cfg);
   free(errors);
