@@ -14,6 +14,7 @@
 
 #include "callback_url.h"
 #include "deadletters.h"
+#include "in_doubt.h"
 #include "log.h"
 #include "metrics.h"
 #include "request.h"
@@ -38,14 +39,27 @@ struct idem_claim {
 };
 
 /* Statuses counted by their own label value; anything else counts as "other". */
-static const int COUNTED_STATUSES[] = {200, 202, 400, 401, 404, 405, 409, 413, 415, 422, 500, 503};
+static const int COUNTED_STATUSES[] = {200, 202, 400, 401, 404, 405, 409, 413, 415, 422, 500, 503,
+                                       504};
 #define N_STATUSES (sizeof COUNTED_STATUSES / sizeof COUNTED_STATUSES[0] + 1)
 /* The route slot of requests that matched no route. */
 #define ROUTE_UNMATCHED ROUTE_COUNT
 
 enum publish_outcome { PUBLISH_ACK, PUBLISH_REJECTED, PUBLISH_TIMEOUT, PUBLISH_UNAVAILABLE,
-                       PUBLISH_OUTCOMES };
-static const char *const PUBLISH_OUTCOME_NAMES[] = {"ack", "rejected", "timeout", "unavailable"};
+                       PUBLISH_LOST, PUBLISH_OUTCOMES };
+static const char *const PUBLISH_OUTCOME_NAMES[] = {"ack", "rejected", "timeout", "unavailable",
+                                                    "lost"};
+/* The metric label of each publisher result. */
+static const enum publish_outcome OUTCOME[] = {
+  [PUB_OK] = PUBLISH_ACK, [PUB_UNAVAILABLE] = PUBLISH_UNAVAILABLE,
+  [PUB_TIMEOUT] = PUBLISH_TIMEOUT, [PUB_REJECTED] = PUBLISH_REJECTED,
+  [PUB_UNKNOWN] = PUBLISH_LOST};
+
+/* Requests whose job may or may not be queued (see in_doubt.h), remembered by key. */
+#define IN_DOUBT_MAX 4096
+#define OUTCOME_UNKNOWN_MESSAGE \
+  "the message broker did not confirm the message in time: it may still be delivered. Look " \
+  "the task up, or repeat the request with the same Idempotency-Key, which never sends it twice"
 
 struct http_metrics {
   atomic_ullong requests[ROUTE_COUNT + 1][N_STATUSES];
@@ -67,6 +81,7 @@ struct http_server {
   pthread_mutex_t idem_lock; /* guards claims */
   pthread_cond_t idem_done;
   struct idem_claim *claims;
+  struct in_doubt *in_doubt;
 };
 
 /* Whether CivetWeb keeps the connection open after this answer (its should_keep_alive(), less
@@ -379,21 +394,52 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
     }
     if((status = replay_idempotent(conn, srv, &job)))
       goto out;
+    {
+      /* The first request with this key ended with an unknown outcome: the same task again. */
+      uint64_t hash;
+      char known[UTIL_UUID_LEN];
+      if(in_doubt_get(srv->in_doubt, idem, known, &hash)) {
+        if(hash != job_request_hash(&job)) {
+          status = reply_error(conn, 422, "idempotency_key_reused",
+                               "this Idempotency-Key was used for a different request",
+                               "Idempotency-Key", NULL, NULL);
+          goto out;
+        }
+        memcpy(job.task_id, known, UTIL_UUID_LEN);
+      }
+    }
   }
 
   {
     int64_t t0 = util_mono_us();
     enum pub_result pr = publisher_submit(srv->deps.publisher, &job, CONFIRM_WAIT_MS);
-    static const enum publish_outcome OUTCOME[] = {
-      [PUB_OK] = PUBLISH_ACK, [PUB_UNAVAILABLE] = PUBLISH_UNAVAILABLE,
-      [PUB_TIMEOUT] = PUBLISH_TIMEOUT, [PUB_REJECTED] = PUBLISH_REJECTED};
     atomic_fetch_add(&srv->metrics.publishes[OUTCOME[pr]], 1);
     if(pr != PUB_UNAVAILABLE)
       metrics_observe(&srv->metrics.confirm, (double)(util_mono_us() - t0) / 1e6);
     rc = (int)pr;
   }
   switch((enum pub_result)rc) {
-  case PUB_OK: break;
+  case PUB_OK:
+    if(idem)
+      in_doubt_forget(srv->in_doubt, idem);
+    break;
+  case PUB_TIMEOUT:
+  case PUB_UNKNOWN: {
+    /* Not "retry later": a retry without this task's key could send the message twice. */
+    char location[UTIL_UUID_LEN + 8];
+    log_event(CFG_LOG_WARN, "outcome of a job unknown: no confirm", "task_id", job.task_id,
+              "reason", rc == PUB_TIMEOUT ? "timeout" : "connection lost", NULL);
+    if(idem && in_doubt_put(srv->in_doubt, idem, job.task_id, job_request_hash(&job)))
+      log_event(CFG_LOG_ERROR, "out of memory remembering an unknown outcome", "task_id",
+                job.task_id, NULL);
+    snprintf(location, sizeof location, "/tasks/%s", job.task_id);
+    status = reply(conn, 504,
+                   json_pack("{s:b, s:s, s:s, s:{s:s, s:s}}", "success", 0, "task_id",
+                             job.task_id, "status", "UNKNOWN", "error", "code",
+                             "outcome_unknown", "message", OUTCOME_UNKNOWN_MESSAGE),
+                   "Location", location);
+    goto out;
+  }
   case PUB_REJECTED:
     log_event(CFG_LOG_ERROR, "broker refused a job", "task_id", job.task_id, NULL);
     /* fall through */
@@ -437,7 +483,7 @@ static int handle_post_batch(struct mg_connection *conn, struct http_server *srv
   struct request_item *items = NULL;
   const struct job **jobs = NULL;
   enum pub_result *results = NULL;
-  size_t n = 0, valid = 0, accepted = 0, k = 0;
+  size_t n = 0, valid = 0, accepted = 0, unknown = 0, k = 0;
   char *body = NULL;
   size_t len = 0;
   int rc, status;
@@ -485,9 +531,6 @@ static int handle_post_batch(struct mg_connection *conn, struct http_server *srv
     json_t *res;
     if(items[i].ok) {
       enum pub_result pr = results[k++];
-      static const enum publish_outcome OUTCOME[] = {
-        [PUB_OK] = PUBLISH_ACK, [PUB_UNAVAILABLE] = PUBLISH_UNAVAILABLE,
-        [PUB_TIMEOUT] = PUBLISH_TIMEOUT, [PUB_REJECTED] = PUBLISH_REJECTED};
       atomic_fetch_add(&srv->metrics.publishes[OUTCOME[pr]], 1);
       if(pr == PUB_OK) {
         struct status_event ev;
@@ -496,6 +539,12 @@ static int handle_post_batch(struct mg_connection *conn, struct http_server *srv
         res = json_pack("{s:I, s:s, s:s}", "index", (json_int_t)i, "task_id",
                         items[i].job.task_id, "status", status_name(ev.status));
         accepted++;
+      }
+      else if(pr == PUB_TIMEOUT || pr == PUB_UNKNOWN) {
+        unknown++;
+        res = json_pack("{s:I, s:s, s:s, s:{s:s, s:s}}", "index", (json_int_t)i, "task_id",
+                        items[i].job.task_id, "status", "UNKNOWN", "error", "code",
+                        "outcome_unknown", "message", OUTCOME_UNKNOWN_MESSAGE);
       }
       else
         res = json_pack("{s:I, s:{s:s, s:s}}", "index", (json_int_t)i, "error", "code",
@@ -520,7 +569,8 @@ static int handle_post_batch(struct mg_connection *conn, struct http_server *srv
     snprintf(counts, sizeof counts, "%zu of %zu", accepted, n);
     log_event(CFG_LOG_INFO, "batch handled", "accepted", counts, NULL);
   }
-  status = reply(conn, accepted == valid ? 200 : 503,
+  /* 504 when some outcome is unknown (look those tasks up), 503 when some were refused. */
+  status = reply(conn, accepted == valid ? 200 : unknown ? 504 : 503,
                  json_pack("{s:b, s:I, s:I, s:o}", "success", accepted == n, "accepted",
                            (json_int_t)accepted, "rejected", (json_int_t)(n - accepted),
                            "results", list),
@@ -1045,6 +1095,12 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
   }
   srv->deps = *deps;
   srv->started_ms = util_mono_ms();
+  srv->in_doubt = in_doubt_new(IN_DOUBT_MAX);
+  if(!srv->in_doubt) {
+    snprintf(err, errlen, "out of memory");
+    free(srv);
+    return NULL;
+  }
   pthread_mutex_init(&srv->idem_lock, NULL);
   pthread_cond_init(&srv->idem_done, NULL);
   snprintf(threads, sizeof threads, "%u", deps->cfg->api.threads);
@@ -1059,6 +1115,7 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
   srv->ctx = mg_start2(&init, &error);
   if(!srv->ctx) {
     snprintf(err, errlen, "cannot listen on %s: %s", deps->cfg->api.listen, etext);
+    in_doubt_free(srv->in_doubt);
     free(srv);
     return NULL;
   }
@@ -1088,5 +1145,6 @@ void http_stop(struct http_server *srv)
   mg_stop(srv->ctx);
   pthread_mutex_destroy(&srv->idem_lock);
   pthread_cond_destroy(&srv->idem_done);
+  in_doubt_free(srv->in_doubt);
   free(srv);
 }

@@ -13,16 +13,16 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "confirms.h"
 #include "log.h"
 #include "mq.h"
 #include "status.h"
 #include "util.h"
 
-#define CHANNEL 1
+/* Channel 1 declares the topology; 2 publishes (3 when 2 is replaced, see mq_publisher). */
+#define SETUP_CH 1
+#define PUBLISH_CH_A 2
+#define PUBLISH_CH_B 3
 #define CONNECT_TIMEOUT_MS 5000
-#define BACKOFF_MIN_MS 200
-#define BACKOFF_MAX_MS 5000
 
 /* One hand-over from an HTTP worker. It is shared by the worker (which may give up waiting)
  * and the publisher thread, so it is freed when both released it (refs). The job goes first;
@@ -36,7 +36,8 @@ struct pub_req {
   char *job_body, *event_body;
   size_t job_len, event_len;
   int refs;
-  int job_done, job_ok;
+  int job_done;
+  enum pub_result result; /* once job_done */
   int event_only; /* no job: the event itself is what the worker waits for */
   char *callback_url, *callback_id; /* event_only to the callback queue: a status callback */
   pthread_cond_t done;
@@ -54,9 +55,11 @@ struct publisher {
   size_t in_flight;
   unsigned long long connects;
 
-  /* Owned by the publisher thread alone. */
-  amqp_connection_state_t conn;
-  struct confirms *confirms;
+  /* Owned by the publisher thread alone, but for the tracker inside `publisher`, which
+   * settles owners under pub->lock. */
+  struct mq_session *session;
+  amqp_connection_state_t conn; /* the session's live connection, NULL when closed */
+  struct mq_publisher *publisher;
   struct pub_req *events_head, *events_tail; /* PENDING events to publish */
 };
 
@@ -71,6 +74,8 @@ struct event_batch {
   struct pub_req *reqs[EVENTS_PER_BATCH];
 };
 
+static void settle_locked(struct publisher *pub, void *owner, int ok);
+
 static void req_release(struct pub_req *r)
 {
   if(--r->refs)
@@ -83,15 +88,23 @@ static void req_release(struct pub_req *r)
   free(r);
 }
 
-/* Runs on the publisher thread with pub->lock held. The worker waits for the job's confirm
- * only; the publisher keeps its reference until the PENDING event is settled too. */
+/* Runs on the publisher thread, which holds no lock then (the settling of mq_pump and
+ * mq_publisher_lost). The worker waits for the job's confirm only; the publisher keeps its
+ * reference until the PENDING event is settled too. */
 static void on_settle(void *owner, int ok, void *ctx)
 {
   struct publisher *pub = ctx;
+  pthread_mutex_lock(&pub->lock);
+  settle_locked(pub, owner, ok);
+  pthread_mutex_unlock(&pub->lock);
+}
+
+static void settle_locked(struct publisher *pub, void *owner, int ok)
+{
   struct pub_req *r = owner;
   if((uintptr_t)owner & EVENT_BIT) {
     struct event_batch *b = (struct event_batch *)((uintptr_t)owner & ~EVENT_BIT);
-    if(!ok)
+    if(ok != CONFIRM_ACKED)
       log_event(CFG_LOG_WARN, "PENDING events not confirmed", "first_task_id",
                 b->reqs[0]->task_id, NULL);
     for(size_t i = 0; i < b->n; i++)
@@ -100,10 +113,12 @@ static void on_settle(void *owner, int ok, void *ctx)
     return;
   }
   r->job_done = 1;
-  r->job_ok = ok;
+  /* Lost: the connection went between the publish and its confirm, so the broker may hold the
+   * job; the request must not say "not sent". */
+  r->result = ok == CONFIRM_ACKED ? PUB_OK : ok == CONFIRM_REFUSED ? PUB_REJECTED : PUB_UNKNOWN;
   pub->in_flight--;
   pthread_cond_signal(&r->done);
-  if(!ok || r->event_only) {
+  if(ok != CONFIRM_ACKED || r->event_only) {
     req_release(r);
     return;
   }
@@ -181,7 +196,7 @@ static void hand_over(struct publisher *pub, struct pub_req **reqs, size_t n,
     while(!r->job_done)
       if(pthread_cond_timedwait(&r->done, &pub->lock, &deadline) == ETIMEDOUT)
         break;
-    results[i] = r->job_done ? (r->job_ok ? PUB_OK : PUB_REJECTED) : PUB_TIMEOUT;
+    results[i] = r->job_done ? r->result : PUB_TIMEOUT;
     req_release(r);
   }
   pthread_mutex_unlock(&pub->lock);
@@ -324,11 +339,10 @@ static void drop_connection(struct publisher *pub, const char *why)
 {
   log_event(CFG_LOG_WARN, "broker connection lost", "role", "publisher", "reason", why, NULL);
   set_ready(pub, 0);
-  /* After a socket-level error only destroy: close is an RPC that can hang on a dead peer. */
-  amqp_destroy_connection(pub->conn);
+  mq_session_lost(pub->session);
   pub->conn = NULL;
+  mq_publisher_lost(pub->publisher);
   pthread_mutex_lock(&pub->lock);
-  confirms_fail_all(pub->confirms);
   release_events(pub);
   pthread_mutex_unlock(&pub->lock);
 }
@@ -336,29 +350,30 @@ static void drop_connection(struct publisher *pub, const char *why)
 static int connect_broker(struct publisher *pub)
 {
   char err[512];
-  amqp_connection_state_t conn = mq_connect(pub->cfg, "api", CONNECT_TIMEOUT_MS, err, sizeof err);
+  amqp_connection_state_t conn = mq_session_open(pub->session, CONNECT_TIMEOUT_MS, err, sizeof err);
+  int rc;
   if(!conn) {
     log_event(CFG_LOG_WARN, "cannot connect to the broker", "role", "publisher", "reason", err,
               NULL);
     return -1;
   }
-  if(mq_channel_open(conn, CHANNEL, err, sizeof err) ||
-     mq_declare_topology(conn, CHANNEL, pub->cfg, err, sizeof err) ||
-     /* Callbacks go to the dispatcher's queue: it must exist before the first one. */
-     (pub->cfg->callbacks.secret[0] &&
-      mq_declare_callback_topology(conn, CHANNEL, pub->cfg, err, sizeof err))) {
+  pthread_mutex_lock(&pub->lock);
+  rc = mq_channel_open(conn, SETUP_CH, err, sizeof err) ||
+       mq_declare_topology(conn, SETUP_CH, pub->cfg, err, sizeof err) ||
+       /* Callbacks go to the dispatcher's queue: it must exist before the first one. */
+       (pub->cfg->callbacks.secret[0] &&
+        mq_declare_callback_topology(conn, SETUP_CH, pub->cfg, err, sizeof err)) ||
+       mq_publisher_start(pub->publisher, conn, err, sizeof err);
+  pthread_mutex_unlock(&pub->lock);
+  if(rc) {
     log_event(CFG_LOG_ERROR, "cannot set up the broker", "role", "publisher", "reason", err,
               NULL);
-    amqp_destroy_connection(conn);
-    return -1;
-  }
-  if(!amqp_confirm_select(conn, CHANNEL)) {
-    log_event(CFG_LOG_ERROR, "cannot enable publisher confirms", "role", "publisher", NULL);
-    amqp_destroy_connection(conn);
+    mq_session_lost(pub->session);
     return -1;
   }
   pub->conn = conn;
-  log_event(CFG_LOG_INFO, "connected to the broker", "role", "publisher", NULL);
+  log_event(CFG_LOG_INFO, "connected to the broker", "role", "publisher", "broker",
+            mq_session_address(pub->session), NULL);
   pthread_mutex_lock(&pub->lock);
   pub->connects++;
   pthread_mutex_unlock(&pub->lock);
@@ -382,20 +397,12 @@ static void props(struct publisher *pub, struct pub_req *r, amqp_basic_propertie
   (void)pub;
 }
 
-/* Publishes a job. Its confirm slot is taken first, so whatever happens next the request is
- * settled by a confirm or by confirms_fail_all. Returns AMQP_STATUS_OK, a rabbitmq-c error, or
- * NOT_TRACKED when no slot could be taken. */
-#define NOT_TRACKED 1
+/* Publishes a job (or an event or callback handed over alone). Returns MQ_PUBLISH_OK, or
+ * MQ_PUBLISH_FAILED (tracked: settled as lost when the connection is dropped) or
+ * MQ_PUBLISH_UNTRACKED (never sent). */
 static int publish_job(struct publisher *pub, struct pub_req *r)
 {
   amqp_basic_properties_t p;
-  amqp_bytes_t body;
-  uint64_t seq;
-  pthread_mutex_lock(&pub->lock);
-  seq = confirms_add(pub->confirms, r);
-  pthread_mutex_unlock(&pub->lock);
-  if(!seq)
-    return NOT_TRACKED;
   if(r->event_only && r->callback_url) {
     amqp_table_entry_t h[1];
     h[0] = mq_entry_str("x-callback-url", r->callback_url);
@@ -404,30 +411,22 @@ static int publish_job(struct publisher *pub, struct pub_req *r)
     p.message_id = amqp_cstring_bytes(r->callback_id);
     p.headers.num_entries = 1;
     p.headers.entries = h;
-    body.bytes = r->event_body;
-    body.len = r->event_len;
     /* mandatory: without the dispatcher's queue the callback would be dropped silently. */
-    return amqp_basic_publish(pub->conn, CHANNEL, amqp_empty_bytes,
-                              amqp_cstring_bytes(pub->cfg->topology.callback_queue), 1, 0, &p,
-                              body);
+    return mq_publisher_publish(pub->publisher, pub->conn, "", pub->cfg->topology.callback_queue,
+                                1, &p, r->event_body, r->event_len, r);
   }
   if(r->event_only) {
     props(pub, r, &p, "message.status");
-    body.bytes = r->event_body;
-    body.len = r->event_len;
-    return amqp_basic_publish(pub->conn, CHANNEL, amqp_empty_bytes,
-                              amqp_cstring_bytes(pub->cfg->topology.status_stream), 0, 0, &p,
-                              body);
+    return mq_publisher_publish(pub->publisher, pub->conn, "", pub->cfg->topology.status_stream,
+                                0, &p, r->event_body, r->event_len, r);
   }
   props(pub, r, &p, "message.send");
   p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG;
   p.message_id = amqp_cstring_bytes(r->task_id);
   p.reply_to = amqp_cstring_bytes(pub->cfg->topology.status_stream);
-  body.bytes = r->job_body;
-  body.len = r->job_len;
   /* mandatory: a job that no queue takes comes back as basic.return and fails the request. */
-  return amqp_basic_publish(pub->conn, CHANNEL, amqp_cstring_bytes(pub->cfg->topology.exchange),
-                            amqp_cstring_bytes(MQ_KEY_SEND), 1, 0, &p, body);
+  return mq_publisher_publish(pub->publisher, pub->conn, pub->cfg->topology.exchange,
+                              MQ_KEY_SEND, 1, &p, r->job_body, r->job_len, r);
 }
 
 /* Publishes the PENDING events of the jobs confirmed so far, many to a stream message. Returns
@@ -437,11 +436,9 @@ static int publish_events(struct publisher *pub)
 {
   for(;;) {
     amqp_basic_properties_t p;
-    amqp_bytes_t body;
     struct event_batch *b = malloc(sizeof *b);
     char *bodies[EVENTS_PER_BATCH], *joined;
     size_t lens[EVENTS_PER_BATCH], len;
-    uint64_t seq = 0;
     int rc;
     if(!b)
       return 0; /* out of memory: the events wait for the next turn */
@@ -462,30 +459,31 @@ static int publish_events(struct publisher *pub)
       return 0;
     }
     joined = b->n == 1 ? NULL : status_batch_join(bodies, lens, b->n, &len);
-    pthread_mutex_lock(&pub->lock);
-    if(b->n == 1 || joined)
-      seq = confirms_add(pub->confirms, (void *)((uintptr_t)b | EVENT_BIT));
-    if(!seq) {
+    if(b->n > 1 && !joined) {
       /* Out of memory: other replicas learn of these tasks from their next event. */
+      pthread_mutex_lock(&pub->lock);
       for(size_t i = 0; i < b->n; i++)
         req_release(b->reqs[i]);
+      pthread_mutex_unlock(&pub->lock);
       free(b);
-    }
-    pthread_mutex_unlock(&pub->lock);
-    if(!seq) {
-      free(joined);
       continue;
     }
     props(pub, b->reqs[0], &p, "message.status");
     if(b->n > 1)
       p._flags &= ~AMQP_BASIC_CORRELATION_ID_FLAG; /* a batch is about many tasks */
-    body.bytes = joined ? joined : bodies[0];
-    body.len = joined ? len : lens[0];
-    rc = amqp_basic_publish(pub->conn, CHANNEL, amqp_empty_bytes,
-                            amqp_cstring_bytes(pub->cfg->topology.status_stream), 0, 0, &p, body);
+    rc = mq_publisher_publish(pub->publisher, pub->conn, "", pub->cfg->topology.status_stream, 0,
+                              &p, joined ? joined : bodies[0], joined ? len : lens[0],
+                              (void *)((uintptr_t)b | EVENT_BIT));
     free(joined);
-    if(rc != AMQP_STATUS_OK) {
-      drop_connection(pub, amqp_error_string2(rc));
+    if(rc == MQ_PUBLISH_UNTRACKED) {
+      pthread_mutex_lock(&pub->lock);
+      for(size_t i = 0; i < b->n; i++)
+        req_release(b->reqs[i]);
+      pthread_mutex_unlock(&pub->lock);
+      free(b);
+    }
+    if(rc != MQ_PUBLISH_OK) {
+      drop_connection(pub, "a publish failed");
       return -1;
     }
   }
@@ -499,82 +497,50 @@ static int is_job_of(void *owner, void *task_id)
   return !strcmp(((struct pub_req *)owner)->task_id, task_id);
 }
 
+static int on_returned(void *ctx, amqp_channel_t ch, amqp_message_t *m)
+{
+  struct publisher *pub = ctx;
+  char id[UTIL_UUID_LEN] = "";
+  (void)ch;
+  if((m->properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
+     m->properties.message_id.len < sizeof id) {
+    memcpy(id, m->properties.message_id.bytes, m->properties.message_id.len);
+    id[m->properties.message_id.len] = '\0';
+  }
+  log_event(CFG_LOG_ERROR, "job returned unroutable: is the job queue bound?", "task_id", id,
+            NULL);
+  mq_publisher_mark_returned(pub->publisher, is_job_of, id);
+  return 0;
+}
+
+static void on_blocked(void *ctx, int blocked)
+{
+  struct publisher *pub = ctx;
+  if(blocked)
+    log_event(CFG_LOG_WARN, "broker blocked publishing (memory or disk alarm)", NULL);
+  else
+    log_event(CFG_LOG_INFO, "broker unblocked publishing", NULL);
+  set_ready(pub, !blocked);
+}
+
 /* Reads every frame available without blocking. Returns 0, or -1 when the connection is gone. */
 static int drain_frames(struct publisher *pub)
 {
-  for(;;) {
-    amqp_frame_t f;
-    struct timeval zero = {0, 0};
-    int rc;
-    memset(&f, 0, sizeof f);
-    rc = amqp_simple_wait_frame_noblock(pub->conn, &f, &zero);
-    if(rc == AMQP_STATUS_TIMEOUT)
-      break;
-    if(rc != AMQP_STATUS_OK) {
-      drop_connection(pub, amqp_error_string2(rc));
-      return -1;
-    }
-    if(f.frame_type != AMQP_FRAME_METHOD)
-      continue; /* heartbeats */
-    switch(f.payload.method.id) {
-    case AMQP_BASIC_ACK_METHOD: {
-      amqp_basic_ack_t *a = f.payload.method.decoded;
-      pthread_mutex_lock(&pub->lock);
-      confirms_settle(pub->confirms, a->delivery_tag, a->multiple, 1);
-      pthread_mutex_unlock(&pub->lock);
-      break;
-    }
-    case AMQP_BASIC_NACK_METHOD: {
-      amqp_basic_nack_t *n = f.payload.method.decoded;
-      pthread_mutex_lock(&pub->lock);
-      confirms_settle(pub->confirms, n->delivery_tag, n->multiple, 0);
-      pthread_mutex_unlock(&pub->lock);
-      break;
-    }
-    case AMQP_BASIC_RETURN_METHOD: {
-      amqp_message_t m;
-      char id[UTIL_UUID_LEN] = "";
-      /* The returned message's header and body follow; they must be read off the wire. */
-      if(amqp_read_message(pub->conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
-        drop_connection(pub, "cannot read a returned message");
-        return -1;
-      }
-      if((m.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
-         m.properties.message_id.len < sizeof id) {
-        memcpy(id, m.properties.message_id.bytes, m.properties.message_id.len);
-        id[m.properties.message_id.len] = '\0';
-      }
-      amqp_destroy_message(&m);
-      log_event(CFG_LOG_ERROR, "job returned unroutable: is the job queue bound?", "task_id",
-                id, NULL);
-      pthread_mutex_lock(&pub->lock);
-      confirms_mark_returned(pub->confirms, is_job_of, id);
-      pthread_mutex_unlock(&pub->lock);
-      break;
-    }
-    case AMQP_CONNECTION_BLOCKED_METHOD:
-      log_event(CFG_LOG_WARN, "broker blocked publishing (memory or disk alarm)", NULL);
-      set_ready(pub, 0);
-      break;
-    case AMQP_CONNECTION_UNBLOCKED_METHOD:
-      log_event(CFG_LOG_INFO, "broker unblocked publishing", NULL);
-      set_ready(pub, 1);
-      break;
-    case AMQP_CHANNEL_CLOSE_METHOD: {
-      amqp_channel_close_t *c = f.payload.method.decoded;
-      char why[300];
-      snprintf(why, sizeof why, "channel closed by broker: %u %.*s", c->reply_code,
-               (int)c->reply_text.len, (const char *)c->reply_text.bytes);
-      drop_connection(pub, why);
-      return -1;
-    }
-    case AMQP_CONNECTION_CLOSE_METHOD:
-      drop_connection(pub, "connection closed by broker");
-      return -1;
-    default: break;
-    }
+  struct mq_handlers h;
+  char why[512];
+  unsigned long long reopens = mq_publisher_reopens(pub->publisher);
+  memset(&h, 0, sizeof h);
+  h.ctx = pub;
+  h.publishers[0] = pub->publisher;
+  h.returned = on_returned;
+  h.blocked = on_blocked;
+  if(mq_pump(pub->conn, &h, why, sizeof why)) {
+    drop_connection(pub, why);
+    return -1;
   }
-  amqp_maybe_release_buffers(pub->conn);
+  if(mq_publisher_reopens(pub->publisher) != reopens)
+    log_event(CFG_LOG_WARN, "the broker kept nacking publishes: publishing on a fresh channel",
+              "broker", mq_session_address(pub->session), NULL);
   return 0;
 }
 
@@ -586,7 +552,7 @@ static void fail_list(struct publisher *pub, struct pub_req *list)
     struct pub_req *r = list;
     list = r->next;
     r->job_done = 1;
-    r->job_ok = 0;
+    r->result = PUB_UNAVAILABLE;
     pub->in_flight--;
     pthread_cond_signal(&r->done);
     req_release(r);
@@ -607,8 +573,7 @@ static void fail_queue(struct publisher *pub)
 static void *publisher_main(void *arg)
 {
   struct publisher *pub = arg;
-  int backoff = BACKOFF_MIN_MS;
-  int64_t drain_deadline = 0;
+  int64_t drain_deadline = 0, retry_at = 0;
   int hb_wait = pub->cfg->broker.heartbeat_ms ? (int)(pub->cfg->broker.heartbeat_ms / 2) : 1000;
   if(hb_wait > 1000)
     hb_wait = 1000;
@@ -628,20 +593,20 @@ static void *publisher_main(void *arg)
       drain_deadline = util_mono_ms() + pub->drain_ms;
 
     if(!pub->conn) {
+      int64_t now = util_mono_ms();
       /* Requests handed over while disconnected cannot wait for a reconnect. */
       fail_list(pub, batch);
       if(stopping)
         break;
-      if(connect_broker(pub)) {
-        int sleep_ms = backoff / 2 + (int)(random() % (backoff / 2 + 1));
+      if(now >= retry_at && connect_broker(pub))
+        retry_at = now + mq_session_retry_delay_ms(pub->session);
+      if(!pub->conn) {
         struct pollfd w = {pub->wake_fd, POLLIN, 0};
-        poll(&w, 1, sleep_ms); /* a stop request cuts the wait short */
+        int wait = (int)(retry_at - util_mono_ms());
+        poll(&w, 1, wait < 0 ? 0 : wait); /* a stop request cuts the wait short */
         if(read(pub->wake_fd, &drained, sizeof drained) < 0)
           drained = 0;
-        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
       }
-      else
-        backoff = BACKOFF_MIN_MS;
       continue;
     }
 
@@ -651,32 +616,35 @@ static void *publisher_main(void *arg)
       batch = r->next;
       r->next = NULL;
       rc = publish_job(pub, r);
-      if(rc != AMQP_STATUS_OK) {
-        if(rc == NOT_TRACKED) {
+      if(rc != MQ_PUBLISH_OK) {
+        if(rc == MQ_PUBLISH_UNTRACKED) {
           r->next = batch;
           batch = r;
         }
-        drop_connection(pub, rc < 0 ? amqp_error_string2(rc) : "out of memory");
+        drop_connection(pub, "a publish failed");
         fail_list(pub, batch);
         batch = NULL;
+        retry_at = 0; /* the next address at once */
       }
     }
     if(!pub->conn)
       continue;
-    if(drain_frames(pub) || publish_events(pub))
+    if(drain_frames(pub) || publish_events(pub)) {
+      retry_at = 0;
       continue;
+    }
 
     if(stopping) {
       size_t left;
       pthread_mutex_lock(&pub->lock);
-      left = confirms_outstanding(pub->confirms) + (pub->queue_head != NULL) +
+      left = mq_publisher_outstanding(pub->publisher) + (pub->queue_head != NULL) +
              (pub->events_head != NULL);
       pthread_mutex_unlock(&pub->lock);
       if(!left || util_mono_ms() >= drain_deadline)
         break;
     }
 
-    timeout = amqp_frames_enqueued(pub->conn) || amqp_data_in_buffer(pub->conn) ? 0 : hb_wait;
+    timeout = mq_pending_input(pub->conn) ? 0 : hb_wait;
     pfd[0].fd = amqp_get_sockfd(pub->conn);
     pfd[0].events = POLLIN;
     pfd[1].fd = pub->wake_fd;
@@ -687,13 +655,11 @@ static void *publisher_main(void *arg)
       if(read(pub->wake_fd, &drained, sizeof drained) < 0)
         drained = 0;
   }
-  if(pub->conn) {
-    mq_close(pub->conn);
-    pub->conn = NULL;
-  }
+  mq_session_close(pub->session);
+  pub->conn = NULL;
+  set_ready(pub, 0);
+  mq_publisher_lost(pub->publisher);
   pthread_mutex_lock(&pub->lock);
-  pub->ready = 0;
-  confirms_fail_all(pub->confirms);
   release_events(pub);
   pthread_mutex_unlock(&pub->lock);
   fail_queue(pub);
@@ -709,9 +675,10 @@ struct publisher *publisher_start(const struct cfg *cfg, char *err, size_t errle
   }
   pub->cfg = cfg;
   pub->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  pub->confirms = confirms_new(on_settle, pub);
+  pub->session = mq_session_new(cfg, "api");
+  pub->publisher = mq_publisher_new(PUBLISH_CH_A, PUBLISH_CH_B, on_settle, pub);
   pthread_mutex_init(&pub->lock, NULL);
-  if(pub->wake_fd < 0 || !pub->confirms) {
+  if(pub->wake_fd < 0 || !pub->session || !pub->publisher) {
     snprintf(err, errlen, "cannot set up the publisher: %s", strerror(errno));
     goto fail;
   }
@@ -723,7 +690,8 @@ struct publisher *publisher_start(const struct cfg *cfg, char *err, size_t errle
 fail:
   if(pub->wake_fd >= 0)
     close(pub->wake_fd);
-  confirms_free(pub->confirms);
+  mq_publisher_free(pub->publisher);
+  mq_session_free(pub->session);
   pthread_mutex_destroy(&pub->lock);
   free(pub);
   return NULL;
@@ -740,7 +708,8 @@ void publisher_stop(struct publisher *pub, int drain_ms)
   wake(pub);
   pthread_join(pub->thread, NULL);
   close(pub->wake_fd);
-  confirms_free(pub->confirms);
+  mq_publisher_free(pub->publisher);
+  mq_session_free(pub->session);
   pthread_mutex_destroy(&pub->lock);
   free(pub);
 }

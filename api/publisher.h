@@ -15,7 +15,9 @@ enum pub_result {
   PUB_OK = 0,       /* the broker confirmed the job */
   PUB_UNAVAILABLE,  /* not connected to the broker, or shutting down */
   PUB_TIMEOUT,      /* no confirm within the wait; the job may still be confirmed later */
-  PUB_REJECTED      /* the broker refused the job (nack, or no queue bound) */
+  PUB_REJECTED,     /* the broker refused the job (nack, or no queue bound) */
+  PUB_UNKNOWN       /* the connection was lost after the publish and before its confirm: the
+                       broker may or may not hold the job */
 };
 
 /* Starts the publisher thread; it connects (and reconnects) on its own. `cfg` is borrowed and

@@ -2,6 +2,7 @@
  * from the start of retention at boot and then live, into the task cache. */
 #include "status_reader.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -15,15 +16,17 @@
 #include "status.h"
 #include "util.h"
 
-#define CHANNEL 1
+/* Channel 1 declares the topology, 2 follows the stream, 3 and 4 publish its markers. */
+#define SETUP_CH 1
+#define STREAM_CH 2
+#define MARKER_CH_A 3
+#define MARKER_CH_B 4
 #define CONNECT_TIMEOUT_MS 5000
-#define BACKOFF_MIN_MS 200
-#define BACKOFF_MAX_MS 5000
+/* Longest wait for input: how late a stop request may be noticed (and well under half of the
+ * shortest heartbeat, so heartbeats are serviced in time). */
+#define POLL_MS 100
 /* Stream consumers need a prefetch (acks are credit); acks go out in batches of half of it. */
 #define PREFETCH 2000
-#define ACK_EVERY 1000
-/* No delivery for this long after (re)subscribing means the backlog has been replayed. */
-#define CAUGHT_UP_IDLE_MS 250
 
 struct status_reader {
   const struct cfg *cfg;
@@ -34,7 +37,11 @@ struct status_reader {
   atomic_int_least64_t last_event_ms;
   atomic_ullong connects;
   atomic_int_least64_t offset; /* last stream offset read; the resume point after a reconnect */
-  int64_t subscribed_at;        /* wall clock at subscribe; reader thread only */
+  /* Owned by the reader thread. */
+  struct mq_session *session;
+  struct mq_stream *stream;
+  amqp_connection_state_t conn; /* the session's live connection, NULL when closed */
+  int64_t subscribed_mono;      /* when the last subscription started, for the caught-up log */
   _Atomic(struct publisher *) publisher; /* for the receipt callbacks this replica owes */
 };
 
@@ -75,54 +82,9 @@ static void pay_owed_callbacks(struct status_reader *r, const struct status_even
   free(key);
 }
 
-static amqp_connection_state_t subscribe(struct status_reader *r)
-{
-  char err[512];
-  amqp_connection_state_t conn = mq_connect(r->cfg, "api-status", CONNECT_TIMEOUT_MS, err, sizeof err);
-  amqp_table_entry_t arg;
-  amqp_table_t args = {1, &arg};
-  int64_t off = atomic_load(&r->offset);
-  if(!conn) {
-    log_event(CFG_LOG_WARN, "cannot connect to the broker", "role", "status-reader", "reason",
-              err, NULL);
-    return NULL;
-  }
-  if(mq_channel_open(conn, CHANNEL, err, sizeof err) ||
-     mq_declare_topology(conn, CHANNEL, r->cfg, err, sizeof err))
-    goto fail;
-  if(!amqp_basic_qos(conn, CHANNEL, 0, PREFETCH, 0)) {
-    snprintf(err, sizeof err, "basic.qos refused");
-    goto fail;
-  }
-  /* At boot replay the whole retention; after a reconnect resume after the last event read,
-   * so nothing is lost and nothing is applied twice. */
-  arg = off < 0 ? mq_entry_str("x-stream-offset", "first")
-                : mq_entry_i64("x-stream-offset", off + 1);
-  if(!amqp_basic_consume(conn, CHANNEL, amqp_cstring_bytes(r->cfg->topology.status_stream),
-                         amqp_empty_bytes, 0, 0, 0, args)) {
-    mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
-    goto fail;
-  }
-  r->subscribed_at = util_now_ms();
-  atomic_fetch_add(&r->connects, 1);
-  log_event(CFG_LOG_INFO, "consuming the status stream", "stream",
-            r->cfg->topology.status_stream, "from", off < 0 ? "first" : "last read", NULL);
-  return conn;
-fail:
-  log_event(CFG_LOG_ERROR, "cannot subscribe to the status stream", "reason", err, NULL);
-  amqp_destroy_connection(conn);
-  return NULL;
-}
-
 static void apply_event(const struct status_event *ev, void *arg)
 {
   struct status_reader *r = arg;
-  /* Under steady traffic the stream is never idle: an event newer than the subscription
-   * proves the backlog is behind us. */
-  if(!atomic_load(&r->ready) && ev->at_ms >= r->subscribed_at) {
-    atomic_store(&r->ready, 1);
-    log_event(CFG_LOG_INFO, "status cache caught up", NULL);
-  }
   if(task_cache_apply(r->cache, ev) < 0)
     log_event(CFG_LOG_ERROR, "out of memory applying a status event", "task_id", ev->task_id,
               NULL);
@@ -131,93 +93,101 @@ static void apply_event(const struct status_event *ev, void *arg)
   atomic_fetch_add(&r->events, 1);
 }
 
-static void apply(struct status_reader *r, const amqp_envelope_t *env)
+/* Every delivery of the stream: status events into the cache, markers for catch-up. */
+static void on_delivery(void *ctx, amqp_channel_t ch, uint64_t tag, int redelivered,
+                        amqp_message_t *m)
 {
+  struct status_reader *r = ctx;
   char err[256];
-  int64_t off;
-  if(env->message.properties._flags & AMQP_BASIC_HEADERS_FLAG &&
-     !mq_table_get_int(&env->message.properties.headers, "x-stream-offset", &off))
-    atomic_store(&r->offset, off);
-  /* A foreign or corrupt event cannot be fixed by reading it again: it is skipped. */
-  if(status_message_decode(env->message.body.bytes, env->message.body.len, apply_event, r, err,
-                           sizeof err))
-    log_event(CFG_LOG_WARN, "skipping a bad status event", "reason", err, NULL);
+  int what;
+  (void)redelivered;
+  if(ch != mq_stream_channel(r->stream))
+    return;
+  what = mq_stream_delivery(r->stream, r->conn, tag, m);
+  atomic_store(&r->offset, mq_stream_offset(r->stream));
   atomic_store(&r->last_event_ms, util_now_ms());
+  if(what == MQ_STREAM_CAUGHT_UP) {
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", (double)(util_mono_ms() - r->subscribed_mono) / 1e3);
+    atomic_store(&r->ready, 1);
+    log_event(CFG_LOG_INFO, "status cache caught up", "seconds", secs, NULL);
+    return;
+  }
+  if(what != MQ_STREAM_EVENT)
+    return;
+  /* A foreign or corrupt event cannot be fixed by reading it again: it is skipped. */
+  if(status_message_decode(m->body.bytes, m->body.len, apply_event, r, err, sizeof err))
+    log_event(CFG_LOG_WARN, "skipping a bad status event", "reason", err, NULL);
+}
+
+/* Connects to the next address and subscribes. Returns 0, or -1 (the session is closed). */
+static int subscribe(struct status_reader *r)
+{
+  char err[512];
+  int64_t off = atomic_load(&r->offset);
+  r->conn = mq_session_open(r->session, CONNECT_TIMEOUT_MS, err, sizeof err);
+  if(!r->conn) {
+    log_event(CFG_LOG_WARN, "cannot connect to the broker", "role", "status-reader", "reason",
+              err, NULL);
+    return -1;
+  }
+  if(mq_channel_open(r->conn, SETUP_CH, err, sizeof err) ||
+     mq_declare_topology(r->conn, SETUP_CH, r->cfg, err, sizeof err) ||
+     mq_stream_start(r->stream, r->conn, err, sizeof err)) {
+    log_event(CFG_LOG_ERROR, "cannot subscribe to the status stream", "reason", err, NULL);
+    mq_session_lost(r->session);
+    r->conn = NULL;
+    return -1;
+  }
+  r->subscribed_mono = util_mono_ms();
+  atomic_fetch_add(&r->connects, 1);
+  log_event(CFG_LOG_INFO, "consuming the status stream", "stream",
+            r->cfg->topology.status_stream, "from", off < 0 ? "first" : "last read", "broker",
+            mq_session_address(r->session), NULL);
+  return 0;
 }
 
 static void *reader_main(void *arg)
 {
   struct status_reader *r = arg;
-  int backoff = BACKOFF_MIN_MS;
+  struct mq_handlers h;
+  int64_t retry_at = 0;
+  memset(&h, 0, sizeof h);
+  h.ctx = r;
+  h.deliver = on_delivery;
+  h.publishers[0] = mq_stream_publisher(r->stream);
   while(!atomic_load(&r->stopping)) {
-    amqp_connection_state_t conn = subscribe(r);
-    int64_t last_delivery = util_mono_ms();
-    uint64_t unacked = 0, last_tag = 0;
-    if(!conn) {
-      int sleep_ms = backoff / 2 + (int)(random() % (backoff / 2 + 1));
-      for(int slept = 0; slept < sleep_ms && !atomic_load(&r->stopping); slept += 50) {
+    char why[512];
+    struct pollfd pfd;
+    int64_t now = util_mono_ms();
+    if(!r->conn) {
+      if(now < retry_at || subscribe(r)) {
         struct timespec ts = {0, 50 * 1000000L};
+        if(now >= retry_at)
+          retry_at = now + mq_session_retry_delay_ms(r->session);
         nanosleep(&ts, NULL);
+        continue;
       }
-      backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+    if(mq_pump(r->conn, &h, why, sizeof why) || mq_stream_tick(r->stream, r->conn)) {
+      atomic_store(&r->ready, 0);
+      log_event(CFG_LOG_WARN, "broker connection lost", "role", "status-reader", "reason", why,
+                NULL);
+      mq_stream_lost(r->stream);
+      mq_session_lost(r->session);
+      r->conn = NULL;
+      retry_at = 0; /* the next address at once */
       continue;
     }
-    backoff = BACKOFF_MIN_MS;
-    while(!atomic_load(&r->stopping)) {
-      amqp_envelope_t env;
-      struct timeval tv = {0, 100 * 1000};
-      amqp_rpc_reply_t rep;
-      amqp_maybe_release_buffers(conn);
-      memset(&env, 0, sizeof env);
-      rep = amqp_consume_message(conn, &env, &tv, 0);
-      if(rep.reply_type == AMQP_RESPONSE_NORMAL) {
-        apply(r, &env);
-        last_tag = env.delivery_tag;
-        amqp_destroy_envelope(&env);
-        last_delivery = util_mono_ms();
-        if(++unacked >= ACK_EVERY) {
-          amqp_basic_ack(conn, CHANNEL, last_tag, 1);
-          unacked = 0;
-        }
-        continue;
-      }
-      if(rep.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-         rep.library_error == AMQP_STATUS_TIMEOUT) {
-        if(unacked) {
-          amqp_basic_ack(conn, CHANNEL, last_tag, 1);
-          unacked = 0;
-        }
-        if(!atomic_load(&r->ready) && util_mono_ms() - last_delivery >= CAUGHT_UP_IDLE_MS) {
-          atomic_store(&r->ready, 1);
-          log_event(CFG_LOG_INFO, "status cache caught up", NULL);
-        }
-        continue;
-      }
-      if(rep.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-         rep.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
-        /* A frame other than a delivery (heartbeat, cancel, close) waits at the queue head;
-         * it must be popped, or every later call reports the same state. */
-        amqp_frame_t f;
-        memset(&f, 0, sizeof f);
-        if(amqp_simple_wait_frame(conn, &f) != AMQP_STATUS_OK)
-          break;
-        if(f.frame_type == AMQP_FRAME_METHOD &&
-           (f.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
-            f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD ||
-            f.payload.method.id == AMQP_BASIC_CANCEL_METHOD))
-          break;
-        continue;
-      }
-      break; /* socket error: never destroy the envelope of a failed consume */
-    }
-    atomic_store(&r->ready, 0);
-    if(atomic_load(&r->stopping)) {
-      mq_close(conn);
-      break;
-    }
-    log_event(CFG_LOG_WARN, "broker connection lost", "role", "status-reader", NULL);
-    amqp_destroy_connection(conn);
+    if(mq_pending_input(r->conn))
+      continue;
+    pfd.fd = amqp_get_sockfd(r->conn);
+    pfd.events = POLLIN;
+    poll(&pfd, 1, POLL_MS);
   }
+  atomic_store(&r->ready, 0);
+  mq_session_close(r->session);
+  r->conn = NULL;
   return NULL;
 }
 
@@ -232,12 +202,22 @@ struct status_reader *status_reader_start(const struct cfg *cfg, struct task_cac
   r->cfg = cfg;
   r->cache = cache;
   atomic_init(&r->offset, -1);
+  r->session = mq_session_new(cfg, "api-status");
+  r->stream = mq_stream_new(cfg, "api-status", STREAM_CH, MARKER_CH_A, MARKER_CH_B, PREFETCH);
+  if(!r->session || !r->stream) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
   if(pthread_create(&r->thread, NULL, reader_main, r)) {
     snprintf(err, errlen, "cannot start the status reader thread");
-    free(r);
-    return NULL;
+    goto fail;
   }
   return r;
+fail:
+  mq_stream_free(r->stream);
+  mq_session_free(r->session);
+  free(r);
+  return NULL;
 }
 
 void status_reader_stop(struct status_reader *r)
@@ -246,6 +226,8 @@ void status_reader_stop(struct status_reader *r)
     return;
   atomic_store(&r->stopping, 1);
   pthread_join(r->thread, NULL);
+  mq_stream_free(r->stream);
+  mq_session_free(r->session);
   free(r);
 }
 

@@ -25,7 +25,8 @@ void status_reader_set_publisher(struct status_reader *r, struct publisher *pub)
 /* Stops the thread, closes its connection and frees the reader. NULL is a no-op. */
 void status_reader_stop(struct status_reader *r);
 
-/* 1 once connected and caught up with the stream (no backlog left to replay). */
+/* 1 once connected and caught up: the reader read back the marker it published right after
+ * subscribing, so every event published before the subscription is applied. */
 int status_reader_ready(struct status_reader *r);
 
 /* Events applied so far, and the stream offset of the last one read (-1 before any). */

@@ -196,6 +196,10 @@ static bool valid_instance_rate(const char *s);
 static const struct key KEYS[] = {
   {.name = "broker.url", .type = K_URL, .flags = F_SECRET_URL,
    .def = "amqp://guest:guest@localhost:5672/%2f", .schemes = AMQP_SCHEMES, AT(broker.url)},
+  {.name = "broker.urls", .type = K_STR_LIST, .flags = F_SECRET_URL, .def_list = NO_KEYS,
+   .max_n = 64, .elem_check = cfg_valid_amqp_url,
+   .elem_expect = "an amqp:// or amqps:// URL with a host and an optional port 1-65535",
+   AT(broker.urls), .off_n = offsetof(struct cfg, broker.n_urls)},
   {.name = "broker.heartbeat", .type = K_DURATION, .flags = F_ZERO_OK, .def = "30s",
    .min = MS_SECOND, .max = MS_HOUR, AT(broker.heartbeat_ms)},
   {.name = "broker.connection_name", .type = K_NONEMPTY, .def = "msg", .max = 200,
@@ -290,7 +294,6 @@ static const struct key KEYS[] = {
 static const struct {
   const char *var, *key;
 } ENV_OVERRIDES[] = {
-  {"AMQP_URL", "broker.url"},
   {"EVOLUTION_API_URL", "evolution.url"},
   {"EVOLUTION_API_KEY", "evolution.api_key"},
   {"EVOLUTION_INSTANCE_NAME", "evolution.instance"},
@@ -531,8 +534,61 @@ double cfg_instance_rate(const struct cfg *cfg, const char *instance)
   return cfg->evolution.rate_limit;
 }
 
+bool cfg_valid_amqp_url(const char *s)
+{
+  const char *p, *auth_end, *host, *host_end, *at = NULL;
+  if(!strncasecmp(s, "amqp://", 7))
+    p = s + 7;
+  else if(!strncasecmp(s, "amqps://", 8))
+    p = s + 8;
+  else
+    return false;
+  for(const char *c = s; *c; c++)
+    if((unsigned char)*c <= ' ' || *c == 0x7f || *c == ',')
+      return false;
+  auth_end = p + strcspn(p, "/?#");
+  for(const char *c = p; c < auth_end; c++)
+    if(*c == '@')
+      at = c;
+  host = at ? at + 1 : p;
+  if(*host == '[') {
+    host_end = memchr(host, ']', (size_t)(auth_end - host));
+    if(!host_end || host_end == host + 1)
+      return false;
+    host_end++;
+  }
+  else {
+    host_end = host;
+    while(host_end < auth_end && *host_end != ':')
+      host_end++;
+    if(host_end == host)
+      return false;
+  }
+  if(host_end < auth_end) {
+    /* ":port": digits only, 1-65535 (an empty port means the default, as rabbitmq-c reads it). */
+    unsigned long port = 0;
+    const char *c = host_end + 1;
+    if(*host_end != ':')
+      return false;
+    if(c == auth_end)
+      return true;
+    for(; c < auth_end; c++) {
+      if(*c < '0' || *c > '9')
+        return false;
+      port = port * 10 + (unsigned long)(*c - '0');
+      if(port > 65535)
+        return false;
+    }
+    if(port == 0)
+      return false;
+  }
+  return true;
+}
+
 static bool valid_url(const struct key *k, const char *s)
 {
+  if(k->schemes == AMQP_SCHEMES)
+    return cfg_valid_amqp_url(s);
   for(const char *const *sc = k->schemes; *sc; sc++) {
     size_t n = strlen(*sc);
     if(strncasecmp(s, *sc, n) || !s[n])
@@ -1486,8 +1542,84 @@ fail:
   free(host);
 }
 
+/* $AMQP_URL: one broker URL, or several separated by commas (a cluster); it replaces both
+ * broker.url and broker.urls. */
+static void apply_amqp_url(struct loader *L)
+{
+  const struct key *k = find_key("broker.urls");
+  const char *v = env("AMQP_URL"), *p;
+  struct cfg *c = L->cfg;
+  char **list;
+  size_t n = 1, i = 0;
+  if(!v)
+    return;
+  for(p = v; *p; p++)
+    n += *p == ',';
+  if(n > k->max_n) {
+    env_expected(L, "AMQP_URL", k, v);
+    return;
+  }
+  list = new_list(k, n);
+  if(!list) {
+    L->oom = true;
+    return;
+  }
+  for(p = v;; p++) {
+    size_t len = strcspn(p, ",");
+    const char *b = p, *e = p + len;
+    while(b < e && (*b == ' ' || *b == '\t'))
+      b++;
+    while(e > b && (e[-1] == ' ' || e[-1] == '\t'))
+      e--;
+    if(!(list[i] = strndup(b, (size_t)(e - b)))) {
+      L->oom = true;
+      free_list(k, list, i);
+      return;
+    }
+    if(!cfg_valid_amqp_url(list[i++])) {
+      struct sbuf m = {0};
+      sb_puts(&m, "$AMQP_URL: expected an amqp:// or amqps:// URL, or several separated by "
+                  "commas, got ");
+      sb_shown(&m, k, list[i - 1], strlen(list[i - 1]));
+      add_err(L, LINE_ENV, 0, &m);
+      free_list(k, list, i);
+      return;
+    }
+    p += len;
+    if(!*p)
+      break;
+  }
+  {
+    /* broker.url follows, for whatever reads the single address. */
+    char *first = strdup(list[0]);
+    if(!first) {
+      L->oom = true;
+      free_list(k, list, n);
+      return;
+    }
+    free(c->broker.url);
+    c->broker.url = first;
+  }
+  commit_list(c, k, list, n);
+}
+
+/* Every daemon reads its addresses from broker.urls: a lone broker.url becomes its only entry. */
+static void settle_broker_urls(struct loader *L)
+{
+  struct cfg *c = L->cfg;
+  if(c->broker.n_urls)
+    return;
+  c->broker.urls = calloc(1, sizeof *c->broker.urls);
+  if(!c->broker.urls || !(c->broker.urls[0] = strdup(c->broker.url))) {
+    L->oom = true;
+    return;
+  }
+  c->broker.n_urls = 1;
+}
+
 static void apply_env(struct loader *L)
 {
+  apply_amqp_url(L);
   for(size_t i = 0; i < sizeof(ENV_OVERRIDES) / sizeof(ENV_OVERRIDES[0]); i++) {
     const char *v = env(ENV_OVERRIDES[i].var);
     if(!v)
@@ -1685,6 +1817,8 @@ struct cfg *cfg_load(const char *path, char **errors)
   apply_env(&L);
   if(L.n_errs == 0)
     load_key_file(&L);
+  if(L.n_errs == 0 && !L.oom)
+    settle_broker_urls(&L);
 
 done:
   if(!L.oom && L.n_errs == 0) {

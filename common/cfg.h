@@ -19,6 +19,10 @@ struct cfg {
 
   struct {
     char *url;             /* amqp://user:pass@host:port/vhost or amqps:// */
+    char **urls;           /* n_urls >= 1 addresses of one broker or cluster, tried in turn:
+                              broker.urls when given, else broker.url; $AMQP_URL (one URL or
+                              several separated by commas) wins over both */
+    size_t n_urls;
     uint64_t heartbeat_ms; /* 0 disables; else 1s..1h */
     char *connection_name; /* prefix: "-<role>@<host name>" is appended at connect time */
     struct {
@@ -111,6 +115,10 @@ double cfg_instance_rate(const struct cfg *cfg, const char *instance);
 
 /* 1 when some instance has a send rate (evolution.rate_limit or an entry of rate_limits). */
 int cfg_any_rate_limit(const struct cfg *cfg);
+
+/* true when s is an amqp:// or amqps:// URL with a host and, if any, a port 1-65535 (the
+ * shape rabbitmq-c's amqp_parse_url takes; commas are refused, as they separate URLs). */
+bool cfg_valid_amqp_url(const char *s);
 
 /* Frees everything cfg_load returned. cfg_free(NULL) is a no-op. */
 void cfg_free(struct cfg *cfg);

@@ -86,7 +86,7 @@ static void settle_slot(struct confirms *c, struct slot *s, int ok)
   if(s->state == SLOT_DONE)
     return;
   if(s->state == SLOT_RETURNED)
-    ok = 0;
+    ok = CONFIRM_REFUSED;
   s->state = SLOT_DONE;
   s->owner = NULL;
   c->open--;
@@ -131,7 +131,7 @@ void confirms_mark_returned(struct confirms *c, int (*matches)(void *owner, void
 void confirms_fail_all(struct confirms *c)
 {
   while(c->count) {
-    settle_slot(c, at(c, 0), 0);
+    settle_slot(c, at(c, 0), CONFIRM_LOST);
     pop_done(c);
   }
   c->head = 0;

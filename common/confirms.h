@@ -9,8 +9,14 @@
 
 struct confirms;
 
-/* Called once per settled publish with its owner (may be NULL) and ok = 1 (ack) or 0 (nack or
- * channel lost). */
+/* What became of a publish: the broker took it (ack), refused it (nack, or returned
+ * unroutable: it does not have it), or the channel or connection went first (lost: it may or
+ * may not have it). */
+#define CONFIRM_ACKED 1
+#define CONFIRM_REFUSED 0
+#define CONFIRM_LOST (-1)
+
+/* Called once per settled publish with its owner (may be NULL) and ok = one of CONFIRM_*. */
 typedef void (*confirms_settle_fn)(void *owner, int ok, void *ctx);
 
 /* Creates an empty tracker whose first publish will be sequence 1. NULL when out of memory. */
@@ -31,7 +37,7 @@ void confirms_settle(struct confirms *c, uint64_t tag, int multiple, int ok);
  * outstanding publish whose owner matches(owner, arg). */
 void confirms_mark_returned(struct confirms *c, int (*matches)(void *owner, void *arg), void *arg);
 
-/* Settles everything outstanding with ok = 0 (the channel or connection is gone) and restarts
+/* Settles everything outstanding as CONFIRM_LOST (the channel or connection is gone) and restarts
  * numbering at 1, as a fresh confirm.select does. */
 void confirms_fail_all(struct confirms *c);
 

@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <stdatomic.h>
+
+#include "util.h"
 
 amqp_table_entry_t mq_entry_str(const char *key, const char *value)
 {
@@ -62,15 +65,17 @@ char *mq_reply_text(amqp_rpc_reply_t reply, char *buf, size_t len)
   return buf;
 }
 
-amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int timeout_ms,
-                                   char *err, size_t errlen)
+/* Connects and logs in to one address. */
+static amqp_connection_state_t connect_one(const struct cfg *cfg, const char *address,
+                                           const char *role, int timeout_ms, char *err,
+                                           size_t errlen)
 {
   struct amqp_connection_info info;
-  char *url = strdup(cfg->broker.url);
+  char *url = strdup(address);
   amqp_connection_state_t conn = NULL;
   amqp_socket_t *sock;
   struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-  char host[256] = "unknown", name[512], why[256];
+  char host[256] = "unknown", name[512], product[64], why[256];
   int rc;
   if(!url) {
     snprintf(err, errlen, "out of memory");
@@ -79,7 +84,7 @@ amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int 
   /* amqp_parse_url decodes in place and points into url, so url lives until the end. */
   amqp_default_connection_info(&info);
   if(amqp_parse_url(url, &info) != AMQP_STATUS_OK) {
-    snprintf(err, errlen, "broker.url is not an AMQP URL");
+    snprintf(err, errlen, "a broker URL is not an AMQP URL");
     goto fail;
   }
   conn = amqp_new_connection();
@@ -125,20 +130,26 @@ amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int 
   amqp_set_rpc_timeout(conn, &tv);
   gethostname(host, sizeof host - 1);
   snprintf(name, sizeof name, "%s-%s@%s", cfg->broker.connection_name, role, host);
+  /* The management UI shows product and version beside the connection name. */
+  snprintf(product, sizeof product, "msg-%s", strncmp(role, "api", 3) ? "consumer" : "api");
   {
-    amqp_table_entry_t caps[2] = {mq_entry_bool("connection.blocked", 1),
-                                  mq_entry_bool("consumer_cancel_notify", 1)};
-    amqp_table_entry_t props[2];
+    amqp_table_entry_t caps[3] = {mq_entry_bool("connection.blocked", 1),
+                                  mq_entry_bool("consumer_cancel_notify", 1),
+                                  mq_entry_bool("publisher_confirms", 1)};
+    amqp_table_entry_t props[5];
     amqp_table_t table;
     amqp_rpc_reply_t r;
     /* connection_name belongs at the top level of the client properties, not in the
      * capabilities table: that is where the broker reads it. */
     props[0] = mq_entry_str("connection_name", name);
-    props[1].key = amqp_cstring_bytes("capabilities");
-    props[1].value.kind = AMQP_FIELD_KIND_TABLE;
-    props[1].value.value.table.num_entries = 2;
-    props[1].value.value.table.entries = caps;
-    table.num_entries = 2;
+    props[1] = mq_entry_str("product", product);
+    props[2] = mq_entry_str("version", MSG_VERSION);
+    props[3] = mq_entry_str("platform", "C (rabbitmq-c)");
+    props[4].key = amqp_cstring_bytes("capabilities");
+    props[4].value.kind = AMQP_FIELD_KIND_TABLE;
+    props[4].value.value.table.num_entries = 3;
+    props[4].value.value.table.entries = caps;
+    table.num_entries = 5;
     table.entries = props;
     r = amqp_login_with_properties(conn, info.vhost, 0, AMQP_DEFAULT_FRAME_SIZE,
                                    (int)(cfg->broker.heartbeat_ms / 1000), &table,
@@ -156,6 +167,156 @@ fail:
     amqp_destroy_connection(conn);
   free(url);
   return NULL;
+}
+
+/* A random index below n, so that replicas started together spread over a cluster. */
+static size_t random_index(size_t n)
+{
+  static _Thread_local unsigned seed;
+  if(!seed)
+    seed = (unsigned)util_mono_us() ^ ((unsigned)getpid() << 16) ^ (unsigned)(uintptr_t)&seed;
+  return n > 1 ? (size_t)rand_r(&seed) % n : 0;
+}
+
+amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int timeout_ms,
+                                   char *err, size_t errlen)
+{
+  size_t n = cfg->broker.n_urls, first = random_index(n);
+  for(size_t i = 0; i < n; i++) {
+    amqp_connection_state_t conn =
+      connect_one(cfg, cfg->broker.urls[(first + i) % n], role, timeout_ms, err, errlen);
+    if(conn)
+      return conn;
+  }
+  return NULL;
+}
+
+/* ---- sessions --------------------------------------------------------------------------- */
+
+struct mq_session {
+  const struct cfg *cfg;
+  char role[32];
+  amqp_connection_state_t conn;
+  size_t next;          /* the address to try next */
+  size_t current;       /* the address of the live connection */
+  size_t failed_round;  /* addresses that failed since the last success or pause */
+  int backoff_ms;
+  unsigned generation;
+  char address[256];    /* host:port of the live connection, for logs and /health */
+};
+
+struct mq_session *mq_session_new(const struct cfg *cfg, const char *role)
+{
+  struct mq_session *s = calloc(1, sizeof *s);
+  if(!s)
+    return NULL;
+  s->cfg = cfg;
+  snprintf(s->role, sizeof s->role, "%s", role);
+  s->next = random_index(cfg->broker.n_urls);
+  s->backoff_ms = MQ_BACKOFF_MIN_MS;
+  return s;
+}
+
+void mq_session_free(struct mq_session *s)
+{
+  if(!s)
+    return;
+  mq_session_lost(s);
+  free(s);
+}
+
+/* host:port of a URL without its credentials, for logs. */
+static void url_address(const char *url, char *buf, size_t len)
+{
+  const char *p = strstr(url, "://"), *at, *end;
+  p = p ? p + 3 : url;
+  end = p + strcspn(p, "/?#");
+  at = memchr(p, '@', (size_t)(end - p));
+  while(at && memchr(at + 1, '@', (size_t)(end - at - 1)))
+    at = memchr(at + 1, '@', (size_t)(end - at - 1));
+  if(at)
+    p = at + 1;
+  snprintf(buf, len, "%.*s", (int)(end - p), p);
+}
+
+amqp_connection_state_t mq_session_open(struct mq_session *s, int timeout_ms, char *err,
+                                        size_t errlen)
+{
+  size_t n = s->cfg->broker.n_urls, i = s->next % n;
+  amqp_connection_state_t conn;
+  mq_session_lost(s);
+  s->next = (i + 1) % n;
+  conn = connect_one(s->cfg, s->cfg->broker.urls[i], s->role, timeout_ms, err, errlen);
+  if(!conn) {
+    s->failed_round++;
+    return NULL;
+  }
+  s->conn = conn;
+  s->current = i;
+  s->failed_round = 0;
+  s->backoff_ms = MQ_BACKOFF_MIN_MS;
+  s->generation++;
+  url_address(s->cfg->broker.urls[i], s->address, sizeof s->address);
+  return conn;
+}
+
+int mq_session_retry_delay_ms(struct mq_session *s)
+{
+  int base;
+  /* A failed address is followed at once by the next one; only a whole round of failures
+   * waits, so a dead cluster node costs one connect attempt and a dead cluster is not
+   * hammered. The jitter spreads replicas that lost the same node at the same moment. */
+  if(s->failed_round && s->failed_round < s->cfg->broker.n_urls)
+    return 0;
+  s->failed_round = 0;
+  base = s->backoff_ms;
+  s->backoff_ms = base * 2 > MQ_BACKOFF_MAX_MS ? MQ_BACKOFF_MAX_MS : base * 2;
+  return base / 2 + (int)(random_index((size_t)base / 2 + 1));
+}
+
+void mq_session_lost(struct mq_session *s)
+{
+  if(!s->conn)
+    return;
+  /* After a socket-level error only destroy: close is an RPC that can hang on a dead peer. */
+  amqp_destroy_connection(s->conn);
+  s->conn = NULL;
+  /* The address that just failed is retried last: the next reconnect starts at another. */
+  s->next = (s->current + 1) % s->cfg->broker.n_urls;
+  s->address[0] = '\0';
+}
+
+void mq_session_close(struct mq_session *s)
+{
+  if(!s || !s->conn)
+    return;
+  mq_close(s->conn);
+  s->conn = NULL;
+  s->address[0] = '\0';
+}
+
+amqp_connection_state_t mq_session_conn(const struct mq_session *s)
+{
+  return s->conn;
+}
+
+unsigned mq_session_generation(const struct mq_session *s)
+{
+  return s->generation;
+}
+
+const char *mq_session_address(const struct mq_session *s)
+{
+  return s->address;
+}
+
+void mq_consumer_tag(const char *role, char *buf, size_t len)
+{
+  char host[128] = "unknown";
+  static atomic_uint counter;
+  gethostname(host, sizeof host - 1);
+  snprintf(buf, len, "msg-%s@%s:%ld:%u", role, host, (long)getpid(),
+           atomic_fetch_add(&counter, 1) + 1);
 }
 
 int mq_channel_open(amqp_connection_state_t conn, amqp_channel_t channel, char *err,
@@ -474,4 +635,492 @@ int mq_table_get_int(const amqp_table_t *table, const char *key, int64_t *out)
     return 0;
   default: return -1;
   }
+}
+
+/* ---- confirmed publishing ---------------------------------------------------------------- */
+
+/* Consecutive nacks after which the publish channel is replaced: a quorum queue's client state
+ * lives in the channel, and a channel that learnt of a leader before it moved can be nacked
+ * until that node comes back, while a fresh channel works at once. */
+#define NACK_STREAK_REOPEN 3
+
+struct mq_publisher {
+  struct confirms *confirms;
+  amqp_channel_t numbers[2]; /* the publish channel alternates between these */
+  int current;               /* index of the live one in numbers */
+  int other_closing;         /* the other one waits for its close-ok: not reusable yet */
+  int open;                  /* channel open and in confirm mode on the live connection */
+  int broken;                /* a publish failed: the connection must be dropped */
+  unsigned nack_streak;
+  unsigned long long reopens;
+};
+
+struct mq_publisher *mq_publisher_new(amqp_channel_t a, amqp_channel_t b, confirms_settle_fn fn,
+                                      void *ctx)
+{
+  struct mq_publisher *p = calloc(1, sizeof *p);
+  if(!p || !(p->confirms = confirms_new(fn, ctx))) {
+    free(p);
+    return NULL;
+  }
+  p->numbers[0] = a;
+  p->numbers[1] = b;
+  return p;
+}
+
+void mq_publisher_free(struct mq_publisher *p)
+{
+  if(!p)
+    return;
+  confirms_free(p->confirms);
+  free(p);
+}
+
+static int open_confirm_channel(amqp_connection_state_t conn, amqp_channel_t ch, char *err,
+                                size_t errlen)
+{
+  char why[256];
+  if(mq_channel_open(conn, ch, err, errlen))
+    return -1;
+  if(!amqp_confirm_select(conn, ch)) {
+    snprintf(err, errlen, "confirm.select refused on channel %u: %s", ch,
+             mq_reply_text(amqp_get_rpc_reply(conn), why, sizeof why));
+    return -1;
+  }
+  return 0;
+}
+
+int mq_publisher_start(struct mq_publisher *p, amqp_connection_state_t conn, char *err,
+                       size_t errlen)
+{
+  /* Whatever was in flight belonged to the previous connection. */
+  mq_publisher_lost(p);
+  p->current = 0;
+  p->other_closing = 0;
+  if(open_confirm_channel(conn, p->numbers[0], err, errlen))
+    return -1;
+  p->open = 1;
+  return 0;
+}
+
+void mq_publisher_lost(struct mq_publisher *p)
+{
+  p->open = 0;
+  p->broken = 0;
+  p->nack_streak = 0;
+  confirms_fail_all(p->confirms);
+}
+
+amqp_channel_t mq_publisher_channel(const struct mq_publisher *p)
+{
+  return p->numbers[p->current];
+}
+
+int mq_publisher_publish(struct mq_publisher *p, amqp_connection_state_t conn,
+                         const char *exchange, const char *routing_key, int mandatory,
+                         const amqp_basic_properties_t *props, const void *body, size_t len,
+                         void *owner)
+{
+  amqp_bytes_t b;
+  int rc;
+  if(!conn || !p->open || p->broken)
+    return MQ_PUBLISH_UNTRACKED;
+  if(!confirms_add(p->confirms, owner)) {
+    /* Nothing was sent, but the caller cannot tell the broker so: one rule for every
+     * failure, the connection goes. */
+    p->broken = 1;
+    return MQ_PUBLISH_UNTRACKED;
+  }
+  b.bytes = (void *)body;
+  b.len = len;
+  rc = amqp_basic_publish(conn, mq_publisher_channel(p), amqp_cstring_bytes(exchange),
+                          amqp_cstring_bytes(routing_key), mandatory, 0, props, b);
+  if(rc != AMQP_STATUS_OK) {
+    /* Part of the frames may have gone out: the broker's sequence numbers no longer match
+     * ours. Every publish not yet confirmed, this one included, is settled as lost when the
+     * caller drops the connection; no later confirm can settle a wrong owner. */
+    p->broken = 1;
+    return MQ_PUBLISH_FAILED;
+  }
+  return MQ_PUBLISH_OK;
+}
+
+/* Replaces the live publish channel by the other number: what was in flight on it is settled
+ * as lost (the broker may or may not have it), and frames still coming for the old number are
+ * ignored. Returns 0, or -1 when the connection must be dropped instead. */
+static int replace_channel(struct mq_publisher *p, amqp_connection_state_t conn, char *why,
+                           size_t len)
+{
+  amqp_channel_close_t close;
+  amqp_channel_t old = mq_publisher_channel(p);
+  if(p->other_closing) {
+    snprintf(why, len, "the broker keeps nacking publishes");
+    return -1;
+  }
+  confirms_fail_all(p->confirms);
+  close.reply_code = AMQP_REPLY_SUCCESS;
+  close.reply_text = amqp_cstring_bytes("replaced: publishes kept being nacked");
+  close.class_id = 0;
+  close.method_id = 0;
+  /* No wait for close-ok here: it comes through mq_pump, which notes it. */
+  if(amqp_send_method(conn, old, AMQP_CHANNEL_CLOSE_METHOD, &close) != AMQP_STATUS_OK) {
+    snprintf(why, len, "cannot close a nacking channel");
+    return -1;
+  }
+  p->current = !p->current;
+  p->other_closing = 1;
+  p->nack_streak = 0;
+  p->reopens++;
+  if(open_confirm_channel(conn, mq_publisher_channel(p), why, len)) {
+    p->open = 0;
+    return -1;
+  }
+  return 0;
+}
+
+/* A frame on one of the publisher's channels. Returns 1 when it was the publisher's, 0 when
+ * not, -1 when the connection must be dropped. */
+static int publisher_frame(struct mq_publisher *p, amqp_connection_state_t conn,
+                           const amqp_frame_t *f, char *why, size_t len)
+{
+  amqp_channel_t live = mq_publisher_channel(p), other = p->numbers[!p->current];
+  if(f->channel == other && other != live) {
+    /* The replaced channel: late confirms of settled publishes, then its close-ok. */
+    if(f->payload.method.id == AMQP_CHANNEL_CLOSE_OK_METHOD)
+      p->other_closing = 0;
+    else if(f->payload.method.id == AMQP_CHANNEL_CLOSE_METHOD) {
+      /* Both sides closed at once: answer, and the number is free again. */
+      amqp_channel_close_ok_t ok = {0};
+      amqp_send_method(conn, other, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+      p->other_closing = 0;
+    }
+    return 1;
+  }
+  if(f->channel != live)
+    return 0;
+  switch(f->payload.method.id) {
+  case AMQP_BASIC_ACK_METHOD: {
+    const amqp_basic_ack_t *a = f->payload.method.decoded;
+    p->nack_streak = 0;
+    confirms_settle(p->confirms, a->delivery_tag, a->multiple, CONFIRM_ACKED);
+    return 1;
+  }
+  case AMQP_BASIC_NACK_METHOD: {
+    const amqp_basic_nack_t *n = f->payload.method.decoded;
+    confirms_settle(p->confirms, n->delivery_tag, n->multiple, CONFIRM_REFUSED);
+    if(++p->nack_streak >= NACK_STREAK_REOPEN)
+      return replace_channel(p, conn, why, len) ? -1 : 1;
+    return 1;
+  }
+  default: return 0;
+  }
+}
+
+void mq_publisher_mark_returned(struct mq_publisher *p, int (*matches)(void *owner, void *arg),
+                                void *arg)
+{
+  confirms_mark_returned(p->confirms, matches, arg);
+}
+
+size_t mq_publisher_outstanding(const struct mq_publisher *p)
+{
+  return confirms_outstanding(p->confirms);
+}
+
+int mq_publisher_broken(const struct mq_publisher *p)
+{
+  return p->broken;
+}
+
+unsigned long long mq_publisher_reopens(const struct mq_publisher *p)
+{
+  return p->reopens;
+}
+
+/* ---- the frame reader -------------------------------------------------------------------- */
+
+int mq_pump(amqp_connection_state_t conn, const struct mq_handlers *h, char *why, size_t len)
+{
+  for(;;) {
+    amqp_frame_t f;
+    struct timeval zero = {0, 0};
+    int rc;
+    for(int i = 0; i < 2; i++)
+      if(h->publishers[i] && h->publishers[i]->broken) {
+        snprintf(why, len, "a publish failed");
+        return -1;
+      }
+    memset(&f, 0, sizeof f);
+    rc = amqp_simple_wait_frame_noblock(conn, &f, &zero);
+    if(rc == AMQP_STATUS_TIMEOUT)
+      break;
+    if(rc != AMQP_STATUS_OK) {
+      snprintf(why, len, "%s", amqp_error_string2(rc));
+      return -1;
+    }
+    if(f.frame_type != AMQP_FRAME_METHOD)
+      continue; /* heartbeats, and frames rabbitmq-c queued during an RPC */
+    {
+      int took = 0;
+      for(int i = 0; i < 2 && !took; i++)
+        if(h->publishers[i] && (took = publisher_frame(h->publishers[i], conn, &f, why, len)) < 0)
+          return -1;
+      if(took)
+        continue;
+    }
+    switch(f.payload.method.id) {
+    case AMQP_BASIC_DELIVER_METHOD: {
+      amqp_basic_deliver_t *dl = f.payload.method.decoded;
+      uint64_t tag = dl->delivery_tag;
+      int redelivered = dl->redelivered;
+      amqp_message_t m;
+      memset(&m, 0, sizeof m);
+      if(amqp_read_message(conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
+        snprintf(why, len, "connection lost while reading a delivery");
+        return -1;
+      }
+      if(h->deliver)
+        h->deliver(h->ctx, f.channel, tag, redelivered, &m);
+      amqp_destroy_message(&m);
+      break;
+    }
+    case AMQP_BASIC_RETURN_METHOD: {
+      amqp_message_t m;
+      memset(&m, 0, sizeof m);
+      /* The returned message's header and body follow; they must be read off the wire. */
+      if(amqp_read_message(conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
+        snprintf(why, len, "connection lost while reading a returned message");
+        return -1;
+      }
+      rc = h->returned ? h->returned(h->ctx, f.channel, &m) : 0;
+      amqp_destroy_message(&m);
+      if(rc) {
+        snprintf(why, len, "a publish was returned unroutable");
+        return -1;
+      }
+      break;
+    }
+    case AMQP_BASIC_CANCEL_METHOD:
+      if(!h->cancelled || h->cancelled(h->ctx, f.channel)) {
+        snprintf(why, len, "the broker cancelled a consumer (queue deleted?)");
+        return -1;
+      }
+      break;
+    case AMQP_CHANNEL_CLOSE_METHOD: {
+      amqp_channel_close_t *c = f.payload.method.decoded;
+      snprintf(why, len, "channel %u closed by the broker: %u %.*s", f.channel, c->reply_code,
+               (int)c->reply_text.len, (const char *)c->reply_text.bytes);
+      return -1;
+    }
+    case AMQP_CONNECTION_CLOSE_METHOD: {
+      amqp_connection_close_t *c = f.payload.method.decoded;
+      snprintf(why, len, "connection closed by the broker: %u %.*s", c->reply_code,
+               (int)c->reply_text.len, (const char *)c->reply_text.bytes);
+      return -1;
+    }
+    case AMQP_CONNECTION_BLOCKED_METHOD:
+    case AMQP_CONNECTION_UNBLOCKED_METHOD:
+      if(h->blocked)
+        h->blocked(h->ctx, f.payload.method.id == AMQP_CONNECTION_BLOCKED_METHOD);
+      break;
+    default: break;
+    }
+  }
+  amqp_maybe_release_buffers(conn);
+  return 0;
+}
+
+int mq_pending_input(amqp_connection_state_t conn)
+{
+  /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
+  return amqp_frames_enqueued(conn) || amqp_data_in_buffer(conn);
+}
+
+/* ---- stream following -------------------------------------------------------------------- */
+
+#define MARKER_TYPE "message.marker"
+
+struct mq_stream {
+  const struct cfg *cfg;
+  char role[32];
+  amqp_channel_t channel;
+  uint16_t prefetch;
+  struct mq_publisher *marker_pub;
+  int64_t offset;          /* last offset read: the resume point after a reconnect */
+  uint64_t last_tag, unacked;
+  int caught_up;
+  int marker_state;        /* MARKER_* below */
+  unsigned markers;        /* markers published, part of the next marker's id */
+  char marker_id[200];
+  unsigned long long skipped_markers;
+};
+
+enum { MARKER_NONE, MARKER_SENT, MARKER_CONFIRMED, MARKER_RESEND };
+
+static void on_marker_settled(void *owner, int ok, void *ctx)
+{
+  struct mq_stream *st = ctx;
+  (void)owner;
+  if(st->marker_state != MARKER_SENT)
+    return;
+  /* A refused marker is sent again; a lost one goes with its connection. */
+  st->marker_state = ok == CONFIRM_ACKED ? MARKER_CONFIRMED
+                   : ok == CONFIRM_REFUSED ? MARKER_RESEND : MARKER_NONE;
+}
+
+struct mq_stream *mq_stream_new(const struct cfg *cfg, const char *role, amqp_channel_t channel,
+                                amqp_channel_t marker_a, amqp_channel_t marker_b,
+                                uint16_t prefetch)
+{
+  struct mq_stream *st = calloc(1, sizeof *st);
+  if(!st)
+    return NULL;
+  st->marker_pub = mq_publisher_new(marker_a, marker_b, on_marker_settled, st);
+  if(!st->marker_pub) {
+    free(st);
+    return NULL;
+  }
+  st->cfg = cfg;
+  snprintf(st->role, sizeof st->role, "%s", role);
+  st->channel = channel;
+  st->prefetch = prefetch;
+  st->offset = -1;
+  return st;
+}
+
+void mq_stream_free(struct mq_stream *st)
+{
+  if(!st)
+    return;
+  mq_publisher_free(st->marker_pub);
+  free(st);
+}
+
+static int publish_marker(struct mq_stream *st, amqp_connection_state_t conn)
+{
+  amqp_basic_properties_t p;
+  char host[128] = "unknown", body[300];
+  int n;
+  gethostname(host, sizeof host - 1);
+  snprintf(st->marker_id, sizeof st->marker_id, "marker:%s@%s:%ld:%u:%llx", st->role, host,
+           (long)getpid(), ++st->markers,
+           (unsigned long long)util_mono_us() ^ (unsigned long long)random_index(1u << 30));
+  n = snprintf(body, sizeof body, "{\"v\":1,\"marker\":\"%s\"}", st->marker_id);
+  memset(&p, 0, sizeof p);
+  p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+             AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_TIMESTAMP_FLAG;
+  p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  p.content_type = amqp_cstring_bytes("application/json");
+  p.message_id = amqp_cstring_bytes(st->marker_id);
+  p.type = amqp_cstring_bytes(MARKER_TYPE);
+  p.timestamp = (uint64_t)(util_now_ms() / 1000);
+  st->marker_state = MARKER_SENT;
+  if(mq_publisher_publish(st->marker_pub, conn, "", st->cfg->topology.status_stream, 0, &p, body,
+                          (size_t)n, st) != MQ_PUBLISH_OK) {
+    st->marker_state = MARKER_NONE;
+    return -1;
+  }
+  return 0;
+}
+
+int mq_stream_start(struct mq_stream *st, amqp_connection_state_t conn, char *err, size_t errlen)
+{
+  amqp_table_entry_t arg;
+  amqp_table_t args = {1, &arg};
+  char tag[256];
+  mq_stream_lost(st);
+  if(mq_channel_open(conn, st->channel, err, errlen) ||
+     mq_publisher_start(st->marker_pub, conn, err, errlen))
+    return -1;
+  if(!amqp_basic_qos(conn, st->channel, 0, st->prefetch, 0)) {
+    mq_reply_text(amqp_get_rpc_reply(conn), err, errlen);
+    return -1;
+  }
+  /* At boot replay the whole retention; after a reconnect resume after the last event read,
+   * so nothing is lost and nothing is applied twice. */
+  arg = st->offset < 0 ? mq_entry_str("x-stream-offset", "first")
+                       : mq_entry_i64("x-stream-offset", st->offset + 1);
+  mq_consumer_tag(st->role, tag, sizeof tag);
+  if(!amqp_basic_consume(conn, st->channel, amqp_cstring_bytes(st->cfg->topology.status_stream),
+                         amqp_cstring_bytes(tag), 0, 0, 0, args)) {
+    mq_reply_text(amqp_get_rpc_reply(conn), err, errlen);
+    return -1;
+  }
+  /* Published after the subscription started: reading it back proves that everything
+   * published before the subscription has been read. */
+  if(publish_marker(st, conn)) {
+    snprintf(err, errlen, "cannot publish the catch-up marker");
+    return -1;
+  }
+  return 0;
+}
+
+void mq_stream_lost(struct mq_stream *st)
+{
+  mq_publisher_lost(st->marker_pub);
+  st->caught_up = 0;
+  st->marker_state = MARKER_NONE;
+  st->unacked = 0;
+}
+
+int mq_stream_delivery(struct mq_stream *st, amqp_connection_state_t conn, uint64_t tag,
+                       const amqp_message_t *m)
+{
+  const amqp_basic_properties_t *p = &m->properties;
+  int64_t off;
+  int is_marker;
+  if((p->_flags & AMQP_BASIC_HEADERS_FLAG) &&
+     !mq_table_get_int(&p->headers, "x-stream-offset", &off))
+    st->offset = off;
+  st->last_tag = tag;
+  /* Acks on a stream are credit, not settlement: sent in batches of half the prefetch. */
+  if(++st->unacked >= (uint64_t)(st->prefetch / 2 ? st->prefetch / 2 : 1))
+    mq_stream_flush(st, conn);
+  is_marker = (p->_flags & AMQP_BASIC_TYPE_FLAG) && p->type.len == strlen(MARKER_TYPE) &&
+              !memcmp(p->type.bytes, MARKER_TYPE, p->type.len);
+  if(!is_marker)
+    return MQ_STREAM_EVENT;
+  if(!st->caught_up && (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
+     p->message_id.len == strlen(st->marker_id) &&
+     !memcmp(p->message_id.bytes, st->marker_id, p->message_id.len)) {
+    st->caught_up = 1;
+    return MQ_STREAM_CAUGHT_UP;
+  }
+  st->skipped_markers++;
+  return MQ_STREAM_SKIP;
+}
+
+int mq_stream_tick(struct mq_stream *st, amqp_connection_state_t conn)
+{
+  if(st->unacked)
+    mq_stream_flush(st, conn);
+  if(st->marker_state == MARKER_RESEND && !st->caught_up)
+    return publish_marker(st, conn);
+  return mq_publisher_broken(st->marker_pub) ? -1 : 0;
+}
+
+void mq_stream_flush(struct mq_stream *st, amqp_connection_state_t conn)
+{
+  if(st->unacked && amqp_basic_ack(conn, st->channel, st->last_tag, 1) == AMQP_STATUS_OK)
+    st->unacked = 0;
+}
+
+int mq_stream_caught_up(const struct mq_stream *st)
+{
+  return st->caught_up;
+}
+
+int64_t mq_stream_offset(const struct mq_stream *st)
+{
+  return st->offset;
+}
+
+amqp_channel_t mq_stream_channel(const struct mq_stream *st)
+{
+  return st->channel;
+}
+
+struct mq_publisher *mq_stream_publisher(struct mq_stream *st)
+{
+  return st->marker_pub;
 }

@@ -535,7 +535,8 @@ static void test_secrets_hidden(void)
   setenv("AMQP_URL", "redis://user:envpass@host", 1);
   c = load_fixture("empty.yaml", &e2);
   CHECK(c == NULL);
-  CHECK_STR(e2, "$AMQP_URL: expected an amqp:// or amqps:// URL, got \"redis://<redacted>@host\"\n");
+  CHECK_STR(e2, "$AMQP_URL: expected an amqp:// or amqps:// URL, or several separated by "
+                "commas, got \"redis://<redacted>@host\"\n");
   char *joined = realloc(all, len + strlen(errors) + strlen(e2) + 1);
   CHECK(joined != NULL);
   all = joined;
@@ -689,6 +690,60 @@ out:
   cfg_free(c);
 }
 
+/* broker.urls, its fallback to broker.url, and $AMQP_URL with several URLs. */
+static void test_broker_urls(void)
+{
+  char *errors = NULL;
+  struct cfg *c = NULL;
+  clear_env();
+  c = load_fixture("broker_urls.yaml", &errors);
+  CHECK(c != NULL && errors == NULL);
+  if(!c)
+    goto out;
+  CHECK_INT(c->broker.n_urls, 3);
+  CHECK_STR(c->broker.urls[1], "amqp://guest:guest@[::1]:5673/%2f");
+  drop(&c);
+
+  /* A lone broker.url is the only address. */
+  c = load_fixture("empty.yaml", &errors);
+  CHECK(c != NULL && errors == NULL);
+  if(!c)
+    goto out;
+  CHECK_INT(c->broker.n_urls, 1);
+  CHECK_STR(c->broker.urls[0], "amqp://guest:guest@localhost:5672/%2f");
+  drop(&c);
+
+  /* $AMQP_URL wins over the file, one URL or several (spaces around commas ignored). */
+  setenv("AMQP_URL", "amqp://a:b@n1:5681/%2f, amqp://a:b@n2:5682/%2f,amqp://a:b@n3:5683/%2f", 1);
+  c = load_fixture("broker_urls.yaml", &errors);
+  CHECK(c != NULL && errors == NULL);
+  if(!c)
+    goto out;
+  CHECK_INT(c->broker.n_urls, 3);
+  CHECK_STR(c->broker.urls[0], "amqp://a:b@n1:5681/%2f");
+  CHECK_STR(c->broker.urls[1], "amqp://a:b@n2:5682/%2f");
+  CHECK_STR(c->broker.url, "amqp://a:b@n1:5681/%2f");
+  drop(&c);
+  setenv("AMQP_URL", "amqp://a:b@n1:5681/%2f,", 1);
+  c = load_fixture("empty.yaml", &errors);
+  CHECK(c == NULL);
+  CHECK_STR(errors, "$AMQP_URL: expected an amqp:// or amqps:// URL, or several separated by "
+                    "commas, got \"\"\n");
+  free(errors);
+  errors = NULL;
+  clear_env();
+
+  /* A port that is not one, in either key; the password stays hidden. */
+  expect_errors("bad_broker_urls.yaml",
+                "2:8: broker.url: expected an amqp:// or amqps:// URL, got "
+                "\"amqp://<redacted>@localhost:notaport/x\"\n"
+                "5:7: broker.urls[1]: expected an amqp:// or amqps:// URL with a host and an "
+                "optional port 1-65535, got \"amqp://<redacted>@host-b:99999/%2f\"\n");
+out:
+  drop(&c);
+  free(errors);
+}
+
 int main(int argc, char **argv)
 {
   if(argc > 1)
@@ -715,6 +770,7 @@ int main(int argc, char **argv)
     {"parse_size", test_parse_size},
     {"split_listen", test_split_listen},
     {"key_file", test_key_file},
+    {"broker_urls", test_broker_urls},
   };
   int failed_tests = 0;
   for(size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {

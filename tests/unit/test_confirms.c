@@ -235,7 +235,7 @@ static void test_fail_all(void)
   CHECK_INT(r->owner[3], 4);
   CHECK_INT(r->owner[4], 5);
   for(int i = 1; i < 5; i++)
-    CHECK_INT(r->ok[i], 0);
+    CHECK_INT(r->ok[i], CONFIRM_LOST);
   CHECK_INT(confirms_outstanding(r->c), 0);
   /* Numbering restarts at 1, and the old tags do not confuse the new ones. */
   CHECK_INT(confirms_add(r->c, P(21)), 1);
