@@ -930,6 +930,13 @@ int mq_pump(amqp_connection_state_t conn, const struct mq_handlers *h, char *why
   return 0;
 }
 
+void mq_take_message(amqp_message_t *m, amqp_message_t *out)
+{
+  *out = *m;
+  /* A zeroed message is what amqp_destroy_message leaves alone. */
+  memset(m, 0, sizeof *m);
+}
+
 int mq_pending_input(amqp_connection_state_t conn)
 {
   /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */

@@ -193,8 +193,10 @@ int mq_publisher_broken(const struct mq_publisher *p);
 unsigned long long mq_publisher_reopens(const struct mq_publisher *p); /* channels replaced */
 
 /* ---- the frame reader --------------------------------------------------------------------
- * The one place that reads AMQP frames. Confirms on the publisher's channels go to it; the
- * rest to the handlers (each optional). Messages are borrowed for the call. */
+ * The one place that reads AMQP frames. Confirms on the publishers' channels go to them; the
+ * rest to the handlers (each optional). Messages are borrowed for the call; a deliver handler
+ * may keep one by copying *m and zeroing it (mq_take_message): it then destroys the copy with
+ * amqp_destroy_message. */
 struct mq_handlers {
   void *ctx;
   struct mq_publisher *publishers[2]; /* e.g. the jobs' one and a stream's marker one */
@@ -212,6 +214,9 @@ struct mq_handlers {
  * connection must be dropped (socket error, a channel or the connection closed by the broker,
  * a broken publisher), with the reason in why. */
 int mq_pump(amqp_connection_state_t conn, const struct mq_handlers *h, char *why, size_t len);
+
+/* Moves a delivered message out of mq_pump's hands into *out (see mq_handlers). */
+void mq_take_message(amqp_message_t *m, amqp_message_t *out);
 
 /* 1 when rabbitmq-c holds input already read from the socket (poll would not wake for it). */
 int mq_pending_input(amqp_connection_state_t conn);

@@ -16,17 +16,16 @@
 #include <unistd.h>
 
 #include "callback_url.h"
-#include "confirms.h"
 #include "log.h"
 #include "mq.h"
 #include "sign.h"
 #include "util.h"
 
+/* Callbacks are consumed on channel 1; republishes go out on 2 (3 when 2 is replaced). */
 #define CONSUME_CH 1
-#define PUBLISH_CH 2
+#define PUBLISH_CH_A 2
+#define PUBLISH_CH_B 3
 #define CONNECT_TIMEOUT_MS 5000
-#define BACKOFF_MIN_MS 200
-#define BACKOFF_MAX_MS 10000
 /* After the grace period, republishes already under way get this long to be confirmed. */
 #define SETTLE_EXTRA_MS 3000
 /* Longest wait of one loop turn: how late the worker's draining flag may be noticed. It is
@@ -66,12 +65,13 @@ struct callbacks {
   atomic_int done;            /* the thread has finished */
   pthread_t thread;
   CURLM *multi;
-  amqp_connection_state_t conn;
-  unsigned conn_gen;  /* bumped on every connect */
-  int broken;         /* a republish failed or came back: the loop drops the connection */
+  struct mq_session *session;
+  amqp_connection_state_t conn; /* the session's live connection, NULL when closed */
+  unsigned conn_gen;  /* the session's generation of the live connection */
+  int broken;         /* a republish came back: the loop drops the connection */
   int stopping;       /* draining: no new callbacks are taken */
   amqp_bytes_t consumer_tag;
-  struct confirms *confirms;
+  struct mq_publisher *pub;
   struct callback *transfers;
   long long in_flight;
   char dead_queue[512];
@@ -116,7 +116,7 @@ static void on_settle(void *owner, int ok, void *ctx)
 {
   /* Acked only once the retry or dead queue confirmed the copy; a nack requeues the original,
    * so a callback is never lost between the two. */
-  give_back(ctx, owner, ok);
+  give_back(ctx, owner, ok == CONFIRM_ACKED);
 }
 
 static int dropped_header(amqp_bytes_t key)
@@ -137,10 +137,8 @@ static int republish(struct callbacks *cb, struct callback *c, const char *queue
   int have = (p._flags & AMQP_BASIC_HEADERS_FLAG) ? p.headers.num_entries : 0;
   amqp_table_entry_t *h = malloc(((size_t)have + (size_t)n_extra) * sizeof *h);
   int n = 0, rc;
-  if(!h || !confirms_add(cb->confirms, c)) {
-    free(h);
+  if(!h)
     return -1;
-  }
   for(int i = 0; i < have; i++)
     if(!dropped_header(p.headers.entries[i].key))
       h[n++] = p.headers.entries[i];
@@ -153,15 +151,14 @@ static int republish(struct callbacks *cb, struct callback *c, const char *queue
   p.headers.num_entries = n;
   p.headers.entries = h;
   /* Mandatory: a queue deleted under us comes back as basic.return instead of vanishing. */
-  rc = amqp_basic_publish(cb->conn, PUBLISH_CH, amqp_empty_bytes, amqp_cstring_bytes(queue), 1,
-                          0, &p, c->msg.body);
+  rc = mq_publisher_publish(cb->pub, cb->conn, "", queue, 1, &p, c->msg.body.bytes,
+                            c->msg.body.len, c);
   free(h);
-  if(rc != AMQP_STATUS_OK) {
-    /* Tracked already: dropping the connection settles it (requeued by the broker). */
-    log_event(CFG_LOG_WARN, "callbacks: publish failed", "reason", amqp_error_string2(rc), NULL);
-    cb->broken = 1;
-  }
-  return 0;
+  if(rc != MQ_PUBLISH_OK)
+    /* The loop drops the connection: a tracked copy is settled as lost, and the broker
+     * requeues the original. */
+    log_event(CFG_LOG_WARN, "callbacks: publish failed: dropping the broker connection", NULL);
+  return rc == MQ_PUBLISH_UNTRACKED ? -1 : 0;
 }
 
 /* Parks a callback in the dead queue with why; acked once that is confirmed. */
@@ -383,21 +380,24 @@ static int take_event_id(const amqp_basic_properties_t *p, char *out)
   return 0;
 }
 
-/* Takes one delivery; `m` is owned by the callback afterwards. */
-static void on_delivery(struct callbacks *cb, uint64_t tag, amqp_message_t *m)
+/* Takes one delivery; `m` is taken by the callback (mq_take_message). */
+static void on_delivery(void *ctx, amqp_channel_t ch, uint64_t tag, int redelivered,
+                        amqp_message_t *m)
 {
+  struct callbacks *cb = ctx;
   const struct cfg *cfg = cb->cfg;
   struct callback *c = calloc(1, sizeof *c);
   const amqp_basic_properties_t *p;
   char err[256];
   int64_t attempt = 1;
   int rc;
+  (void)ch;
+  (void)redelivered;
   if(!c) {
-    amqp_destroy_message(m);
     amqp_basic_nack(cb->conn, CONSUME_CH, tag, 0, 1);
     return;
   }
-  c->msg = *m;
+  mq_take_message(m, &c->msg);
   c->tag = tag;
   c->conn_gen = cb->conn_gen;
   set_in_flight(cb, 1);
@@ -437,77 +437,33 @@ static void on_delivery(struct callbacks *cb, uint64_t tag, amqp_message_t *m)
   }
 }
 
+static int on_returned(void *ctx, amqp_channel_t ch, amqp_message_t *m)
+{
+  (void)ctx;
+  (void)ch;
+  (void)m;
+  /* A queue we declared is gone. Rebuilding the connection declares it again, and every
+   * callback not yet acked comes back: none is acked on an unroutable copy. */
+  log_event(CFG_LOG_ERROR, "callbacks: a republish was unroutable; declaring the queues again",
+            NULL);
+  return -1;
+}
+
 /* Reads every frame available without blocking. Returns 0, or -1 when the connection is gone
  * or must be rebuilt. */
 static int drain_frames(struct callbacks *cb)
 {
-  for(;;) {
-    amqp_frame_t f;
-    struct timeval zero = {0, 0};
-    int rc;
-    memset(&f, 0, sizeof f);
-    rc = amqp_simple_wait_frame_noblock(cb->conn, &f, &zero);
-    if(rc == AMQP_STATUS_TIMEOUT)
-      break;
-    if(rc != AMQP_STATUS_OK) {
-      log_event(CFG_LOG_WARN, "callbacks: broker connection lost", "reason",
-                amqp_error_string2(rc), NULL);
-      return -1;
-    }
-    if(f.frame_type != AMQP_FRAME_METHOD)
-      continue; /* heartbeats queued by a publish (research §1.6) */
-    switch(f.payload.method.id) {
-    case AMQP_BASIC_DELIVER_METHOD: {
-      uint64_t tag = ((amqp_basic_deliver_t *)f.payload.method.decoded)->delivery_tag;
-      amqp_message_t m;
-      memset(&m, 0, sizeof m);
-      if(amqp_read_message(cb->conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
-        log_event(CFG_LOG_WARN, "callbacks: connection lost while reading a delivery", NULL);
-        return -1;
-      }
-      on_delivery(cb, tag, &m);
-      break;
-    }
-    case AMQP_BASIC_ACK_METHOD: {
-      amqp_basic_ack_t *a = f.payload.method.decoded;
-      confirms_settle(cb->confirms, a->delivery_tag, a->multiple, 1);
-      break;
-    }
-    case AMQP_BASIC_NACK_METHOD: {
-      amqp_basic_nack_t *n = f.payload.method.decoded;
-      confirms_settle(cb->confirms, n->delivery_tag, n->multiple, 0);
-      break;
-    }
-    case AMQP_BASIC_RETURN_METHOD: {
-      amqp_message_t m;
-      memset(&m, 0, sizeof m);
-      if(amqp_read_message(cb->conn, f.channel, &m, 0).reply_type == AMQP_RESPONSE_NORMAL)
-        amqp_destroy_message(&m);
-      /* A queue we declared is gone. Rebuilding the connection declares it again, and every
-       * callback not yet acked comes back: none is acked on an unroutable copy. */
-      log_event(CFG_LOG_ERROR, "callbacks: a republish was unroutable; declaring the queues again",
-                NULL);
-      return -1;
-    }
-    case AMQP_BASIC_CANCEL_METHOD:
-      log_event(CFG_LOG_WARN, "callbacks: the broker cancelled our consumer (queue deleted?)",
-                NULL);
-      return -1;
-    case AMQP_CHANNEL_CLOSE_METHOD: {
-      amqp_channel_close_t *close = f.payload.method.decoded;
-      char why[300];
-      snprintf(why, sizeof why, "%u %.*s", close->reply_code, (int)close->reply_text.len,
-               (const char *)close->reply_text.bytes);
-      log_event(CFG_LOG_ERROR, "callbacks: channel closed by the broker", "reason", why, NULL);
-      return -1;
-    }
-    case AMQP_CONNECTION_CLOSE_METHOD:
-      log_event(CFG_LOG_WARN, "callbacks: connection closed by the broker", NULL);
-      return -1;
-    default: break;
-    }
+  struct mq_handlers h;
+  char why[512];
+  memset(&h, 0, sizeof h);
+  h.ctx = cb;
+  h.publishers[0] = cb->pub;
+  h.deliver = on_delivery;
+  h.returned = on_returned;
+  if(mq_pump(cb->conn, &h, why, sizeof why)) {
+    log_event(CFG_LOG_WARN, "callbacks: broker connection lost", "reason", why, NULL);
+    return -1;
   }
-  amqp_maybe_release_buffers(cb->conn);
   return 0;
 }
 
@@ -516,38 +472,39 @@ static int drain_frames(struct callbacks *cb)
 static int connect_broker(struct callbacks *cb)
 {
   const struct cfg *cfg = cb->cfg;
-  char err[512];
+  char err[512], tag[256];
   amqp_basic_consume_ok_t *ok;
-  amqp_connection_state_t conn = mq_connect(cfg, "callbacks", CONNECT_TIMEOUT_MS, err, sizeof err);
+  amqp_connection_state_t conn = mq_session_open(cb->session, CONNECT_TIMEOUT_MS, err, sizeof err);
   if(!conn) {
     log_event(CFG_LOG_WARN, "callbacks: cannot connect to the broker", "reason", err, NULL);
     return -1;
   }
   if(mq_channel_open(conn, CONSUME_CH, err, sizeof err) ||
-     mq_channel_open(conn, PUBLISH_CH, err, sizeof err) ||
-     mq_declare_callback_topology(conn, PUBLISH_CH, cfg, err, sizeof err))
+     mq_declare_callback_topology(conn, CONSUME_CH, cfg, err, sizeof err) ||
+     mq_publisher_start(cb->pub, conn, err, sizeof err))
     goto fail;
   /* Quorum queues refuse a global prefetch; this one bounds the requests in flight. */
-  if(!amqp_confirm_select(conn, PUBLISH_CH) ||
-     !amqp_basic_qos(conn, CONSUME_CH, 0, (uint16_t)cfg->callbacks.concurrency, 0)) {
+  if(!amqp_basic_qos(conn, CONSUME_CH, 0, (uint16_t)cfg->callbacks.concurrency, 0)) {
     mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
     goto fail;
   }
+  mq_consumer_tag("callbacks", tag, sizeof tag);
   ok = amqp_basic_consume(conn, CONSUME_CH, amqp_cstring_bytes(cfg->topology.callback_queue),
-                          amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+                          amqp_cstring_bytes(tag), 0, 0, 0, amqp_empty_table);
   if(!ok) {
     mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
     goto fail;
   }
   cb->consumer_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
   cb->conn = conn;
-  cb->conn_gen++;
+  cb->conn_gen = mq_session_generation(cb->session);
   atomic_store(&cb->stats->connected, 1);
   log_event(CFG_LOG_INFO, "callbacks: consuming", "queue", cfg->topology.callback_queue, NULL);
   return 0;
 fail:
   log_event(CFG_LOG_ERROR, "callbacks: cannot set up the broker", "reason", err, NULL);
-  amqp_destroy_connection(conn);
+  mq_session_lost(cb->session);
+  mq_publisher_lost(cb->pub);
   return -1;
 }
 
@@ -555,13 +512,13 @@ fail:
 static void drop_connection(struct callbacks *cb)
 {
   atomic_store(&cb->stats->connected, 0);
-  amqp_destroy_connection(cb->conn);
+  mq_session_lost(cb->session);
   cb->conn = NULL;
   cb->broken = 0;
   amqp_bytes_free(cb->consumer_tag);
   cb->consumer_tag = amqp_empty_bytes;
   abort_transfers(cb);
-  confirms_fail_all(cb->confirms);
+  mq_publisher_lost(cb->pub);
 }
 
 static void cancel_consumer(struct callbacks *cb)
@@ -579,7 +536,7 @@ static void *run(void *arg)
 {
   struct callbacks *cb = arg;
   const struct cfg *cfg = cb->cfg;
-  int backoff = BACKOFF_MIN_MS, stop = RUN;
+  int stop = RUN;
   int64_t retry_at = 0, grace_deadline = 0, settle_deadline = 0;
   for(;;) {
     struct curl_waitfd wait;
@@ -609,18 +566,16 @@ static void *run(void *arg)
     }
 
     if(!cb->conn && !cb->stopping && now >= retry_at) {
-      if(connect_broker(cb)) {
-        retry_at = now + backoff / 2 + (int)(random() % (backoff / 2 + 1));
-        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-      }
-      else
-        backoff = BACKOFF_MIN_MS;
+      if(connect_broker(cb))
+        retry_at = now + mq_session_retry_delay_ms(cb->session);
     }
-    if(cb->conn && (drain_frames(cb) || cb->broken))
+    if(cb->conn && (drain_frames(cb) || cb->broken || mq_publisher_broken(cb->pub))) {
       drop_connection(cb);
+      retry_at = 0; /* the next address at once */
+    }
     if(cb->conn) {
       /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
-      if(amqp_frames_enqueued(cb->conn) || amqp_data_in_buffer(cb->conn))
+      if(mq_pending_input(cb->conn))
         timeout = 0;
       wait.fd = amqp_get_sockfd(cb->conn);
       wait.events = CURL_WAIT_POLLIN;
@@ -632,19 +587,19 @@ static void *run(void *arg)
     if(cb->stopping && timeout > 50)
       timeout = 50;
     run_transfers(cb, &wait, n_waits, timeout);
-    if(cb->conn && cb->broken)
+    if(cb->conn && (cb->broken || mq_publisher_broken(cb->pub)))
       drop_connection(cb);
   }
   /* Whatever is left goes back to the queue: nacked here, or requeued by the broker when the
    * connection closes. */
   abort_transfers(cb);
-  confirms_fail_all(cb->confirms);
+  mq_publisher_lost(cb->pub);
   if(cb->conn) {
     atomic_store(&cb->stats->connected, 0);
     if(stop == STOP_NOW)
-      amqp_destroy_connection(cb->conn);
+      mq_session_lost(cb->session);
     else
-      mq_close(cb->conn);
+      mq_session_close(cb->session);
     cb->conn = NULL;
   }
   amqp_bytes_free(cb->consumer_tag);
@@ -670,8 +625,9 @@ struct callbacks *callbacks_start(const struct cfg *cfg, struct callbacks_stats 
   cb->consumer_tag = amqp_empty_bytes;
   mq_callback_dead_queue_name(cfg, cb->dead_queue, sizeof cb->dead_queue);
   cb->multi = curl_multi_init();
-  cb->confirms = confirms_new(on_settle, cb);
-  if(!cb->multi || !cb->confirms) {
+  cb->session = mq_session_new(cfg, "callbacks");
+  cb->pub = mq_publisher_new(PUBLISH_CH_A, PUBLISH_CH_B, on_settle, cb);
+  if(!cb->multi || !cb->session || !cb->pub) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
@@ -686,7 +642,8 @@ struct callbacks *callbacks_start(const struct cfg *cfg, struct callbacks_stats 
 fail:
   if(cb->multi)
     curl_multi_cleanup(cb->multi);
-  confirms_free(cb->confirms);
+  mq_publisher_free(cb->pub);
+  mq_session_free(cb->session);
   free(cb);
   return NULL;
 }
@@ -715,7 +672,8 @@ int callbacks_stop(struct callbacks *cb, int now, int stop_fd)
   }
   pthread_join(cb->thread, NULL);
   curl_multi_cleanup(cb->multi);
-  confirms_free(cb->confirms);
+  mq_publisher_free(cb->pub);
+  mq_session_free(cb->session);
   free(cb);
   return cut;
 }

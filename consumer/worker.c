@@ -13,7 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "confirms.h"
 #include "evo.h"
 #include "idset.h"
 #include "job.h"
@@ -23,22 +22,25 @@
 #include "status.h"
 #include "util.h"
 
+/* Channels: jobs are consumed on 1 (which also declares the topology), the status stream on 2,
+ * publishes go out on 3 (4 when 3 is replaced, see mq_publisher), the stream's catch-up markers
+ * on 5 (or 6). */
 #define CONSUME_CH 1
-#define PUBLISH_CH 2
-#define STATUS_CH 3
+#define STATUS_CH 2
+#define PUBLISH_CH_A 3
+#define PUBLISH_CH_B 4
+#define MARKER_CH_A 5
+#define MARKER_CH_B 6
 /* Each lane of a rate-limited instance (lanes.h) gets a channel of its own from here on: it is
  * declared and consumed on a channel nothing else uses yet, so no delivery can interleave with
  * those RPCs, and its prefetch is its own. */
-#define LANE_CH_BASE 4
+#define LANE_CH_BASE 7
 /* A lane's prefetch is about this many seconds of its sends, plus its burst: no job waits here
  * unacked for its token much longer than that. */
 #define LANE_HOLD_SECONDS 2
 /* The status stream is read so that a redelivered job whose task already reached SUCCESS is
- * acked without a second send. Acks on a stream are credit: sent in batches. */
+ * acked without a second send (credit is given in batches of half of this). */
 #define STATUS_PREFETCH 2000
-#define STATUS_ACK_EVERY 500
-/* No status event for this long after subscribing means the backlog has been replayed. */
-#define STATUS_CAUGHT_UP_IDLE_MS 250
 /* Status events published together in one stream message (one publish, one confirm). */
 #define STATUS_BATCH_MAX 256
 /* Confirm owners are deliveries, or status batches tagged with this low bit. */
@@ -48,8 +50,6 @@
 /* Task ids remembered as sent (16 bytes each, plus table overhead: 48 MiB at most). */
 #define SENT_MEMORY 1000000
 #define CONNECT_TIMEOUT_MS 5000
-#define BACKOFF_MIN_MS 200
-#define BACKOFF_MAX_MS 10000
 /* After the grace period, publishes already under way get this long to be confirmed. */
 #define SETTLE_EXTRA_MS 3000
 
@@ -84,20 +84,18 @@ struct status_batch {
 struct worker {
   const struct cfg *cfg;
   struct worker_state *state;
-  amqp_connection_state_t conn;
+  struct mq_session *session;
+  amqp_connection_state_t conn; /* the session's live connection, NULL when closed */
   amqp_bytes_t consumer_tag;
-  struct confirms *confirms;
+  struct mq_publisher *pub;
   struct evo_client *evo;
   long long in_flight;
 
   /* The status stream, followed on STATUS_CH (see STATUS_PREFETCH). */
+  struct mq_stream *stream;
   struct idset *sent;          /* tasks known to have reached SUCCESS */
   struct idset *cancelled;     /* tasks cancelled before sending (DELETE /tasks/{id}) */
-  int64_t stream_offset;       /* last offset read, the resume point after a reconnect */
-  int64_t stream_subscribed_at;/* wall clock at subscribe: later events mean caught up */
-  int64_t stream_last_ms;      /* monotonic time of the last stream delivery */
-  uint64_t stream_last_tag, stream_unacked;
-  int stream_caught_up;
+  int64_t stream_subscribed_ms;/* monotonic, for the caught-up log line */
   int consuming_jobs;
   int crash_before_ack;        /* fault injection for tests: MSG_FAILPOINT=crash_before_ack */
   int draining;                /* a stop signal arrived: take nothing new */
@@ -148,17 +146,14 @@ static int publish(struct worker *w, struct delivery *owner, const char *exchang
                    const char *key, int mandatory, amqp_basic_properties_t *p, const char *body,
                    size_t len)
 {
-  amqp_bytes_t b;
-  int rc;
-  if(!w->conn || !confirms_add(w->confirms, owner))
-    return -1;
-  owner->pending++;
-  b.bytes = (void *)body;
-  b.len = len;
-  rc = amqp_basic_publish(w->conn, PUBLISH_CH, amqp_cstring_bytes(exchange),
-                          amqp_cstring_bytes(key), mandatory, 0, p, b);
-  if(rc != AMQP_STATUS_OK) {
-    log_event(CFG_LOG_WARN, "publish failed", "reason", amqp_error_string2(rc), NULL);
+  int rc = mq_publisher_publish(w->pub, w->conn, exchange, key, mandatory, p, body, len, owner);
+  /* A failed publish breaks the publisher: the loop drops the connection, which settles every
+   * tracked owner as lost, and the broker requeues what was not acked (an untracked owner
+   * too: it is neither acked nor nacked here, and the broker gives it back). */
+  if(rc != MQ_PUBLISH_UNTRACKED)
+    owner->pending++;
+  if(rc != MQ_PUBLISH_OK) {
+    log_event(CFG_LOG_WARN, "publish failed: dropping the broker connection", NULL);
     return -1;
   }
   return 0;
@@ -260,8 +255,7 @@ static int flush_status(struct worker *w)
     free(b);
     b = NULL;
   }
-  if(!b || !confirms_add(w->confirms, (void *)((uintptr_t)b | BATCH_BIT))) {
-    free(b);
+  if(!b) {
     free(joined);
     goto fail;
   }
@@ -275,21 +269,26 @@ static int flush_status(struct worker *w)
   p.timestamp = (uint64_t)(util_now_ms() / 1000);
   p.app_id = amqp_cstring_bytes("msg-consumer");
   p.type = amqp_cstring_bytes("message.status");
-  rc = amqp_basic_publish(w->conn, PUBLISH_CH, amqp_empty_bytes,
-                          amqp_cstring_bytes(w->cfg->topology.status_stream), 0, 0, &p,
-                          (amqp_bytes_t){joined ? len : w->ev_lens[0],
-                                         joined ? joined : w->ev_bodies[0]});
+  rc = mq_publisher_publish(w->pub, w->conn, "", w->cfg->topology.status_stream, 0, &p,
+                            joined ? joined : w->ev_bodies[0], joined ? len : w->ev_lens[0],
+                            (void *)((uintptr_t)b | BATCH_BIT));
   free(joined);
+  if(rc == MQ_PUBLISH_UNTRACKED) {
+    free(b);
+    goto fail;
+  }
   for(size_t i = 0; i < w->ev_n; i++)
     free(w->ev_bodies[i]);
   /* The owners now belong to the batch: its confirm (or confirms_fail_all) settles them. */
   w->ev_n = 0;
-  if(rc != AMQP_STATUS_OK) {
-    log_event(CFG_LOG_WARN, "publish failed", "reason", amqp_error_string2(rc), NULL);
+  if(rc != MQ_PUBLISH_OK) {
+    log_event(CFG_LOG_WARN, "publish failed: dropping the broker connection", NULL);
     return -1;
   }
   return 0;
 fail:
+  /* The queued events' owners are settled as failed now; their deliveries are requeued by the
+   * broker when the loop drops the (now broken or closed) connection. */
   drop_status(w);
   return -1;
 }
@@ -488,7 +487,7 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
 /* All of a delivery's publishes are settled: ack it, or requeue it when one failed. */
 static void settle_delivery(struct worker *w, struct delivery *d, int ok)
 {
-  if(!ok)
+  if(ok != CONFIRM_ACKED)
     d->failed = 1;
   if(--d->pending)
     return;
@@ -687,13 +686,15 @@ static int open_lane(struct worker *w, struct lane *l)
   uint16_t prefetch = per_hold > w->cfg->consumer.prefetch ? (uint16_t)w->cfg->consumer.prefetch
                                                             : (uint16_t)per_hold;
   amqp_basic_consume_ok_t *ok;
+  char tag[256];
   mq_lane_queue_name(w->cfg, l->instance, name, sizeof name);
+  mq_consumer_tag("consumer-lane", tag, sizeof tag);
   if(mq_channel_open(w->conn, ch, err, sizeof err) ||
      mq_declare_lane(w->conn, ch, w->cfg, l->instance, err, sizeof err))
     goto fail;
   if(!amqp_basic_qos(w->conn, ch, 0, prefetch ? prefetch : 1, 0) ||
-     !(ok = amqp_basic_consume(w->conn, ch, amqp_cstring_bytes(name), amqp_empty_bytes, 0, 0, 0,
-                               amqp_empty_table))) {
+     !(ok = amqp_basic_consume(w->conn, ch, amqp_cstring_bytes(name), amqp_cstring_bytes(tag), 0,
+                               0, 0, amqp_empty_table))) {
     mq_reply_text(amqp_get_rpc_reply(w->conn), err, sizeof err);
     goto fail;
   }
@@ -875,28 +876,34 @@ static void note_status_event(const struct status_event *ev, void *arg)
     /* Every consumer learns every limited instance from its accepted jobs and consumes its
      * lane too: if the active one dies, the broker hands the lane to another. */
     lanes_get(w->lanes, ev->instance, util_mono_us());
-  /* Under steady traffic the stream is never idle: an event newer than the subscription
-   * proves the backlog is behind us. */
-  if(!w->stream_caught_up && ev->at_ms >= w->stream_subscribed_at)
-    w->stream_caught_up = 1;
 }
 
-/* One message of the status stream: remember SUCCESS tasks, track the offset, give credit. */
-static void on_status_event(struct worker *w, uint64_t tag, amqp_message_t *m)
+/* One message of the status stream: remember SUCCESS and CANCELLED tasks; our own marker
+ * says the backlog is read. */
+static void on_status_message(struct worker *w, uint64_t tag, amqp_message_t *m)
 {
   char err[128];
-  int64_t off;
-  if((m->properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
-     !mq_table_get_int(&m->properties.headers, "x-stream-offset", &off))
-    w->stream_offset = off;
-  w->stream_last_ms = util_mono_ms();
+  int what = mq_stream_delivery(w->stream, w->conn, tag, m);
+  if(what == MQ_STREAM_CAUGHT_UP) {
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", (double)(util_mono_ms() - w->stream_subscribed_ms) / 1e3);
+    log_event(CFG_LOG_INFO, "status stream caught up", "seconds", secs, NULL);
+    return;
+  }
+  if(what != MQ_STREAM_EVENT)
+    return;
   /* Bad events are the api's to report; here they are only not remembered. */
   status_message_decode(m->body.bytes, m->body.len, note_status_event, w, err, sizeof err);
-  w->stream_last_tag = tag;
-  if(++w->stream_unacked >= STATUS_ACK_EVERY) {
-    amqp_basic_ack(w->conn, STATUS_CH, tag, 1);
-    w->stream_unacked = 0;
-  }
+}
+
+static void on_delivery(void *ctx, amqp_channel_t ch, uint64_t tag, int redelivered,
+                        amqp_message_t *m)
+{
+  struct worker *w = ctx;
+  if(ch == STATUS_CH)
+    on_status_message(w, tag, m);
+  else
+    start_delivery(w, ch, tag, m, redelivered);
 }
 
 static int match_ref(void *owner, void *ref)
@@ -907,92 +914,53 @@ static int match_ref(void *owner, void *ref)
   return !strcmp(((struct delivery *)owner)->ref, ref);
 }
 
+static int on_returned(void *ctx, amqp_channel_t ch, amqp_message_t *m)
+{
+  struct worker *w = ctx;
+  char ref[64] = "";
+  (void)ch;
+  if((m->properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) &&
+     m->properties.correlation_id.len < sizeof ref) {
+    memcpy(ref, m->properties.correlation_id.bytes, m->properties.correlation_id.len);
+    ref[m->properties.correlation_id.len] = '\0';
+  }
+  log_event(CFG_LOG_ERROR, "publish returned unroutable: is the topology declared?", "ref", ref,
+            NULL);
+  mq_publisher_mark_returned(w->pub, match_ref, ref);
+  return 0;
+}
+
+static void on_blocked(void *ctx, int blocked)
+{
+  (void)ctx;
+  if(blocked)
+    log_event(CFG_LOG_WARN, "broker blocked publishing (memory or disk alarm)", NULL);
+  else
+    log_event(CFG_LOG_INFO, "broker unblocked publishing", NULL);
+}
+
 /* Reads every frame available without blocking. Returns 0, or -1 when the connection is gone. */
 static int drain_frames(struct worker *w)
 {
-  for(;;) {
-    amqp_frame_t f;
-    struct timeval zero = {0, 0};
-    int rc;
-    memset(&f, 0, sizeof f);
-    rc = amqp_simple_wait_frame_noblock(w->conn, &f, &zero);
-    if(rc == AMQP_STATUS_TIMEOUT)
-      break;
-    if(rc != AMQP_STATUS_OK) {
-      log_event(CFG_LOG_WARN, "broker connection lost", "reason", amqp_error_string2(rc), NULL);
-      return -1;
-    }
-    if(f.frame_type != AMQP_FRAME_METHOD)
-      continue;
-    switch(f.payload.method.id) {
-    case AMQP_BASIC_DELIVER_METHOD: {
-      amqp_basic_deliver_t *dl = f.payload.method.decoded;
-      uint64_t tag = dl->delivery_tag;
-      int redelivered = dl->redelivered;
-      amqp_message_t m;
-      memset(&m, 0, sizeof m);
-      if(amqp_read_message(w->conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
-        log_event(CFG_LOG_WARN, "broker connection lost while reading a delivery", NULL);
-        return -1;
-      }
-      if(f.channel == STATUS_CH)
-        on_status_event(w, tag, &m);
-      else
-        start_delivery(w, f.channel, tag, &m, redelivered);
-      amqp_destroy_message(&m);
-      break;
-    }
-    case AMQP_BASIC_ACK_METHOD: {
-      amqp_basic_ack_t *a = f.payload.method.decoded;
-      confirms_settle(w->confirms, a->delivery_tag, a->multiple, 1);
-      break;
-    }
-    case AMQP_BASIC_NACK_METHOD: {
-      amqp_basic_nack_t *n = f.payload.method.decoded;
-      confirms_settle(w->confirms, n->delivery_tag, n->multiple, 0);
-      break;
-    }
-    case AMQP_BASIC_RETURN_METHOD: {
-      amqp_message_t m;
-      char ref[64] = "";
-      memset(&m, 0, sizeof m);
-      if(amqp_read_message(w->conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL)
-        return -1;
-      if((m.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) &&
-         m.properties.correlation_id.len < sizeof ref) {
-        memcpy(ref, m.properties.correlation_id.bytes, m.properties.correlation_id.len);
-        ref[m.properties.correlation_id.len] = '\0';
-      }
-      amqp_destroy_message(&m);
-      log_event(CFG_LOG_ERROR, "publish returned unroutable: is the topology declared?", "ref",
-                ref, NULL);
-      confirms_mark_returned(w->confirms, match_ref, ref);
-      break;
-    }
-    case AMQP_BASIC_CANCEL_METHOD:
-      log_event(CFG_LOG_WARN, "the broker cancelled our consumer (queue deleted?)", NULL);
-      return -1;
-    case AMQP_CHANNEL_CLOSE_METHOD: {
-      amqp_channel_close_t *c = f.payload.method.decoded;
-      char why[300];
-      snprintf(why, sizeof why, "%u %.*s", c->reply_code, (int)c->reply_text.len,
-               (const char *)c->reply_text.bytes);
-      log_event(CFG_LOG_ERROR, "channel closed by the broker", "reason", why, NULL);
-      return -1;
-    }
-    case AMQP_CONNECTION_CLOSE_METHOD:
-      log_event(CFG_LOG_WARN, "connection closed by the broker", NULL);
-      return -1;
-    case AMQP_CONNECTION_BLOCKED_METHOD:
-      log_event(CFG_LOG_WARN, "broker blocked publishing (memory or disk alarm)", NULL);
-      break;
-    case AMQP_CONNECTION_UNBLOCKED_METHOD:
-      log_event(CFG_LOG_INFO, "broker unblocked publishing", NULL);
-      break;
-    default: break;
-    }
+  struct mq_handlers h;
+  char why[512];
+  unsigned long long reopens = mq_publisher_reopens(w->pub);
+  memset(&h, 0, sizeof h);
+  h.ctx = w;
+  h.publishers[0] = w->pub;
+  h.publishers[1] = mq_stream_publisher(w->stream);
+  h.deliver = on_delivery;
+  h.returned = on_returned;
+  h.blocked = on_blocked;
+  /* No cancelled handler: a consumer the broker cancelled (its queue deleted, or a quorum
+   * queue whose members moved) is set up again with the connection. */
+  if(mq_pump(w->conn, &h, why, sizeof why) || mq_stream_tick(w->stream, w->conn)) {
+    log_event(CFG_LOG_WARN, "broker connection lost", "reason", why, NULL);
+    return -1;
   }
-  amqp_maybe_release_buffers(w->conn);
+  if(mq_publisher_reopens(w->pub) != reopens)
+    log_event(CFG_LOG_WARN, "the broker kept nacking publishes: publishing on a fresh channel",
+              "broker", mq_session_address(w->session), NULL);
   return 0;
 }
 
@@ -1001,48 +969,31 @@ static int drain_frames(struct worker *w)
 static int connect_broker(struct worker *w)
 {
   char err[512];
-  amqp_connection_state_t conn = mq_connect(w->cfg, "consumer", CONNECT_TIMEOUT_MS, err, sizeof err);
+  amqp_connection_state_t conn = mq_session_open(w->session, CONNECT_TIMEOUT_MS, err, sizeof err);
   if(!conn) {
     log_event(CFG_LOG_WARN, "cannot connect to the broker", "reason", err, NULL);
     return -1;
   }
   if(mq_channel_open(conn, CONSUME_CH, err, sizeof err) ||
-     mq_channel_open(conn, PUBLISH_CH, err, sizeof err) ||
-     mq_declare_topology(conn, PUBLISH_CH, w->cfg, err, sizeof err) ||
+     mq_declare_topology(conn, CONSUME_CH, w->cfg, err, sizeof err) ||
      (w->cfg->callbacks.secret[0] &&
-      mq_declare_callback_topology(conn, PUBLISH_CH, w->cfg, err, sizeof err)))
+      mq_declare_callback_topology(conn, CONSUME_CH, w->cfg, err, sizeof err)) ||
+     mq_publisher_start(w->pub, conn, err, sizeof err) ||
+     mq_stream_start(w->stream, conn, err, sizeof err))
     goto fail;
-  if(!amqp_confirm_select(conn, PUBLISH_CH)) {
-    snprintf(err, sizeof err, "confirm.select refused");
-    goto fail;
-  }
-  if(mq_channel_open(conn, STATUS_CH, err, sizeof err))
-    goto fail;
-  {
-    amqp_table_entry_t arg = w->stream_offset < 0
-                               ? mq_entry_str("x-stream-offset", "first")
-                               : mq_entry_i64("x-stream-offset", w->stream_offset + 1);
-    amqp_table_t args = {1, &arg};
-    if(!amqp_basic_qos(conn, STATUS_CH, 0, STATUS_PREFETCH, 0) ||
-       !amqp_basic_consume(conn, STATUS_CH, amqp_cstring_bytes(w->cfg->topology.status_stream),
-                           amqp_empty_bytes, 0, 0, 0, args)) {
-      mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
-      goto fail;
-    }
-  }
-  w->conn_gen++;
-  w->stream_subscribed_at = util_now_ms();
-  w->stream_last_ms = util_mono_ms();
-  w->stream_caught_up = 0;
-  w->stream_unacked = 0;
+  w->conn_gen = mq_session_generation(w->session);
+  w->stream_subscribed_ms = util_mono_ms();
   w->consuming_jobs = 0;
   atomic_fetch_add(&w->state->connects, 1);
   w->conn = conn;
-  log_event(CFG_LOG_INFO, "connected; reading the status stream before taking jobs", NULL);
+  log_event(CFG_LOG_INFO, "connected; reading the status stream before taking jobs", "broker",
+            mq_session_address(w->session), NULL);
   return 0;
 fail:
   log_event(CFG_LOG_ERROR, "cannot set up the broker", "reason", err, NULL);
-  amqp_destroy_connection(conn);
+  mq_session_lost(w->session);
+  mq_publisher_lost(w->pub);
+  mq_stream_lost(w->stream);
   return -1;
 }
 
@@ -1050,15 +1001,16 @@ fail:
  * task already reached SUCCESS is recognised. Returns 0, or -1 when the broker refused. */
 static int start_consuming_jobs(struct worker *w)
 {
-  char err[512];
+  char err[512], tag[256];
   amqp_basic_consume_ok_t *ok;
   /* Quorum queues refuse a global prefetch; per-consumer is what bounds in-flight sends. */
   if(!amqp_basic_qos(w->conn, CONSUME_CH, 0, (uint16_t)w->cfg->consumer.prefetch, 0)) {
     log_event(CFG_LOG_ERROR, "basic.qos refused", NULL);
     return -1;
   }
+  mq_consumer_tag("consumer", tag, sizeof tag);
   ok = amqp_basic_consume(w->conn, CONSUME_CH, amqp_cstring_bytes(w->cfg->topology.queue),
-                          amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+                          amqp_cstring_bytes(tag), 0, 0, 0, amqp_empty_table);
   if(!ok) {
     log_event(CFG_LOG_ERROR, "cannot consume the job queue", "reason",
               mq_reply_text(amqp_get_rpc_reply(w->conn), err, sizeof err), NULL);
@@ -1076,13 +1028,15 @@ static int start_consuming_jobs(struct worker *w)
 static void drop_connection(struct worker *w)
 {
   atomic_store(&w->state->connected, 0);
-  amqp_destroy_connection(w->conn);
+  mq_session_lost(w->session);
   w->conn = NULL;
   amqp_bytes_free(w->consumer_tag);
   w->consumer_tag = amqp_empty_bytes;
   /* Sends in flight are not aborted: they may already have gone out, and aborting would lose
-   * the answer that prevents a second send when the broker redelivers (see on_http_done). */
-  confirms_fail_all(w->confirms);
+   * the answer that prevents a second send when the broker redelivers (see on_http_done).
+   * Every publish not yet confirmed is settled as lost, never by a later confirm. */
+  mq_publisher_lost(w->pub);
+  mq_stream_lost(w->stream);
   drop_status(w);
   reset_lanes(w);
 }
@@ -1111,7 +1065,7 @@ static int read_signals(int fd)
 int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
 {
   struct worker w;
-  int backoff = BACKOFF_MIN_MS, signals = 0, rc = 0;
+  int signals = 0, rc = 0;
   int64_t grace_deadline = 0, settle_deadline = 0, retry_at = 0;
   int hb_wait = cfg->broker.heartbeat_ms ? (int)(cfg->broker.heartbeat_ms / 2) : 1000;
   if(hb_wait > 1000)
@@ -1119,21 +1073,24 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   memset(&w, 0, sizeof w);
   w.cfg = cfg;
   w.state = state;
-  w.confirms = confirms_new(on_settle, &w);
+  w.session = mq_session_new(cfg, "consumer");
+  w.pub = mq_publisher_new(PUBLISH_CH_A, PUBLISH_CH_B, on_settle, &w);
+  w.stream = mq_stream_new(cfg, "consumer", STATUS_CH, MARKER_CH_A, MARKER_CH_B, STATUS_PREFETCH);
   w.evo = evo_client_new(cfg, on_http_done, &w);
   w.sent = idset_new(SENT_MEMORY);
   w.cancelled = idset_new(SENT_MEMORY);
   w.lanes = lanes_new(cfg);
   w.rate_limited = cfg_any_rate_limit(cfg);
-  w.stream_offset = -1;
   {
     const char *fp = getenv("MSG_FAILPOINT");
     w.crash_before_ack = fp && !strcmp(fp, "crash_before_ack");
   }
-  if(!w.confirms || !w.evo || !w.sent || !w.cancelled || !w.lanes) {
+  if(!w.session || !w.pub || !w.stream || !w.evo || !w.sent || !w.cancelled || !w.lanes) {
     log_error("out of memory starting the worker");
     lanes_free(w.lanes);
-    confirms_free(w.confirms);
+    mq_stream_free(w.stream);
+    mq_publisher_free(w.pub);
+    mq_session_free(w.session);
     evo_client_free(w.evo);
     idset_free(w.sent);
     idset_free(w.cancelled);
@@ -1172,32 +1129,23 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
     }
 
     if(!w.conn && !grace_deadline && now >= retry_at) {
-      if(connect_broker(&w)) {
-        int sleep_ms = backoff / 2 + (int)(random() % (backoff / 2 + 1));
-        retry_at = now + sleep_ms;
-        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-      }
-      else
-        backoff = BACKOFF_MIN_MS;
+      if(connect_broker(&w))
+        retry_at = now + mq_session_retry_delay_ms(w.session);
     }
-    if(w.conn && (drain_frames(&w) || flush_status(&w)))
+    if(w.conn && (drain_frames(&w) || flush_status(&w))) {
       drop_connection(&w);
-    if(w.conn) {
-      if(w.stream_unacked && amqp_basic_ack(w.conn, STATUS_CH, w.stream_last_tag, 1) ==
-                               AMQP_STATUS_OK)
-        w.stream_unacked = 0;
-      if(!w.stream_caught_up && now - w.stream_last_ms >= STATUS_CAUGHT_UP_IDLE_MS)
-        w.stream_caught_up = 1;
-      if(w.stream_caught_up && !w.consuming_jobs && !grace_deadline && start_consuming_jobs(&w))
-        drop_connection(&w);
+      retry_at = 0; /* the next address at once */
     }
+    if(w.conn && mq_stream_caught_up(w.stream) && !w.consuming_jobs && !grace_deadline &&
+       start_consuming_jobs(&w))
+      drop_connection(&w);
     /* Lanes are opened only once the status stream is caught up, like the job queue. */
     if(w.conn && w.consuming_jobs && service_lanes(&w, &timeout))
       drop_connection(&w);
 
     if(w.conn) {
       /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
-      if(amqp_frames_enqueued(w.conn) || amqp_data_in_buffer(w.conn))
+      if(mq_pending_input(w.conn))
         timeout = 0;
       fds[nfds++] = amqp_get_sockfd(w.conn);
     }
@@ -1217,15 +1165,15 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   /* Whatever is left is requeued by the broker when the connection closes. */
   evo_abort_all(w.evo, on_abort, &w);
   reset_lanes(&w);
-  confirms_fail_all(w.confirms);
+  w.conn = NULL; /* what settles now must not ack: the broker requeues at the close */
+  mq_publisher_lost(w.pub);
   drop_status(&w);
-  if(w.conn) {
-    mq_close(w.conn);
-    w.conn = NULL;
-  }
+  mq_session_close(w.session);
   amqp_bytes_free(w.consumer_tag);
   evo_client_free(w.evo);
-  confirms_free(w.confirms);
+  mq_stream_free(w.stream);
+  mq_publisher_free(w.pub);
+  mq_session_free(w.session);
   idset_free(w.sent);
   idset_free(w.cancelled);
   lanes_free(w.lanes);
