@@ -639,7 +639,7 @@ int mq_table_get_int(const amqp_table_t *table, const char *key, int64_t *out)
 
 /* ---- confirmed publishing ---------------------------------------------------------------- */
 
-/* Consecutive nacks after which the publish channel is replaced: a quorum queue's client state
+/* Publishes nacked in a row after which the publish channel is replaced: a quorum queue's client state
  * lives in the channel, and a channel that learnt of a leader before it moved can be nacked
  * until that node comes back, while a fresh channel works at once. */
 #define NACK_STREAK_REOPEN 3
@@ -807,8 +807,11 @@ static int publisher_frame(struct mq_publisher *p, amqp_connection_state_t conn,
   }
   case AMQP_BASIC_NACK_METHOD: {
     const amqp_basic_nack_t *n = f->payload.method.decoded;
+    size_t before = confirms_outstanding(p->confirms);
     confirms_settle(p->confirms, n->delivery_tag, n->multiple, CONFIRM_REFUSED);
-    if(++p->nack_streak >= NACK_STREAK_REOPEN)
+    /* Counted in publishes refused, however many one nack covers. */
+    p->nack_streak += (unsigned)(before - confirms_outstanding(p->confirms));
+    if(p->nack_streak >= NACK_STREAK_REOPEN)
       return replace_channel(p, conn, why, len) ? -1 : 1;
     return 1;
   }
