@@ -776,9 +776,12 @@ static int publish_receipt(struct http_server *srv, const struct webhook_receipt
   /* A repeat of what the task already shows is dropped here: Evolution repeats and reorders. */
   if(known && !news)
     return 0;
-  if(publisher_submit_event(srv->deps.publisher, &ev, CONFIRM_WAIT_MS) != PUB_OK)
+  /* The callback goes first: once the event is on the stream the receipt is no longer news,
+   * so a callback that failed after it would never be sent; the other way round, a failed
+   * event makes Evolution retry and the receiver sees the same event id twice at worst. */
+  if(url && publisher_submit_callback(srv->deps.publisher, &ev, url, CONFIRM_WAIT_MS) != PUB_OK)
     rc = -1;
-  else if(url && publisher_submit_callback(srv->deps.publisher, &ev, url, CONFIRM_WAIT_MS) != PUB_OK)
+  else if(publisher_submit_event(srv->deps.publisher, &ev, CONFIRM_WAIT_MS) != PUB_OK)
     rc = -1;
   if(!rc) {
     task_cache_apply(srv->deps.cache, &ev);

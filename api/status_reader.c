@@ -43,15 +43,96 @@ struct status_reader {
   amqp_connection_state_t conn; /* the session's live connection, NULL when closed */
   int64_t subscribed_mono;      /* when the last subscription started, for the caught-up log */
   _Atomic(struct publisher *) publisher; /* for the receipt callbacks this replica owes */
+  struct owed_callback *owed;   /* reader thread only: callbacks to try again */
+  size_t n_owed;
 };
 
 /* How long the reader waits for the confirm of an owed callback (rare: receipts that came
  * before their task's SUCCESS). */
 #define OWED_CALLBACK_WAIT_MS 2000
 
+struct owed_callback;
+
 void status_reader_set_publisher(struct status_reader *r, struct publisher *pub)
 {
   atomic_store(&r->publisher, pub);
+}
+
+/* A receipt callback this replica owes whose publish was not confirmed yet: kept and tried
+ * again, since the SUCCESS that made it payable will not be read a second time. */
+struct owed_callback {
+  struct owed_callback *next;
+  char task_id[UTIL_UUID_LEN];
+  enum delivery_state state;
+  int64_t at_ms, next_try_ms;
+  char *url, *key;
+};
+#define OWED_RETRY_MS 1000
+#define OWED_MAX 4096
+
+static void owed_free(struct owed_callback *o)
+{
+  free(o->url);
+  free(o->key);
+  free(o);
+}
+
+static int send_owed(struct publisher *pub, const struct owed_callback *o)
+{
+  struct status_event ev;
+  memset(&ev, 0, sizeof ev);
+  memcpy(ev.task_id, o->task_id, UTIL_UUID_LEN);
+  ev.status = TASK_RECEIPT;
+  ev.delivery = o->state;
+  ev.at_ms = o->at_ms;
+  ev.evolution_key = o->key;
+  return publisher_submit_callback(pub, &ev, o->url, OWED_CALLBACK_WAIT_MS) == PUB_OK ? 0 : -1;
+}
+
+/* Keeps a callback whose publish failed for a later try; returns 0, or -1 when it is lost. */
+static int keep_owed(struct status_reader *r, const char *task_id, enum delivery_state state,
+                     int64_t at_ms, const char *url, const char *key)
+{
+  struct owed_callback *o;
+  if(r->n_owed >= OWED_MAX || !(o = calloc(1, sizeof *o)))
+    return -1;
+  memcpy(o->task_id, task_id, UTIL_UUID_LEN);
+  o->state = state;
+  o->at_ms = at_ms;
+  o->url = strdup(url);
+  o->key = key ? strdup(key) : NULL;
+  if(!o->url || (key && !o->key)) {
+    owed_free(o);
+    return -1;
+  }
+  o->next_try_ms = util_mono_ms() + OWED_RETRY_MS;
+  o->next = r->owed;
+  r->owed = o;
+  r->n_owed++;
+  return 0;
+}
+
+/* Once per loop turn: the kept callbacks whose time came are tried again. */
+static void retry_owed(struct status_reader *r)
+{
+  struct publisher *pub = atomic_load(&r->publisher);
+  struct owed_callback **pp = &r->owed;
+  int64_t now = util_mono_ms();
+  while(pub && *pp) {
+    struct owed_callback *o = *pp;
+    if(o->next_try_ms > now) {
+      pp = &o->next;
+      continue;
+    }
+    if(send_owed(pub, o)) {
+      o->next_try_ms = now + OWED_RETRY_MS;
+      pp = &o->next;
+      continue;
+    }
+    *pp = o->next;
+    r->n_owed--;
+    owed_free(o);
+  }
 }
 
 /* A SUCCESS may let this replica pay the callbacks of receipts its webhook handler got before
@@ -65,18 +146,19 @@ static void pay_owed_callbacks(struct status_reader *r, const struct status_even
   if(!pub || !task_cache_take_owed(r->cache, success->task_id, &owed, at_ms, &url, &key))
     return;
   for(int s = 1; s < DELIVERY_STATES; s++) {
-    struct status_event ev;
+    struct owed_callback o;
     if(!(owed & (1u << s)))
       continue;
-    memset(&ev, 0, sizeof ev);
-    memcpy(ev.task_id, success->task_id, UTIL_UUID_LEN);
-    ev.status = TASK_RECEIPT;
-    ev.delivery = (enum delivery_state)s;
-    ev.at_ms = at_ms[s] ? at_ms[s] : util_now_ms();
-    ev.evolution_key = key;
-    if(publisher_submit_callback(pub, &ev, url, OWED_CALLBACK_WAIT_MS) != PUB_OK)
+    memset(&o, 0, sizeof o);
+    memcpy(o.task_id, success->task_id, UTIL_UUID_LEN);
+    o.state = (enum delivery_state)s;
+    o.at_ms = at_ms[s] ? at_ms[s] : util_now_ms();
+    o.url = url;
+    o.key = key;
+    if(send_owed(pub, &o) &&
+       keep_owed(r, o.task_id, o.state, o.at_ms, url, key))
       log_event(CFG_LOG_ERROR, "could not queue the callback of an early receipt", "task_id",
-                success->task_id, "delivery", delivery_name(ev.delivery), NULL);
+                success->task_id, "delivery", delivery_name(o.state), NULL);
   }
   free(url);
   free(key);
@@ -179,6 +261,8 @@ static void *reader_main(void *arg)
       retry_at = 0; /* the next address at once */
       continue;
     }
+    if(r->owed)
+      retry_owed(r);
     if(mq_pending_input(r->conn))
       continue;
     pfd.fd = amqp_get_sockfd(r->conn);
@@ -228,6 +312,13 @@ void status_reader_stop(struct status_reader *r)
   pthread_join(r->thread, NULL);
   mq_stream_free(r->stream);
   mq_session_free(r->session);
+  while(r->owed) {
+    struct owed_callback *o = r->owed;
+    r->owed = o->next;
+    log_event(CFG_LOG_ERROR, "stopping with the callback of an early receipt unsent", "task_id",
+              o->task_id, "delivery", delivery_name(o->state), NULL);
+    owed_free(o);
+  }
   free(r);
 }
 

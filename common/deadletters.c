@@ -14,7 +14,10 @@
 #include "status.h"
 #include "util.h"
 
+/* Parked jobs are read on channel 1; redriven ones are published on 2 (3 if 2 is replaced). */
 #define CHANNEL 1
+#define PUBLISH_CH_A 2
+#define PUBLISH_CH_B 3
 #define TIMEOUT_MS 5000
 
 /* A header's string value, copied into buf ("" when absent or not a string). */
@@ -72,32 +75,53 @@ static int get_one(amqp_connection_state_t conn, const struct cfg *cfg, amqp_mes
   return amqp_read_message(conn, CHANNEL, msg, 0).reply_type == AMQP_RESPONSE_NORMAL ? 1 : -1;
 }
 
-/* Waits for the confirm of the last publish on the channel: 0 ack, -1 nack, return or error. */
-static int wait_confirm(amqp_connection_state_t conn)
+/* The confirmed publishing of a redrive: one publish at a time, waited for. */
+struct redrive_pub {
+  amqp_connection_state_t conn;
+  struct mq_publisher *pub;
+  int outcome; /* of the last publish: CONFIRM_* */
+};
+
+static void on_settle(void *owner, int ok, void *ctx)
 {
-  int returned = 0;
-  for(;;) {
-    amqp_frame_t f;
-    struct timeval tv = {TIMEOUT_MS / 1000, 0};
-    memset(&f, 0, sizeof f);
-    if(amqp_simple_wait_frame_noblock(conn, &f, &tv) != AMQP_STATUS_OK)
-      return -1;
-    if(f.frame_type != AMQP_FRAME_METHOD)
-      continue;
-    if(f.payload.method.id == AMQP_BASIC_ACK_METHOD)
-      return returned ? -1 : 0;
-    if(f.payload.method.id == AMQP_BASIC_NACK_METHOD)
-      return -1;
-    if(f.payload.method.id == AMQP_BASIC_RETURN_METHOD) {
-      amqp_message_t m;
-      if(amqp_read_message(conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL)
-        return -1;
-      amqp_destroy_message(&m);
-      returned = 1;
-      continue;
-    }
-    return -1; /* channel or connection closed */
-  }
+  (void)owner;
+  ((struct redrive_pub *)ctx)->outcome = ok;
+}
+
+static int match_any(void *owner, void *arg)
+{
+  (void)owner;
+  (void)arg;
+  return 1;
+}
+
+static int on_returned(void *ctx, amqp_channel_t ch, amqp_message_t *m)
+{
+  struct redrive_pub *rp = ctx;
+  (void)ch;
+  (void)m;
+  /* One publish in flight at a time: the return is that one's. */
+  mq_publisher_mark_returned(rp->pub, match_any, NULL);
+  return 0;
+}
+
+/* Publishes and waits for the confirm: 0 when the broker took it, -1 otherwise. */
+static int publish_confirmed(struct redrive_pub *rp, const char *exchange, const char *key,
+                             int mandatory, const amqp_basic_properties_t *p, const char *body,
+                             size_t len)
+{
+  struct mq_handlers h;
+  char why[256];
+  memset(&h, 0, sizeof h);
+  h.ctx = rp;
+  h.publishers[0] = rp->pub;
+  h.returned = on_returned;
+  rp->outcome = CONFIRM_LOST;
+  if(mq_publisher_publish(rp->pub, rp->conn, exchange, key, mandatory, p, body, len, rp) !=
+       MQ_PUBLISH_OK ||
+     mq_publisher_wait(rp->pub, rp->conn, &h, TIMEOUT_MS, why, sizeof why))
+    return -1;
+  return rp->outcome == CONFIRM_ACKED ? 0 : -1;
 }
 
 static void close_all(amqp_connection_state_t conn)
@@ -163,7 +187,7 @@ static int wanted(const struct redrive_filter *f, const char *reason, const stru
 }
 
 /* Publishes the job back to the job queue and its PENDING event, each confirmed. */
-static int move_back(amqp_connection_state_t conn, const struct cfg *cfg, struct job *job)
+static int move_back(struct redrive_pub *rp, const struct cfg *cfg, struct job *job)
 {
   amqp_basic_properties_t p;
   amqp_table_entry_t h[1];
@@ -193,10 +217,9 @@ static int move_back(amqp_connection_state_t conn, const struct cfg *cfg, struct
   h[0] = mq_entry_i64("x-attempt", 1);
   p.headers.num_entries = 1;
   p.headers.entries = h;
-  rc = amqp_basic_publish(conn, CHANNEL, amqp_cstring_bytes(cfg->topology.exchange),
-                          amqp_cstring_bytes(MQ_KEY_SEND), 1, 0, &p, (amqp_bytes_t){len, body});
+  rc = publish_confirmed(rp, cfg->topology.exchange, MQ_KEY_SEND, 1, &p, body, len);
   free(body);
-  if(rc != AMQP_STATUS_OK || wait_confirm(conn))
+  if(rc)
     return -1;
   status_pending_event(job, &ev);
   ev.at_ms = util_now_ms();
@@ -207,13 +230,9 @@ static int move_back(amqp_connection_state_t conn, const struct cfg *cfg, struct
              AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
              AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG;
   p.type = amqp_cstring_bytes("message.status");
-  rc = amqp_basic_publish(conn, CHANNEL, amqp_empty_bytes,
-                          amqp_cstring_bytes(cfg->topology.status_stream), 0, 0, &p,
-                          (amqp_bytes_t){len, body});
-  free(body);
   /* The job is already back in delivery; a lost PENDING event only delays the status. */
-  if(rc == AMQP_STATUS_OK)
-    wait_confirm(conn);
+  publish_confirmed(rp, "", cfg->topology.status_stream, 0, &p, body, len);
+  free(body);
   return 0;
 }
 
@@ -222,13 +241,19 @@ json_t *dead_redrive(const struct cfg *cfg, const struct redrive_filter *f, char
 {
   uint32_t depth = 0, scanned = 0;
   amqp_connection_state_t conn = open_dead(cfg, &depth, err, errlen);
+  struct redrive_pub rp;
   json_t *ids, *out;
   size_t moved = 0;
   if(!conn)
     return NULL;
   err[0] = '\0';
-  if(!amqp_confirm_select(conn, CHANNEL)) {
-    snprintf(err, errlen, "confirm.select refused");
+  rp.conn = conn;
+  rp.pub = mq_publisher_new(PUBLISH_CH_A, PUBLISH_CH_B, on_settle, &rp);
+  if(!rp.pub || mq_publisher_start(rp.pub, conn, err, errlen)) {
+    if(rp.pub)
+      mq_publisher_free(rp.pub);
+    else
+      snprintf(err, errlen, "out of memory");
     amqp_destroy_connection(conn);
     return NULL;
   }
@@ -250,7 +275,7 @@ json_t *dead_redrive(const struct cfg *cfg, const struct redrive_filter *f, char
     scanned++;
     header_str(&m.properties, "x-failure-reason", reason, sizeof reason);
     if(!job_decode(m.body.bytes, m.body.len, &job, why, sizeof why) && wanted(f, reason, job)) {
-      if(move_back(conn, cfg, job)) {
+      if(move_back(&rp, cfg, job)) {
         snprintf(err, errlen, "the broker did not confirm a redriven job; it stays parked");
         job_free(job);
         amqp_destroy_message(&m);
@@ -272,6 +297,8 @@ json_t *dead_redrive(const struct cfg *cfg, const struct redrive_filter *f, char
     amqp_destroy_message(&m);
   }
   close_all(conn);
+  mq_publisher_lost(rp.pub);
+  mq_publisher_free(rp.pub);
   out = ids ? json_pack("{s:I, s:I, s:o}", "moved", (json_int_t)moved, "scanned",
                         (json_int_t)scanned, "task_ids", ids)
             : NULL;

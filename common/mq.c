@@ -4,6 +4,7 @@
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -930,6 +931,31 @@ int mq_pump(amqp_connection_state_t conn, const struct mq_handlers *h, char *why
     }
   }
   amqp_maybe_release_buffers(conn);
+  return 0;
+}
+
+int mq_publisher_wait(struct mq_publisher *p, amqp_connection_state_t conn,
+                      const struct mq_handlers *h, int timeout_ms, char *why, size_t len)
+{
+  int64_t deadline = util_mono_ms() + timeout_ms;
+  while(confirms_outstanding(p->confirms)) {
+    struct pollfd pfd;
+    int64_t left;
+    if(mq_pump(conn, h, why, len))
+      return -1;
+    if(!confirms_outstanding(p->confirms))
+      break;
+    left = deadline - util_mono_ms();
+    if(left <= 0) {
+      snprintf(why, len, "no confirm from the broker in %d ms", timeout_ms);
+      return -1;
+    }
+    if(mq_pending_input(conn))
+      continue;
+    pfd.fd = amqp_get_sockfd(conn);
+    pfd.events = POLLIN;
+    poll(&pfd, 1, (int)left);
+  }
   return 0;
 }
 

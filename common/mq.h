@@ -215,6 +215,12 @@ struct mq_handlers {
  * a broken publisher), with the reason in why. */
 int mq_pump(amqp_connection_state_t conn, const struct mq_handlers *h, char *why, size_t len);
 
+/* For one-shot work: pumps frames through h (whose publishers include p) until every publish
+ * of p is settled. Returns 0, or -1 when the connection must be dropped or timeout_ms passed,
+ * with the reason in why. */
+int mq_publisher_wait(struct mq_publisher *p, amqp_connection_state_t conn,
+                      const struct mq_handlers *h, int timeout_ms, char *why, size_t len);
+
 /* Moves a delivered message out of mq_pump's hands into *out (see mq_handlers). */
 void mq_take_message(amqp_message_t *m, amqp_message_t *out);
 
