@@ -14,12 +14,13 @@
 #include <unistd.h>
 
 #include "evo.h"
-#include "idset.h"
 #include "job.h"
 #include "lanes.h"
 #include "log.h"
 #include "mq.h"
+#include "policy.h"
 #include "status.h"
+#include "task_memory.h"
 #include "util.h"
 
 /* Channels: jobs are consumed on 1 (which also declares the topology), the status stream on 2,
@@ -45,8 +46,6 @@
 #define STATUS_BATCH_MAX 256
 /* Confirm owners are deliveries, or status batches tagged with this low bit. */
 #define BATCH_BIT ((uintptr_t)1)
-/* Sends finished after a connection loss, remembered until their job comes back. */
-#define ORPHANS_MAX 1024
 /* Task ids remembered as sent (16 bytes each, plus table overhead: 48 MiB at most). */
 #define SENT_MEMORY 1000000
 #define CONNECT_TIMEOUT_MS 5000
@@ -73,6 +72,7 @@ struct delivery {
   int64_t started_us, sent_us; /* received, and handed to Evolution API (for metrics) */
   unsigned conn_gen; /* the connection it came on: its tag means nothing on another one */
   char ref[64];    /* correlation id of its publishes, to match basic.return */
+  char malformed_why[160]; /* why job_decode refused it (job NULL) */
 };
 
 /* The deliveries whose events one status message carries (NULL: an untracked STARTED). */
@@ -93,8 +93,7 @@ struct worker {
 
   /* The status stream, followed on STATUS_CH (see STATUS_PREFETCH). */
   struct mq_stream *stream;
-  struct idset *sent;          /* tasks known to have reached SUCCESS */
-  struct idset *cancelled;     /* tasks cancelled before sending (DELETE /tasks/{id}) */
+  struct task_memory *memory;  /* sent, cancelled, and sent but unrecorded tasks */
   int64_t stream_subscribed_ms;/* monotonic, for the caught-up log line */
   int consuming_jobs;
   int crash_before_ack;        /* fault injection for tests: MSG_FAILPOINT=crash_before_ack */
@@ -104,14 +103,7 @@ struct worker {
   struct lane_table *lanes;
   int rate_limited;
 
-  unsigned conn_gen; /* bumped on every connect */
-  /* Sends that Evolution API accepted after their delivery's connection was lost: the broker
-   * redelivers those jobs, which are then recorded as SUCCESS with this key, not sent again. */
-  struct orphan {
-    char task_id[UTIL_UUID_LEN];
-    char key_id[101];
-  } orphans[ORPHANS_MAX];
-  size_t orphans_next;
+  unsigned conn_gen; /* the session's generation of the live connection */
 
   /* Status events queued during this loop turn, published together by flush_status. */
   char *ev_bodies[STATUS_BATCH_MAX];
@@ -121,6 +113,8 @@ struct worker {
 };
 
 static int flush_status(struct worker *w);
+static void on_abort(void *owner, void *ctx);
+static int lane_admit(struct worker *w, struct delivery *d);
 static void settle_delivery(struct worker *w, struct delivery *d, int ok);
 
 static void delivery_free(struct delivery *d)
@@ -349,9 +343,8 @@ static void park(struct worker *w, struct delivery *d, const char *reason, const
 /* Sends a job whose send_at is still ahead to the delay queue that fits (never early, at most
  * 250ms late); it comes back through the job queue and hops again until its time. Acked once
  * the delay queue confirmed it: nothing is held unacked here meanwhile. */
-static void hold_until_send_at(struct worker *w, struct delivery *d)
+static void hold_until_send_at(struct worker *w, struct delivery *d, uint64_t hop)
 {
-  uint64_t hop = mq_schedule_hop(d->job->send_at_ms - util_now_ms());
   amqp_basic_properties_t p;
   amqp_table_entry_t h[1];
   char key[64];
@@ -363,9 +356,9 @@ static void hold_until_send_at(struct worker *w, struct delivery *d)
   publish(w, d, w->cfg->topology.exchange, key, 1, &p, d->raw, d->raw_len);
 }
 
-static void retry_later(struct worker *w, struct delivery *d, const struct evo_outcome *o)
+static void retry_later(struct worker *w, struct delivery *d, const struct evo_outcome *o,
+                        uint64_t delay)
 {
-  uint64_t delay = w->cfg->retry.delays_ms[d->attempt - 1];
   amqp_basic_properties_t p;
   amqp_table_entry_t h[1];
   char key[64], attempt[16];
@@ -390,35 +383,59 @@ static void retry_later(struct worker *w, struct delivery *d, const struct evo_o
 
 /* ---- outcomes -------------------------------------------------------------------------- */
 
-/* A send finished after its delivery's connection was lost: nothing can be acked or published
- * for it, and the broker redelivers the job. Remember a success so the redelivery records it
- * instead of sending again. */
 /* Remembers a send whose SUCCESS could not be recorded: its redelivery records it. */
-static void remember_orphan(struct worker *w, const char *task_id, const char *key_id,
-                            const char *why)
+static void remember_unrecorded(struct worker *w, const char *task_id, const char *key_id,
+                                const char *why)
 {
-  struct orphan *slot = &w->orphans[w->orphans_next++ % ORPHANS_MAX];
-  memcpy(slot->task_id, task_id, UTIL_UUID_LEN);
-  snprintf(slot->key_id, sizeof slot->key_id, "%s", key_id);
-  idset_add(w->sent, task_id);
+  task_memory_note_unrecorded(w->memory, task_id, key_id);
   log_event(CFG_LOG_WARN, why, "task_id", task_id, NULL);
 }
 
+/* A send finished after its delivery's connection was lost: nothing can be acked or published
+ * for it, and the broker redelivers the job. */
 static void orphan_done(struct worker *w, struct delivery *d, const struct evo_outcome *o)
 {
   if(o->cls == EVO_SUCCESS || o->cls == EVO_ALREADY_SENT)
-    remember_orphan(w, d->job->task_id, o->key_id,
-                    "sent while the broker connection was down; recorded on redelivery");
+    remember_unrecorded(w, d->job->task_id, o->key_id,
+                        "sent while the broker connection was down; recorded on redelivery");
   set_in_flight(w, -1);
   delivery_free(d);
 }
 
-static struct orphan *find_orphan(struct worker *w, const char *task_id)
+/* The facts the policy decides on. */
+static struct policy_delivery facts_of(struct worker *w, const struct delivery *d)
 {
-  for(size_t i = 0; i < ORPHANS_MAX; i++)
-    if(!strcmp(w->orphans[i].task_id, task_id))
-      return &w->orphans[i];
-  return NULL;
+  struct policy_delivery f;
+  char key[TASK_MEMORY_KEY_LEN];
+  memset(&f, 0, sizeof f);
+  if(!d->job) {
+    f.malformed = 1;
+    return f;
+  }
+  f.sent = task_memory_sent(w->memory, d->job->task_id);
+  f.sent_unrecorded = f.sent && task_memory_unrecorded(w->memory, d->job->task_id, key);
+  f.cancelled = task_memory_cancelled(w->memory, d->job->task_id);
+  f.returns = d->returns;
+  f.send_at_ms = d->job->send_at_ms;
+  f.expires_at_ms = d->job->expires_at_ms;
+  f.from_lane = d->channel != CONSUME_CH;
+  if(w->rate_limited) {
+    struct lane *l = lanes_get(w->lanes, d->job->instance_name, util_mono_us());
+    /* Out of memory (no lane): lane_admit gives the job back rather than send it unpaced. */
+    f.rate_limited = !l || l->rate > 0;
+  }
+  return f;
+}
+
+/* The decision before sending, for a delivery that just arrived or (with_rate 0) one whose
+ * token of its instance's rate was just taken. */
+static struct policy_decision before_send(struct worker *w, const struct delivery *d,
+                                          int with_rate)
+{
+  struct policy_delivery f = facts_of(w, d);
+  if(!with_rate)
+    f.rate_limited = 0;
+  return policy_before_send(&f, util_now_ms());
 }
 
 static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
@@ -439,43 +456,43 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
   if(o->config_fault)
     log_event(CFG_LOG_ERROR, "Evolution API configuration fault", "task_id", d->job->task_id,
               "error", o->code, "detail", o->message, NULL);
-  switch(o->cls) {
-  case EVO_SUCCESS:
-  case EVO_ALREADY_SENT: {
-    struct status_event ev;
-    memset(&ev, 0, sizeof ev);
-    ev.status = TASK_SUCCESS;
-    if(o->cls == EVO_SUCCESS)
-      ev.evolution_key = (char *)o->key_id;
-    else {
-      ev.error_code = (char *)o->code;
-      ev.error_message = (char *)o->message;
+  {
+    struct policy_delivery f = facts_of(w, d);
+    struct policy_decision dec = policy_after_send(&f, o->cls, d->attempt, w->cfg, util_now_ms());
+    switch(dec.action) {
+    case POLICY_SUCCEED: {
+      struct status_event ev;
+      memset(&ev, 0, sizeof ev);
+      ev.status = TASK_SUCCESS;
+      if(o->cls == EVO_SUCCESS)
+        ev.evolution_key = (char *)o->key_id;
+      else {
+        ev.error_code = (char *)o->code;
+        ev.error_message = (char *)o->message;
+      }
+      atomic_fetch_add(&w->state->succeeded, 1);
+      d->succeeded = 1;
+      snprintf(d->key_id, sizeof d->key_id, "%s", o->key_id);
+      log_event(CFG_LOG_INFO, "message delivered", "task_id", d->job->task_id, "attempt",
+                attempt, "outcome", o->code, "evolution_key", o->key_id[0] ? o->key_id : NULL,
+                "latency_ms", latency, NULL);
+      publish_status(w, d, d, &ev);
+      break;
     }
-    atomic_fetch_add(&w->state->succeeded, 1);
-    d->succeeded = 1;
-    snprintf(d->key_id, sizeof d->key_id, "%s", o->key_id);
-    log_event(CFG_LOG_INFO, "message delivered", "task_id", d->job->task_id, "attempt", attempt,
-              "outcome", o->code, "evolution_key", o->key_id[0] ? o->key_id : NULL, "latency_ms",
-              latency, NULL);
-    publish_status(w, d, d, &ev);
-    break;
-  }
-  case EVO_TRANSIENT:
-    if((size_t)d->attempt > w->cfg->retry.n_delays)
-      park(w, d, "retries_exhausted", o->code, o->message);
-    else if(d->job->expires_at_ms &&
-            util_now_ms() + (int64_t)w->cfg->retry.delays_ms[d->attempt - 1] >=
-              d->job->expires_at_ms)
-      /* The next attempt would come after the expiry: give up now, with the reason. */
-      park(w, d, "expired", "expired", o->message);
-    else
-      retry_later(w, d, o);
-    break;
-  case EVO_PERMANENT:
-    log_event(CFG_LOG_INFO, "delivery refused", "task_id", d->job->task_id, "attempt", attempt,
-              "http_status", status, "error", o->code, NULL);
-    park(w, d, "permanent", o->code, o->message);
-    break;
+    case POLICY_RETRY:
+      retry_later(w, d, o, dec.delay_ms);
+      break;
+    case POLICY_PARK:
+      if(o->cls == EVO_PERMANENT)
+        log_event(CFG_LOG_INFO, "delivery refused", "task_id", d->job->task_id, "attempt",
+                  attempt, "http_status", status, "error", o->code, NULL);
+      park(w, d, dec.reason, dec.code ? dec.code : o->code, o->message);
+      break;
+    default:
+      /* policy_after_send decides nothing else; a job is never dropped on the floor. */
+      on_abort(d, w);
+      return;
+    }
   }
   if(!d->pending) {
     /* Nothing could be published: the connection is gone and the broker will redeliver. */
@@ -494,10 +511,10 @@ static void settle_delivery(struct worker *w, struct delivery *d, int ok)
   if(d->failed && d->succeeded && d->job)
     /* Sent, but its SUCCESS was refused or lost with the connection (a broker stopping nacks):
      * the job comes back, and must then be recorded, not sent again. */
-    remember_orphan(w, d->job->task_id, d->key_id,
-                    "sent but the SUCCESS was not confirmed; recorded on redelivery");
+    remember_unrecorded(w, d->job->task_id, d->key_id,
+                        "sent but the SUCCESS was not confirmed; recorded on redelivery");
   if(w->conn && !d->failed && d->job && d->succeeded) {
-    idset_add(w->sent, d->job->task_id);
+    task_memory_note_sent(w->memory, d->job->task_id);
     if(w->crash_before_ack) {
       /* Simulates a crash in the worst window: Evolution accepted, SUCCESS recorded, no ack. */
       log_event(CFG_LOG_WARN, "failpoint crash_before_ack: killing the process", "task_id",
@@ -553,48 +570,63 @@ static void delivery_done(struct worker *w, struct delivery *d)
   delivery_free(d);
 }
 
-/* What happens to a job before it may be sent: acked at once when its task is already sent or
- * cancelled, held in the delay queues until its send_at, parked when it expired. Returns 1
- * when it was handled so (d is then owned by its publishes or freed), 0 when it may be sent. */
-static int handled_before_send(struct worker *w, struct delivery *d)
+/* Carries out the policy's decision before sending. Returns 1 when the delivery was handled
+ * (d is then owned by its publishes or freed), 0 when it is to be sent now. */
+static int handled_before_send(struct worker *w, struct delivery *d, struct policy_decision dec)
 {
-  if(idset_has(w->sent, d->job->task_id) || idset_has(w->cancelled, d->job->task_id)) {
+  switch(dec.action) {
+  case POLICY_SEND:
+    return 0;
+  case POLICY_ACK:
+  case POLICY_RECORD: {
     /* Delivered again after a crash or a broker restart, but already sent: never twice. Or
      * cancelled by its sender while it waited: the task already says CANCELLED. */
-    int cancelled = !idset_has(w->sent, d->job->task_id);
-    struct orphan *orphan = cancelled ? NULL : find_orphan(w, d->job->task_id);
+    int cancelled = !task_memory_sent(w->memory, d->job->task_id);
     log_event(CFG_LOG_INFO,
               cancelled ? "task cancelled, not sending" : "already delivered, not sending again",
               "task_id", d->job->task_id, NULL);
     atomic_fetch_add(cancelled ? &w->state->cancelled : &w->state->duplicates, 1);
-    if(orphan) {
+    if(dec.action == POLICY_RECORD) {
       /* Sent while disconnected: its SUCCESS was never recorded; record it now, ack after. */
       struct status_event ev;
       memset(&ev, 0, sizeof ev);
+      task_memory_unrecorded(w->memory, d->job->task_id, d->key_id);
+      task_memory_recorded(w->memory, d->job->task_id);
       ev.status = TASK_SUCCESS;
-      ev.evolution_key = orphan->key_id[0] ? orphan->key_id : NULL;
-      snprintf(d->key_id, sizeof d->key_id, "%s", orphan->key_id);
-      orphan->task_id[0] = '\0';
+      ev.evolution_key = d->key_id[0] ? d->key_id : NULL;
       d->succeeded = 1;
       publish_status(w, d, d, &ev);
     }
     else
       amqp_basic_ack(w->conn, d->channel, d->tag, 0);
-    delivery_done(w, d);
+    break;
+  }
+  case POLICY_HOLD:
+    hold_until_send_at(w, d, dec.delay_ms);
+    break;
+  case POLICY_PARK:
+    if(!strcmp(dec.reason, "delivery_limit")) {
+      char why[128];
+      snprintf(why, sizeof why, "delivered %lld times without an outcome: a consumer may be "
+               "crashing on it", (long long)d->returns + 1);
+      park(w, d, dec.reason, dec.code, why);
+    }
+    else if(!strcmp(dec.reason, "malformed"))
+      park(w, d, dec.reason, dec.code, d->malformed_why);
+    else
+      park(w, d, dec.reason, dec.code, "the message expired before it could be sent");
+    break;
+  case POLICY_FORWARD:
+  case POLICY_WAIT:
+    return lane_admit(w, d) ? 0 : 1;
+  case POLICY_SUCCEED:
+  case POLICY_RETRY:
+    /* Decisions after a send: never made before one. */
+    on_abort(d, w);
     return 1;
   }
-  if(d->job->send_at_ms && util_now_ms() < d->job->send_at_ms) {
-    hold_until_send_at(w, d);
-    delivery_done(w, d);
-    return 1;
-  }
-  if(d->job->expires_at_ms && util_now_ms() >= d->job->expires_at_ms) {
-    /* An OTP an hour late does harm: past its expiry a message is never sent. */
-    park(w, d, "expired", "expired", "the message expired before it could be sent");
-    delivery_done(w, d);
-    return 1;
-  }
-  return 0;
+  delivery_done(w, d);
+  return 1;
 }
 
 /* Records STARTED and hands the job to Evolution API. */
@@ -650,8 +682,6 @@ static void forward_to_lane(struct worker *w, struct lane *l, struct delivery *d
 static int lane_admit(struct worker *w, struct delivery *d)
 {
   struct lane *l;
-  if(!w->rate_limited)
-    return 1;
   l = lanes_get(w->lanes, d->job->instance_name, util_mono_us());
   if(!l) {
     /* Out of memory: give it back for later rather than send it unpaced. */
@@ -759,7 +789,7 @@ static int service_lanes(struct worker *w, int *wait_ms)
       d = list_pop(&l->wait_head, &l->wait_tail);
       l->waiting--;
       atomic_fetch_sub(&w->state->lane_waiting, 1);
-      if(!handled_before_send(w, d))
+      if(!handled_before_send(w, d, before_send(w, d, 0)))
         begin_send(w, d);
     }
     if(l->wait_head) {
@@ -811,7 +841,6 @@ static void start_delivery(struct worker *w, amqp_channel_t channel, uint64_t ta
                            amqp_message_t *m, int redelivered)
 {
   struct delivery *d = calloc(1, sizeof *d);
-  char err[256];
   int64_t attempt = 1;
   if(!d || !(d->raw = malloc(m->body.len + 1))) {
     /* Out of memory: give it back for later. */
@@ -839,39 +868,21 @@ static void start_delivery(struct worker *w, amqp_channel_t channel, uint64_t ta
   set_in_flight(w, 1);
   if(redelivered)
     atomic_fetch_add(&w->state->redelivered, 1);
-  if(job_decode(d->raw, d->raw_len, &d->job, err, sizeof err)) {
+  if(job_decode(d->raw, d->raw_len, &d->job, d->malformed_why, sizeof d->malformed_why))
     snprintf(d->ref, sizeof d->ref, "malformed-%llu", (unsigned long long)tag);
-    /* Parked at once: a job that cannot be parsed never gets better by looping. */
-    park(w, d, "malformed", "malformed_job", err);
-    delivery_done(w, d);
-    return;
-  }
-  snprintf(d->ref, sizeof d->ref, "%s", d->job->task_id);
-  if(handled_before_send(w, d))
-    return;
-  if(d->returns >= MQ_DELIVERY_LIMIT - 1) {
-    /* Its last delivery before the queue's poison guard dead-letters it: consumers keep dying
-     * on this job (or losing it). Parked here, its task ends FAILURE with the reason, instead
-     * of staying STARTED in a dead queue that RabbitMQ filled silently. */
-    char why[128];
-    snprintf(why, sizeof why, "delivered %lld times without an outcome: a consumer may be "
-             "crashing on it", (long long)d->returns + 1);
-    park(w, d, "delivery_limit", "poison_job", why);
-    delivery_done(w, d);
-    return;
-  }
-  if(!lane_admit(w, d))
-    return;
-  begin_send(w, d);
+  else
+    snprintf(d->ref, sizeof d->ref, "%s", d->job->task_id);
+  if(!handled_before_send(w, d, before_send(w, d, 1)))
+    begin_send(w, d);
 }
 
 static void note_status_event(const struct status_event *ev, void *arg)
 {
   struct worker *w = arg;
   if(ev->status == TASK_SUCCESS)
-    idset_add(w->sent, ev->task_id);
+    task_memory_note_sent(w->memory, ev->task_id);
   else if(ev->status == TASK_CANCELLED)
-    idset_add(w->cancelled, ev->task_id);
+    task_memory_note_cancelled(w->memory, ev->task_id);
   else if(ev->instance && w->rate_limited)
     /* Every consumer learns every limited instance from its accepted jobs and consumes its
      * lane too: if the active one dies, the broker hands the lane to another. */
@@ -1077,23 +1088,21 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   w.pub = mq_publisher_new(PUBLISH_CH_A, PUBLISH_CH_B, on_settle, &w);
   w.stream = mq_stream_new(cfg, "consumer", STATUS_CH, MARKER_CH_A, MARKER_CH_B, STATUS_PREFETCH);
   w.evo = evo_client_new(cfg, on_http_done, &w);
-  w.sent = idset_new(SENT_MEMORY);
-  w.cancelled = idset_new(SENT_MEMORY);
+  w.memory = task_memory_new(SENT_MEMORY);
   w.lanes = lanes_new(cfg);
   w.rate_limited = cfg_any_rate_limit(cfg);
   {
     const char *fp = getenv("MSG_FAILPOINT");
     w.crash_before_ack = fp && !strcmp(fp, "crash_before_ack");
   }
-  if(!w.session || !w.pub || !w.stream || !w.evo || !w.sent || !w.cancelled || !w.lanes) {
+  if(!w.session || !w.pub || !w.stream || !w.evo || !w.memory || !w.lanes) {
     log_error("out of memory starting the worker");
     lanes_free(w.lanes);
     mq_stream_free(w.stream);
     mq_publisher_free(w.pub);
     mq_session_free(w.session);
     evo_client_free(w.evo);
-    idset_free(w.sent);
-    idset_free(w.cancelled);
+    task_memory_free(w.memory);
     return 1;
   }
   for(;;) {
@@ -1174,8 +1183,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   mq_stream_free(w.stream);
   mq_publisher_free(w.pub);
   mq_session_free(w.session);
-  idset_free(w.sent);
-  idset_free(w.cancelled);
+  task_memory_free(w.memory);
   lanes_free(w.lanes);
   atomic_store(&state->connected, 0);
   return rc;
