@@ -334,6 +334,60 @@ static int replay_idempotent(struct mg_connection *conn, struct http_server *srv
                "Idempotent-Replayed", "true");
 }
 
+/* The 504 of a request whose outcome is unknown. */
+static int reply_outcome_unknown(struct mg_connection *conn, const char *task_id)
+{
+  char location[UTIL_UUID_LEN + 8];
+  snprintf(location, sizeof location, "/tasks/%s", task_id);
+  return reply(conn, 504,
+               json_pack("{s:b, s:s, s:{s:s, s:s}}", "success", 0, "task_id", task_id, "error",
+                         "code", "outcome_unknown", "message", OUTCOME_UNKNOWN_MESSAGE),
+               "Location", location);
+}
+
+/* A repeat of a request whose outcome was unknown (in_doubt.h): 504 again while its confirm is
+ * still awaited, 202 with its task id once it came; after a refusal or a lost connection the
+ * job goes out again with the same task id (job->task_id is set, 0 returned). */
+static int repeat_in_doubt(struct mg_connection *conn, struct http_server *srv, struct job *job)
+{
+  enum in_doubt_state state;
+  uint64_t hash;
+  char known[UTIL_UUID_LEN];
+  if(!in_doubt_get(srv->in_doubt, job->idempotency_key, known, &hash, &state))
+    return 0;
+  if(hash != job_request_hash(job))
+    return reply_error(conn, 422, "idempotency_key_reused",
+                       "this Idempotency-Key was used for a different request", "Idempotency-Key",
+                       NULL, NULL);
+  if(state == IN_DOUBT_PENDING)
+    return reply_outcome_unknown(conn, known);
+  if(state == IN_DOUBT_CONFIRMED) {
+    enum task_status status = TASK_PENDING;
+    int attempt;
+    task_cache_status(srv->deps.cache, known, &status, &attempt);
+    atomic_fetch_add(&srv->metrics.replays, 1);
+    return reply(conn, 202,
+                 json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message",
+                           "Message already accepted with this Idempotency-Key", "task_id", known,
+                           "status", status_name(status)),
+                 "Idempotent-Replayed", "true");
+  }
+  memcpy(job->task_id, known, UTIL_UUID_LEN);
+  return 0;
+}
+
+/* The publisher's late word on a job whose request was answered 504 (publisher thread). */
+static void on_late_outcome(const char *task_id, enum pub_result result, void *ctx)
+{
+  struct http_server *srv = ctx;
+  in_doubt_settle(srv->in_doubt, task_id,
+                  result == PUB_OK         ? IN_DOUBT_CONFIRMED
+                  : result == PUB_REJECTED ? IN_DOUBT_REFUSED
+                                           : IN_DOUBT_LOST);
+  log_event(CFG_LOG_INFO, "late outcome of a job answered 504", "task_id", task_id, "outcome",
+            result == PUB_OK ? "confirmed" : result == PUB_REJECTED ? "refused" : "lost", NULL);
+}
+
 static int handle_post_message(struct mg_connection *conn, struct http_server *srv)
 {
   const struct cfg *cfg = srv->deps.cfg;
@@ -394,20 +448,8 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
     }
     if((status = replay_idempotent(conn, srv, &job)))
       goto out;
-    {
-      /* The first request with this key ended with an unknown outcome: the same task again. */
-      uint64_t hash;
-      char known[UTIL_UUID_LEN];
-      if(in_doubt_get(srv->in_doubt, idem, known, &hash)) {
-        if(hash != job_request_hash(&job)) {
-          status = reply_error(conn, 422, "idempotency_key_reused",
-                               "this Idempotency-Key was used for a different request",
-                               "Idempotency-Key", NULL, NULL);
-          goto out;
-        }
-        memcpy(job.task_id, known, UTIL_UUID_LEN);
-      }
-    }
+    if((status = repeat_in_doubt(conn, srv, &job)))
+      goto out;
   }
 
   {
@@ -426,18 +468,13 @@ static int handle_post_message(struct mg_connection *conn, struct http_server *s
   case PUB_TIMEOUT:
   case PUB_UNKNOWN: {
     /* Not "retry later": a retry without this task's key could send the message twice. */
-    char location[UTIL_UUID_LEN + 8];
     log_event(CFG_LOG_WARN, "outcome of a job unknown: no confirm", "task_id", job.task_id,
               "reason", rc == PUB_TIMEOUT ? "timeout" : "connection lost", NULL);
-    if(idem && in_doubt_put(srv->in_doubt, idem, job.task_id, job_request_hash(&job)))
+    if(idem && in_doubt_put(srv->in_doubt, idem, job.task_id, job_request_hash(&job),
+                            rc == PUB_TIMEOUT ? IN_DOUBT_PENDING : IN_DOUBT_LOST))
       log_event(CFG_LOG_ERROR, "out of memory remembering an unknown outcome", "task_id",
                 job.task_id, NULL);
-    snprintf(location, sizeof location, "/tasks/%s", job.task_id);
-    status = reply(conn, 504,
-                   json_pack("{s:b, s:s, s:s, s:{s:s, s:s}}", "success", 0, "task_id",
-                             job.task_id, "status", "UNKNOWN", "error", "code",
-                             "outcome_unknown", "message", OUTCOME_UNKNOWN_MESSAGE),
-                   "Location", location);
+    status = reply_outcome_unknown(conn, job.task_id);
     goto out;
   }
   case PUB_REJECTED:
@@ -542,9 +579,9 @@ static int handle_post_batch(struct mg_connection *conn, struct http_server *srv
       }
       else if(pr == PUB_TIMEOUT || pr == PUB_UNKNOWN) {
         unknown++;
-        res = json_pack("{s:I, s:s, s:s, s:{s:s, s:s}}", "index", (json_int_t)i, "task_id",
-                        items[i].job.task_id, "status", "UNKNOWN", "error", "code",
-                        "outcome_unknown", "message", OUTCOME_UNKNOWN_MESSAGE);
+        res = json_pack("{s:I, s:s, s:{s:s, s:s}}", "index", (json_int_t)i, "task_id",
+                        items[i].job.task_id, "error", "code", "outcome_unknown", "message",
+                        OUTCOME_UNKNOWN_MESSAGE);
       }
       else
         res = json_pack("{s:I, s:{s:s, s:s}}", "index", (json_int_t)i, "error", "code",
@@ -1123,6 +1160,7 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
     return NULL;
   }
   mg_set_request_handler(srv->ctx, "/", route, srv);
+  publisher_on_late_outcome(deps->publisher, on_late_outcome, srv);
   return srv;
 }
 
@@ -1146,6 +1184,8 @@ void http_stop(struct http_server *srv)
   if(!srv)
     return;
   mg_stop(srv->ctx);
+  /* The publisher outlives the server: it must not report into a freed table. */
+  publisher_on_late_outcome(srv->deps.publisher, NULL, NULL);
   pthread_mutex_destroy(&srv->idem_lock);
   pthread_cond_destroy(&srv->idem_done);
   in_doubt_free(srv->in_doubt);

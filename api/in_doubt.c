@@ -9,6 +9,7 @@ struct entry {
   char *key;
   char task_id[UTIL_UUID_LEN];
   uint64_t hash;
+  enum in_doubt_state state;
 };
 
 /* A ring: rare entries (one per broker hiccup and request), so lookups scan it. */
@@ -49,7 +50,8 @@ static struct entry *find(struct in_doubt *t, const char *key)
   return NULL;
 }
 
-int in_doubt_put(struct in_doubt *t, const char *key, const char *task_id, uint64_t hash)
+int in_doubt_put(struct in_doubt *t, const char *key, const char *task_id, uint64_t hash,
+                 enum in_doubt_state state)
 {
   struct entry *e;
   char *copy = strdup(key);
@@ -64,11 +66,13 @@ int in_doubt_put(struct in_doubt *t, const char *key, const char *task_id, uint6
   e->key = copy;
   memcpy(e->task_id, task_id, UTIL_UUID_LEN);
   e->hash = hash;
+  e->state = state;
   pthread_mutex_unlock(&t->lock);
   return 0;
 }
 
-int in_doubt_get(struct in_doubt *t, const char *key, char *task_id, uint64_t *hash)
+int in_doubt_get(struct in_doubt *t, const char *key, char *task_id, uint64_t *hash,
+                 enum in_doubt_state *state)
 {
   struct entry *e;
   int found = 0;
@@ -76,6 +80,7 @@ int in_doubt_get(struct in_doubt *t, const char *key, char *task_id, uint64_t *h
   if((e = find(t, key))) {
     memcpy(task_id, e->task_id, UTIL_UUID_LEN);
     *hash = e->hash;
+    *state = e->state;
     found = 1;
   }
   pthread_mutex_unlock(&t->lock);
@@ -90,5 +95,14 @@ void in_doubt_forget(struct in_doubt *t, const char *key)
     free(e->key);
     e->key = NULL;
   }
+  pthread_mutex_unlock(&t->lock);
+}
+
+void in_doubt_settle(struct in_doubt *t, const char *task_id, enum in_doubt_state state)
+{
+  pthread_mutex_lock(&t->lock);
+  for(size_t i = 0; i < t->max; i++)
+    if(t->ring[i].key && !strcmp(t->ring[i].task_id, task_id))
+      t->ring[i].state = state;
   pthread_mutex_unlock(&t->lock);
 }

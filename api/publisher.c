@@ -37,6 +37,7 @@ struct pub_req {
   size_t job_len, event_len;
   int refs;
   int job_done;
+  int abandoned;          /* the worker stopped waiting (timeout): the outcome is reported late */
   enum pub_result result; /* once job_done */
   int event_only; /* no job: the event itself is what the worker waits for */
   char *callback_url, *callback_id; /* event_only to the callback queue: a status callback */
@@ -54,11 +55,13 @@ struct publisher {
   int drain_ms;
   size_t in_flight;
   unsigned long long connects;
+  void (*late_fn)(const char *task_id, enum pub_result result, void *ctx);
+  void *late_ctx;
 
   /* Owned by the publisher thread alone, but for the tracker inside `publisher`, which
    * settles owners under pub->lock. */
   struct mq_session *session;
-  amqp_connection_state_t conn; /* the session's live connection, NULL when closed */
+  int connected; /* the session is open with the topology declared */
   struct mq_publisher *publisher;
   struct pub_req *events_head, *events_tail; /* PENDING events to publish */
 };
@@ -116,6 +119,8 @@ static void settle_locked(struct publisher *pub, void *owner, int ok)
   /* Lost: the connection went between the publish and its confirm, so the broker may hold the
    * job; the request must not say "not sent". */
   r->result = ok == CONFIRM_ACKED ? PUB_OK : ok == CONFIRM_REFUSED ? PUB_REJECTED : PUB_UNKNOWN;
+  if(r->abandoned && !r->event_only && pub->late_fn)
+    pub->late_fn(r->task_id, r->result, pub->late_ctx);
   pub->in_flight--;
   pthread_cond_signal(&r->done);
   if(ok != CONFIRM_ACKED || r->event_only) {
@@ -197,6 +202,7 @@ static void hand_over(struct publisher *pub, struct pub_req **reqs, size_t n,
       if(pthread_cond_timedwait(&r->done, &pub->lock, &deadline) == ETIMEDOUT)
         break;
     results[i] = r->job_done ? r->result : PUB_TIMEOUT;
+    r->abandoned = !r->job_done;
     req_release(r);
   }
   pthread_mutex_unlock(&pub->lock);
@@ -289,6 +295,16 @@ enum pub_result publisher_submit_callback(struct publisher *pub, const struct st
   return submit_and_wait(pub, r, timeout_ms);
 }
 
+void publisher_on_late_outcome(struct publisher *pub,
+                               void (*fn)(const char *task_id, enum pub_result result, void *ctx),
+                               void *ctx)
+{
+  pthread_mutex_lock(&pub->lock);
+  pub->late_fn = fn;
+  pub->late_ctx = ctx;
+  pthread_mutex_unlock(&pub->lock);
+}
+
 int publisher_ready(struct publisher *pub)
 {
   int ready;
@@ -340,7 +356,7 @@ static void drop_connection(struct publisher *pub, const char *why)
   log_event(CFG_LOG_WARN, "broker connection lost", "role", "publisher", "reason", why, NULL);
   set_ready(pub, 0);
   mq_session_lost(pub->session);
-  pub->conn = NULL;
+  pub->connected = 0;
   mq_publisher_lost(pub->publisher);
   pthread_mutex_lock(&pub->lock);
   release_events(pub);
@@ -350,28 +366,27 @@ static void drop_connection(struct publisher *pub, const char *why)
 static int connect_broker(struct publisher *pub)
 {
   char err[512];
-  amqp_connection_state_t conn = mq_session_open(pub->session, CONNECT_TIMEOUT_MS, err, sizeof err);
+  struct mq_session *s = pub->session;
   int rc;
-  if(!conn) {
+  if(mq_session_open(s, CONNECT_TIMEOUT_MS, err, sizeof err)) {
     log_event(CFG_LOG_WARN, "cannot connect to the broker", "role", "publisher", "reason", err,
               NULL);
     return -1;
   }
-  pthread_mutex_lock(&pub->lock);
-  rc = mq_channel_open(conn, SETUP_CH, err, sizeof err) ||
-       mq_declare_topology(conn, SETUP_CH, pub->cfg, err, sizeof err) ||
+  /* No lock: starting the publisher settles what was in flight, and on_settle takes it. */
+  rc = mq_channel_open(s, SETUP_CH, err, sizeof err) ||
+       mq_declare_topology(s, SETUP_CH, pub->cfg, err, sizeof err) ||
        /* Callbacks go to the dispatcher's queue: it must exist before the first one. */
        (pub->cfg->callbacks.secret[0] &&
-        mq_declare_callback_topology(conn, SETUP_CH, pub->cfg, err, sizeof err)) ||
-       mq_publisher_start(pub->publisher, conn, err, sizeof err);
-  pthread_mutex_unlock(&pub->lock);
+        mq_declare_callback_topology(s, SETUP_CH, pub->cfg, err, sizeof err)) ||
+       mq_publisher_start(pub->publisher, s, err, sizeof err);
   if(rc) {
     log_event(CFG_LOG_ERROR, "cannot set up the broker", "role", "publisher", "reason", err,
               NULL);
     mq_session_lost(pub->session);
     return -1;
   }
-  pub->conn = conn;
+  pub->connected = 1;
   log_event(CFG_LOG_INFO, "connected to the broker", "role", "publisher", "broker",
             mq_session_address(pub->session), NULL);
   pthread_mutex_lock(&pub->lock);
@@ -381,20 +396,13 @@ static int connect_broker(struct publisher *pub)
   return 0;
 }
 
-static void props(struct publisher *pub, struct pub_req *r, amqp_basic_properties_t *p,
-                  const char *type)
+/* What every publish of msg-api carries; the caller adds the rest. */
+static void props(const struct pub_req *r, struct mq_props *p, const char *type)
 {
   memset(p, 0, sizeof *p);
-  p->_flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-              AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG |
-              AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG;
-  p->delivery_mode = AMQP_DELIVERY_PERSISTENT;
-  p->content_type = amqp_cstring_bytes("application/json");
-  p->correlation_id = amqp_cstring_bytes(r->task_id);
-  p->timestamp = (uint64_t)(util_now_ms() / 1000);
-  p->app_id = amqp_cstring_bytes("msg-api");
-  p->type = amqp_cstring_bytes(type);
-  (void)pub;
+  p->correlation_id = r->task_id;
+  p->app_id = "msg-api";
+  p->type = type;
 }
 
 /* Publishes a job (or an event or callback handed over alone). Returns MQ_PUBLISH_OK, or
@@ -402,30 +410,30 @@ static void props(struct publisher *pub, struct pub_req *r, amqp_basic_propertie
  * MQ_PUBLISH_UNTRACKED (never sent). */
 static int publish_job(struct publisher *pub, struct pub_req *r)
 {
-  amqp_basic_properties_t p;
+  struct mq_props p;
   if(r->event_only && r->callback_url) {
-    amqp_table_entry_t h[1];
-    h[0] = mq_entry_str("x-callback-url", r->callback_url);
-    props(pub, r, &p, "message.callback");
-    p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_HEADERS_FLAG;
-    p.message_id = amqp_cstring_bytes(r->callback_id);
-    p.headers.num_entries = 1;
-    p.headers.entries = h;
+    struct mq_header h[1];
+    h[0] = mq_header_str("x-callback-url", r->callback_url);
+    props(r, &p, "message.callback");
+    p.message_id = r->callback_id;
+    p.headers = h;
+    p.n_headers = 1;
     /* mandatory: without the dispatcher's queue the callback would be dropped silently. */
-    return mq_publisher_publish(pub->publisher, pub->conn, "", pub->cfg->topology.callback_queue,
-                                1, &p, r->event_body, r->event_len, r);
+    return mq_publisher_publish(pub->publisher, pub->session, "",
+                                pub->cfg->topology.callback_queue, 1, &p, r->event_body,
+                                r->event_len, r);
   }
   if(r->event_only) {
-    props(pub, r, &p, "message.status");
-    return mq_publisher_publish(pub->publisher, pub->conn, "", pub->cfg->topology.status_stream,
-                                0, &p, r->event_body, r->event_len, r);
+    props(r, &p, "message.status");
+    return mq_publisher_publish(pub->publisher, pub->session, "",
+                                pub->cfg->topology.status_stream, 0, &p, r->event_body,
+                                r->event_len, r);
   }
-  props(pub, r, &p, "message.send");
-  p._flags |= AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG;
-  p.message_id = amqp_cstring_bytes(r->task_id);
-  p.reply_to = amqp_cstring_bytes(pub->cfg->topology.status_stream);
+  props(r, &p, "message.send");
+  p.message_id = r->task_id;
+  p.reply_to = pub->cfg->topology.status_stream;
   /* mandatory: a job that no queue takes comes back as basic.return and fails the request. */
-  return mq_publisher_publish(pub->publisher, pub->conn, pub->cfg->topology.exchange,
+  return mq_publisher_publish(pub->publisher, pub->session, pub->cfg->topology.exchange,
                               MQ_KEY_SEND, 1, &p, r->job_body, r->job_len, r);
 }
 
@@ -435,7 +443,7 @@ static int publish_job(struct publisher *pub, struct pub_req *r)
 static int publish_events(struct publisher *pub)
 {
   for(;;) {
-    amqp_basic_properties_t p;
+    struct mq_props p;
     struct event_batch *b = malloc(sizeof *b);
     char *bodies[EVENTS_PER_BATCH], *joined;
     size_t lens[EVENTS_PER_BATCH], len;
@@ -468,10 +476,10 @@ static int publish_events(struct publisher *pub)
       free(b);
       continue;
     }
-    props(pub, b->reqs[0], &p, "message.status");
+    props(b->reqs[0], &p, "message.status");
     if(b->n > 1)
-      p._flags &= ~AMQP_BASIC_CORRELATION_ID_FLAG; /* a batch is about many tasks */
-    rc = mq_publisher_publish(pub->publisher, pub->conn, "", pub->cfg->topology.status_stream, 0,
+      p.correlation_id = NULL; /* a batch is about many tasks */
+    rc = mq_publisher_publish(pub->publisher, pub->session, "", pub->cfg->topology.status_stream, 0,
                               &p, joined ? joined : bodies[0], joined ? len : lens[0],
                               (void *)((uintptr_t)b | EVENT_BIT));
     free(joined);
@@ -489,27 +497,32 @@ static int publish_events(struct publisher *pub)
   }
 }
 
-/* Matches a basic.return (by message_id) to the job publish it belongs to. */
-static int is_job_of(void *owner, void *task_id)
+/* Matches a basic.return (by message_id) to the publish it belongs to: a job's message id is
+ * its task id, a callback's its event id. Event batches are never mandatory. */
+static int is_publish_of(void *owner, void *message_id)
 {
+  const struct pub_req *r = owner;
   if((uintptr_t)owner & EVENT_BIT)
     return 0;
-  return !strcmp(((struct pub_req *)owner)->task_id, task_id);
+  if(r->callback_id)
+    return !strcmp(r->callback_id, message_id);
+  return !r->event_only && !strcmp(r->task_id, message_id);
 }
 
-static int on_returned(void *ctx, amqp_channel_t ch, amqp_message_t *m)
+static int on_returned(void *ctx, uint16_t ch, struct mq_message *m)
 {
   struct publisher *pub = ctx;
-  char id[UTIL_UUID_LEN] = "";
+  char id[STATUS_EVENT_ID_LEN] = "", type[32] = "";
   (void)ch;
-  if((m->properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) &&
-     m->properties.message_id.len < sizeof id) {
-    memcpy(id, m->properties.message_id.bytes, m->properties.message_id.len);
-    id[m->properties.message_id.len] = '\0';
-  }
-  log_event(CFG_LOG_ERROR, "job returned unroutable: is the job queue bound?", "task_id", id,
-            NULL);
-  mq_publisher_mark_returned(pub->publisher, is_job_of, id);
+  mq_message_prop(m, MQ_PROP_MESSAGE_ID, id, sizeof id);
+  mq_message_prop(m, MQ_PROP_TYPE, type, sizeof type);
+  if(!strcmp(type, "message.callback"))
+    log_event(CFG_LOG_ERROR, "status callback returned unroutable: is the callback queue there?",
+              "event_id", id, NULL);
+  else
+    log_event(CFG_LOG_ERROR, "job returned unroutable: is the job queue bound?", "task_id", id,
+              NULL);
+  mq_publisher_mark_returned(pub->publisher, is_publish_of, id);
   return 0;
 }
 
@@ -534,7 +547,7 @@ static int drain_frames(struct publisher *pub)
   h.publishers[0] = pub->publisher;
   h.returned = on_returned;
   h.blocked = on_blocked;
-  if(mq_pump(pub->conn, &h, why, sizeof why)) {
+  if(mq_pump(pub->session, &h, why, sizeof why)) {
     drop_connection(pub, why);
     return -1;
   }
@@ -592,7 +605,7 @@ static void *publisher_main(void *arg)
     if(stopping && !drain_deadline)
       drain_deadline = util_mono_ms() + pub->drain_ms;
 
-    if(!pub->conn) {
+    if(!pub->connected) {
       int64_t now = util_mono_ms();
       /* Requests handed over while disconnected cannot wait for a reconnect. */
       fail_list(pub, batch);
@@ -600,7 +613,7 @@ static void *publisher_main(void *arg)
         break;
       if(now >= retry_at && connect_broker(pub))
         retry_at = now + mq_session_retry_delay_ms(pub->session);
-      if(!pub->conn) {
+      if(!pub->connected) {
         struct pollfd w = {pub->wake_fd, POLLIN, 0};
         int wait = (int)(retry_at - util_mono_ms());
         poll(&w, 1, wait < 0 ? 0 : wait); /* a stop request cuts the wait short */
@@ -627,7 +640,7 @@ static void *publisher_main(void *arg)
         retry_at = 0; /* the next address at once */
       }
     }
-    if(!pub->conn)
+    if(!pub->connected)
       continue;
     if(drain_frames(pub) || publish_events(pub)) {
       retry_at = 0;
@@ -644,8 +657,8 @@ static void *publisher_main(void *arg)
         break;
     }
 
-    timeout = mq_pending_input(pub->conn) ? 0 : hb_wait;
-    pfd[0].fd = amqp_get_sockfd(pub->conn);
+    timeout = mq_session_pending_input(pub->session) ? 0 : hb_wait;
+    pfd[0].fd = mq_session_fd(pub->session);
     pfd[0].events = POLLIN;
     pfd[1].fd = pub->wake_fd;
     pfd[1].events = POLLIN;
@@ -656,7 +669,7 @@ static void *publisher_main(void *arg)
         drained = 0;
   }
   mq_session_close(pub->session);
-  pub->conn = NULL;
+  pub->connected = 0;
   set_ready(pub, 0);
   mq_publisher_lost(pub->publisher);
   pthread_mutex_lock(&pub->lock);

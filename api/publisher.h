@@ -48,6 +48,13 @@ enum pub_result publisher_submit_event(struct publisher *pub, const struct statu
 enum pub_result publisher_submit_callback(struct publisher *pub, const struct status_event *ev,
                                           const char *url, int timeout_ms);
 
+/* Reports the outcome of jobs whose worker stopped waiting (PUB_TIMEOUT) once it comes:
+ * fn(task_id, PUB_OK | PUB_REJECTED | PUB_UNKNOWN, ctx), on the publisher thread, with the
+ * publisher's lock held (fn must not call the publisher). Set before the first submit. */
+void publisher_on_late_outcome(struct publisher *pub,
+                               void (*fn)(const char *task_id, enum pub_result result, void *ctx),
+                               void *ctx);
+
 /* 1 while connected with the topology declared and the broker not blocking publishes. */
 int publisher_ready(struct publisher *pub);
 

@@ -40,7 +40,7 @@ struct status_reader {
   /* Owned by the reader thread. */
   struct mq_session *session;
   struct mq_stream *stream;
-  amqp_connection_state_t conn; /* the session's live connection, NULL when closed */
+  int connected;                /* subscribed on the session's live connection */
   int64_t subscribed_mono;      /* when the last subscription started, for the caught-up log */
   _Atomic(struct publisher *) publisher; /* for the receipt callbacks this replica owes */
   struct owed_callback *owed;   /* reader thread only: callbacks to try again */
@@ -176,16 +176,18 @@ static void apply_event(const struct status_event *ev, void *arg)
 }
 
 /* Every delivery of the stream: status events into the cache, markers for catch-up. */
-static void on_delivery(void *ctx, amqp_channel_t ch, uint64_t tag, int redelivered,
-                        amqp_message_t *m)
+static void on_delivery(void *ctx, uint16_t ch, uint64_t tag, int redelivered,
+                        struct mq_message *m)
 {
   struct status_reader *r = ctx;
   char err[256];
+  const void *body;
+  size_t len;
   int what;
   (void)redelivered;
   if(ch != mq_stream_channel(r->stream))
     return;
-  what = mq_stream_delivery(r->stream, r->conn, tag, m);
+  what = mq_stream_delivery(r->stream, r->session, tag, m);
   atomic_store(&r->offset, mq_stream_offset(r->stream));
   atomic_store(&r->last_event_ms, util_now_ms());
   if(what == MQ_STREAM_CAUGHT_UP) {
@@ -198,7 +200,8 @@ static void on_delivery(void *ctx, amqp_channel_t ch, uint64_t tag, int redelive
   if(what != MQ_STREAM_EVENT)
     return;
   /* A foreign or corrupt event cannot be fixed by reading it again: it is skipped. */
-  if(status_message_decode(m->body.bytes, m->body.len, apply_event, r, err, sizeof err))
+  body = mq_message_body(m, &len);
+  if(status_message_decode(body, len, apply_event, r, err, sizeof err))
     log_event(CFG_LOG_WARN, "skipping a bad status event", "reason", err, NULL);
 }
 
@@ -207,20 +210,19 @@ static int subscribe(struct status_reader *r)
 {
   char err[512];
   int64_t off = atomic_load(&r->offset);
-  r->conn = mq_session_open(r->session, CONNECT_TIMEOUT_MS, err, sizeof err);
-  if(!r->conn) {
+  if(mq_session_open(r->session, CONNECT_TIMEOUT_MS, err, sizeof err)) {
     log_event(CFG_LOG_WARN, "cannot connect to the broker", "role", "status-reader", "reason",
               err, NULL);
     return -1;
   }
-  if(mq_channel_open(r->conn, SETUP_CH, err, sizeof err) ||
-     mq_declare_topology(r->conn, SETUP_CH, r->cfg, err, sizeof err) ||
-     mq_stream_start(r->stream, r->conn, err, sizeof err)) {
+  if(mq_channel_open(r->session, SETUP_CH, err, sizeof err) ||
+     mq_declare_topology(r->session, SETUP_CH, r->cfg, err, sizeof err) ||
+     mq_stream_start(r->stream, r->session, err, sizeof err)) {
     log_event(CFG_LOG_ERROR, "cannot subscribe to the status stream", "reason", err, NULL);
     mq_session_lost(r->session);
-    r->conn = NULL;
     return -1;
   }
+  r->connected = 1;
   r->subscribed_mono = util_mono_ms();
   atomic_fetch_add(&r->connects, 1);
   log_event(CFG_LOG_INFO, "consuming the status stream", "stream",
@@ -242,7 +244,7 @@ static void *reader_main(void *arg)
     char why[512];
     struct pollfd pfd;
     int64_t now = util_mono_ms();
-    if(!r->conn) {
+    if(!r->connected) {
       if(now < retry_at || subscribe(r)) {
         struct timespec ts = {0, 50 * 1000000L};
         if(now >= retry_at)
@@ -251,27 +253,27 @@ static void *reader_main(void *arg)
         continue;
       }
     }
-    if(mq_pump(r->conn, &h, why, sizeof why) || mq_stream_tick(r->stream, r->conn)) {
+    if(mq_pump(r->session, &h, why, sizeof why) || mq_stream_tick(r->stream, r->session)) {
       atomic_store(&r->ready, 0);
       log_event(CFG_LOG_WARN, "broker connection lost", "role", "status-reader", "reason", why,
                 NULL);
       mq_stream_lost(r->stream);
       mq_session_lost(r->session);
-      r->conn = NULL;
+      r->connected = 0;
       retry_at = 0; /* the next address at once */
       continue;
     }
     if(r->owed)
       retry_owed(r);
-    if(mq_pending_input(r->conn))
+    if(mq_session_pending_input(r->session))
       continue;
-    pfd.fd = amqp_get_sockfd(r->conn);
+    pfd.fd = mq_session_fd(r->session);
     pfd.events = POLLIN;
     poll(&pfd, 1, POLL_MS);
   }
   atomic_store(&r->ready, 0);
   mq_session_close(r->session);
-  r->conn = NULL;
+  r->connected = 0;
   return NULL;
 }
 

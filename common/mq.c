@@ -1,6 +1,6 @@
-/* AMQP helpers over rabbitmq-c: connect with a connection name, declare the topology of
- * DESIGN §3, read header tables. The caller's thread owns the connection it gets. */
+/* The AMQP engine over rabbitmq-c: see mq.h. */
 #include "mq.h"
+#include "mq_internal.h"
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
@@ -179,8 +179,8 @@ static size_t random_index(size_t n)
   return n > 1 ? (size_t)rand_r(&seed) % n : 0;
 }
 
-amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int timeout_ms,
-                                   char *err, size_t errlen)
+static amqp_connection_state_t connect_any(const struct cfg *cfg, const char *role,
+                                           int timeout_ms, char *err, size_t errlen)
 {
   size_t n = cfg->broker.n_urls, first = random_index(n);
   for(size_t i = 0; i < n; i++) {
@@ -240,8 +240,7 @@ static void url_address(const char *url, char *buf, size_t len)
   snprintf(buf, len, "%.*s", (int)(end - p), p);
 }
 
-amqp_connection_state_t mq_session_open(struct mq_session *s, int timeout_ms, char *err,
-                                        size_t errlen)
+int mq_session_open(struct mq_session *s, int timeout_ms, char *err, size_t errlen)
 {
   size_t n = s->cfg->broker.n_urls, i = s->next % n;
   amqp_connection_state_t conn;
@@ -250,7 +249,7 @@ amqp_connection_state_t mq_session_open(struct mq_session *s, int timeout_ms, ch
   conn = connect_one(s->cfg, s->cfg->broker.urls[i], s->role, timeout_ms, err, errlen);
   if(!conn) {
     s->failed_round++;
-    return NULL;
+    return -1;
   }
   s->conn = conn;
   s->current = i;
@@ -258,7 +257,20 @@ amqp_connection_state_t mq_session_open(struct mq_session *s, int timeout_ms, ch
   s->backoff_ms = MQ_BACKOFF_MIN_MS;
   s->generation++;
   url_address(s->cfg->broker.urls[i], s->address, sizeof s->address);
-  return conn;
+  return 0;
+}
+
+int mq_session_open_any(struct mq_session *s, int timeout_ms, char *err, size_t errlen)
+{
+  amqp_connection_state_t conn;
+  mq_session_lost(s);
+  conn = connect_any(s->cfg, s->role, timeout_ms, err, errlen);
+  if(!conn)
+    return -1;
+  s->conn = conn;
+  s->generation++;
+  snprintf(s->address, sizeof s->address, "%s", "");
+  return 0;
 }
 
 int mq_session_retry_delay_ms(struct mq_session *s)
@@ -301,6 +313,34 @@ amqp_connection_state_t mq_session_conn(const struct mq_session *s)
   return s->conn;
 }
 
+void mq_session_adopt(struct mq_session *s, amqp_connection_state_t conn)
+{
+  s->conn = conn;
+  s->generation++;
+}
+
+int mq_session_connected(const struct mq_session *s)
+{
+  return s->conn != NULL;
+}
+
+int mq_session_fd(const struct mq_session *s)
+{
+  return s->conn ? amqp_get_sockfd(s->conn) : -1;
+}
+
+int mq_session_pending_input(const struct mq_session *s)
+{
+  /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
+  return s->conn && (amqp_frames_enqueued(s->conn) || amqp_data_in_buffer(s->conn));
+}
+
+int mq_session_channel_max(const struct mq_session *s)
+{
+  int max = s->conn ? amqp_get_channel_max(s->conn) : 0;
+  return max ? max : 65535; /* 0: no limit but the protocol's */
+}
+
 unsigned mq_session_generation(const struct mq_session *s)
 {
   return s->generation;
@@ -311,7 +351,7 @@ const char *mq_session_address(const struct mq_session *s)
   return s->address;
 }
 
-void mq_consumer_tag(const char *role, char *buf, size_t len)
+static void consumer_tag(const char *role, char *buf, size_t len)
 {
   char host[128] = "unknown";
   static atomic_uint counter;
@@ -320,8 +360,8 @@ void mq_consumer_tag(const char *role, char *buf, size_t len)
            atomic_fetch_add(&counter, 1) + 1);
 }
 
-int mq_channel_open(amqp_connection_state_t conn, amqp_channel_t channel, char *err,
-                    size_t errlen)
+static int channel_open(amqp_connection_state_t conn, amqp_channel_t channel, char *err,
+                        size_t errlen)
 {
   char why[256];
   if(!amqp_channel_open(conn, channel)) {
@@ -330,6 +370,258 @@ int mq_channel_open(amqp_connection_state_t conn, amqp_channel_t channel, char *
     return -1;
   }
   return 0;
+}
+
+int mq_channel_open(struct mq_session *s, uint16_t ch, char *err, size_t errlen)
+{
+  return channel_open(s->conn, ch, err, errlen);
+}
+
+void mq_channel_close(struct mq_session *s, uint16_t ch)
+{
+  if(s->conn)
+    amqp_channel_close(s->conn, ch, AMQP_REPLY_SUCCESS);
+}
+
+int mq_consume(struct mq_session *s, uint16_t ch, const char *queue, uint16_t prefetch,
+               int64_t offset, const char *role, char tag[MQ_TAG_LEN], char *err,
+               size_t errlen)
+{
+  amqp_table_entry_t arg;
+  amqp_table_t args = {0, &arg};
+  amqp_basic_consume_ok_t *ok;
+  /* Quorum queues refuse a global prefetch: it is per consumer. */
+  if(!amqp_basic_qos(s->conn, ch, 0, prefetch ? prefetch : 1, 0)) {
+    mq_reply_text(amqp_get_rpc_reply(s->conn), err, errlen);
+    return -1;
+  }
+  if(offset != MQ_NOT_A_STREAM) {
+    arg = offset < 0 ? mq_entry_str("x-stream-offset", "first")
+                     : mq_entry_i64("x-stream-offset", offset);
+    args.num_entries = 1;
+  }
+  consumer_tag(role, tag, MQ_TAG_LEN);
+  ok = amqp_basic_consume(s->conn, ch, amqp_cstring_bytes(queue), amqp_cstring_bytes(tag), 0, 0,
+                          0, args);
+  if(!ok) {
+    mq_reply_text(amqp_get_rpc_reply(s->conn), err, errlen);
+    return -1;
+  }
+  /* The broker may shorten or replace a tag; what it answered is what cancel needs. */
+  snprintf(tag, MQ_TAG_LEN, "%.*s", (int)ok->consumer_tag.len,
+           (const char *)ok->consumer_tag.bytes);
+  return 0;
+}
+
+void mq_cancel(struct mq_session *s, uint16_t ch, const char *tag)
+{
+  amqp_basic_cancel_t req;
+  if(!s->conn || !tag[0])
+    return;
+  req.consumer_tag = amqp_cstring_bytes(tag);
+  req.nowait = 1;
+  /* No wait for cancel-ok: it would stall the loop while deliveries are in flight. */
+  amqp_send_method(s->conn, ch, AMQP_BASIC_CANCEL_METHOD, &req);
+}
+
+int mq_ack(struct mq_session *s, uint16_t ch, uint64_t tag, int multiple)
+{
+  if(!s->conn)
+    return -1;
+  return amqp_basic_ack(s->conn, ch, tag, multiple) == AMQP_STATUS_OK ? 0 : -1;
+}
+
+int mq_nack(struct mq_session *s, uint16_t ch, uint64_t tag, int requeue)
+{
+  if(!s->conn)
+    return -1;
+  return amqp_basic_nack(s->conn, ch, tag, 0, requeue) == AMQP_STATUS_OK ? 0 : -1;
+}
+
+int mq_queue_depth(struct mq_session *s, uint16_t ch, const char *queue, uint32_t *depth,
+                   char *err, size_t errlen)
+{
+  char why[256];
+  amqp_queue_declare_ok_t *ok =
+    amqp_queue_declare(s->conn, ch, amqp_cstring_bytes(queue), 1, 0, 0, 0, amqp_empty_table);
+  if(!ok) {
+    snprintf(err, errlen, "cannot read queue %s: %s", queue,
+             mq_reply_text(amqp_get_rpc_reply(s->conn), why, sizeof why));
+    return -1;
+  }
+  *depth = ok->message_count;
+  return 0;
+}
+
+int mq_get(struct mq_session *s, uint16_t ch, const char *queue, struct mq_message **out,
+           uint64_t *tag)
+{
+  struct mq_message *m;
+  amqp_rpc_reply_t r = amqp_basic_get(s->conn, ch, amqp_cstring_bytes(queue), 0);
+  if(r.reply_type != AMQP_RESPONSE_NORMAL)
+    return -1;
+  if(r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD)
+    return 0;
+  *tag = ((amqp_basic_get_ok_t *)r.reply.decoded)->delivery_tag;
+  if(!(m = calloc(1, sizeof *m)))
+    return -1;
+  if(amqp_read_message(s->conn, ch, &m->msg, 0).reply_type != AMQP_RESPONSE_NORMAL) {
+    free(m);
+    return -1;
+  }
+  *out = m;
+  return 1;
+}
+
+/* ---- messages ------------------------------------------------------------------------------ */
+
+const void *mq_message_body(const struct mq_message *m, size_t *len)
+{
+  *len = m->msg.body.len;
+  return m->msg.body.bytes;
+}
+
+int mq_message_header_int(const struct mq_message *m, const char *key, int64_t *out)
+{
+  if(!(m->msg.properties._flags & AMQP_BASIC_HEADERS_FLAG))
+    return -1;
+  return mq_table_get_int(&m->msg.properties.headers, key, out);
+}
+
+static const amqp_bytes_t *header_bytes(const struct mq_message *m, const char *key)
+{
+  const amqp_field_value_t *v;
+  if(!(m->msg.properties._flags & AMQP_BASIC_HEADERS_FLAG) ||
+     !(v = mq_table_get(&m->msg.properties.headers, key)) ||
+     (v->kind != AMQP_FIELD_KIND_UTF8 && v->kind != AMQP_FIELD_KIND_BYTES))
+    return NULL;
+  /* A value with a NUL inside is no C string: treated as not a string at all. */
+  if(v->value.bytes.len && memchr(v->value.bytes.bytes, '\0', v->value.bytes.len))
+    return NULL;
+  return &v->value.bytes;
+}
+
+static int copy_bytes(const amqp_bytes_t *b, char *buf, size_t len)
+{
+  if(b->len >= len) {
+    if(len)
+      buf[0] = '\0';
+    return -2;
+  }
+  if(b->len)
+    memcpy(buf, b->bytes, b->len);
+  buf[b->len] = '\0';
+  return 0;
+}
+
+int mq_message_header_str(const struct mq_message *m, const char *key, char *buf, size_t len)
+{
+  const amqp_bytes_t *b = header_bytes(m, key);
+  if(!b) {
+    if(len)
+      buf[0] = '\0';
+    return -1;
+  }
+  return copy_bytes(b, buf, len);
+}
+
+char *mq_message_header_dup(const struct mq_message *m, const char *key, int *rc)
+{
+  const amqp_bytes_t *b = header_bytes(m, key);
+  char *copy;
+  if(!b) {
+    *rc = -1;
+    return NULL;
+  }
+  if(!(copy = malloc(b->len + 1))) {
+    *rc = -2;
+    return NULL;
+  }
+  copy_bytes(b, copy, b->len + 1);
+  *rc = 0;
+  return copy;
+}
+
+int mq_message_prop(const struct mq_message *m, enum mq_prop which, char *buf, size_t len)
+{
+  const amqp_basic_properties_t *p = &m->msg.properties;
+  switch(which) {
+  case MQ_PROP_MESSAGE_ID:
+    return (p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ? copy_bytes(&p->message_id, buf, len) : -1;
+  case MQ_PROP_CORRELATION_ID:
+    return (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) ? copy_bytes(&p->correlation_id, buf, len)
+                                                        : -1;
+  case MQ_PROP_TYPE:
+    return (p->_flags & AMQP_BASIC_TYPE_FLAG) ? copy_bytes(&p->type, buf, len) : -1;
+  }
+  return -1;
+}
+
+struct mq_message *mq_message_take(struct mq_message *m)
+{
+  struct mq_message *copy = malloc(sizeof *copy);
+  if(!copy)
+    return NULL;
+  *copy = *m;
+  /* A zeroed message is what amqp_destroy_message leaves alone. */
+  memset(m, 0, sizeof *m);
+  return copy;
+}
+
+void mq_message_free(struct mq_message *m)
+{
+  if(!m)
+    return;
+  amqp_destroy_message(&m->msg);
+  free(m);
+}
+
+struct mq_header mq_header_str(const char *key, const char *value)
+{
+  struct mq_header h = {key, MQ_HEADER_STR, value, 0};
+  return h;
+}
+
+struct mq_header mq_header_int(const char *key, int64_t value)
+{
+  struct mq_header h = {key, MQ_HEADER_INT, NULL, value};
+  return h;
+}
+
+/* The rabbitmq-c properties of a publish; headers are converted into table[MQ_MAX_HEADERS]. */
+#define MQ_MAX_HEADERS 16
+static void to_amqp_props(const struct mq_props *in, amqp_basic_properties_t *p,
+                          amqp_table_entry_t *table)
+{
+  memset(p, 0, sizeof *p);
+  p->_flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+              AMQP_BASIC_TIMESTAMP_FLAG;
+  p->delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  p->content_type = amqp_cstring_bytes("application/json");
+  p->timestamp = (uint64_t)(util_now_ms() / 1000);
+  if(!in)
+    return;
+#define PROP(field, flag)                                                                 \
+  if(in->field) {                                                                         \
+    p->_flags |= flag;                                                                    \
+    p->field = amqp_cstring_bytes(in->field);                                             \
+  }
+  PROP(message_id, AMQP_BASIC_MESSAGE_ID_FLAG)
+  PROP(correlation_id, AMQP_BASIC_CORRELATION_ID_FLAG)
+  PROP(reply_to, AMQP_BASIC_REPLY_TO_FLAG)
+  PROP(type, AMQP_BASIC_TYPE_FLAG)
+  PROP(app_id, AMQP_BASIC_APP_ID_FLAG)
+#undef PROP
+  if(in->n_headers) {
+    size_t n = in->n_headers < MQ_MAX_HEADERS ? in->n_headers : MQ_MAX_HEADERS;
+    for(size_t i = 0; i < n; i++)
+      table[i] = in->headers[i].kind == MQ_HEADER_STR
+                   ? mq_entry_str(in->headers[i].key, in->headers[i].str)
+                   : mq_entry_i64(in->headers[i].key, in->headers[i].num);
+    p->_flags |= AMQP_BASIC_HEADERS_FLAG;
+    p->headers.num_entries = (int)n;
+    p->headers.entries = table;
+  }
 }
 
 static void format_delay(uint64_t ms, char *buf, size_t len)
@@ -477,9 +769,10 @@ void mq_lane_routing_key(const char *instance, char *buf, size_t len)
   snprintf(buf, len, "lane.%s", instance);
 }
 
-int mq_declare_lane(amqp_connection_state_t conn, amqp_channel_t ch, const struct cfg *cfg,
+int mq_declare_lane(struct mq_session *s, uint16_t ch, const struct cfg *cfg,
                     const char *instance, char *err, size_t errlen)
 {
+  amqp_connection_state_t conn = s->conn;
   char name[512], key[128];
   amqp_table_entry_t args[8];
   int n = job_queue_args(cfg, args);
@@ -489,9 +782,10 @@ int mq_declare_lane(amqp_connection_state_t conn, amqp_channel_t ch, const struc
   return declare_queue(conn, ch, name, args, n, key, cfg, err, errlen);
 }
 
-int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t ch, const struct cfg *cfg,
-                        char *err, size_t errlen)
+int mq_declare_topology(struct mq_session *s, uint16_t ch, const struct cfg *cfg, char *err,
+                        size_t errlen)
 {
+  amqp_connection_state_t conn = s->conn;
   const struct cfg *c = cfg;
   int quorum = c->topology.queue_type == CFG_QUEUE_QUORUM;
   const char *qtype = quorum ? "quorum" : "classic";
@@ -560,9 +854,10 @@ void mq_callback_dead_queue_name(const struct cfg *cfg, char *buf, size_t len)
   snprintf(buf, len, "%s.dead", cfg->topology.callback_queue);
 }
 
-int mq_declare_callback_topology(amqp_connection_state_t conn, amqp_channel_t ch,
-                                 const struct cfg *cfg, char *err, size_t errlen)
+int mq_declare_callback_topology(struct mq_session *s, uint16_t ch, const struct cfg *cfg,
+                                 char *err, size_t errlen)
 {
+  amqp_connection_state_t conn = s->conn;
   const struct cfg *c = cfg;
   int quorum = c->topology.queue_type == CFG_QUEUE_QUORUM;
   char dead[512], name[512];
@@ -656,8 +951,7 @@ struct mq_publisher {
   unsigned long long reopens;
 };
 
-struct mq_publisher *mq_publisher_new(amqp_channel_t a, amqp_channel_t b, confirms_settle_fn fn,
-                                      void *ctx)
+struct mq_publisher *mq_publisher_new(uint16_t a, uint16_t b, confirms_settle_fn fn, void *ctx)
 {
   struct mq_publisher *p = calloc(1, sizeof *p);
   if(!p || !(p->confirms = confirms_new(fn, ctx))) {
@@ -681,7 +975,7 @@ static int open_confirm_channel(amqp_connection_state_t conn, amqp_channel_t ch,
                                 size_t errlen)
 {
   char why[256];
-  if(mq_channel_open(conn, ch, err, errlen))
+  if(channel_open(conn, ch, err, errlen))
     return -1;
   if(!amqp_confirm_select(conn, ch)) {
     snprintf(err, errlen, "confirm.select refused on channel %u: %s", ch,
@@ -691,9 +985,9 @@ static int open_confirm_channel(amqp_connection_state_t conn, amqp_channel_t ch,
   return 0;
 }
 
-int mq_publisher_start(struct mq_publisher *p, amqp_connection_state_t conn, char *err,
-                       size_t errlen)
+int mq_publisher_start(struct mq_publisher *p, struct mq_session *s, char *err, size_t errlen)
 {
+  amqp_connection_state_t conn = s->conn;
   /* Whatever was in flight belonged to the previous connection. */
   mq_publisher_lost(p);
   p->current = 0;
@@ -712,15 +1006,16 @@ void mq_publisher_lost(struct mq_publisher *p)
   confirms_fail_all(p->confirms);
 }
 
-amqp_channel_t mq_publisher_channel(const struct mq_publisher *p)
+uint16_t mq_publisher_channel(const struct mq_publisher *p)
 {
   return p->numbers[p->current];
 }
 
-int mq_publisher_publish(struct mq_publisher *p, amqp_connection_state_t conn,
-                         const char *exchange, const char *routing_key, int mandatory,
-                         const amqp_basic_properties_t *props, const void *body, size_t len,
-                         void *owner)
+/* Publishes with rabbitmq-c properties: the one path of every publish. */
+static int publish_raw(struct mq_publisher *p, amqp_connection_state_t conn,
+                       const char *exchange, const char *routing_key, int mandatory,
+                       const amqp_basic_properties_t *props, const void *body, size_t len,
+                       void *owner)
 {
   amqp_bytes_t b;
   int rc;
@@ -744,6 +1039,54 @@ int mq_publisher_publish(struct mq_publisher *p, amqp_connection_state_t conn,
     return MQ_PUBLISH_FAILED;
   }
   return MQ_PUBLISH_OK;
+}
+
+int mq_publisher_publish(struct mq_publisher *p, struct mq_session *s, const char *exchange,
+                         const char *routing_key, int mandatory, const struct mq_props *props,
+                         const void *body, size_t len, void *owner)
+{
+  amqp_basic_properties_t ap;
+  amqp_table_entry_t table[MQ_MAX_HEADERS];
+  to_amqp_props(props, &ap, table);
+  return publish_raw(p, s->conn, exchange, routing_key, mandatory, &ap, body, len, owner);
+}
+
+static int dropped(amqp_bytes_t key, const char *const *drop)
+{
+  for(; drop && *drop; drop++)
+    if(key.len == strlen(*drop) && !memcmp(key.bytes, *drop, key.len))
+      return 1;
+  return 0;
+}
+
+int mq_publisher_republish(struct mq_publisher *p, struct mq_session *s, const char *exchange,
+                           const char *routing_key, int mandatory, const struct mq_message *m,
+                           const char *const *drop, const struct mq_header *extra,
+                           size_t n_extra, void *owner)
+{
+  amqp_basic_properties_t ap = m->msg.properties;
+  int have = (ap._flags & AMQP_BASIC_HEADERS_FLAG) ? ap.headers.num_entries : 0, n = 0, rc;
+  amqp_table_entry_t *h = malloc(((size_t)have + n_extra + 1) * sizeof *h);
+  if(!h) {
+    p->broken = 1;
+    return MQ_PUBLISH_UNTRACKED;
+  }
+  for(int i = 0; i < have; i++)
+    if(!dropped(ap.headers.entries[i].key, drop))
+      h[n++] = ap.headers.entries[i];
+  for(size_t i = 0; i < n_extra; i++)
+    h[n++] = extra[i].kind == MQ_HEADER_STR ? mq_entry_str(extra[i].key, extra[i].str)
+                                            : mq_entry_i64(extra[i].key, extra[i].num);
+  /* user_id must name the publishing connection's user or the broker closes the channel. */
+  ap._flags &= ~(amqp_flags_t)AMQP_BASIC_USER_ID_FLAG;
+  ap._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
+  ap.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+  ap.headers.num_entries = n;
+  ap.headers.entries = h;
+  rc = publish_raw(p, s->conn, exchange, routing_key, mandatory, &ap, m->msg.body.bytes,
+                   m->msg.body.len, owner);
+  free(h);
+  return rc;
 }
 
 /* Replaces the live publish channel by the other number: what was in flight on it is settled
@@ -843,8 +1186,13 @@ unsigned long long mq_publisher_reopens(const struct mq_publisher *p)
 
 /* ---- the frame reader -------------------------------------------------------------------- */
 
-int mq_pump(amqp_connection_state_t conn, const struct mq_handlers *h, char *why, size_t len)
+int mq_pump(struct mq_session *s, const struct mq_handlers *h, char *why, size_t len)
 {
+  amqp_connection_state_t conn = s->conn;
+  if(!conn) {
+    snprintf(why, len, "not connected");
+    return -1;
+  }
   for(;;) {
     amqp_frame_t f;
     struct timeval zero = {0, 0};
@@ -877,27 +1225,32 @@ int mq_pump(amqp_connection_state_t conn, const struct mq_handlers *h, char *why
       amqp_basic_deliver_t *dl = f.payload.method.decoded;
       uint64_t tag = dl->delivery_tag;
       int redelivered = dl->redelivered;
-      amqp_message_t m;
+      struct mq_message m;
       memset(&m, 0, sizeof m);
-      if(amqp_read_message(conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
+      if(amqp_read_message(conn, f.channel, &m.msg, 0).reply_type != AMQP_RESPONSE_NORMAL) {
         snprintf(why, len, "connection lost while reading a delivery");
         return -1;
       }
       if(h->deliver)
         h->deliver(h->ctx, f.channel, tag, redelivered, &m);
-      amqp_destroy_message(&m);
+      amqp_destroy_message(&m.msg);
+      /* A handler may have dropped the connection (through its owner): stop reading. */
+      if(!s->conn) {
+        snprintf(why, len, "the connection was dropped");
+        return -1;
+      }
       break;
     }
     case AMQP_BASIC_RETURN_METHOD: {
-      amqp_message_t m;
+      struct mq_message m;
       memset(&m, 0, sizeof m);
       /* The returned message's header and body follow; they must be read off the wire. */
-      if(amqp_read_message(conn, f.channel, &m, 0).reply_type != AMQP_RESPONSE_NORMAL) {
+      if(amqp_read_message(conn, f.channel, &m.msg, 0).reply_type != AMQP_RESPONSE_NORMAL) {
         snprintf(why, len, "connection lost while reading a returned message");
         return -1;
       }
       rc = h->returned ? h->returned(h->ctx, f.channel, &m) : 0;
-      amqp_destroy_message(&m);
+      amqp_destroy_message(&m.msg);
       if(rc) {
         snprintf(why, len, "a publish was returned unroutable");
         return -1;
@@ -934,14 +1287,14 @@ int mq_pump(amqp_connection_state_t conn, const struct mq_handlers *h, char *why
   return 0;
 }
 
-int mq_publisher_wait(struct mq_publisher *p, amqp_connection_state_t conn,
-                      const struct mq_handlers *h, int timeout_ms, char *why, size_t len)
+int mq_publisher_wait(struct mq_publisher *p, struct mq_session *s, const struct mq_handlers *h,
+                      int timeout_ms, char *why, size_t len)
 {
   int64_t deadline = util_mono_ms() + timeout_ms;
   while(confirms_outstanding(p->confirms)) {
     struct pollfd pfd;
     int64_t left;
-    if(mq_pump(conn, h, why, len))
+    if(mq_pump(s, h, why, len))
       return -1;
     if(!confirms_outstanding(p->confirms))
       break;
@@ -950,26 +1303,13 @@ int mq_publisher_wait(struct mq_publisher *p, amqp_connection_state_t conn,
       snprintf(why, len, "no confirm from the broker in %d ms", timeout_ms);
       return -1;
     }
-    if(mq_pending_input(conn))
+    if(mq_session_pending_input(s))
       continue;
-    pfd.fd = amqp_get_sockfd(conn);
+    pfd.fd = mq_session_fd(s);
     pfd.events = POLLIN;
     poll(&pfd, 1, (int)left);
   }
   return 0;
-}
-
-void mq_take_message(amqp_message_t *m, amqp_message_t *out)
-{
-  *out = *m;
-  /* A zeroed message is what amqp_destroy_message leaves alone. */
-  memset(m, 0, sizeof *m);
-}
-
-int mq_pending_input(amqp_connection_state_t conn)
-{
-  /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
-  return amqp_frames_enqueued(conn) || amqp_data_in_buffer(conn);
 }
 
 /* ---- stream following -------------------------------------------------------------------- */
@@ -979,7 +1319,7 @@ int mq_pending_input(amqp_connection_state_t conn)
 struct mq_stream {
   const struct cfg *cfg;
   char role[32];
-  amqp_channel_t channel;
+  uint16_t channel;
   uint16_t prefetch;
   struct mq_publisher *marker_pub;
   int64_t offset;          /* last offset read: the resume point after a reconnect */
@@ -1004,9 +1344,8 @@ static void on_marker_settled(void *owner, int ok, void *ctx)
                    : ok == CONFIRM_REFUSED ? MARKER_RESEND : MARKER_NONE;
 }
 
-struct mq_stream *mq_stream_new(const struct cfg *cfg, const char *role, amqp_channel_t channel,
-                                amqp_channel_t marker_a, amqp_channel_t marker_b,
-                                uint16_t prefetch)
+struct mq_stream *mq_stream_new(const struct cfg *cfg, const char *role, uint16_t channel,
+                                uint16_t marker_a, uint16_t marker_b, uint16_t prefetch)
 {
   struct mq_stream *st = calloc(1, sizeof *st);
   if(!st)
@@ -1032,8 +1371,9 @@ void mq_stream_free(struct mq_stream *st)
   free(st);
 }
 
-static int publish_marker(struct mq_stream *st, amqp_connection_state_t conn)
+static int publish_marker(struct mq_stream *st, struct mq_session *s)
 {
+  amqp_connection_state_t conn = s->conn;
   amqp_basic_properties_t p;
   char host[128] = "unknown", body[300];
   int n;
@@ -1051,40 +1391,29 @@ static int publish_marker(struct mq_stream *st, amqp_connection_state_t conn)
   p.type = amqp_cstring_bytes(MARKER_TYPE);
   p.timestamp = (uint64_t)(util_now_ms() / 1000);
   st->marker_state = MARKER_SENT;
-  if(mq_publisher_publish(st->marker_pub, conn, "", st->cfg->topology.status_stream, 0, &p, body,
-                          (size_t)n, st) != MQ_PUBLISH_OK) {
+  if(publish_raw(st->marker_pub, conn, "", st->cfg->topology.status_stream, 0, &p, body,
+                  (size_t)n, st) != MQ_PUBLISH_OK) {
     st->marker_state = MARKER_NONE;
     return -1;
   }
   return 0;
 }
 
-int mq_stream_start(struct mq_stream *st, amqp_connection_state_t conn, char *err, size_t errlen)
+int mq_stream_start(struct mq_stream *st, struct mq_session *s, char *err, size_t errlen)
 {
-  amqp_table_entry_t arg;
-  amqp_table_t args = {1, &arg};
-  char tag[256];
+  char tag[MQ_TAG_LEN];
   mq_stream_lost(st);
-  if(mq_channel_open(conn, st->channel, err, errlen) ||
-     mq_publisher_start(st->marker_pub, conn, err, errlen))
+  if(mq_channel_open(s, st->channel, err, errlen) ||
+     mq_publisher_start(st->marker_pub, s, err, errlen))
     return -1;
-  if(!amqp_basic_qos(conn, st->channel, 0, st->prefetch, 0)) {
-    mq_reply_text(amqp_get_rpc_reply(conn), err, errlen);
-    return -1;
-  }
   /* At boot replay the whole retention; after a reconnect resume after the last event read,
    * so nothing is lost and nothing is applied twice. */
-  arg = st->offset < 0 ? mq_entry_str("x-stream-offset", "first")
-                       : mq_entry_i64("x-stream-offset", st->offset + 1);
-  mq_consumer_tag(st->role, tag, sizeof tag);
-  if(!amqp_basic_consume(conn, st->channel, amqp_cstring_bytes(st->cfg->topology.status_stream),
-                         amqp_cstring_bytes(tag), 0, 0, 0, args)) {
-    mq_reply_text(amqp_get_rpc_reply(conn), err, errlen);
+  if(mq_consume(s, st->channel, st->cfg->topology.status_stream, st->prefetch,
+                st->offset < 0 ? MQ_FROM_FIRST : st->offset + 1, st->role, tag, err, errlen))
     return -1;
-  }
   /* Published after the subscription started: reading it back proves that everything
    * published before the subscription has been read. */
-  if(publish_marker(st, conn)) {
+  if(publish_marker(st, s)) {
     snprintf(err, errlen, "cannot publish the catch-up marker");
     return -1;
   }
@@ -1099,9 +1428,17 @@ void mq_stream_lost(struct mq_stream *st)
   st->unacked = 0;
 }
 
-int mq_stream_delivery(struct mq_stream *st, amqp_connection_state_t conn, uint64_t tag,
-                       const amqp_message_t *m)
+static void stream_flush(struct mq_stream *st, amqp_connection_state_t conn)
 {
+  if(st->unacked && amqp_basic_ack(conn, st->channel, st->last_tag, 1) == AMQP_STATUS_OK)
+    st->unacked = 0;
+}
+
+int mq_stream_delivery(struct mq_stream *st, struct mq_session *s, uint64_t tag,
+                       const struct mq_message *msg)
+{
+  const amqp_message_t *m = &msg->msg;
+  amqp_connection_state_t conn = s->conn;
   const amqp_basic_properties_t *p = &m->properties;
   int64_t off;
   int is_marker;
@@ -1111,7 +1448,7 @@ int mq_stream_delivery(struct mq_stream *st, amqp_connection_state_t conn, uint6
   st->last_tag = tag;
   /* Acks on a stream are credit, not settlement: sent in batches of half the prefetch. */
   if(++st->unacked >= (uint64_t)(st->prefetch / 2 ? st->prefetch / 2 : 1))
-    mq_stream_flush(st, conn);
+    stream_flush(st, conn);
   is_marker = (p->_flags & AMQP_BASIC_TYPE_FLAG) && p->type.len == strlen(MARKER_TYPE) &&
               !memcmp(p->type.bytes, MARKER_TYPE, p->type.len);
   if(!is_marker)
@@ -1126,19 +1463,15 @@ int mq_stream_delivery(struct mq_stream *st, amqp_connection_state_t conn, uint6
   return MQ_STREAM_SKIP;
 }
 
-int mq_stream_tick(struct mq_stream *st, amqp_connection_state_t conn)
+int mq_stream_tick(struct mq_stream *st, struct mq_session *s)
 {
+  if(!s->conn)
+    return -1;
   if(st->unacked)
-    mq_stream_flush(st, conn);
+    stream_flush(st, s->conn);
   if(st->marker_state == MARKER_RESEND && !st->caught_up)
-    return publish_marker(st, conn);
+    return publish_marker(st, s);
   return mq_publisher_broken(st->marker_pub) ? -1 : 0;
-}
-
-void mq_stream_flush(struct mq_stream *st, amqp_connection_state_t conn)
-{
-  if(st->unacked && amqp_basic_ack(conn, st->channel, st->last_tag, 1) == AMQP_STATUS_OK)
-    st->unacked = 0;
 }
 
 int mq_stream_caught_up(const struct mq_stream *st)
@@ -1151,7 +1484,7 @@ int64_t mq_stream_offset(const struct mq_stream *st)
   return st->offset;
 }
 
-amqp_channel_t mq_stream_channel(const struct mq_stream *st)
+uint16_t mq_stream_channel(const struct mq_stream *st)
 {
   return st->channel;
 }

@@ -1,12 +1,14 @@
-/* AMQP helpers over rabbitmq-c: connect with a connection name, declare the topology of
- * DESIGN §3, read header tables. The caller's thread owns the connection it gets. */
+/* The AMQP engine: the only code that talks to rabbitmq-c. Sessions (one connection over the
+ * addresses of a broker or cluster, with one backoff for everyone), the topology's names and
+ * declarations, confirmed publishing with typed outcomes, one frame reader that dispatches to
+ * handlers, and a follower of the status stream that catches up without clocks. Its types
+ * are its own: nothing outside common/ sees a rabbitmq-c type. One thread owns a session and
+ * everything used on it. */
 #ifndef MSG_MQ_H
 #define MSG_MQ_H
 
-#include <amqp.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/time.h>
 
 #include "cfg.h"
 #include "confirms.h"
@@ -17,38 +19,35 @@
 /* Quorum queue poison guard: a job whose deliveries keep failing without an ack (a consumer
  * crashing on it) is dead-lettered to the dead queue after this many returns. */
 #define MQ_DELIVERY_LIMIT 10
+/* Room for a consumer tag (an AMQP short string) and its NUL. */
+#define MQ_TAG_LEN 256
 
-/* Connects and logs in to one of cfg->broker.urls (tried in turn from a random one; amqps://
- * uses TLS with cfg->broker.tls), announcing "<cfg->broker.connection_name>-<role>@<host name>"
- * as the connection name (role: "api", "api-status", "consumer", "callbacks", "admin" for
- * dead-letter reads and redrives), product and version, and the capabilities
- * connection.blocked and consumer_cancel_notify. Each connect and each RPC is bounded by
- * `timeout_ms`. For one-shot work; daemons hold a session (below). Returns the connection
- * (caller destroys it with mq_close or, after a socket error, amqp_destroy_connection), or NULL
- * with the last address's reason in err[errlen]. */
-amqp_connection_state_t mq_connect(const struct cfg *cfg, const char *role, int timeout_ms,
-                                   char *err, size_t errlen);
-
-/* A session: the one long-lived broker connection of a thread, over the addresses of
- * cfg->broker.urls. It starts at a random address and, when a connection fails or is lost,
- * moves on to the next; after a whole round of failures it waits a backoff with jitter
- * (MQ_BACKOFF_MIN_MS doubling to MQ_BACKOFF_MAX_MS), the same for every connection of both
- * daemons. Each successful open bumps the generation: a delivery tag or a confirm sequence
- * from an older generation means nothing on the new connection. One thread owns a session. */
+/* ---- sessions ----------------------------------------------------------------------------
+ * A session: the broker connection of one thread, over the addresses of cfg->broker.urls. It
+ * starts at a random address and, when a connection fails or is lost, moves on to the next;
+ * after a whole round of failures it waits a backoff with jitter (MQ_BACKOFF_MIN_MS doubling
+ * to MQ_BACKOFF_MAX_MS), the same for every connection of both daemons. Each successful open
+ * bumps the generation: a delivery tag or a confirm sequence from an older generation means
+ * nothing on the new connection. The connection is named "<broker.connection_name>-<role>@
+ * <host>" (role: "api", "api-status", "consumer", "callbacks", "admin"), with product,
+ * version and the capabilities connection.blocked and consumer_cancel_notify. */
 #define MQ_BACKOFF_MIN_MS 200
 #define MQ_BACKOFF_MAX_MS 5000
 struct mq_session;
 
-/* A closed session for `role` (see mq_connect); cfg is borrowed. NULL when out of memory. */
+/* A closed session for `role`; cfg is borrowed. NULL when out of memory. */
 struct mq_session *mq_session_new(const struct cfg *cfg, const char *role);
 
 /* Destroys the connection, if any, and frees the session; NULL is a no-op. */
 void mq_session_free(struct mq_session *s);
 
-/* Drops any connection and opens one to the next address. Returns the connection (owned by the
- * session, valid until mq_session_lost/close/free), or NULL with the reason in err. */
-amqp_connection_state_t mq_session_open(struct mq_session *s, int timeout_ms, char *err,
-                                        size_t errlen);
+/* Drops any connection and opens one to the next address; each connect and each RPC later on
+ * is bounded by timeout_ms. Returns 0, or -1 with the reason in err. */
+int mq_session_open(struct mq_session *s, int timeout_ms, char *err, size_t errlen);
+
+/* For one-shot work: tries every address once, from a random one. Returns 0 or -1 (err holds
+ * the last address's reason). */
+int mq_session_open_any(struct mq_session *s, int timeout_ms, char *err, size_t errlen);
 
 /* How long to wait before the next mq_session_open after a failed one: 0 while addresses of
  * this round are left, else the backoff with jitter. */
@@ -61,25 +60,221 @@ void mq_session_lost(struct mq_session *s);
 /* Closes a healthy connection politely (bounded by the RPC timeout). No-op when closed. */
 void mq_session_close(struct mq_session *s);
 
-/* The live connection (NULL when closed), its generation (0 before the first open), and the
- * host:port it is connected to ("" when closed). */
-amqp_connection_state_t mq_session_conn(const struct mq_session *s);
-unsigned mq_session_generation(const struct mq_session *s);
-const char *mq_session_address(const struct mq_session *s);
+int mq_session_connected(const struct mq_session *s);
+unsigned mq_session_generation(const struct mq_session *s); /* 0 before the first open */
+const char *mq_session_address(const struct mq_session *s); /* host:port, "" when closed */
+/* The socket to poll for input, -1 when closed. */
+int mq_session_fd(const struct mq_session *s);
+/* 1 when input already read from the socket waits (poll would not wake for it). */
+int mq_session_pending_input(const struct mq_session *s);
+/* The highest channel number the broker allows. */
+int mq_session_channel_max(const struct mq_session *s);
 
-/* Writes a consumer tag that says who consumes ("msg-consumer@host:pid:n"), for the management
- * UI's consumer list, into buf. */
-void mq_consumer_tag(const char *role, char *buf, size_t len);
+/* ---- channels, consumers, acks ----------------------------------------------------------- */
 
-/* Opens `channel`; returns 0 or -1 with a reason in err. */
-int mq_channel_open(amqp_connection_state_t conn, amqp_channel_t channel, char *err,
-                    size_t errlen);
+/* Opens a channel; returns 0 or -1 with the reason in err. */
+int mq_channel_open(struct mq_session *s, uint16_t ch, char *err, size_t errlen);
+
+/* Closes a channel and waits for the broker's answer (what was delivered on it and not acked
+ * goes back to its queue). */
+void mq_channel_close(struct mq_session *s, uint16_t ch);
+
+/* Sets the channel's prefetch and consumes `queue` with a tag that says who consumes
+ * ("msg-<role>@host:pid:n"), written to tag. `offset` >= 0 consumes a stream from that offset,
+ * MQ_FROM_FIRST from its start, MQ_NOT_A_STREAM for a queue. Returns 0 or -1 with err. */
+#define MQ_NOT_A_STREAM (-2)
+#define MQ_FROM_FIRST (-1)
+int mq_consume(struct mq_session *s, uint16_t ch, const char *queue, uint16_t prefetch,
+               int64_t offset, const char *role, char tag[MQ_TAG_LEN], char *err,
+               size_t errlen);
+
+/* Cancels a consumer without waiting for the broker's answer (the loop keeps running). */
+void mq_cancel(struct mq_session *s, uint16_t ch, const char *tag);
+
+/* Acks (multiple: every delivery up to tag) or nacks a delivery of this connection. Return 0,
+ * or -1 when the connection is gone (the broker then requeues by itself). */
+int mq_ack(struct mq_session *s, uint16_t ch, uint64_t tag, int multiple);
+int mq_nack(struct mq_session *s, uint16_t ch, uint64_t tag, int requeue);
+
+/* The message count of `queue` (passive declare). Returns 0, or -1 with err. */
+int mq_queue_depth(struct mq_session *s, uint16_t ch, const char *queue, uint32_t *depth,
+                   char *err, size_t errlen);
+
+/* ---- messages -----------------------------------------------------------------------------
+ * A received message (a delivery, a basic.get, a basic.return). Handlers get it borrowed for
+ * the call; mq_message_take keeps it. */
+struct mq_message;
+
+const void *mq_message_body(const struct mq_message *m, size_t *len);
+/* An integer header of any AMQP integer kind: 0 and *out written, or -1. */
+int mq_message_header_int(const struct mq_message *m, const char *key, int64_t *out);
+/* A string header, copied NUL-terminated: 0, -1 when absent or not a string, -2 when it does
+ * not fit (buf is then ""). */
+int mq_message_header_str(const struct mq_message *m, const char *key, char *buf, size_t len);
+/* The same, malloc'd (caller frees): NULL with *rc = -1 (absent) or -2 (out of memory). */
+char *mq_message_header_dup(const struct mq_message *m, const char *key, int *rc);
+
+enum mq_prop { MQ_PROP_MESSAGE_ID, MQ_PROP_CORRELATION_ID, MQ_PROP_TYPE };
+/* A property, copied NUL-terminated: 0, -1 when absent, -2 when it does not fit. */
+int mq_message_prop(const struct mq_message *m, enum mq_prop which, char *buf, size_t len);
+
+/* Moves a borrowed message out of the handler's hands: a heap copy the caller frees with
+ * mq_message_free; NULL when out of memory (the borrowed one is then left as it was). */
+struct mq_message *mq_message_take(struct mq_message *m);
+void mq_message_free(struct mq_message *m); /* NULL is a no-op */
+
+/* ---- what a publish carries ---------------------------------------------------------------
+ * Every publish is persistent, application/json, stamped with the time. Strings are borrowed
+ * for the call; NULL leaves a property out. */
+enum mq_header_kind { MQ_HEADER_STR, MQ_HEADER_INT };
+struct mq_header {
+  const char *key;
+  enum mq_header_kind kind;
+  const char *str;
+  int64_t num;
+};
+struct mq_header mq_header_str(const char *key, const char *value);
+struct mq_header mq_header_int(const char *key, int64_t value);
+
+struct mq_props {
+  const char *message_id, *correlation_id, *reply_to, *type, *app_id;
+  const struct mq_header *headers;
+  size_t n_headers;
+};
+
+/* ---- confirmed publishing ---------------------------------------------------------------
+ * The publisher of one session: a channel in confirm mode whose publishes each have an owner,
+ * settled exactly once through the settle function: CONFIRM_ACKED, CONFIRM_REFUSED (nack or
+ * basic.return), or CONFIRM_LOST. One rule for every daemon: when a publish fails the
+ * publisher is broken, mq_pump says so, the owner drops the connection and calls
+ * mq_publisher_lost, which settles every unconfirmed owner as lost; no later confirm can
+ * settle a wrong owner. A channel the broker keeps nacking (three publishes in a row) is
+ * replaced by a fresh one with the other channel number, its publishes settled as lost: a
+ * quorum queue's client state lives in the channel, and one that learnt of a leader before it
+ * moved can be nacked until that node comes back. */
+struct mq_publisher;
+
+/* A publisher on channel `a` (and `b` when a is replaced); fn(owner, outcome, ctx) settles.
+ * NULL when out of memory. */
+struct mq_publisher *mq_publisher_new(uint16_t a, uint16_t b, confirms_settle_fn fn, void *ctx);
+void mq_publisher_free(struct mq_publisher *p); /* settles nothing; NULL is a no-op */
+
+/* On a new connection: settles what was in flight as lost, opens the channel, confirm.select.
+ * Returns 0, or -1 with the broker's reason in err. */
+int mq_publisher_start(struct mq_publisher *p, struct mq_session *s, char *err, size_t errlen);
+
+/* The connection is gone: every unconfirmed owner is settled CONFIRM_LOST. */
+void mq_publisher_lost(struct mq_publisher *p);
+
+/* Results of mq_publisher_publish. */
+#define MQ_PUBLISH_OK 0
+#define MQ_PUBLISH_FAILED (-1)    /* tracked: settled as lost when the connection is dropped */
+#define MQ_PUBLISH_UNTRACKED (-2) /* nothing sent, the owner is not tracked (closed, broken or
+                                     out of memory); drop the connection */
+
+/* Publishes body (borrowed for the call); `owner` is settled by its confirm. mandatory: a
+ * message no queue takes comes back (basic.return) and is settled refused. */
+int mq_publisher_publish(struct mq_publisher *p, struct mq_session *s, const char *exchange,
+                         const char *routing_key, int mandatory, const struct mq_props *props,
+                         const void *body, size_t len, void *owner);
+
+/* Publishes a received message again: its body and properties (user_id dropped: it must name
+ * the publishing connection's user), its headers less those named in `drop` (NULL-terminated),
+ * plus `extra`. Results as mq_publisher_publish. */
+int mq_publisher_republish(struct mq_publisher *p, struct mq_session *s, const char *exchange,
+                           const char *routing_key, int mandatory, const struct mq_message *m,
+                           const char *const *drop, const struct mq_header *extra,
+                           size_t n_extra, void *owner);
+
+/* Marks the oldest open publish whose owner matches as returned (settled refused at its ack). */
+void mq_publisher_mark_returned(struct mq_publisher *p, int (*matches)(void *owner, void *arg),
+                                void *arg);
+
+uint16_t mq_publisher_channel(const struct mq_publisher *p); /* the live number */
+size_t mq_publisher_outstanding(const struct mq_publisher *p);
+int mq_publisher_broken(const struct mq_publisher *p);
+unsigned long long mq_publisher_reopens(const struct mq_publisher *p); /* channels replaced */
+
+/* ---- the frame reader --------------------------------------------------------------------
+ * The one place that reads AMQP frames. Confirms on the publishers' channels go to them; the
+ * rest to the handlers (each optional). Messages are borrowed for the call. */
+struct mq_handlers {
+  void *ctx;
+  struct mq_publisher *publishers[2]; /* e.g. the jobs' one and a stream's marker one */
+  void (*deliver)(void *ctx, uint16_t ch, uint64_t tag, int redelivered, struct mq_message *m);
+  /* A basic.return: the publisher's owner is found by the handler (mq_publisher_mark_returned)
+   * before its ack arrives. Return 0 to go on, non-zero to drop the connection. */
+  int (*returned)(void *ctx, uint16_t ch, struct mq_message *m);
+  /* The broker cancelled a consumer: return 0 to go on, non-zero (or no handler) to drop. */
+  int (*cancelled)(void *ctx, uint16_t ch);
+  void (*blocked)(void *ctx, int blocked); /* connection.blocked (1) / unblocked (0) */
+};
+
+/* Reads and dispatches every frame available without blocking. Returns 0, or -1 when the
+ * connection must be dropped (socket error, a channel or the connection closed by the broker,
+ * a broken publisher), with the reason in why. */
+int mq_pump(struct mq_session *s, const struct mq_handlers *h, char *why, size_t len);
+
+/* For one-shot work: pumps frames through h (whose publishers include p) until every publish
+ * of p is settled. Returns 0, or -1 when the connection must be dropped or timeout_ms passed,
+ * with the reason in why. */
+int mq_publisher_wait(struct mq_publisher *p, struct mq_session *s, const struct mq_handlers *h,
+                      int timeout_ms, char *why, size_t len);
+
+/* For one-shot work: takes the next message of `queue` unacked (basic.get). Returns 1 with *m
+ * (caller frees with mq_message_free) and its tag, 0 when the queue is empty, -1 on error. */
+int mq_get(struct mq_session *s, uint16_t ch, const char *queue, struct mq_message **m,
+           uint64_t *tag);
+
+/* ---- stream following --------------------------------------------------------------------
+ * Follows the status stream on one channel: from its first offset at boot, then after the last
+ * offset read at every reconnect, giving credit (acks) in batches. Catch-up without clocks:
+ * right after subscribing it publishes a marker of its own (type "message.marker", confirmed
+ * on its own publisher's channels) and is caught up when it reads that marker back, which
+ * proves that it has read everything published before it subscribed. Every reader skips every
+ * marker. */
+struct mq_stream;
+
+/* Results of mq_stream_delivery. */
+#define MQ_STREAM_EVENT 0     /* a status message for the caller to decode */
+#define MQ_STREAM_SKIP 1      /* a marker of another reader */
+#define MQ_STREAM_CAUGHT_UP 2 /* our own marker: everything before the subscription is read */
+
+/* A follower of cfg->topology.status_stream on `channel`, publishing its markers on
+ * marker_a/marker_b; `role` names its consumer tag and markers. NULL when out of memory. */
+struct mq_stream *mq_stream_new(const struct cfg *cfg, const char *role, uint16_t channel,
+                                uint16_t marker_a, uint16_t marker_b, uint16_t prefetch);
+void mq_stream_free(struct mq_stream *st); /* NULL is a no-op */
+
+/* On a new connection: opens the channels, subscribes, publishes the marker; not caught up
+ * until the marker is read back. Returns 0, or -1 with the reason in err. */
+int mq_stream_start(struct mq_stream *st, struct mq_session *s, char *err, size_t errlen);
+
+/* The connection is gone: not caught up; the offset is kept for the resume. */
+void mq_stream_lost(struct mq_stream *st);
+
+/* A delivery on the stream's channel (m borrowed): tracks the offset, gives credit, and says
+ * what it was (MQ_STREAM_*). */
+int mq_stream_delivery(struct mq_stream *st, struct mq_session *s, uint64_t tag,
+                       const struct mq_message *m);
+
+/* Once per loop turn: gives the credit owed, sends a refused marker again. Returns 0, or -1
+ * when the connection must be dropped. */
+int mq_stream_tick(struct mq_stream *st, struct mq_session *s);
+
+int mq_stream_caught_up(const struct mq_stream *st);
+int64_t mq_stream_offset(const struct mq_stream *st); /* -1 before any */
+uint16_t mq_stream_channel(const struct mq_stream *st);
+/* The marker's publisher, for mq_handlers (its confirms must reach it). */
+struct mq_publisher *mq_stream_publisher(struct mq_stream *st);
+
+/* ---- topology ------------------------------------------------------------------------------ */
 
 /* Declares the work exchange, the job queue, one retry queue per distinct retry delay, the dead
- * queue and the status stream, with their bindings, on `channel`. Idempotent while the
- * arguments are unchanged. Returns 0, or -1 with the broker's reason in err. */
-int mq_declare_topology(amqp_connection_state_t conn, amqp_channel_t channel,
-                        const struct cfg *cfg, char *err, size_t errlen);
+ * queue and the status stream, with their bindings, on `ch`. Idempotent while the arguments
+ * are unchanged. Returns 0, or -1 with the broker's reason in err. */
+int mq_declare_topology(struct mq_session *s, uint16_t ch, const struct cfg *cfg, char *err,
+                        size_t errlen);
 
 /* Writes the retry queue name for a delay ("messages.retry.5s") into buf. */
 void mq_retry_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf, size_t len);
@@ -109,8 +304,8 @@ void mq_delay_routing_key(uint64_t delay_ms, char *buf, size_t len);
 void mq_lane_queue_name(const struct cfg *cfg, const char *instance, char *buf, size_t len);
 void mq_lane_routing_key(const char *instance, char *buf, size_t len);
 
-/* Declares the lane of `instance` on `channel`. Returns 0, or -1 with the reason in err. */
-int mq_declare_lane(amqp_connection_state_t conn, amqp_channel_t channel, const struct cfg *cfg,
+/* Declares the lane of `instance` on `ch`. Returns 0, or -1 with the reason in err. */
+int mq_declare_lane(struct mq_session *s, uint16_t ch, const struct cfg *cfg,
                     const char *instance, char *err, size_t errlen);
 
 /* Status callbacks (consumer/callbacks.c), all through the default exchange by queue name:
@@ -123,153 +318,9 @@ void mq_callback_retry_queue_name(const struct cfg *cfg, uint64_t delay_ms, char
                                   size_t len);
 void mq_callback_dead_queue_name(const struct cfg *cfg, char *buf, size_t len);
 
-/* Declares the callback queues on `channel`; idempotent while the arguments are unchanged.
+/* Declares the callback queues on `ch`; idempotent while the arguments are unchanged.
  * Returns 0, or -1 with the broker's reason in err. */
-int mq_declare_callback_topology(amqp_connection_state_t conn, amqp_channel_t channel,
-                                 const struct cfg *cfg, char *err, size_t errlen);
-
-/* Describes an RPC reply that was not AMQP_RESPONSE_NORMAL into buf; returns buf. */
-char *mq_reply_text(amqp_rpc_reply_t reply, char *buf, size_t len);
-
-/* Closes channel 1.. and the connection politely (bounded by the RPC timeout set at connect)
- * and destroys it. Use only on a healthy connection; NULL is a no-op. */
-void mq_close(amqp_connection_state_t conn);
-
-/* Looks a key up in a header table (keys are not NUL-terminated); NULL when absent. The value
- * is borrowed from the table. */
-const amqp_field_value_t *mq_table_get(const amqp_table_t *table, const char *key);
-
-/* Reads an integer header of any AMQP integer kind; returns 0 and writes *out, or -1. */
-int mq_table_get_int(const amqp_table_t *table, const char *key, int64_t *out);
-
-/* Builders for table entries; strings are borrowed until the table is sent. */
-amqp_table_entry_t mq_entry_str(const char *key, const char *value);
-amqp_table_entry_t mq_entry_i64(const char *key, int64_t value);
-amqp_table_entry_t mq_entry_bool(const char *key, int value);
-
-/* ---- confirmed publishing ---------------------------------------------------------------
- * The publisher of one connection: a channel in confirm mode whose publishes each have an
- * owner, settled exactly once through the settle function: CONFIRM_ACKED, CONFIRM_REFUSED
- * (nack or basic.return), or CONFIRM_LOST. One rule for every daemon: when a publish fails the
- * publisher is broken, mq_pump says so, the owner drops the connection and calls
- * mq_publisher_lost, which settles every unconfirmed owner as lost; no later confirm can
- * settle a wrong owner. A channel the broker keeps nacking (NACK_STREAK_REOPEN in a row) is
- * replaced by a fresh one with the other channel number, its publishes settled as lost. */
-struct mq_publisher;
-
-/* A publisher on channel `a` (and `b` when a is replaced); fn(owner, outcome, ctx) settles.
- * NULL when out of memory. */
-struct mq_publisher *mq_publisher_new(amqp_channel_t a, amqp_channel_t b, confirms_settle_fn fn,
-                                      void *ctx);
-void mq_publisher_free(struct mq_publisher *p); /* settles nothing; NULL is a no-op */
-
-/* On a new connection: settles what was in flight as lost, opens the channel, confirm.select.
- * Returns 0, or -1 with the broker's reason in err. */
-int mq_publisher_start(struct mq_publisher *p, amqp_connection_state_t conn, char *err,
-                       size_t errlen);
-
-/* The connection is gone: every unconfirmed owner is settled CONFIRM_LOST. */
-void mq_publisher_lost(struct mq_publisher *p);
-
-/* Results of mq_publisher_publish. */
-#define MQ_PUBLISH_OK 0
-#define MQ_PUBLISH_FAILED (-1)    /* tracked: settled as lost when the connection is dropped */
-#define MQ_PUBLISH_UNTRACKED (-2) /* nothing sent, the owner is not tracked (closed, broken or
-                                     out of memory); drop the connection */
-
-/* Publishes body (borrowed for the call) with props; `owner` is settled by its confirm. */
-int mq_publisher_publish(struct mq_publisher *p, amqp_connection_state_t conn,
-                         const char *exchange, const char *routing_key, int mandatory,
-                         const amqp_basic_properties_t *props, const void *body, size_t len,
-                         void *owner);
-
-/* Marks the oldest open publish whose owner matches as returned (settled refused at its ack). */
-void mq_publisher_mark_returned(struct mq_publisher *p, int (*matches)(void *owner, void *arg),
-                                void *arg);
-
-amqp_channel_t mq_publisher_channel(const struct mq_publisher *p); /* the live number */
-size_t mq_publisher_outstanding(const struct mq_publisher *p);
-int mq_publisher_broken(const struct mq_publisher *p);
-unsigned long long mq_publisher_reopens(const struct mq_publisher *p); /* channels replaced */
-
-/* ---- the frame reader --------------------------------------------------------------------
- * The one place that reads AMQP frames. Confirms on the publishers' channels go to them; the
- * rest to the handlers (each optional). Messages are borrowed for the call; a deliver handler
- * may keep one by copying *m and zeroing it (mq_take_message): it then destroys the copy with
- * amqp_destroy_message. */
-struct mq_handlers {
-  void *ctx;
-  struct mq_publisher *publishers[2]; /* e.g. the jobs' one and a stream's marker one */
-  void (*deliver)(void *ctx, amqp_channel_t ch, uint64_t tag, int redelivered,
-                  amqp_message_t *m);
-  /* A basic.return: the publisher's owner is found by the handler (mq_publisher_mark_returned)
-   * before its ack arrives. Return 0 to go on, non-zero to drop the connection. */
-  int (*returned)(void *ctx, amqp_channel_t ch, amqp_message_t *m);
-  /* The broker cancelled a consumer: return 0 to go on, non-zero (or no handler) to drop. */
-  int (*cancelled)(void *ctx, amqp_channel_t ch);
-  void (*blocked)(void *ctx, int blocked); /* connection.blocked (1) / unblocked (0) */
-};
-
-/* Reads and dispatches every frame available without blocking. Returns 0, or -1 when the
- * connection must be dropped (socket error, a channel or the connection closed by the broker,
- * a broken publisher), with the reason in why. */
-int mq_pump(amqp_connection_state_t conn, const struct mq_handlers *h, char *why, size_t len);
-
-/* For one-shot work: pumps frames through h (whose publishers include p) until every publish
- * of p is settled. Returns 0, or -1 when the connection must be dropped or timeout_ms passed,
- * with the reason in why. */
-int mq_publisher_wait(struct mq_publisher *p, amqp_connection_state_t conn,
-                      const struct mq_handlers *h, int timeout_ms, char *why, size_t len);
-
-/* Moves a delivered message out of mq_pump's hands into *out (see mq_handlers). */
-void mq_take_message(amqp_message_t *m, amqp_message_t *out);
-
-/* 1 when rabbitmq-c holds input already read from the socket (poll would not wake for it). */
-int mq_pending_input(amqp_connection_state_t conn);
-
-/* ---- stream following --------------------------------------------------------------------
- * Follows the status stream on one channel: from its first offset at boot, then after the last
- * offset read at every reconnect, giving credit (acks) in batches. Catch-up without clocks:
- * right after subscribing it publishes a marker of its own (type "message.marker", confirmed
- * on its own publisher's channels) and is caught up when it reads that marker back, which
- * proves that it has read everything published before it subscribed. Every reader skips every
- * marker. */
-struct mq_stream;
-
-/* Results of mq_stream_delivery. */
-#define MQ_STREAM_EVENT 0     /* a status message for the caller to decode */
-#define MQ_STREAM_SKIP 1      /* a marker of another reader */
-#define MQ_STREAM_CAUGHT_UP 2 /* our own marker: everything before the subscription is read */
-
-/* A follower of cfg->topology.status_stream on `channel`, publishing its markers on
- * marker_a/marker_b; `role` names its consumer tag and markers. NULL when out of memory. */
-struct mq_stream *mq_stream_new(const struct cfg *cfg, const char *role, amqp_channel_t channel,
-                                amqp_channel_t marker_a, amqp_channel_t marker_b,
-                                uint16_t prefetch);
-void mq_stream_free(struct mq_stream *st); /* NULL is a no-op */
-
-/* On a new connection: opens the channels, subscribes, publishes the marker; not caught up
- * until the marker is read back. Returns 0, or -1 with the reason in err. */
-int mq_stream_start(struct mq_stream *st, amqp_connection_state_t conn, char *err,
-                    size_t errlen);
-
-/* The connection is gone: not caught up; the offset is kept for the resume. */
-void mq_stream_lost(struct mq_stream *st);
-
-/* A delivery on the stream's channel (m borrowed): tracks the offset, gives credit, and says
- * what it was (MQ_STREAM_*). */
-int mq_stream_delivery(struct mq_stream *st, amqp_connection_state_t conn, uint64_t tag,
-                       const amqp_message_t *m);
-
-/* Once per loop turn: gives the credit owed, sends a refused marker again. Returns 0, or -1
- * when the connection must be dropped. */
-int mq_stream_tick(struct mq_stream *st, amqp_connection_state_t conn);
-void mq_stream_flush(struct mq_stream *st, amqp_connection_state_t conn);
-
-int mq_stream_caught_up(const struct mq_stream *st);
-int64_t mq_stream_offset(const struct mq_stream *st); /* -1 before any */
-amqp_channel_t mq_stream_channel(const struct mq_stream *st);
-/* The marker's publisher, for mq_handlers (its confirms must reach it). */
-struct mq_publisher *mq_stream_publisher(struct mq_stream *st);
+int mq_declare_callback_topology(struct mq_session *s, uint16_t ch, const struct cfg *cfg,
+                                 char *err, size_t errlen);
 
 #endif

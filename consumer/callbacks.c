@@ -3,7 +3,6 @@
  * curl multi handle, driven by one loop like the worker's. See callbacks.h for the contract. */
 #include "callbacks.h"
 
-#include <amqp.h>
 #include <curl/curl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -42,10 +41,9 @@ enum { RUN = 0, DRAIN = 1, STOP_NOW = 2 };
  * queue has not confirmed it yet). */
 struct callback {
   struct callback *prev, *next; /* the transfer list */
-  /* amqp_read_message copies properties (into msg.pool) and body (malloc) out of the
-   * connection's buffers: the message stays valid after amqp_maybe_release_buffers, until
-   * amqp_destroy_message in callback_free. */
-  amqp_message_t msg;
+  struct mq_message *msg; /* taken from the frame reader; freed in callback_free */
+  const char *body;       /* msg's body ("" when empty), and its length */
+  size_t body_len;
   uint64_t tag;
   unsigned conn_gen; /* the connection it came on: its tag means nothing on another one */
   int attempt;       /* 1 for the first */
@@ -66,11 +64,11 @@ struct callbacks {
   pthread_t thread;
   CURLM *multi;
   struct mq_session *session;
-  amqp_connection_state_t conn; /* the session's live connection, NULL when closed */
+  int conn;           /* connected: the session is open and consuming */
   unsigned conn_gen;  /* the session's generation of the live connection */
   int broken;         /* a republish came back: the loop drops the connection */
   int stopping;       /* draining: no new callbacks are taken */
-  amqp_bytes_t consumer_tag;
+  char consumer_tag[MQ_TAG_LEN];
   struct mq_publisher *pub;
   struct callback *transfers;
   long long in_flight;
@@ -93,7 +91,7 @@ static void set_in_flight(struct callbacks *cb, long long delta)
 
 static void callback_free(struct callbacks *cb, struct callback *c)
 {
-  amqp_destroy_message(&c->msg);
+  mq_message_free(c->msg);
   free(c->url);
   free(c);
   set_in_flight(cb, -1);
@@ -105,9 +103,9 @@ static void give_back(struct callbacks *cb, struct callback *c, int ack)
 {
   if(cb->conn && c->conn_gen == cb->conn_gen) {
     if(ack)
-      amqp_basic_ack(cb->conn, CONSUME_CH, c->tag, 0);
+      mq_ack(cb->session, CONSUME_CH, c->tag, 0);
     else
-      amqp_basic_nack(cb->conn, CONSUME_CH, c->tag, 0, 1);
+      mq_nack(cb->session, CONSUME_CH, c->tag, 1);
   }
   callback_free(cb, c);
 }
@@ -119,41 +117,15 @@ static void on_settle(void *owner, int ok, void *ctx)
   give_back(ctx, owner, ok == CONFIRM_ACKED);
 }
 
-static int dropped_header(amqp_bytes_t key)
-{
-  for(const char *const *h = DROPPED_HEADERS; *h; h++)
-    if(key.len == strlen(*h) && !memcmp(key.bytes, *h, key.len))
-      return 1;
-  return 0;
-}
-
 /* Publishes the callback's body and properties, with `extra` headers, to `queue` through the
  * default exchange, tracked by a confirm that settles it (on_settle). Returns 0 once tracked,
  * or -1 when nothing was published (out of memory): the caller then gives the delivery back. */
 static int republish(struct callbacks *cb, struct callback *c, const char *queue,
-                     const amqp_table_entry_t *extra, int n_extra)
+                     const struct mq_header *extra, size_t n_extra)
 {
-  amqp_basic_properties_t p = c->msg.properties;
-  int have = (p._flags & AMQP_BASIC_HEADERS_FLAG) ? p.headers.num_entries : 0;
-  amqp_table_entry_t *h = malloc(((size_t)have + (size_t)n_extra) * sizeof *h);
-  int n = 0, rc;
-  if(!h)
-    return -1;
-  for(int i = 0; i < have; i++)
-    if(!dropped_header(p.headers.entries[i].key))
-      h[n++] = p.headers.entries[i];
-  for(int i = 0; i < n_extra; i++)
-    h[n++] = extra[i];
-  /* user_id must name the publishing connection's user or the broker closes the channel. */
-  p._flags &= ~(amqp_flags_t)AMQP_BASIC_USER_ID_FLAG;
-  p._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG;
-  p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-  p.headers.num_entries = n;
-  p.headers.entries = h;
   /* Mandatory: a queue deleted under us comes back as basic.return instead of vanishing. */
-  rc = mq_publisher_publish(cb->pub, cb->conn, "", queue, 1, &p, c->msg.body.bytes,
-                            c->msg.body.len, c);
-  free(h);
+  int rc = mq_publisher_republish(cb->pub, cb->session, "", queue, 1, c->msg, DROPPED_HEADERS,
+                                  extra, n_extra, c);
   if(rc != MQ_PUBLISH_OK)
     /* The loop drops the connection: a tracked copy is settled as lost, and the broker
      * requeues the original. */
@@ -164,12 +136,12 @@ static int republish(struct callbacks *cb, struct callback *c, const char *queue
 /* Parks a callback in the dead queue with why; acked once that is confirmed. */
 static void park(struct callbacks *cb, struct callback *c, const char *reason, const char *why)
 {
-  amqp_table_entry_t h[4];
+  struct mq_header h[4];
   char failed_at[UTIL_TIME_LEN], attempts[16];
-  h[0] = mq_entry_str("x-failure-reason", reason);
-  h[1] = mq_entry_i64("x-attempts", c->attempt);
-  h[2] = mq_entry_str("x-last-error", why);
-  h[3] = mq_entry_str("x-failed-at", util_format_time(util_now_ms(), failed_at));
+  h[0] = mq_header_str("x-failure-reason", reason);
+  h[1] = mq_header_int("x-attempts", c->attempt);
+  h[2] = mq_header_str("x-last-error", why);
+  h[3] = mq_header_str("x-failed-at", util_format_time(util_now_ms(), failed_at));
   snprintf(attempts, sizeof attempts, "%d", c->attempt);
   atomic_fetch_add(&cb->stats->parked, 1);
   log_event(CFG_LOG_WARN, "callback parked", "event_id", c->event_id[0] ? c->event_id : NULL,
@@ -182,7 +154,7 @@ static void park(struct callbacks *cb, struct callback *c, const char *reason, c
 static void failed(struct callbacks *cb, struct callback *c)
 {
   const struct cfg *cfg = cb->cfg;
-  amqp_table_entry_t h[1];
+  struct mq_header h[1];
   char queue[512], attempt[16];
   uint64_t delay;
   if((size_t)c->attempt > cfg->callbacks.n_retry_delays) {
@@ -192,7 +164,7 @@ static void failed(struct callbacks *cb, struct callback *c)
   delay = cfg->callbacks.retry_delays_ms[c->attempt - 1];
   mq_callback_retry_queue_name(cfg, delay, queue, sizeof queue);
   /* The attempt number travels on the message, so it survives restarts and replicas. */
-  h[0] = mq_entry_i64("x-attempt", c->attempt + 1);
+  h[0] = mq_header_int("x-attempt", c->attempt + 1);
   snprintf(attempt, sizeof attempt, "%d", c->attempt);
   atomic_fetch_add(&cb->stats->retried, 1);
   log_event(CFG_LOG_INFO, "callback failed, will retry", "event_id", c->event_id, "attempt",
@@ -241,8 +213,8 @@ static int start_transfer(struct callbacks *cb, struct callback *c)
   const struct cfg *cfg = cb->cfg;
   char sig[SIGN_HEADER_MAX], line[EVENT_ID_MAX + SIGN_HEADER_MAX + 32];
   /* libcurl wants a valid pointer even for an empty body. */
-  const char *body = c->msg.body.len ? c->msg.body.bytes : "";
-  sign_callback_header(cfg->callbacks.secret, util_now_ms() / 1000, body, c->msg.body.len, sig,
+  const char *body = c->body;
+  sign_callback_header(cfg->callbacks.secret, util_now_ms() / 1000, body, c->body_len, sig,
                        sizeof sig);
   if(!sig[0] || add_header(c, "Content-Type: application/json"))
     goto fail;
@@ -263,7 +235,7 @@ static int start_transfer(struct callbacks *cb, struct callback *c)
   curl_easy_setopt(c->easy, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(c->easy, CURLOPT_POST, 1L);
   curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, body);
-  curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->msg.body.len);
+  curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
   curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, c->headers);
   curl_easy_setopt(c->easy, CURLOPT_USERAGENT, "msg-consumer/" MSG_VERSION);
   curl_easy_setopt(c->easy, CURLOPT_TIMEOUT_MS, (long)cfg->callbacks.timeout_ms);
@@ -343,61 +315,37 @@ static void abort_transfers(struct callbacks *cb)
 
 /* ---- deliveries ---------------------------------------------------------------------------- */
 
-/* Copies a string header into *out (malloc'd). 0, -1 when absent or not a string without NUL,
- * -2 when out of memory. */
-static int header_string(const amqp_basic_properties_t *p, const char *key, char **out)
-{
-  const amqp_field_value_t *v;
-  amqp_bytes_t b;
-  if(!(p->_flags & AMQP_BASIC_HEADERS_FLAG) || !(v = mq_table_get(&p->headers, key)) ||
-     (v->kind != AMQP_FIELD_KIND_UTF8 && v->kind != AMQP_FIELD_KIND_BYTES))
-    return -1;
-  b = v->value.bytes;
-  if(b.len && memchr(b.bytes, '\0', b.len))
-    return -1;
-  *out = malloc(b.len + 1);
-  if(!*out)
-    return -2;
-  if(b.len)
-    memcpy(*out, b.bytes, b.len);
-  (*out)[b.len] = '\0';
-  return 0;
-}
-
 /* The event id goes into an HTTP header: printable ASCII only, so nothing can be injected. */
-static int take_event_id(const amqp_basic_properties_t *p, char *out)
+static int take_event_id(const struct mq_message *m, char *out)
 {
-  amqp_bytes_t id = p->message_id;
-  if(!(p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) || id.len == 0 || id.len > EVENT_ID_MAX)
+  if(mq_message_prop(m, MQ_PROP_MESSAGE_ID, out, EVENT_ID_MAX + 1) || !out[0])
     return -1;
-  for(size_t i = 0; i < id.len; i++) {
-    unsigned char ch = ((const unsigned char *)id.bytes)[i];
-    if(ch < 0x20 || ch > 0x7e)
+  for(const char *p = out; *p; p++)
+    if((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
       return -1;
-  }
-  memcpy(out, id.bytes, id.len);
-  out[id.len] = '\0';
   return 0;
 }
 
-/* Takes one delivery; `m` is taken by the callback (mq_take_message). */
-static void on_delivery(void *ctx, amqp_channel_t ch, uint64_t tag, int redelivered,
-                        amqp_message_t *m)
+/* Takes one delivery; `m` is taken by the callback (mq_message_take). */
+static void on_delivery(void *ctx, uint16_t ch, uint64_t tag, int redelivered,
+                        struct mq_message *m)
 {
   struct callbacks *cb = ctx;
   const struct cfg *cfg = cb->cfg;
   struct callback *c = calloc(1, sizeof *c);
-  const amqp_basic_properties_t *p;
   char err[256];
   int64_t attempt = 1;
   int rc;
   (void)ch;
   (void)redelivered;
-  if(!c) {
-    amqp_basic_nack(cb->conn, CONSUME_CH, tag, 0, 1);
+  if(!c || !(c->msg = mq_message_take(m))) {
+    free(c);
+    mq_nack(cb->session, CONSUME_CH, tag, 1);
     return;
   }
-  mq_take_message(m, &c->msg);
+  c->body = mq_message_body(c->msg, &c->body_len);
+  if(!c->body_len)
+    c->body = ""; /* an empty body comes with a NULL pointer */
   c->tag = tag;
   c->conn_gen = cb->conn_gen;
   set_in_flight(cb, 1);
@@ -406,17 +354,15 @@ static void on_delivery(void *ctx, amqp_channel_t ch, uint64_t tag, int redelive
     give_back(cb, c, 0);
     return;
   }
-  p = &c->msg.properties;
-  if((p->_flags & AMQP_BASIC_HEADERS_FLAG) &&
-     !mq_table_get_int(&p->headers, "x-attempt", &attempt) && (attempt < 1 || attempt > 1000))
+  if(!mq_message_header_int(c->msg, "x-attempt", &attempt) && (attempt < 1 || attempt > 1000))
     attempt = 1;
   c->attempt = (int)attempt;
-  if(take_event_id(p, c->event_id)) {
+  if(take_event_id(c->msg, c->event_id)) {
     park(cb, c, "callback_malformed",
          "the message has no message_id (the event id) of 1-255 printable ASCII characters");
     return;
   }
-  rc = header_string(p, "x-callback-url", &c->url);
+  c->url = mq_message_header_dup(c->msg, "x-callback-url", &rc);
   if(rc == -2) {
     give_back(cb, c, 0);
     return;
@@ -437,7 +383,7 @@ static void on_delivery(void *ctx, amqp_channel_t ch, uint64_t tag, int redelive
   }
 }
 
-static int on_returned(void *ctx, amqp_channel_t ch, amqp_message_t *m)
+static int on_returned(void *ctx, uint16_t ch, struct mq_message *m)
 {
   (void)ctx;
   (void)ch;
@@ -460,7 +406,7 @@ static int drain_frames(struct callbacks *cb)
   h.publishers[0] = cb->pub;
   h.deliver = on_delivery;
   h.returned = on_returned;
-  if(mq_pump(cb->conn, &h, why, sizeof why)) {
+  if(mq_pump(cb->session, &h, why, sizeof why)) {
     log_event(CFG_LOG_WARN, "callbacks: broker connection lost", "reason", why, NULL);
     return -1;
   }
@@ -472,38 +418,27 @@ static int drain_frames(struct callbacks *cb)
 static int connect_broker(struct callbacks *cb)
 {
   const struct cfg *cfg = cb->cfg;
-  char err[512], tag[256];
-  amqp_basic_consume_ok_t *ok;
-  amqp_connection_state_t conn = mq_session_open(cb->session, CONNECT_TIMEOUT_MS, err, sizeof err);
-  if(!conn) {
+  char err[512];
+  struct mq_session *s = cb->session;
+  if(mq_session_open(s, CONNECT_TIMEOUT_MS, err, sizeof err)) {
     log_event(CFG_LOG_WARN, "callbacks: cannot connect to the broker", "reason", err, NULL);
     return -1;
   }
-  if(mq_channel_open(conn, CONSUME_CH, err, sizeof err) ||
-     mq_declare_callback_topology(conn, CONSUME_CH, cfg, err, sizeof err) ||
-     mq_publisher_start(cb->pub, conn, err, sizeof err))
-    goto fail;
   /* Quorum queues refuse a global prefetch; this one bounds the requests in flight. */
-  if(!amqp_basic_qos(conn, CONSUME_CH, 0, (uint16_t)cfg->callbacks.concurrency, 0)) {
-    mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
+  if(mq_channel_open(s, CONSUME_CH, err, sizeof err) ||
+     mq_declare_callback_topology(s, CONSUME_CH, cfg, err, sizeof err) ||
+     mq_publisher_start(cb->pub, s, err, sizeof err) ||
+     mq_consume(s, CONSUME_CH, cfg->topology.callback_queue, (uint16_t)cfg->callbacks.concurrency,
+                MQ_NOT_A_STREAM, "callbacks", cb->consumer_tag, err, sizeof err))
     goto fail;
-  }
-  mq_consumer_tag("callbacks", tag, sizeof tag);
-  ok = amqp_basic_consume(conn, CONSUME_CH, amqp_cstring_bytes(cfg->topology.callback_queue),
-                          amqp_cstring_bytes(tag), 0, 0, 0, amqp_empty_table);
-  if(!ok) {
-    mq_reply_text(amqp_get_rpc_reply(conn), err, sizeof err);
-    goto fail;
-  }
-  cb->consumer_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
-  cb->conn = conn;
-  cb->conn_gen = mq_session_generation(cb->session);
+  cb->conn = 1;
+  cb->conn_gen = mq_session_generation(s);
   atomic_store(&cb->stats->connected, 1);
   log_event(CFG_LOG_INFO, "callbacks: consuming", "queue", cfg->topology.callback_queue, NULL);
   return 0;
 fail:
   log_event(CFG_LOG_ERROR, "callbacks: cannot set up the broker", "reason", err, NULL);
-  mq_session_lost(cb->session);
+  mq_session_lost(s);
   mq_publisher_lost(cb->pub);
   return -1;
 }
@@ -513,23 +448,17 @@ static void drop_connection(struct callbacks *cb)
 {
   atomic_store(&cb->stats->connected, 0);
   mq_session_lost(cb->session);
-  cb->conn = NULL;
+  cb->conn = 0;
   cb->broken = 0;
-  amqp_bytes_free(cb->consumer_tag);
-  cb->consumer_tag = amqp_empty_bytes;
+  cb->consumer_tag[0] = '\0';
   abort_transfers(cb);
   mq_publisher_lost(cb->pub);
 }
 
 static void cancel_consumer(struct callbacks *cb)
 {
-  amqp_basic_cancel_t req;
-  if(!cb->conn)
-    return;
-  req.consumer_tag = cb->consumer_tag;
-  req.nowait = 1;
-  /* No wait for cancel-ok: it would stall the loop while callbacks are in flight. */
-  amqp_send_method(cb->conn, CONSUME_CH, AMQP_BASIC_CANCEL_METHOD, &req);
+  if(cb->conn)
+    mq_cancel(cb->session, CONSUME_CH, cb->consumer_tag);
 }
 
 static void *run(void *arg)
@@ -575,9 +504,9 @@ static void *run(void *arg)
     }
     if(cb->conn) {
       /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
-      if(mq_pending_input(cb->conn))
+      if(mq_session_pending_input(cb->session))
         timeout = 0;
-      wait.fd = amqp_get_sockfd(cb->conn);
+      wait.fd = mq_session_fd(cb->session);
       wait.events = CURL_WAIT_POLLIN;
       wait.revents = 0;
       n_waits = 1;
@@ -600,10 +529,9 @@ static void *run(void *arg)
       mq_session_lost(cb->session);
     else
       mq_session_close(cb->session);
-    cb->conn = NULL;
+    cb->conn = 0;
   }
-  amqp_bytes_free(cb->consumer_tag);
-  cb->consumer_tag = amqp_empty_bytes;
+  cb->consumer_tag[0] = '\0';
   atomic_store(&cb->done, 1);
   return NULL;
 }
@@ -622,7 +550,6 @@ struct callbacks *callbacks_start(const struct cfg *cfg, struct callbacks_stats 
   cb->draining = draining;
   atomic_init(&cb->stop, RUN);
   atomic_init(&cb->done, 0);
-  cb->consumer_tag = amqp_empty_bytes;
   mq_callback_dead_queue_name(cfg, cb->dead_queue, sizeof cb->dead_queue);
   cb->multi = curl_multi_init();
   cb->session = mq_session_new(cfg, "callbacks");

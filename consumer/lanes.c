@@ -39,10 +39,8 @@ void lanes_free(struct lane_table *t)
 {
   if(!t)
     return;
-  for(size_t i = 0; i < t->n; i++) {
-    amqp_bytes_free(t->lanes[i]->consumer_tag);
+  for(size_t i = 0; i < t->n; i++)
     free(t->lanes[i]);
-  }
   free(t->lanes);
   free(t->slots);
   free(t);

@@ -5,7 +5,7 @@
 #ifndef MSG_LANES_H
 #define MSG_LANES_H
 
-#include <amqp.h>
+#include "mq.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,7 +23,7 @@ struct lane {
 
   /* The worker's state on the current broker connection. */
   int open;                         /* declared and consumed */
-  amqp_bytes_t consumer_tag;
+  char consumer_tag[MQ_TAG_LEN]; /* "" while the lane is not consumed */
   struct delivery *forward_head, **forward_tail; /* from the job queue, waiting for open */
   struct delivery *wait_head, **wait_tail;       /* from the lane, waiting for a token */
   size_t waiting;

@@ -2,7 +2,6 @@
  * confirmed publishes on another) and drives the Evolution API transfers next to it. */
 #include "worker.h"
 
-#include <amqp.h>
 #include <math.h>
 #include <signal.h>
 #include <stdint.h>
@@ -57,7 +56,7 @@
  * outcome is being recorded). */
 struct delivery {
   uint64_t tag;
-  amqp_channel_t channel; /* the job queue's, or a lane's */
+  uint16_t channel; /* the job queue's, or a lane's */
   struct delivery *next;  /* on a lane's list (lanes.h) */
   struct job *job; /* NULL for a job that could not be parsed */
   char *raw;       /* the job body as received, republished unchanged to retry/dead */
@@ -85,8 +84,8 @@ struct worker {
   const struct cfg *cfg;
   struct worker_state *state;
   struct mq_session *session;
-  amqp_connection_state_t conn; /* the session's live connection, NULL when closed */
-  amqp_bytes_t consumer_tag;
+  int conn;                     /* connected: the session is open and set up */
+  char consumer_tag[MQ_TAG_LEN]; /* of the job queue's consumer, "" when none */
   struct mq_publisher *pub;
   struct evo_client *evo;
   long long in_flight;
@@ -137,10 +136,11 @@ static void set_in_flight(struct worker *w, long long delta)
 /* Publishes a job copy on the confirm channel; the owner is settled by its confirm. Returns 0,
  * or -1 when the connection failed (the loop notices and reconnects). */
 static int publish(struct worker *w, struct delivery *owner, const char *exchange,
-                   const char *key, int mandatory, amqp_basic_properties_t *p, const char *body,
+                   const char *key, int mandatory, const struct mq_props *p, const char *body,
                    size_t len)
 {
-  int rc = mq_publisher_publish(w->pub, w->conn, exchange, key, mandatory, p, body, len, owner);
+  int rc = mq_publisher_publish(w->pub, w->session, exchange, key, mandatory, p, body, len,
+                                owner);
   /* A failed publish breaks the publisher: the loop drops the connection, which settles every
    * tracked owner as lost, and the broker requeues what was not acked (an untracked owner
    * too: it is neither acked nor nacked here, and the broker gives it back). */
@@ -158,28 +158,21 @@ static int publish(struct worker *w, struct delivery *owner, const char *exchang
  * once that publish is confirmed too, so no callback is lost. */
 static int publish_callback(struct worker *w, struct delivery *d, const struct status_event *ev)
 {
-  amqp_basic_properties_t p;
-  amqp_table_entry_t h[1];
+  struct mq_props p;
+  struct mq_header h[1];
   char id[STATUS_EVENT_ID_LEN], *body;
   size_t len;
   int rc;
   if(!(body = status_callback_body(ev, id, &len)))
     return -1;
   memset(&p, 0, sizeof p);
-  p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-             AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
-             AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG |
-             AMQP_BASIC_HEADERS_FLAG;
-  p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-  p.content_type = amqp_cstring_bytes("application/json");
-  p.message_id = amqp_cstring_bytes(id);
-  p.correlation_id = amqp_cstring_bytes(d->ref);
-  p.timestamp = (uint64_t)(util_now_ms() / 1000);
-  p.app_id = amqp_cstring_bytes("msg-consumer");
-  p.type = amqp_cstring_bytes("message.callback");
-  h[0] = mq_entry_str("x-callback-url", d->job->callback_url);
-  p.headers.num_entries = 1;
-  p.headers.entries = h;
+  p.message_id = id;
+  p.correlation_id = d->ref;
+  p.app_id = "msg-consumer";
+  p.type = "message.callback";
+  h[0] = mq_header_str("x-callback-url", d->job->callback_url);
+  p.headers = h;
+  p.n_headers = 1;
   rc = publish(w, d, "", w->cfg->topology.callback_queue, 1, &p, body, len);
   free(body);
   return rc;
@@ -235,7 +228,7 @@ static void drop_status(struct worker *w)
  * when the connection failed (the queued events are then given up). */
 static int flush_status(struct worker *w)
 {
-  amqp_basic_properties_t p;
+  struct mq_props p;
   struct status_batch *b;
   char *joined = NULL;
   size_t len = 0;
@@ -256,14 +249,9 @@ static int flush_status(struct worker *w)
   b->n = w->ev_n;
   memcpy(b->owners, w->ev_owners, w->ev_n * sizeof b->owners[0]);
   memset(&p, 0, sizeof p);
-  p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-             AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG;
-  p.delivery_mode = AMQP_DELIVERY_PERSISTENT;
-  p.content_type = amqp_cstring_bytes("application/json");
-  p.timestamp = (uint64_t)(util_now_ms() / 1000);
-  p.app_id = amqp_cstring_bytes("msg-consumer");
-  p.type = amqp_cstring_bytes("message.status");
-  rc = mq_publisher_publish(w->pub, w->conn, "", w->cfg->topology.status_stream, 0, &p,
+  p.app_id = "msg-consumer";
+  p.type = "message.status";
+  rc = mq_publisher_publish(w->pub, w->session, "", w->cfg->topology.status_stream, 0, &p,
                             joined ? joined : w->ev_bodies[0], joined ? len : w->ev_lens[0],
                             (void *)((uintptr_t)b | BATCH_BIT));
   free(joined);
@@ -289,42 +277,32 @@ fail:
 
 /* Properties of a job republished to a retry or dead queue: the original ones that matter,
  * plus our headers. x-death is deliberately not copied (DESIGN §3: cycle detection reads it). */
-static void job_props(struct worker *w, struct delivery *d, amqp_basic_properties_t *p,
-                      amqp_table_entry_t *headers, int nheaders)
+static void job_props(struct worker *w, struct delivery *d, struct mq_props *p,
+                      const struct mq_header *headers, size_t nheaders)
 {
   memset(p, 0, sizeof *p);
-  p->_flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
-              AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_REPLY_TO_FLAG |
-              AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_APP_ID_FLAG | AMQP_BASIC_TYPE_FLAG |
-              AMQP_BASIC_HEADERS_FLAG;
-  p->delivery_mode = AMQP_DELIVERY_PERSISTENT;
-  p->content_type = amqp_cstring_bytes("application/json");
-  p->correlation_id = amqp_cstring_bytes(d->ref);
-  if(d->job) {
-    p->_flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
-    p->message_id = amqp_cstring_bytes(d->job->task_id);
-  }
-  p->reply_to = amqp_cstring_bytes(w->cfg->topology.status_stream);
-  p->timestamp = (uint64_t)(util_now_ms() / 1000);
-  p->app_id = amqp_cstring_bytes("msg-consumer");
-  p->type = amqp_cstring_bytes("message.send");
-  p->headers.num_entries = nheaders;
-  p->headers.entries = headers;
+  p->correlation_id = d->ref;
+  p->message_id = d->job ? d->job->task_id : NULL;
+  p->reply_to = w->cfg->topology.status_stream;
+  p->app_id = "msg-consumer";
+  p->type = "message.send";
+  p->headers = headers;
+  p->n_headers = nheaders;
 }
 
 /* Parks a job in the dead queue with why, then records FAILURE; acked once both are confirmed. */
 static void park(struct worker *w, struct delivery *d, const char *reason, const char *code,
                  const char *message)
 {
-  amqp_basic_properties_t p;
-  amqp_table_entry_t h[5];
+  struct mq_props p;
+  struct mq_header h[5];
   char failed_at[UTIL_TIME_LEN];
   struct status_event ev;
-  h[0] = mq_entry_str("x-failure-reason", reason);
-  h[1] = mq_entry_i64("x-attempts", d->attempt);
-  h[2] = mq_entry_str("x-last-error", message);
-  h[3] = mq_entry_str("x-failed-at", util_format_time(util_now_ms(), failed_at));
-  h[4] = mq_entry_str("x-error-code", code);
+  h[0] = mq_header_str("x-failure-reason", reason);
+  h[1] = mq_header_int("x-attempts", d->attempt);
+  h[2] = mq_header_str("x-last-error", message);
+  h[3] = mq_header_str("x-failed-at", util_format_time(util_now_ms(), failed_at));
+  h[4] = mq_header_str("x-error-code", code);
   job_props(w, d, &p, h, 5);
   atomic_fetch_add(&w->state->parked, 1);
   log_event(CFG_LOG_WARN, "job parked", "task_id", d->job ? d->job->task_id : NULL, "reason",
@@ -345,11 +323,11 @@ static void park(struct worker *w, struct delivery *d, const char *reason, const
  * the delay queue confirmed it: nothing is held unacked here meanwhile. */
 static void hold_until_send_at(struct worker *w, struct delivery *d, uint64_t hop)
 {
-  amqp_basic_properties_t p;
-  amqp_table_entry_t h[1];
+  struct mq_props p;
+  struct mq_header h[1];
   char key[64];
   /* A hop is no delivery attempt: the attempt number stays as it was. */
-  h[0] = mq_entry_i64("x-attempt", d->attempt);
+  h[0] = mq_header_int("x-attempt", d->attempt);
   job_props(w, d, &p, h, 1);
   mq_delay_routing_key(hop, key, sizeof key);
   log_event(CFG_LOG_DEBUG, "scheduled: waiting", "task_id", d->job->task_id, "queue", key, NULL);
@@ -359,12 +337,12 @@ static void hold_until_send_at(struct worker *w, struct delivery *d, uint64_t ho
 static void retry_later(struct worker *w, struct delivery *d, const struct evo_outcome *o,
                         uint64_t delay)
 {
-  amqp_basic_properties_t p;
-  amqp_table_entry_t h[1];
+  struct mq_props p;
+  struct mq_header h[1];
   char key[64], attempt[16];
   struct status_event ev;
   /* The attempt number travels on the message, so it survives consumer restarts. */
-  h[0] = mq_entry_i64("x-attempt", d->attempt + 1);
+  h[0] = mq_header_int("x-attempt", d->attempt + 1);
   job_props(w, d, &p, h, 1);
   mq_retry_routing_key(delay, key, sizeof key);
   snprintf(attempt, sizeof attempt, "%d", d->attempt);
@@ -524,9 +502,9 @@ static void settle_delivery(struct worker *w, struct delivery *d, int ok)
   }
   if(w->conn) {
     if(d->failed)
-      amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
+      mq_nack(w->session, d->channel, d->tag, 1);
     else
-      amqp_basic_ack(w->conn, d->channel, d->tag, 0);
+      mq_ack(w->session, d->channel, d->tag, 0);
     metrics_observe(&w->state->delivery_latency, (double)(util_mono_us() - d->started_us) / 1e6);
   }
   set_in_flight(w, -1);
@@ -554,7 +532,7 @@ static void on_abort(void *owner, void *ctx)
   /* Requeue so another attempt happens soon; on a dead connection the broker does it (and a
    * delivery from an earlier connection has no tag on this one). */
   if(w->conn && d->conn_gen == w->conn_gen)
-    amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
+    mq_nack(w->session, d->channel, d->tag, 1);
   set_in_flight(w, -1);
   delivery_free(d);
 }
@@ -598,7 +576,7 @@ static int handled_before_send(struct worker *w, struct delivery *d, struct poli
       publish_status(w, d, d, &ev);
     }
     else
-      amqp_basic_ack(w->conn, d->channel, d->tag, 0);
+      mq_ack(w->session, d->channel, d->tag, 0);
     break;
   }
   case POLICY_HOLD:
@@ -665,11 +643,11 @@ static struct delivery *list_pop(struct delivery **head, struct delivery ***tail
  * original is acked): whichever consumer holds the lane paces it. */
 static void forward_to_lane(struct worker *w, struct lane *l, struct delivery *d)
 {
-  amqp_basic_properties_t p;
-  amqp_table_entry_t h[1];
+  struct mq_props p;
+  struct mq_header h[1];
   char key[128];
   /* Moving to the lane is no delivery attempt: the attempt number stays as it was. */
-  h[0] = mq_entry_i64("x-attempt", d->attempt);
+  h[0] = mq_header_int("x-attempt", d->attempt);
   job_props(w, d, &p, h, 1);
   mq_lane_routing_key(l->instance, key, sizeof key);
   atomic_fetch_add(&w->state->lane_forwarded, 1);
@@ -685,7 +663,7 @@ static int lane_admit(struct worker *w, struct delivery *d)
   l = lanes_get(w->lanes, d->job->instance_name, util_mono_us());
   if(!l) {
     /* Out of memory: give it back for later rather than send it unpaced. */
-    amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
+    mq_nack(w->session, d->channel, d->tag, 1);
     delivery_done(w, d);
     return 0;
   }
@@ -711,25 +689,16 @@ static int lane_admit(struct worker *w, struct delivery *d)
 static int open_lane(struct worker *w, struct lane *l)
 {
   char err[512], name[512];
-  amqp_channel_t ch = (amqp_channel_t)(LANE_CH_BASE + l->index);
+  uint16_t ch = (uint16_t)(LANE_CH_BASE + l->index);
   double per_hold = ceil(l->rate * LANE_HOLD_SECONDS) + l->burst;
   uint16_t prefetch = per_hold > w->cfg->consumer.prefetch ? (uint16_t)w->cfg->consumer.prefetch
                                                             : (uint16_t)per_hold;
-  amqp_basic_consume_ok_t *ok;
-  char tag[256];
   mq_lane_queue_name(w->cfg, l->instance, name, sizeof name);
-  mq_consumer_tag("consumer-lane", tag, sizeof tag);
-  if(mq_channel_open(w->conn, ch, err, sizeof err) ||
-     mq_declare_lane(w->conn, ch, w->cfg, l->instance, err, sizeof err))
+  if(mq_channel_open(w->session, ch, err, sizeof err) ||
+     mq_declare_lane(w->session, ch, w->cfg, l->instance, err, sizeof err) ||
+     mq_consume(w->session, ch, name, prefetch, MQ_NOT_A_STREAM, "consumer-lane",
+                l->consumer_tag, err, sizeof err))
     goto fail;
-  if(!amqp_basic_qos(w->conn, ch, 0, prefetch ? prefetch : 1, 0) ||
-     !(ok = amqp_basic_consume(w->conn, ch, amqp_cstring_bytes(name), amqp_cstring_bytes(tag), 0,
-                               0, 0, amqp_empty_table))) {
-    mq_reply_text(amqp_get_rpc_reply(w->conn), err, sizeof err);
-    goto fail;
-  }
-  amqp_bytes_free(l->consumer_tag);
-  l->consumer_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
   l->open = 1;
   log_event(CFG_LOG_INFO, "consuming a rate-limited lane", "queue", name, NULL);
   return 0;
@@ -744,11 +713,11 @@ static void release_lane_jobs(struct worker *w, struct lane *l)
 {
   struct delivery *d;
   while((d = list_pop(&l->forward_head, &l->forward_tail))) {
-    amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
+    mq_nack(w->session, d->channel, d->tag, 1);
     delivery_done(w, d);
   }
   while((d = list_pop(&l->wait_head, &l->wait_tail))) {
-    amqp_basic_nack(w->conn, d->channel, d->tag, 0, 1);
+    mq_nack(w->session, d->channel, d->tag, 1);
     atomic_fetch_sub(&w->state->lane_waiting, 1);
     delivery_done(w, d);
   }
@@ -771,8 +740,7 @@ static int service_lanes(struct worker *w, int *wait_ms)
       continue;
     }
     if(!l->open) {
-      int channel_max = amqp_get_channel_max(w->conn); /* 0: no limit but the protocol's */
-      if(LANE_CH_BASE + l->index > (size_t)(channel_max ? channel_max : 65535)) {
+      if(LANE_CH_BASE + l->index > (size_t)mq_session_channel_max(w->session)) {
         /* More lanes than channels: its jobs wait in the job queue, requeued. */
         if(l->forward_head)
           log_event(CFG_LOG_ERROR, "too many rate-limited instances for the broker's channel limit",
@@ -815,8 +783,7 @@ static void reset_lanes(struct worker *w)
     }
     l->waiting = 0;
     l->open = 0;
-    amqp_bytes_free(l->consumer_tag);
-    l->consumer_tag = amqp_empty_bytes;
+    l->consumer_tag[0] = '\0';
   }
 }
 
@@ -825,45 +792,39 @@ static void cancel_lanes(struct worker *w)
 {
   for(size_t i = 0; w->conn && i < lanes_count(w->lanes); i++) {
     struct lane *l = lanes_at(w->lanes, i);
-    amqp_basic_cancel_t req;
-    if(!l->open)
-      continue;
-    req.consumer_tag = l->consumer_tag;
-    req.nowait = 1;
-    amqp_send_method(w->conn, (amqp_channel_t)(LANE_CH_BASE + l->index),
-                     AMQP_BASIC_CANCEL_METHOD, &req);
+    if(l->open)
+      mq_cancel(w->session, (uint16_t)(LANE_CH_BASE + l->index), l->consumer_tag);
   }
 }
 
 /* ---- deliveries ------------------------------------------------------------------------ */
 
-static void start_delivery(struct worker *w, amqp_channel_t channel, uint64_t tag,
-                           amqp_message_t *m, int redelivered)
+static void start_delivery(struct worker *w, uint16_t channel, uint64_t tag,
+                           const struct mq_message *m, int redelivered)
 {
   struct delivery *d = calloc(1, sizeof *d);
   int64_t attempt = 1;
-  if(!d || !(d->raw = malloc(m->body.len + 1))) {
+  size_t len;
+  const void *body = mq_message_body(m, &len);
+  if(!d || !(d->raw = malloc(len + 1))) {
     /* Out of memory: give it back for later. */
     free(d);
-    amqp_basic_nack(w->conn, channel, tag, 0, 1);
+    mq_nack(w->session, channel, tag, 1);
     return;
   }
   d->tag = tag;
   d->channel = channel;
-  if(m->body.len) /* an empty body comes with a NULL pointer */
-    memcpy(d->raw, m->body.bytes, m->body.len);
-  d->raw[m->body.len] = '\0';
-  d->raw_len = m->body.len;
+  if(len) /* an empty body comes with a NULL pointer */
+    memcpy(d->raw, body, len);
+  d->raw[len] = '\0';
+  d->raw_len = len;
   d->started_ms = util_mono_ms();
   d->started_us = util_mono_us();
   d->conn_gen = w->conn_gen;
-  if((m->properties._flags & AMQP_BASIC_HEADERS_FLAG) &&
-     !mq_table_get_int(&m->properties.headers, "x-attempt", &attempt) &&
-     (attempt < 1 || attempt > 1000))
+  if(!mq_message_header_int(m, "x-attempt", &attempt) && (attempt < 1 || attempt > 1000))
     attempt = 1;
   d->attempt = (int)attempt;
-  if(!(m->properties._flags & AMQP_BASIC_HEADERS_FLAG) ||
-     mq_table_get_int(&m->properties.headers, "x-delivery-count", &d->returns))
+  if(mq_message_header_int(m, "x-delivery-count", &d->returns))
     d->returns = 0;
   set_in_flight(w, 1);
   if(redelivered)
@@ -891,10 +852,12 @@ static void note_status_event(const struct status_event *ev, void *arg)
 
 /* One message of the status stream: remember SUCCESS and CANCELLED tasks; our own marker
  * says the backlog is read. */
-static void on_status_message(struct worker *w, uint64_t tag, amqp_message_t *m)
+static void on_status_message(struct worker *w, uint64_t tag, const struct mq_message *m)
 {
   char err[128];
-  int what = mq_stream_delivery(w->stream, w->conn, tag, m);
+  const void *body;
+  size_t len;
+  int what = mq_stream_delivery(w->stream, w->session, tag, m);
   if(what == MQ_STREAM_CAUGHT_UP) {
     char secs[32];
     snprintf(secs, sizeof secs, "%.3f", (double)(util_mono_ms() - w->stream_subscribed_ms) / 1e3);
@@ -904,11 +867,12 @@ static void on_status_message(struct worker *w, uint64_t tag, amqp_message_t *m)
   if(what != MQ_STREAM_EVENT)
     return;
   /* Bad events are the api's to report; here they are only not remembered. */
-  status_message_decode(m->body.bytes, m->body.len, note_status_event, w, err, sizeof err);
+  body = mq_message_body(m, &len);
+  status_message_decode(body, len, note_status_event, w, err, sizeof err);
 }
 
-static void on_delivery(void *ctx, amqp_channel_t ch, uint64_t tag, int redelivered,
-                        amqp_message_t *m)
+static void on_delivery(void *ctx, uint16_t ch, uint64_t tag, int redelivered,
+                        struct mq_message *m)
 {
   struct worker *w = ctx;
   if(ch == STATUS_CH)
@@ -925,16 +889,12 @@ static int match_ref(void *owner, void *ref)
   return !strcmp(((struct delivery *)owner)->ref, ref);
 }
 
-static int on_returned(void *ctx, amqp_channel_t ch, amqp_message_t *m)
+static int on_returned(void *ctx, uint16_t ch, struct mq_message *m)
 {
   struct worker *w = ctx;
   char ref[64] = "";
   (void)ch;
-  if((m->properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG) &&
-     m->properties.correlation_id.len < sizeof ref) {
-    memcpy(ref, m->properties.correlation_id.bytes, m->properties.correlation_id.len);
-    ref[m->properties.correlation_id.len] = '\0';
-  }
+  mq_message_prop(m, MQ_PROP_CORRELATION_ID, ref, sizeof ref);
   log_event(CFG_LOG_ERROR, "publish returned unroutable: is the topology declared?", "ref", ref,
             NULL);
   mq_publisher_mark_returned(w->pub, match_ref, ref);
@@ -965,7 +925,7 @@ static int drain_frames(struct worker *w)
   h.blocked = on_blocked;
   /* No cancelled handler: a consumer the broker cancelled (its queue deleted, or a quorum
    * queue whose members moved) is set up again with the connection. */
-  if(mq_pump(w->conn, &h, why, sizeof why) || mq_stream_tick(w->stream, w->conn)) {
+  if(mq_pump(w->session, &h, why, sizeof why) || mq_stream_tick(w->stream, w->session)) {
     log_event(CFG_LOG_WARN, "broker connection lost", "reason", why, NULL);
     return -1;
   }
@@ -980,8 +940,8 @@ static int drain_frames(struct worker *w)
 static int connect_broker(struct worker *w)
 {
   char err[512];
-  amqp_connection_state_t conn = mq_session_open(w->session, CONNECT_TIMEOUT_MS, err, sizeof err);
-  if(!conn) {
+  struct mq_session *conn = w->session;
+  if(mq_session_open(conn, CONNECT_TIMEOUT_MS, err, sizeof err)) {
     log_event(CFG_LOG_WARN, "cannot connect to the broker", "reason", err, NULL);
     return -1;
   }
@@ -996,7 +956,7 @@ static int connect_broker(struct worker *w)
   w->stream_subscribed_ms = util_mono_ms();
   w->consuming_jobs = 0;
   atomic_fetch_add(&w->state->connects, 1);
-  w->conn = conn;
+  w->conn = 1;
   log_event(CFG_LOG_INFO, "connected; reading the status stream before taking jobs", "broker",
             mq_session_address(w->session), NULL);
   return 0;
@@ -1012,25 +972,18 @@ fail:
  * task already reached SUCCESS is recognised. Returns 0, or -1 when the broker refused. */
 static int start_consuming_jobs(struct worker *w)
 {
-  char err[512], tag[256];
-  amqp_basic_consume_ok_t *ok;
+  char err[512];
   /* Quorum queues refuse a global prefetch; per-consumer is what bounds in-flight sends. */
-  if(!amqp_basic_qos(w->conn, CONSUME_CH, 0, (uint16_t)w->cfg->consumer.prefetch, 0)) {
-    log_event(CFG_LOG_ERROR, "basic.qos refused", NULL);
+  if(mq_consume(w->session, CONSUME_CH, w->cfg->topology.queue,
+                (uint16_t)w->cfg->consumer.prefetch, MQ_NOT_A_STREAM, "consumer", w->consumer_tag,
+                err, sizeof err)) {
+    log_event(CFG_LOG_ERROR, "cannot consume the job queue", "reason", err, NULL);
     return -1;
   }
-  mq_consumer_tag("consumer", tag, sizeof tag);
-  ok = amqp_basic_consume(w->conn, CONSUME_CH, amqp_cstring_bytes(w->cfg->topology.queue),
-                          amqp_cstring_bytes(tag), 0, 0, 0, amqp_empty_table);
-  if(!ok) {
-    log_event(CFG_LOG_ERROR, "cannot consume the job queue", "reason",
-              mq_reply_text(amqp_get_rpc_reply(w->conn), err, sizeof err), NULL);
-    return -1;
-  }
-  w->consumer_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
   w->consuming_jobs = 1;
   atomic_store(&w->state->connected, 1);
-  log_event(CFG_LOG_INFO, "consuming", "queue", w->cfg->topology.queue, NULL);
+  log_event(CFG_LOG_INFO, "consuming", "queue", w->cfg->topology.queue, "consumer_tag",
+            w->consumer_tag, NULL);
   return 0;
 }
 
@@ -1040,9 +993,8 @@ static void drop_connection(struct worker *w)
 {
   atomic_store(&w->state->connected, 0);
   mq_session_lost(w->session);
-  w->conn = NULL;
-  amqp_bytes_free(w->consumer_tag);
-  w->consumer_tag = amqp_empty_bytes;
+  w->conn = 0;
+  w->consumer_tag[0] = '\0';
   /* Sends in flight are not aborted: they may already have gone out, and aborting would lose
    * the answer that prevents a second send when the broker redelivers (see on_http_done).
    * Every publish not yet confirmed is settled as lost, never by a later confirm. */
@@ -1054,13 +1006,8 @@ static void drop_connection(struct worker *w)
 
 static void cancel_consumer(struct worker *w)
 {
-  amqp_basic_cancel_t req;
-  if(!w->conn || !w->consuming_jobs)
-    return;
-  req.consumer_tag = w->consumer_tag;
-  req.nowait = 1;
-  /* No wait for cancel-ok: it would stall the loop while deliveries are in flight. */
-  amqp_send_method(w->conn, CONSUME_CH, AMQP_BASIC_CANCEL_METHOD, &req);
+  if(w->conn && w->consuming_jobs)
+    mq_cancel(w->session, CONSUME_CH, w->consumer_tag);
 }
 
 /* Reads the signalfd; returns the number of stop signals read. */
@@ -1154,9 +1101,9 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
 
     if(w.conn) {
       /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
-      if(mq_pending_input(w.conn))
+      if(mq_session_pending_input(w.session))
         timeout = 0;
-      fds[nfds++] = amqp_get_sockfd(w.conn);
+      fds[nfds++] = mq_session_fd(w.session);
     }
     else if(!grace_deadline) {
       int64_t wait = retry_at - now;
@@ -1174,11 +1121,10 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   /* Whatever is left is requeued by the broker when the connection closes. */
   evo_abort_all(w.evo, on_abort, &w);
   reset_lanes(&w);
-  w.conn = NULL; /* what settles now must not ack: the broker requeues at the close */
+  w.conn = 0; /* what settles now must not ack: the broker requeues at the close */
   mq_publisher_lost(w.pub);
   drop_status(&w);
   mq_session_close(w.session);
-  amqp_bytes_free(w.consumer_tag);
   evo_client_free(w.evo);
   mq_stream_free(w.stream);
   mq_publisher_free(w.pub);

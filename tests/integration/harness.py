@@ -583,7 +583,8 @@ class PostStream:
         text = f"{self.tag}-{n}"
         phone = f"+5511{9000000000 + n % 1000000000:010d}"
         rec = {"n": n, "text": text, "phone": phone, "t0": time.monotonic(), "t1": None,
-               "status": None, "retry_after": None, "task_id": None, "error": None}
+               "status": None, "retry_after": None, "task_id": None, "code": None,
+               "error": None}
         parts = urllib.parse.urlsplit(self.base)
         conn = httpclient.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
         try:
@@ -608,6 +609,13 @@ class PostStream:
                     rec["task_id"] = json.loads(raw)["task_id"]
                 except (ValueError, KeyError, TypeError):
                     rec["error"] = "bad 202 body"
+            elif resp.status == 504:
+                # Outcome unknown: the task id to look up, and the error code that says so.
+                try:
+                    doc = json.loads(raw)
+                    rec["task_id"], rec["code"] = doc["task_id"], doc["error"]["code"]
+                except (ValueError, KeyError, TypeError):
+                    rec["error"] = "bad 504 body"
             return rec
         finally:
             rec["t1"] = time.monotonic()
@@ -764,10 +772,10 @@ class broker_outage:
 
 # --- RabbitMQ topology -----------------------------------------------------------------------------
 
-def _mgmt(method, path, body=None):
-    """A management API call (body: sent as JSON); returns parsed JSON (or None for an empty
-    body)."""
-    parts = urllib.parse.urlsplit(MGMT_URL)
+def _mgmt(method, path, body=None, mgmt_url=None):
+    """A management API call (body: sent as JSON) on `mgmt_url` (default MGMT_URL); returns
+    parsed JSON (or None for an empty body)."""
+    parts = urllib.parse.urlsplit(mgmt_url or MGMT_URL)
     user = urllib.parse.unquote(parts.username or "guest")
     password = urllib.parse.unquote(parts.password or "guest")
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
@@ -829,14 +837,15 @@ def wait_queue_messages(queue, predicate, timeout, what=None):
     return last
 
 
-def cleanup_topology(exchange_prefix):
+def cleanup_topology(exchange_prefix, mgmt_url=None):
     """Deletes every queue, then every exchange, whose name starts with `exchange_prefix` (in any
-    vhost); returns the deleted names. Something already gone is not an error."""
+    vhost) on the broker of `mgmt_url` (default MGMT_URL); returns the deleted names. Something
+    already gone is not an error."""
     if not exchange_prefix or exchange_prefix.startswith("amq."):
         raise ValueError(f"refusing to delete topology with prefix {exchange_prefix!r}")
     deleted = []
     for kind in ("queues", "exchanges"):
-        for obj in _mgmt("GET", f"/api/{kind}?columns=name,vhost"):
+        for obj in _mgmt("GET", f"/api/{kind}?columns=name,vhost", mgmt_url=mgmt_url):
             if not obj["name"].startswith(exchange_prefix):
                 continue
             vhost, name = (urllib.parse.quote(obj[k], safe="") for k in ("vhost", "name"))
@@ -844,7 +853,7 @@ def cleanup_topology(exchange_prefix):
             # (RabbitMQ 3.10); only a lasting failure is an error.
             for attempt in range(40):
                 try:
-                    _mgmt("DELETE", f"/api/{kind}/{vhost}/{name}")
+                    _mgmt("DELETE", f"/api/{kind}/{vhost}/{name}", mgmt_url=mgmt_url)
                     deleted.append(obj["name"])
                     break
                 except urllib.error.HTTPError as e:

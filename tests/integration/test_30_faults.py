@@ -9,7 +9,10 @@ itself:
   once;
 - Evolution API trouble: a hang is cut at evolution.timeout while other messages keep flowing,
   a reset is transient, a 5xx burst ends in SUCCESS or parked;
-- the poison guard: the job queue's x-delivery-limit dead-letters a job returned too often.
+- the poison guard: the job queue's x-delivery-limit dead-letters a job returned too often;
+- a broker that stops answering (SIGSTOP): a job without its confirm is answered 504
+  outcome_unknown with its task id, and repeating it with the same Idempotency-Key never
+  sends it twice.
 
 The broker restart breaks every other client of the broker, so this file runs alone under
 ctest (RUN_SERIAL, tests/integration/CMakeLists.txt). By hand (RABBITMQ_NODE picks the node
@@ -28,7 +31,8 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import (IntegrationTest, Poller, PostStream, broker_outage, get_task,  # noqa: E402
-                     post_message, queue_get, queue_info, wait_for, wait_task_status, watch_task)
+                     post_message, queue_get, queue_info, rabbitmqctl, wait_for,
+                     wait_task_status, watch_task)
 
 FINAL = ("SUCCESS", "FAILURE")
 
@@ -84,13 +88,20 @@ class BrokerRestartTest(IntegrationTest):
               f"{api_back - out.started:+.1f}s and consumer ready {cons_back - out.started:+.1f}s "
               f"after the broker; {len(results)} POSTs: "
               f"{sum(r['status'] == 202 for r in results)} x 202, "
-              f"{sum(r['status'] == 503 for r in results)} x 503", file=sys.stderr)
+              f"{sum(r['status'] == 503 for r in results)} x 503, "
+              f"{sum(r['status'] == 504 for r in results)} x 504", file=sys.stderr)
 
-        # The api answered every request, in bounded time, with 202 or 503 + Retry-After.
+        # The api answered every request, in bounded time, with 202, 503 + Retry-After (not
+        # sent), or 504 outcome_unknown with the task id (published, never confirmed).
         self.assertEqual([r for r in results if r["error"]], [])
         slow = [r for r in results if r["t1"] - r["t0"] >= 6]
         self.assertEqual(slow, [], "POSTs that took 6 s or more")
-        self.assertEqual({r["status"] for r in results} - {202, 503}, set())
+        self.assertEqual({r["status"] for r in results} - {202, 503, 504}, set())
+        unknown = [r for r in results if r["status"] == 504]
+        for r in unknown:
+            self.assertEqual(r["code"], "outcome_unknown", r)
+            self.assertTrue(r["task_id"], r)
+            self.assertTrue(out.stop_called - 0.5 <= r["t1"], ("504 before the outage", r))
         for r in results:
             if r["status"] == 503:
                 self.assertTrue(r["retry_after"] and r["retry_after"].isdigit()
@@ -101,7 +112,7 @@ class BrokerRestartTest(IntegrationTest):
         self.assertEqual(early_late, [], "503s outside the outage")
         down = [r for r in results if out.stopped <= r["t0"] <= out.start_called]
         self.assertTrue(down, "no POST while the broker was down")
-        self.assertTrue(all(r["status"] == 503 for r in down), down)
+        self.assertTrue(all(r["status"] in (503, 504) for r in down), down)
         # Readiness said so, on both daemons.
         for poller, name in ((api_ready, "msg-api"), (cons_ready, "msg-consumer")):
             during = [s for t, s, _ in poller.samples if out.stopped <= t <= out.start_called]
@@ -124,6 +135,72 @@ class BrokerRestartTest(IntegrationTest):
                       f"(times relative to stop_app): {detail}")
         missing = [r["text"] for r in accepted.values() if sent.get(r["text"], 0) != 1]
         self.assertEqual(missing, [])
+        # An unknown outcome is told honestly: the task either went out once (and says SUCCESS)
+        # or never existed (404 and nothing sent); never sent with no task to show for it.
+        for r in unknown:
+            doc = get_task(api, r["task_id"])
+            if doc.status == 200:
+                self.assertEqual(wait_task_status(api, r["task_id"], "SUCCESS")["status"],
+                                 "SUCCESS")
+                self.assertEqual(sent.get(r["text"], 0), 1, r)
+            else:
+                self.assertEqual(doc.status, 404, r)
+                self.assertEqual(sent.get(r["text"], 0), 0, r)
+
+
+class frozen_broker:
+    """`with frozen_broker():` stops the broker's Erlang VM (SIGSTOP) for the block: every
+    connection stays open and nothing answers, as with a broker stuck on disk or a network
+    partition. SIGCONT when the block ends, whatever happens."""
+
+    def __enter__(self):
+        out = rabbitmqctl("eval", "os:getpid().").stdout.decode().strip().strip('"')
+        self.pid = int(out)
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGCONT)
+        return False
+
+
+class OutcomeUnknownTest(IntegrationTest):
+
+    # No confirm within 5 s: not "503 retry later" (the job may still be queued, and a client
+    # following that advice would send twice) but 504 outcome_unknown with the task id; the
+    # same Idempotency-Key then answers for that task and never makes a second one.
+    def test_unconfirmed_job_is_told_unknown_and_its_key_never_sends_twice(self):
+        cfg, api, cons = self.start_stack()
+        key = {"Idempotency-Key": f"unknown-{secrets.token_hex(4)}"}
+        text = f"unknown-{secrets.token_hex(3)}"
+        with frozen_broker():
+            t0 = time.monotonic()
+            first = post_message(api, "+5511988887777", text, headers=key)
+            waited = time.monotonic() - t0
+            # Still no confirm: the repeat answers at once for the same task, publishing nothing.
+            again = post_message(api, "+5511988887777", text, headers=key)
+        self.assertEqual(first.status, 504, first.body)
+        self.assertEqual(first.json["error"]["code"], "outcome_unknown", first.body)
+        task_id = first.json["task_id"]
+        self.assertEqual(first.headers.get("location"), f"/tasks/{task_id}")
+        self.assertGreaterEqual(waited, 4.5)
+        self.assertEqual(again.status, 504, again.body)
+        self.assertEqual(again.json["task_id"], task_id)
+        # The broker wakes: the late confirm lands, the task exists and is delivered once.
+        doc = wait_task_status(api, task_id, "SUCCESS", timeout=30)
+        self.assertEqual(doc["task_id"], task_id)
+        third = post_message(api, "+5511988887777", text, headers=key)
+        self.assertEqual(third.status, 202, third.body)
+        self.assertEqual(third.json["task_id"], task_id)
+        self.assertEqual(third.headers.get("idempotent-replayed"), "true")
+        # A different request under the same key is refused, not sent.
+        other = post_message(api, "+5511988887777", text + " changed", headers=key)
+        self.assertEqual(other.status, 422, other.body)
+        time.sleep(1)
+        self.assertEqual(self.fake.stats()["sent_by_text"].get(text), 1)
+        print(f"\n[faults] frozen broker: 504 outcome_unknown after {waited:.1f}s, repeat 504 "
+              f"at once with the same task, SUCCESS after the broker woke, third repeat 202 "
+              f"replayed; sent once", file=sys.stderr)
 
 
 class ShutdownTest(IntegrationTest):

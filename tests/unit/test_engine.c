@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "check.h"
-#include "mq.h"
+#include "mq_internal.h"
 
 /* ---- the scripted broker ----------------------------------------------------------------- */
 
@@ -30,6 +30,28 @@ static struct {
 
 static int dummy_connection;
 #define CONN ((amqp_connection_state_t)(void *)&dummy_connection)
+
+/* A session holding the stub connection. */
+static struct cfg test_cfg;
+static struct mq_session *stub_session(void)
+{
+  struct mq_session *s;
+  test_cfg.broker.n_urls = 1;
+  test_cfg.topology.status_stream = "messages.status";
+  s = mq_session_new(&test_cfg, "test");
+  if(s)
+    mq_session_adopt(s, CONN);
+  return s;
+}
+
+static void stub_session_free(struct mq_session *s)
+{
+  if(s)
+    mq_session_adopt(s, NULL); /* the stub is not rabbitmq-c's to destroy */
+  mq_session_free(s);
+}
+
+static struct mq_session *S; /* the session of the running test */
 
 static void broker_reset(void)
 {
@@ -179,9 +201,9 @@ static void settled_reset(void)
 
 static int publish(struct mq_publisher *p, int owner)
 {
-  amqp_basic_properties_t props;
+  struct mq_props props;
   memset(&props, 0, sizeof props);
-  return mq_publisher_publish(p, CONN, "x", "send", 1, &props, "{}", 2, &owners[owner]);
+  return mq_publisher_publish(p, S, "x", "send", 1, &props, "{}", 2, &owners[owner]);
 }
 
 static int pump(struct mq_publisher *p, char *why, size_t len)
@@ -189,7 +211,7 @@ static int pump(struct mq_publisher *p, char *why, size_t len)
   struct mq_handlers h;
   memset(&h, 0, sizeof h);
   h.publishers[0] = p;
-  return mq_pump(CONN, &h, why, len);
+  return mq_pump(S, &h, why, len);
 }
 
 /* A publish failing inside a window of confirms in flight: every owner still unconfirmed is
@@ -200,8 +222,9 @@ static void test_failed_publish_settles_the_window(void)
   struct mq_publisher *p = mq_publisher_new(3, 4, settle, NULL);
   broker_reset();
   settled_reset();
-  CHECK(p != NULL);
-  CHECK_INT(mq_publisher_start(p, CONN, err, sizeof err), 0);
+  S = stub_session();
+  CHECK(p != NULL && S != NULL);
+  CHECK_INT(mq_publisher_start(p, S, err, sizeof err), 0);
   for(int i = 1; i <= 5; i++)
     CHECK_INT(publish(p, i), MQ_PUBLISH_OK);
   push_confirm(3, 1, 2, 1); /* owners 1 and 2 confirmed */
@@ -231,7 +254,7 @@ static void test_failed_publish_settles_the_window(void)
 
   /* A new connection numbers from 1 again: its confirms settle its own publishes only. */
   broker.next_frame = broker.n_frames = 0;
-  CHECK_INT(mq_publisher_start(p, CONN, err, sizeof err), 0);
+  CHECK_INT(mq_publisher_start(p, S, err, sizeof err), 0);
   CHECK_INT(publish(p, 8), MQ_PUBLISH_OK);
   CHECK_INT(publish(p, 9), MQ_PUBLISH_OK);
   push_confirm(3, 1, 1, 0);
@@ -246,6 +269,7 @@ static void test_failed_publish_settles_the_window(void)
   CHECK_INT(settled.outcome[9], CONFIRM_REFUSED);
 out:
   mq_publisher_free(p);
+  stub_session_free(S);
 }
 
 /* A channel the broker keeps nacking is replaced by a fresh one: what was in flight on it is
@@ -256,8 +280,9 @@ static void test_nacking_channel_is_replaced(void)
   struct mq_publisher *p = mq_publisher_new(3, 4, settle, NULL);
   broker_reset();
   settled_reset();
-  CHECK(p != NULL);
-  CHECK_INT(mq_publisher_start(p, CONN, err, sizeof err), 0);
+  S = stub_session();
+  CHECK(p != NULL && S != NULL);
+  CHECK_INT(mq_publisher_start(p, S, err, sizeof err), 0);
   for(int i = 1; i <= 4; i++)
     CHECK_INT(publish(p, i), MQ_PUBLISH_OK);
   CHECK_INT(broker.last_publish_ch, 3);
@@ -293,7 +318,7 @@ static void test_nacking_channel_is_replaced(void)
   /* A new connection starts on the first number again. Once the replaced channel's close-ok
    * came, its number is free for the next replacement. */
   mq_publisher_lost(p);
-  CHECK_INT(mq_publisher_start(p, CONN, err, sizeof err), 0);
+  CHECK_INT(mq_publisher_start(p, S, err, sizeof err), 0);
   CHECK_INT(mq_publisher_channel(p), 3);
   for(int i = 10; i <= 12; i++)
     CHECK_INT(publish(p, i), MQ_PUBLISH_OK);
@@ -311,32 +336,33 @@ static void test_nacking_channel_is_replaced(void)
   CHECK_INT(settled.outcome[15], CONFIRM_REFUSED);
 out:
   mq_publisher_free(p);
+  stub_session_free(S);
 }
 
 /* A stream follower is caught up when it reads its own marker, whatever else it reads first. */
 static void test_stream_catches_up_on_its_marker(void)
 {
-  static struct cfg cfg;
   char err[256], own[256];
   struct mq_stream *st;
-  amqp_message_t m;
+  struct mq_message msg;
+  amqp_message_t *mp = &msg.msg;
   amqp_table_entry_t off;
   broker_reset();
-  memset(&cfg, 0, sizeof cfg);
-  cfg.topology.status_stream = "messages.status";
-  st = mq_stream_new(&cfg, "test", 2, 5, 6, 100);
-  CHECK(st != NULL);
-  CHECK_INT(mq_stream_start(st, CONN, err, sizeof err), 0);
+  S = stub_session();
+  st = mq_stream_new(&test_cfg, "test", 2, 5, 6, 100);
+  CHECK(st != NULL && S != NULL);
+  CHECK_INT(mq_stream_start(st, S, err, sizeof err), 0);
   CHECK(!mq_stream_caught_up(st));
   CHECK(!strncmp(broker.last_message_id, "marker:test@", 12));
   snprintf(own, sizeof own, "%s", broker.last_message_id);
 
-  memset(&m, 0, sizeof m);
+  memset(&msg, 0, sizeof msg);
+#define m (*mp)
   off = mq_entry_i64("x-stream-offset", 41);
   m.properties._flags = AMQP_BASIC_HEADERS_FLAG;
   m.properties.headers.num_entries = 1;
   m.properties.headers.entries = &off;
-  CHECK_INT(mq_stream_delivery(st, CONN, 1, &m), MQ_STREAM_EVENT);
+  CHECK_INT(mq_stream_delivery(st, S, 1, &msg), MQ_STREAM_EVENT);
   CHECK_INT(mq_stream_offset(st), 41);
 
   /* Another reader's marker (even one stamped in the future) proves nothing. */
@@ -345,12 +371,12 @@ static void test_stream_catches_up_on_its_marker(void)
   m.properties.message_id = amqp_cstring_bytes("marker:other@host:1:1:ff");
   m.properties.timestamp = UINT64_C(4102444800);
   off = mq_entry_i64("x-stream-offset", 42);
-  CHECK_INT(mq_stream_delivery(st, CONN, 2, &m), MQ_STREAM_SKIP);
+  CHECK_INT(mq_stream_delivery(st, S, 2, &msg), MQ_STREAM_SKIP);
   CHECK(!mq_stream_caught_up(st));
 
   m.properties.message_id = amqp_cstring_bytes(own);
   off = mq_entry_i64("x-stream-offset", 43);
-  CHECK_INT(mq_stream_delivery(st, CONN, 3, &m), MQ_STREAM_CAUGHT_UP);
+  CHECK_INT(mq_stream_delivery(st, S, 3, &msg), MQ_STREAM_CAUGHT_UP);
   CHECK(mq_stream_caught_up(st));
   CHECK_INT(mq_stream_offset(st), 43);
 
@@ -358,10 +384,12 @@ static void test_stream_catches_up_on_its_marker(void)
   mq_stream_lost(st);
   CHECK(!mq_stream_caught_up(st));
   CHECK_INT(mq_stream_offset(st), 43);
-  CHECK_INT(mq_stream_start(st, CONN, err, sizeof err), 0);
+  CHECK_INT(mq_stream_start(st, S, err, sizeof err), 0);
   CHECK(strcmp(own, broker.last_message_id) != 0); /* a new marker per subscription */
+#undef m
 out:
   mq_stream_free(st);
+  stub_session_free(S);
 }
 
 int main(void)
