@@ -312,6 +312,18 @@ static void idem_release(struct http_server *srv, struct idem_claim *claim)
   pthread_mutex_unlock(&srv->idem_lock);
 }
 
+/* The 202 of a repeat answered from the first request with its Idempotency-Key. */
+static int reply_replayed(struct mg_connection *conn, struct http_server *srv,
+                          const char *task_id, enum task_status status)
+{
+  atomic_fetch_add(&srv->metrics.replays, 1);
+  return reply(conn, 202,
+               json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message",
+                         "Message already accepted with this Idempotency-Key", "task_id", task_id,
+                         "status", status_name(status)),
+               "Idempotent-Replayed", "true");
+}
+
 /* Answers a repeat of an earlier request with the same Idempotency-Key: the first task's id,
  * or 422 when the key was used for a different request. Returns 0 when the key is new. */
 static int replay_idempotent(struct mg_connection *conn, struct http_server *srv,
@@ -326,12 +338,7 @@ static int replay_idempotent(struct mg_connection *conn, struct http_server *srv
     return reply_error(conn, 422, "idempotency_key_reused",
                        "this Idempotency-Key was used for a different request", "Idempotency-Key",
                        NULL, NULL);
-  atomic_fetch_add(&srv->metrics.replays, 1);
-  return reply(conn, 202,
-               json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message",
-                         "Message already accepted with this Idempotency-Key", "task_id", task_id,
-                         "status", status_name(status)),
-               "Idempotent-Replayed", "true");
+  return reply_replayed(conn, srv, task_id, status);
 }
 
 /* The 504 of a request whose outcome is unknown. */
@@ -365,12 +372,7 @@ static int repeat_in_doubt(struct mg_connection *conn, struct http_server *srv, 
     enum task_status status = TASK_PENDING;
     int attempt;
     task_cache_status(srv->deps.cache, known, &status, &attempt);
-    atomic_fetch_add(&srv->metrics.replays, 1);
-    return reply(conn, 202,
-                 json_pack("{s:b, s:s, s:s, s:s}", "success", 1, "message",
-                           "Message already accepted with this Idempotency-Key", "task_id", known,
-                           "status", status_name(status)),
-                 "Idempotent-Replayed", "true");
+    return reply_replayed(conn, srv, known, status);
   }
   memcpy(job->task_id, known, UTIL_UUID_LEN);
   return 0;
