@@ -144,3 +144,70 @@ int64_t lane_wait_us(struct lane *l, int64_t now_us)
   /* Rounded up, so a wake-up never comes a microsecond before the token. */
   return (int64_t)((1 - l->tokens) * 1e6 / l->rate) + 1;
 }
+
+static void push(struct lane_item ***tail, struct lane_item *it)
+{
+  it->next = NULL;
+  **tail = it;
+  *tail = &it->next;
+}
+
+static struct lane_item *pop(struct lane_item **head, struct lane_item ***tail)
+{
+  struct lane_item *it = *head;
+  if(it && !(*head = it->next))
+    *tail = head;
+  return it;
+}
+
+void lane_hold_for_open(struct lane *l, struct lane_item *it)
+{
+  push(&l->forward_tail, it);
+}
+
+struct lane_item *lane_next_for_open(struct lane *l)
+{
+  return pop(&l->forward_head, &l->forward_tail);
+}
+
+int lane_has_held_for_open(const struct lane *l)
+{
+  return l->forward_head != NULL;
+}
+
+int lane_admit(struct lane *l, struct lane_item *it, int64_t now_us)
+{
+  /* First come, first served: a token never lets a job overtake one already waiting. */
+  if(!l->wait_head && lane_take(l, now_us))
+    return 1;
+  push(&l->wait_tail, it);
+  l->waiting++;
+  return 0;
+}
+
+struct lane_item *lane_next_ready(struct lane *l, int64_t now_us)
+{
+  if(!l->wait_head || !lane_take(l, now_us))
+    return NULL;
+  l->waiting--;
+  return pop(&l->wait_head, &l->wait_tail);
+}
+
+struct lane_item *lane_next_held(struct lane *l)
+{
+  struct lane_item *it = pop(&l->wait_head, &l->wait_tail);
+  if(it)
+    l->waiting--;
+  return it;
+}
+
+size_t lane_held(const struct lane *l)
+{
+  return l->waiting;
+}
+
+void lane_reset(struct lane *l)
+{
+  l->open = 0;
+  l->consumer_tag[0] = '\0';
+}

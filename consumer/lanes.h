@@ -12,7 +12,10 @@
 #include "cfg.h"
 #include "job.h"
 
-struct delivery; /* the worker's; lanes only hold lists of them */
+/* A job a lane holds: embedded in the worker's delivery, which lanes never look inside. */
+struct lane_item {
+  struct lane_item *next;
+};
 
 struct lane {
   char instance[JOB_INSTANCE_MAX + 1];
@@ -22,10 +25,12 @@ struct lane {
   size_t index;         /* creation order: 0, 1, ... (the worker derives its channel from it) */
 
   /* The worker's state on the current broker connection. */
-  int open;                         /* declared and consumed */
+  int open;                      /* declared and consumed */
   char consumer_tag[MQ_TAG_LEN]; /* "" while the lane is not consumed */
-  struct delivery *forward_head, **forward_tail; /* from the job queue, waiting for open */
-  struct delivery *wait_head, **wait_tail;       /* from the lane, waiting for a token */
+
+  /* lanes.c only: the jobs held, through the functions below. */
+  struct lane_item *forward_head, **forward_tail; /* from the job queue, waiting for open */
+  struct lane_item *wait_head, **wait_tail;       /* from the lane, waiting for a token */
   size_t waiting;
 };
 
@@ -45,6 +50,24 @@ struct lane *lanes_get(struct lane_table *t, const char *instance, int64_t now_u
 /* Number of lanes, and the i-th in creation order (i < lanes_count). */
 size_t lanes_count(const struct lane_table *t);
 struct lane *lanes_at(const struct lane_table *t, size_t i);
+
+/* Holds a job of the job queue until the lane is open (it is then moved into the lane). */
+void lane_hold_for_open(struct lane *l, struct lane_item *it);
+/* The next job held for the open, or NULL. */
+struct lane_item *lane_next_for_open(struct lane *l);
+int lane_has_held_for_open(const struct lane *l);
+
+/* A job from the lane itself: 1 when it may be sent now (none waits ahead of it and a token
+ * was taken), else it is held for a token and 0 is returned. */
+int lane_admit(struct lane *l, struct lane_item *it, int64_t now_us);
+/* The next held job whose token is there now (the token is taken), or NULL. */
+struct lane_item *lane_next_ready(struct lane *l, int64_t now_us);
+/* The next held job, token or not (to give it back), or NULL. */
+struct lane_item *lane_next_held(struct lane *l);
+size_t lane_held(const struct lane *l); /* jobs waiting for a token */
+
+/* The connection is gone: not open, no consumer; the held jobs must have been taken. */
+void lane_reset(struct lane *l);
 
 /* Takes a token if one is there: returns 1 (send now) or 0 (wait). */
 int lane_take(struct lane *l, int64_t now_us);

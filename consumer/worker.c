@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,7 +58,7 @@
 struct delivery {
   uint64_t tag;
   uint16_t channel; /* the job queue's, or a lane's */
-  struct delivery *next;  /* on a lane's list (lanes.h) */
+  struct lane_item link;  /* while a lane holds it (lanes.h) */
   struct job *job; /* NULL for a job that could not be parsed */
   char *raw;       /* the job body as received, republished unchanged to retry/dead */
   size_t raw_len;
@@ -113,7 +114,7 @@ struct worker {
 
 static int flush_status(struct worker *w);
 static void on_abort(void *owner, void *ctx);
-static int lane_admit(struct worker *w, struct delivery *d);
+static int admit_to_lane(struct worker *w, struct delivery *d);
 static void settle_delivery(struct worker *w, struct delivery *d, int ok);
 
 static void delivery_free(struct delivery *d)
@@ -399,7 +400,7 @@ static struct policy_delivery facts_of(struct worker *w, const struct delivery *
   f.from_lane = d->channel != CONSUME_CH;
   if(w->rate_limited) {
     struct lane *l = lanes_get(w->lanes, d->job->instance_name, util_mono_us());
-    /* Out of memory (no lane): lane_admit gives the job back rather than send it unpaced. */
+    /* Out of memory (no lane): admit_to_lane gives the job back rather than send it unpaced. */
     f.rate_limited = !l || l->rate > 0;
   }
   return f;
@@ -596,7 +597,7 @@ static int handled_before_send(struct worker *w, struct delivery *d, struct poli
     break;
   case POLICY_FORWARD:
   case POLICY_WAIT:
-    return lane_admit(w, d) ? 0 : 1;
+    return admit_to_lane(w, d) ? 0 : 1;
   case POLICY_SUCCEED:
   case POLICY_RETRY:
     /* Decisions after a send: never made before one. */
@@ -624,19 +625,10 @@ static void begin_send(struct worker *w, struct delivery *d)
 
 /* ---- rate limits: lanes ---------------------------------------------------------------- */
 
-static void list_push(struct delivery ***tail, struct delivery *d)
+/* The delivery a lane handed back (NULL stays NULL). */
+static struct delivery *held(struct lane_item *it)
 {
-  d->next = NULL;
-  **tail = d;
-  *tail = &d->next;
-}
-
-static struct delivery *list_pop(struct delivery **head, struct delivery ***tail)
-{
-  struct delivery *d = *head;
-  if(d && !(*head = d->next))
-    *tail = head;
-  return d;
+  return it ? (struct delivery *)(void *)((char *)it - offsetof(struct delivery, link)) : NULL;
 }
 
 /* Moves a job of a rate-limited instance from the job queue to its lane (confirmed, then the
@@ -657,7 +649,7 @@ static void forward_to_lane(struct worker *w, struct lane *l, struct delivery *d
 
 /* Rate limits: a job of a limited instance that came from the job queue moves to its lane; one
  * that came from its lane waits for a token. Returns 1 when d may be sent now. */
-static int lane_admit(struct worker *w, struct delivery *d)
+static int admit_to_lane(struct worker *w, struct delivery *d)
 {
   struct lane *l;
   l = lanes_get(w->lanes, d->job->instance_name, util_mono_us());
@@ -673,13 +665,11 @@ static int lane_admit(struct worker *w, struct delivery *d)
     if(l->open)
       forward_to_lane(w, l, d);
     else
-      list_push(&l->forward_tail, d); /* the loop opens the lane, then forwards */
+      lane_hold_for_open(l, &d->link); /* the loop opens the lane, then forwards */
     return 0;
   }
-  if(!l->wait_head && lane_take(l, util_mono_us()))
+  if(lane_admit(l, &d->link, util_mono_us()))
     return 1;
-  list_push(&l->wait_tail, d);
-  l->waiting++;
   atomic_fetch_add(&w->state->lane_waiting, 1);
   return 0;
 }
@@ -712,16 +702,15 @@ fail:
 static void release_lane_jobs(struct worker *w, struct lane *l)
 {
   struct delivery *d;
-  while((d = list_pop(&l->forward_head, &l->forward_tail))) {
+  while((d = held(lane_next_for_open(l)))) {
     mq_nack(w->session, d->channel, d->tag, 1);
     delivery_done(w, d);
   }
-  while((d = list_pop(&l->wait_head, &l->wait_tail))) {
+  while((d = held(lane_next_held(l)))) {
     mq_nack(w->session, d->channel, d->tag, 1);
     atomic_fetch_sub(&w->state->lane_waiting, 1);
     delivery_done(w, d);
   }
-  l->waiting = 0;
 }
 
 /* One loop turn of the lanes: open the new ones, forward what waited for them, send what has a
@@ -742,7 +731,7 @@ static int service_lanes(struct worker *w, int *wait_ms)
     if(!l->open) {
       if(LANE_CH_BASE + l->index > (size_t)mq_session_channel_max(w->session)) {
         /* More lanes than channels: its jobs wait in the job queue, requeued. */
-        if(l->forward_head)
+        if(lane_has_held_for_open(l))
           log_event(CFG_LOG_ERROR, "too many rate-limited instances for the broker's channel limit",
                     "instance", l->instance, NULL);
         release_lane_jobs(w, l);
@@ -751,16 +740,14 @@ static int service_lanes(struct worker *w, int *wait_ms)
       if(open_lane(w, l))
         return -1;
     }
-    while((d = list_pop(&l->forward_head, &l->forward_tail)))
+    while((d = held(lane_next_for_open(l))))
       forward_to_lane(w, l, d);
-    while(l->wait_head && lane_take(l, now)) {
-      d = list_pop(&l->wait_head, &l->wait_tail);
-      l->waiting--;
+    while((d = held(lane_next_ready(l, now)))) {
       atomic_fetch_sub(&w->state->lane_waiting, 1);
       if(!handled_before_send(w, d, before_send(w, d, 0)))
         begin_send(w, d);
     }
-    if(l->wait_head) {
+    if(lane_held(l)) {
       int64_t ms = (lane_wait_us(l, now) + 999) / 1000;
       if(ms < *wait_ms)
         *wait_ms = (int)ms;
@@ -775,15 +762,13 @@ static void reset_lanes(struct worker *w)
   for(size_t i = 0; w->lanes && i < lanes_count(w->lanes); i++) {
     struct lane *l = lanes_at(w->lanes, i);
     struct delivery *d;
-    while((d = list_pop(&l->forward_head, &l->forward_tail)))
+    while((d = held(lane_next_for_open(l))))
       delivery_done(w, d);
-    while((d = list_pop(&l->wait_head, &l->wait_tail))) {
+    while((d = held(lane_next_held(l)))) {
       atomic_fetch_sub(&w->state->lane_waiting, 1);
       delivery_done(w, d);
     }
-    l->waiting = 0;
-    l->open = 0;
-    l->consumer_tag[0] = '\0';
+    lane_reset(l);
   }
 }
 

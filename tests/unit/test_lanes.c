@@ -148,11 +148,53 @@ out:
   free(errors);
 }
 
+/* Held jobs: first come, first served behind the bucket; released in order. */
+static void test_held_jobs(void)
+{
+  char *errors = NULL;
+  struct cfg *cfg = load("  rate_limits: [\"slow=5\"]\n  rate_burst: 1\n", &errors);
+  struct lane_table *t = cfg ? lanes_new(cfg) : NULL;
+  struct lane_item a, b, c, f1, f2;
+  struct lane *l;
+  int64_t now = 1000 * (int64_t)SEC;
+  CHECK(t);
+  l = lanes_get(t, "slow", now);
+  CHECK(l);
+  CHECK_INT(lane_admit(l, &a, now), 1); /* the burst of one */
+  CHECK_INT(lane_admit(l, &b, now), 0);
+  CHECK_INT(lane_admit(l, &c, now), 0);
+  CHECK_INT(lane_held(l), 2);
+  CHECK(lane_next_ready(l, now) == NULL); /* no token yet */
+  CHECK(lane_next_ready(l, now + SEC / 5) == &b);
+  /* A newcomer never overtakes c, even with a token there. */
+  CHECK_INT(lane_admit(l, &a, now + 2 * SEC), 0);
+  CHECK(lane_next_ready(l, now + 2 * SEC) == &c);
+  CHECK(lane_next_held(l) == &a);
+  CHECK(lane_next_held(l) == NULL);
+  CHECK_INT(lane_held(l), 0);
+
+  CHECK(!lane_has_held_for_open(l));
+  lane_hold_for_open(l, &f1);
+  lane_hold_for_open(l, &f2);
+  CHECK(lane_has_held_for_open(l));
+  CHECK(lane_next_for_open(l) == &f1);
+  CHECK(lane_next_for_open(l) == &f2);
+  CHECK(lane_next_for_open(l) == NULL);
+  l->open = 1;
+  lane_reset(l);
+  CHECK_INT(l->open, 0);
+out:
+  lanes_free(t);
+  cfg_free(cfg);
+  free(errors);
+}
+
 int main(void)
 {
   static const struct check_test tests[] = {{"rates_from_config", test_rates_from_config},
                                             {"bad_entries", test_bad_entries_are_config_errors},
                                             {"bucket_paces", test_bucket_paces},
-                                            {"many_lanes", test_many_lanes}};
+                                            {"many_lanes", test_many_lanes},
+                                            {"held_jobs", test_held_jobs}};
   return check_run(tests, sizeof tests / sizeof tests[0]);
 }
