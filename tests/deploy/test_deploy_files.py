@@ -81,11 +81,21 @@ def strip_comment(line):
 
 
 def mini_yaml(text):
-    """The subset config files use: nested maps by indentation, scalars, flow lists."""
+    """The subset config files use: nested maps by indentation, scalars, flow lists (also over
+    several lines)."""
     root = {}
     stack = [(-1, root)]
+    pending = None  # a flow list still open at the end of its first line
     for raw in text.splitlines():
         line = strip_comment(raw).rstrip()
+        if pending is not None:
+            pending += " " + line.strip()
+            if not line.endswith("]"):
+                continue
+            line, pending = pending, None
+        elif re.match(r"^\s*[A-Za-z0-9_.-]+:\s+\[", line) and not line.endswith("]"):
+            pending = line
+            continue
         if not line.strip():
             continue
         indent = len(line) - len(line.lstrip(" "))
@@ -209,6 +219,14 @@ class Definitions(unittest.TestCase):
             self.assertEqual(args["x-dead-letter-exchange"], t["exchange"])
             self.assertEqual(args["x-dead-letter-routing-key"], "send")
 
+    def test_replicated_on_every_node(self):
+        """No queue pins fewer members than the cluster's 3 nodes: without the arguments, each
+        quorum queue and the stream get a member on every node."""
+        for q in self.defs["queues"]:
+            for arg in ("x-quorum-initial-group-size", "x-initial-cluster-size"):
+                if arg in q["arguments"]:
+                    self.assertGreaterEqual(int(q["arguments"][arg]), 3, f"{q['name']}: {arg}")
+
     def test_schedule_delay_queues(self):
         """The delay queues of scheduled sends (common/mq.c MQ_DELAYS_MS): each with its TTL,
         dead-lettering back to the job queue, bound as delay.<d>."""
@@ -269,7 +287,21 @@ class KubernetesConfig(unittest.TestCase):
     def test_secrets_come_from_the_environment(self):
         self.assertEqual(K8S_CONFIG["api"]["api_keys"], ["${MSG_API_KEY}"])
         self.assertIn("${EVOLUTION_API_KEY", K8S_CONFIG["evolution"]["api_key"])
-        self.assertIn("${AMQP_URL", K8S_CONFIG["broker"]["url"])
+        for url in K8S_CONFIG["broker"]["urls"]:
+            self.assertIn(":${MSG_AMQP_PASSWORD}@", url)
+
+    def test_broker_urls_name_every_node_of_the_cluster(self):
+        """broker.urls lists each pod of the example RabbitmqCluster by its DNS name under the
+        operator's headless Service (<name>-server-<i>.<name>-nodes.<namespace>.svc), and no
+        single broker.url competes with it."""
+        _, rc = kind_docs("RabbitmqCluster")[0]
+        name = re.search(r"^metadata:\n  name: (\S+)$", rc, re.M).group(1)
+        replicas = int(field(rc, "replicas"))
+        self.assertGreaterEqual(replicas, 3)
+        expected = [f"amqp://msg:${{MSG_AMQP_PASSWORD}}@{name}-server-{i}.{name}-nodes."
+                    f"${{MSG_NAMESPACE}}.svc:5672/%2f" for i in range(replicas)]
+        self.assertEqual(K8S_CONFIG["broker"]["urls"], expected)
+        self.assertNotIn("url", K8S_CONFIG["broker"])
 
 
 class Manifests(unittest.TestCase):
@@ -329,8 +361,12 @@ class Manifests(unittest.TestCase):
                            r"args: \[\"--config\", \"/etc/msg/service.yaml\"\]"):
                 self.assertRegex(d, needle, f"{name}: {needle}")
             self.assertNotIn("subPath", d, f"{name}: the config is mounted as a directory")
-            for key in ("amqp-url", "evolution-api-key", "api-key"):
+            for key in ("amqp-password", "evolution-api-key", "api-key"):
                 self.assertRegex(d, rf"name: msg-secrets\n\s+key: {key}\n", f"{name}: {key}")
+            self.assertRegex(d, r"- name: MSG_NAMESPACE\n\s+valueFrom:\n\s+fieldRef:\n"
+                                r"\s+fieldPath: metadata.namespace\n", name)
+            # AMQP_URL would replace broker.urls, the list of every node.
+            self.assertNotRegex(d, r"- name: AMQP_URL\n", name)
         self.assertNotRegex(self.deployment("msg-consumer"), r"(?m)^  replicas:", "KEDA owns it")
 
     def test_scaled_object(self):
@@ -366,6 +402,10 @@ class Manifests(unittest.TestCase):
                          r"name: msg-rabbitmq-definitions\n\s+files:\n\s+- definitions.json")
         users = json.loads(read("deploy", "k8s", "rabbitmq", "users.example.json"))
         self.assertTrue(users["users"] and users["permissions"])
+        self.assertEqual(field(rc, "replicas"), "3")
+        # A supported series: 3.13 or 4.x (3.10 is out of support).
+        image = field(rc, "image")
+        self.assertRegex(image, r"^rabbitmq:(3\.13|4\.\d+)(\.\d+)?-management$")
 
     def test_kustomizations_name_existing_files(self):
         dirs = [os.path.join(K8S, "base"), os.path.join(K8S, "rabbitmq"),
