@@ -308,7 +308,11 @@ class ClusterNodeLossTest(IntegrationTest):
         sent_text, sent_number = stats["sent_by_text"], stats["sent_by_number"]
         twice_text = {t: c for t, c in sent_text.items() if c > 1}
         twice_number = {p: c for p, c in sent_number.items() if c > 1}
-        rejected_sent = sum(1 for r in results if r["status"] != 202 and r["text"] in sent_text)
+        # A 503 says "not queued": such a job must never be delivered. A 504 (outcome unknown)
+        # may or may not be: either is honest.
+        refused_sent = [r for r in results if r["status"] == 503 and r["text"] in sent_text]
+        unknown = [r for r in results if r["status"] == 504]
+        unknown_sent = sum(1 for r in unknown if r["text"] in sent_text)
         rate = len(results) / duration
         # Errors outside the windows checked above (e.g. while a node rejoined): reported only.
         windows = [(p["t_kill"] - 0.5, p["t_kill"] + FAILOVER_WINDOW) for p in phases]
@@ -322,7 +326,7 @@ class ClusterNodeLossTest(IntegrationTest):
 
         print("\n[cluster-faults] cluster start {:.1f}s; {} POSTs at {:.0f}/s: {} x 202, {} other; "
               "{}; quiet kill msg{}: {} errors; delivered {} of {} accepted, {} text(s) and {} "
-              "phone(s) twice, {} rejected POST(s) delivered anyway, {} error(s) outside the "
+              "phone(s) twice, {} 503 delivered anyway, {} of {} 504 delivered, {} error(s) outside the "
               "kill windows".format(
                   self.cluster_start_s, len(results), rate, len(accepted),
                   len(results) - len(accepted),
@@ -334,13 +338,16 @@ class ClusterNodeLossTest(IntegrationTest):
                             f"revived in {p['revive_s']:.1f}s" for p in phases),
                   quiet and quiet["node"], quiet and quiet["errors"],
                   len(texts & set(sent_text)), len(texts), len(twice_text), len(twice_number),
-                  rejected_sent, len(elsewhere)), file=sys.stderr)
+                  len(refused_sent), unknown_sent, len(unknown), len(elsewhere)),
+              file=sys.stderr)
 
         self.assertGreaterEqual(rate, 50, "the load fell short of 50 POSTs/s")
         self.assertEqual(sorted(pending)[:10], [], f"{len(pending)} accepted task(s) not SUCCESS")
         self.assertEqual(twice_text, {}, "messages sent twice")
         self.assertEqual(twice_number, {}, "phones that got two messages")
         self.assertEqual(sorted(t for t in texts if sent_text.get(t) != 1)[:10], [])
+        self.assertEqual(refused_sent, [], "jobs answered 503 (not queued) delivered anyway")
+        self.assertEqual({r["code"] for r in unknown} - {"outcome_unknown"}, set())
 
 
 if __name__ == "__main__":
