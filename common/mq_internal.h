@@ -13,7 +13,7 @@ struct mq_message {
 };
 
 /* The session's connection (NULL when closed); a test may hand a session a connection of its
- * own (a stub) with mq_session_adopt. */
+ * own (a scripted one) with mq_session_adopt. */
 amqp_connection_state_t mq_session_conn(const struct mq_session *s);
 void mq_session_adopt(struct mq_session *s, amqp_connection_state_t conn);
 

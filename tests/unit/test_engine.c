@@ -1,5 +1,5 @@
 /* Unit tests for the AMQP engine (common/mq.h) without a broker: the rabbitmq-c calls it makes
- * are replaced at link time by the scripted stubs below (definitions in the executable win over
+ * are replaced at link time by the scripted calls below (definitions in the executable win over
  * the shared library), so a test says which frames the "broker" sends and which publish fails. */
 #include <stdint.h>
 #include <stdio.h>
@@ -31,9 +31,9 @@ static struct {
 static int dummy_connection;
 #define CONN ((amqp_connection_state_t)(void *)&dummy_connection)
 
-/* A session holding the stub connection. */
+/* A session holding the scripted connection. */
 static struct cfg test_cfg;
-static struct mq_session *stub_session(void)
+static struct mq_session *scripted_session(void)
 {
   struct mq_session *s;
   test_cfg.broker.n_urls = 1;
@@ -44,10 +44,10 @@ static struct mq_session *stub_session(void)
   return s;
 }
 
-static void stub_session_free(struct mq_session *s)
+static void scripted_session_free(struct mq_session *s)
 {
   if(s)
-    mq_session_adopt(s, NULL); /* the stub is not rabbitmq-c's to destroy */
+    mq_session_adopt(s, NULL); /* the scripted connection is not rabbitmq-c's to destroy */
   mq_session_free(s);
 }
 
@@ -222,7 +222,7 @@ static void test_failed_publish_settles_the_window(void)
   struct mq_publisher *p = mq_publisher_new(3, 4, settle, NULL);
   broker_reset();
   settled_reset();
-  S = stub_session();
+  S = scripted_session();
   CHECK(p != NULL && S != NULL);
   CHECK_INT(mq_publisher_start(p, S, err, sizeof err), 0);
   for(int i = 1; i <= 5; i++)
@@ -269,7 +269,7 @@ static void test_failed_publish_settles_the_window(void)
   CHECK_INT(settled.outcome[9], CONFIRM_REFUSED);
 out:
   mq_publisher_free(p);
-  stub_session_free(S);
+  scripted_session_free(S);
 }
 
 /* A channel the broker keeps nacking is replaced by a fresh one: what was in flight on it is
@@ -280,7 +280,7 @@ static void test_nacking_channel_is_replaced(void)
   struct mq_publisher *p = mq_publisher_new(3, 4, settle, NULL);
   broker_reset();
   settled_reset();
-  S = stub_session();
+  S = scripted_session();
   CHECK(p != NULL && S != NULL);
   CHECK_INT(mq_publisher_start(p, S, err, sizeof err), 0);
   for(int i = 1; i <= 4; i++)
@@ -336,7 +336,7 @@ static void test_nacking_channel_is_replaced(void)
   CHECK_INT(settled.outcome[15], CONFIRM_REFUSED);
 out:
   mq_publisher_free(p);
-  stub_session_free(S);
+  scripted_session_free(S);
 }
 
 /* A stream follower is caught up when it reads its own marker, whatever else it reads first. */
@@ -348,7 +348,7 @@ static void test_stream_catches_up_on_its_marker(void)
   amqp_message_t *mp = &msg.msg;
   amqp_table_entry_t off;
   broker_reset();
-  S = stub_session();
+  S = scripted_session();
   st = mq_stream_new(&test_cfg, "test", 2, 5, 6, 100);
   CHECK(st != NULL && S != NULL);
   CHECK_INT(mq_stream_start(st, S, err, sizeof err), 0);
@@ -389,7 +389,7 @@ static void test_stream_catches_up_on_its_marker(void)
 #undef m
 out:
   mq_stream_free(st);
-  stub_session_free(S);
+  scripted_session_free(S);
 }
 
 int main(void)
