@@ -17,6 +17,7 @@ struct in_doubt {
   pthread_mutex_t lock; /* guards everything below */
   struct entry *ring;
   size_t max, next;
+  size_t used; /* entries with a key: 0 spares every idempotent POST the scan */
 };
 
 struct in_doubt *in_doubt_new(size_t max)
@@ -44,6 +45,8 @@ void in_doubt_free(struct in_doubt *t)
 
 static struct entry *find(struct in_doubt *t, const char *key)
 {
+  if(!t->used)
+    return NULL;
   for(size_t i = 0; i < t->max; i++)
     if(t->ring[i].key && !strcmp(t->ring[i].key, key))
       return &t->ring[i];
@@ -62,6 +65,8 @@ int in_doubt_put(struct in_doubt *t, const char *key, const char *task_id, uint6
     e = &t->ring[t->next];
     t->next = (t->next + 1) % t->max;
   }
+  if(!e->key)
+    t->used++;
   free(e->key);
   e->key = copy;
   memcpy(e->task_id, task_id, UTIL_UUID_LEN);
@@ -94,6 +99,7 @@ void in_doubt_forget(struct in_doubt *t, const char *key)
   if((e = find(t, key))) {
     free(e->key);
     e->key = NULL;
+    t->used--;
   }
   pthread_mutex_unlock(&t->lock);
 }

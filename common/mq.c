@@ -269,7 +269,7 @@ int mq_session_open_any(struct mq_session *s, int timeout_ms, char *err, size_t 
     return -1;
   s->conn = conn;
   s->generation++;
-  snprintf(s->address, sizeof s->address, "%s", "");
+  s->address[0] = '\0';
   return 0;
 }
 
@@ -1234,11 +1234,6 @@ int mq_pump(struct mq_session *s, const struct mq_handlers *h, char *why, size_t
       if(h->deliver)
         h->deliver(h->ctx, f.channel, tag, redelivered, &m);
       amqp_destroy_message(&m.msg);
-      /* A handler may have dropped the connection (through its owner): stop reading. */
-      if(!s->conn) {
-        snprintf(why, len, "the connection was dropped");
-        return -1;
-      }
       break;
     }
     case AMQP_BASIC_RETURN_METHOD: {

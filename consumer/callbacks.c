@@ -64,7 +64,7 @@ struct callbacks {
   pthread_t thread;
   CURLM *multi;
   struct mq_session *session;
-  int conn;           /* connected: the session is open and consuming */
+  int connected;      /* the session is open and consuming */
   unsigned conn_gen;  /* the session's generation of the live connection */
   int broken;         /* a republish came back: the loop drops the connection */
   int stopping;       /* draining: no new callbacks are taken */
@@ -101,7 +101,7 @@ static void callback_free(struct callbacks *cb, struct callback *c)
  * lost connection nothing is sent: the broker has already requeued it. */
 static void give_back(struct callbacks *cb, struct callback *c, int ack)
 {
-  if(cb->conn && c->conn_gen == cb->conn_gen) {
+  if(cb->connected && c->conn_gen == cb->conn_gen) {
     if(ack)
       mq_ack(cb->session, CONSUME_CH, c->tag, 0);
     else
@@ -431,7 +431,7 @@ static int connect_broker(struct callbacks *cb)
      mq_consume(s, CONSUME_CH, cfg->topology.callback_queue, (uint16_t)cfg->callbacks.concurrency,
                 MQ_NOT_A_STREAM, "callbacks", cb->consumer_tag, err, sizeof err))
     goto fail;
-  cb->conn = 1;
+  cb->connected = 1;
   cb->conn_gen = mq_session_generation(s);
   atomic_store(&cb->stats->connected, 1);
   log_event(CFG_LOG_INFO, "callbacks: consuming", "queue", cfg->topology.callback_queue, NULL);
@@ -448,7 +448,7 @@ static void drop_connection(struct callbacks *cb)
 {
   atomic_store(&cb->stats->connected, 0);
   mq_session_lost(cb->session);
-  cb->conn = 0;
+  cb->connected = 0;
   cb->broken = 0;
   cb->consumer_tag[0] = '\0';
   abort_transfers(cb);
@@ -457,7 +457,7 @@ static void drop_connection(struct callbacks *cb)
 
 static void cancel_consumer(struct callbacks *cb)
 {
-  if(cb->conn)
+  if(cb->connected)
     mq_cancel(cb->session, CONSUME_CH, cb->consumer_tag);
 }
 
@@ -483,7 +483,7 @@ static void *run(void *arg)
       settle_deadline = grace_deadline + SETTLE_EXTRA_MS;
     }
     if(cb->stopping) {
-      if(!cb->in_flight || !cb->conn)
+      if(!cb->in_flight || !cb->connected)
         break;
       if(now >= grace_deadline && cb->transfers) {
         log_event(CFG_LOG_WARN, "callbacks: grace period over, requeueing callbacks in flight",
@@ -494,15 +494,15 @@ static void *run(void *arg)
         break;
     }
 
-    if(!cb->conn && !cb->stopping && now >= retry_at) {
+    if(!cb->connected && !cb->stopping && now >= retry_at) {
       if(connect_broker(cb))
         retry_at = now + mq_session_retry_delay_ms(cb->session);
     }
-    if(cb->conn && (drain_frames(cb) || cb->broken || mq_publisher_broken(cb->pub))) {
+    if(cb->connected && (drain_frames(cb) || cb->broken || mq_publisher_broken(cb->pub))) {
       drop_connection(cb);
       retry_at = 0; /* the next address at once */
     }
-    if(cb->conn) {
+    if(cb->connected) {
       /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
       if(mq_session_pending_input(cb->session))
         timeout = 0;
@@ -516,20 +516,20 @@ static void *run(void *arg)
     if(cb->stopping && timeout > 50)
       timeout = 50;
     run_transfers(cb, &wait, n_waits, timeout);
-    if(cb->conn && (cb->broken || mq_publisher_broken(cb->pub)))
+    if(cb->connected && (cb->broken || mq_publisher_broken(cb->pub)))
       drop_connection(cb);
   }
   /* Whatever is left goes back to the queue: nacked here, or requeued by the broker when the
    * connection closes. */
   abort_transfers(cb);
   mq_publisher_lost(cb->pub);
-  if(cb->conn) {
+  if(cb->connected) {
     atomic_store(&cb->stats->connected, 0);
     if(stop == STOP_NOW)
       mq_session_lost(cb->session);
     else
       mq_session_close(cb->session);
-    cb->conn = 0;
+    cb->connected = 0;
   }
   cb->consumer_tag[0] = '\0';
   atomic_store(&cb->done, 1);

@@ -85,7 +85,7 @@ struct worker {
   const struct cfg *cfg;
   struct worker_state *state;
   struct mq_session *session;
-  int conn;                     /* connected: the session is open and set up */
+  int connected;                /* the session is open and set up */
   char consumer_tag[MQ_TAG_LEN]; /* of the job queue's consumer, "" when none */
   struct mq_publisher *pub;
   struct evo_client *evo;
@@ -236,7 +236,7 @@ static int flush_status(struct worker *w)
   int rc;
   if(!w->ev_n)
     return 0;
-  if(!w->conn)
+  if(!w->connected)
     goto fail;
   b = malloc(sizeof *b);
   if(b && w->ev_n > 1 && !(joined = status_batch_join(w->ev_bodies, w->ev_lens, w->ev_n, &len))) {
@@ -422,7 +422,7 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
   struct worker *w = ctx;
   struct delivery *d = owner;
   char latency[24], status[8], attempt[16];
-  if(!w->conn || d->conn_gen != w->conn_gen) {
+  if(!w->connected || d->conn_gen != w->conn_gen) {
     orphan_done(w, d, o);
     return;
   }
@@ -436,7 +436,8 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
     log_event(CFG_LOG_ERROR, "Evolution API configuration fault", "task_id", d->job->task_id,
               "error", o->code, "detail", o->message, NULL);
   {
-    struct policy_delivery f = facts_of(w, d);
+    /* After a send only the expiry matters: no lane lookup on this path. */
+    struct policy_delivery f = {.expires_at_ms = d->job->expires_at_ms};
     struct policy_decision dec = policy_after_send(&f, o->cls, d->attempt, w->cfg, util_now_ms());
     switch(dec.action) {
     case POLICY_SUCCEED: {
@@ -492,7 +493,7 @@ static void settle_delivery(struct worker *w, struct delivery *d, int ok)
      * the job comes back, and must then be recorded, not sent again. */
     remember_unrecorded(w, d->job->task_id, d->key_id,
                         "sent but the SUCCESS was not confirmed; recorded on redelivery");
-  if(w->conn && !d->failed && d->job && d->succeeded) {
+  if(w->connected && !d->failed && d->job && d->succeeded) {
     task_memory_note_sent(w->memory, d->job->task_id);
     if(w->crash_before_ack) {
       /* Simulates a crash in the worst window: Evolution accepted, SUCCESS recorded, no ack. */
@@ -501,7 +502,7 @@ static void settle_delivery(struct worker *w, struct delivery *d, int ok)
       raise(SIGKILL);
     }
   }
-  if(w->conn) {
+  if(w->connected) {
     if(d->failed)
       mq_nack(w->session, d->channel, d->tag, 1);
     else
@@ -532,7 +533,7 @@ static void on_abort(void *owner, void *ctx)
   struct delivery *d = owner;
   /* Requeue so another attempt happens soon; on a dead connection the broker does it (and a
    * delivery from an earlier connection has no tag on this one). */
-  if(w->conn && d->conn_gen == w->conn_gen)
+  if(w->connected && d->conn_gen == w->conn_gen)
     mq_nack(w->session, d->channel, d->tag, 1);
   set_in_flight(w, -1);
   delivery_free(d);
@@ -775,7 +776,7 @@ static void reset_lanes(struct worker *w)
 /* At a stop: the lanes' consumers are cancelled like the job queue's. */
 static void cancel_lanes(struct worker *w)
 {
-  for(size_t i = 0; w->conn && i < lanes_count(w->lanes); i++) {
+  for(size_t i = 0; w->connected && i < lanes_count(w->lanes); i++) {
     struct lane *l = lanes_at(w->lanes, i);
     if(l->open)
       mq_cancel(w->session, (uint16_t)(LANE_CH_BASE + l->index), l->consumer_tag);
@@ -925,23 +926,23 @@ static int drain_frames(struct worker *w)
 static int connect_broker(struct worker *w)
 {
   char err[512];
-  struct mq_session *conn = w->session;
-  if(mq_session_open(conn, CONNECT_TIMEOUT_MS, err, sizeof err)) {
+  struct mq_session *s = w->session;
+  if(mq_session_open(s, CONNECT_TIMEOUT_MS, err, sizeof err)) {
     log_event(CFG_LOG_WARN, "cannot connect to the broker", "reason", err, NULL);
     return -1;
   }
-  if(mq_channel_open(conn, CONSUME_CH, err, sizeof err) ||
-     mq_declare_topology(conn, CONSUME_CH, w->cfg, err, sizeof err) ||
+  if(mq_channel_open(s, CONSUME_CH, err, sizeof err) ||
+     mq_declare_topology(s, CONSUME_CH, w->cfg, err, sizeof err) ||
      (w->cfg->callbacks.secret[0] &&
-      mq_declare_callback_topology(conn, CONSUME_CH, w->cfg, err, sizeof err)) ||
-     mq_publisher_start(w->pub, conn, err, sizeof err) ||
-     mq_stream_start(w->stream, conn, err, sizeof err))
+      mq_declare_callback_topology(s, CONSUME_CH, w->cfg, err, sizeof err)) ||
+     mq_publisher_start(w->pub, s, err, sizeof err) ||
+     mq_stream_start(w->stream, s, err, sizeof err))
     goto fail;
   w->conn_gen = mq_session_generation(w->session);
   w->stream_subscribed_ms = util_mono_ms();
   w->consuming_jobs = 0;
   atomic_fetch_add(&w->state->connects, 1);
-  w->conn = 1;
+  w->connected = 1;
   log_event(CFG_LOG_INFO, "connected; reading the status stream before taking jobs", "broker",
             mq_session_address(w->session), NULL);
   return 0;
@@ -978,7 +979,7 @@ static void drop_connection(struct worker *w)
 {
   atomic_store(&w->state->connected, 0);
   mq_session_lost(w->session);
-  w->conn = 0;
+  w->connected = 0;
   w->consumer_tag[0] = '\0';
   /* Sends in flight are not aborted: they may already have gone out, and aborting would lose
    * the answer that prevents a second send when the broker redelivers (see on_http_done).
@@ -991,7 +992,7 @@ static void drop_connection(struct worker *w)
 
 static void cancel_consumer(struct worker *w)
 {
-  if(w->conn && w->consuming_jobs)
+  if(w->connected && w->consuming_jobs)
     mq_cancel(w->session, CONSUME_CH, w->consumer_tag);
 }
 
@@ -1059,7 +1060,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
       break;
     }
     if(grace_deadline) {
-      if(!w.in_flight || !w.conn)
+      if(!w.in_flight || !w.connected)
         break;
       if(now >= grace_deadline && evo_in_flight(w.evo)) {
         log_event(CFG_LOG_WARN, "grace period over: requeueing deliveries still sending", NULL);
@@ -1069,22 +1070,22 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
         break;
     }
 
-    if(!w.conn && !grace_deadline && now >= retry_at) {
+    if(!w.connected && !grace_deadline && now >= retry_at) {
       if(connect_broker(&w))
         retry_at = now + mq_session_retry_delay_ms(w.session);
     }
-    if(w.conn && (drain_frames(&w) || flush_status(&w))) {
+    if(w.connected && (drain_frames(&w) || flush_status(&w))) {
       drop_connection(&w);
       retry_at = 0; /* the next address at once */
     }
-    if(w.conn && mq_stream_caught_up(w.stream) && !w.consuming_jobs && !grace_deadline &&
+    if(w.connected && mq_stream_caught_up(w.stream) && !w.consuming_jobs && !grace_deadline &&
        start_consuming_jobs(&w))
       drop_connection(&w);
     /* Lanes are opened only once the status stream is caught up, like the job queue. */
-    if(w.conn && w.consuming_jobs && service_lanes(&w, &timeout))
+    if(w.connected && w.consuming_jobs && service_lanes(&w, &timeout))
       drop_connection(&w);
 
-    if(w.conn) {
+    if(w.connected) {
       /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
       if(mq_session_pending_input(w.session))
         timeout = 0;
@@ -1099,14 +1100,14 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
     fds[nfds++] = stop_fd;
     evo_run(w.evo, fds, nfds, timeout);
     /* Outcomes recorded by the transfers that just finished go out now, not a turn later. */
-    if(w.conn && flush_status(&w))
+    if(w.connected && flush_status(&w))
       drop_connection(&w);
     signals += read_signals(stop_fd);
   }
   /* Whatever is left is requeued by the broker when the connection closes. */
   evo_abort_all(w.evo, on_abort, &w);
   reset_lanes(&w);
-  w.conn = 0; /* what settles now must not ack: the broker requeues at the close */
+  w.connected = 0; /* what settles now must not ack: the broker requeues at the close */
   mq_publisher_lost(w.pub);
   drop_status(&w);
   mq_session_close(w.session);

@@ -207,6 +207,17 @@ class CallbacksTest(IntegrationTest):
                     if c.get("client_properties", {}).get("connection_name", "").startswith(f"{name}-callbacks@")]
         # Found first: the management API may list a new connection a few seconds late.
         conns = wait_for(ours, 15, what="the callbacks connection in the management API")
+        # The management UI says who is who: product and version beside the name, and a
+        # consumer tag naming role, host and pid.
+        props = [c["client_properties"] for c in
+                 harness._mgmt("GET", "/api/connections?columns=name,client_properties")
+                 if c["name"] == conns[0]][0]
+        self.assertEqual(props.get("product"), "msg-consumer", props)
+        self.assertRegex(props.get("version", ""), r"^\d+\.\d+", props)
+        tags = wait_for(lambda: [c["consumer_tag"] for c in harness._mgmt("GET", "/api/consumers")
+                                 if c["queue"]["name"] == self.cq], 15,
+                        what="the dispatcher's consumer in the management API")
+        self.assertRegex(tags[0], rf"^msg-callbacks@.+:{consumer.pid}:\d+$")
         event_id = self.publish(self.receiver.url("/slow/y"), '{"again": true}')
         wait_for(lambda: self.receiver.to("/slow/"), 10, what="the slow callback to start")
         harness._mgmt("DELETE", f"/api/connections/{urllib.parse.quote(conns[0], safe='')}")
