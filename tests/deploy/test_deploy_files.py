@@ -6,12 +6,13 @@
 - the Kubernetes config names the same topology, and the manifests keep their invariants
   (probes on real endpoints, restricted security context, config as a directory, grace
   periods, the KEDA queue), and every file a kustomization names exists;
-- the compose file and the Dockerfile keep theirs (exec form, non-root, mounted files exist);
+- the compose file (compose.yaml) and the Dockerfiles keep theirs (every image built here,
+  exec form, non-root, read-only, mounted files exist, the fake Evolution API by itself);
 - msg-probe, the image's HEALTHCHECK, compiles warning-free and tells 2xx from the rest;
 - with the tools scripts/deps.sh installs (issue 7, section 8): `kubectl kustomize` renders every
   kustomization, the rendered objects validate against their API schemas (tests/deploy/
   validate_k8s.mjs, npm kubernetes-models and @kubernetes-models/keda), `docker-compose config -q`
-  accepts deploy/compose.yaml with and without the "fake" profile, and two Dockerfile linters
+  accepts compose.yaml with and without EVOLUTION_API_URL, and two Dockerfile linters
   (npm dockerfile-utils and dockerfilelint) accept deploy/docker/Dockerfile.
 
 A missing tool skips its check on a developer's machine, but fails it in CI (CI set).
@@ -127,7 +128,7 @@ def duration_ms(text):
 
 
 def yaml_files():
-    out = [os.path.join(DEPLOY, "compose.yaml")]
+    out = [os.path.join(ROOT, "compose.yaml")]
     for dirpath, _, names in os.walk(K8S):
         out += [os.path.join(dirpath, n) for n in sorted(names) if n.endswith((".yaml", ".yml"))]
     return out
@@ -495,25 +496,34 @@ class Kustomize(unittest.TestCase):
 
 class Compose(unittest.TestCase):
     def setUp(self):
-        self.text = read("deploy", "compose.yaml")
+        self.text = read("compose.yaml")
+
+    def service(self, name):
+        """The text of one service of compose.yaml, up to the next one."""
+        m = re.search(rf"(?ms)^  {re.escape(name)}:\n(.*?)(?=^  [a-z-]+:\n|^\S|\Z)", self.text)
+        self.assertTrue(m, name)
+        body = m.group(1)
+        if "    <<: *msg\n" in body:  # the daemons' shared settings, indented as the service's
+            anchor = re.search(r"(?ms)^x-msg: &msg\n(.*?)(?=^\S)", self.text).group(1)
+            body += "".join("  " + l for l in anchor.splitlines(True))
+        return body
 
     def test_mounted_files_exist(self):
         for src in re.findall(r"^\s+- (\.{1,2}/[^:]+):", self.text, re.M):
-            self.assertTrue(os.path.exists(os.path.join(DEPLOY, src)), src)
+            self.assertTrue(os.path.exists(os.path.join(ROOT, src)), src)
+        self.assertFalse(os.path.exists(os.path.join(DEPLOY, "compose.yaml")),
+                         "one compose file, at the top level")
 
     def test_services(self):
         t = self.text
         for svc in ("rabbitmq", "msg-api", "msg-consumer", "fake-evolution"):
             self.assertRegex(t, rf"(?m)^  {svc}:$", svc)
         self.assertEqual(len(re.findall(r"^    healthcheck:", t, re.M)), 4)
-        self.assertIn("image: rabbitmq:3.10-management", t)
-        self.assertIn('"15672:15672"', t)
-        self.assertIn('profiles: ["fake"]', t)
         self.assertIn("condition: service_healthy", t)
         for var in ("AMQP_URL", "EVOLUTION_API_URL", "EVOLUTION_API_KEY",
                     "EVOLUTION_INSTANCE_NAME", "APP_PORT", "LOG_LEVEL"):
             self.assertRegex(t, rf"{var}: \$\{{{var}:-", var)
-        consumer = t.split("  msg-consumer:\n", 1)[1].split("\n  fake-evolution:", 1)[0]
+        consumer = self.service("msg-consumer")
         self.assertNotIn("ports:", consumer, "--scale needs no published port")
         grace = re.search(r"stop_grace_period: (\S+)", consumer).group(1)
         needed = duration_ms(CONFIG["consumer"]["shutdown_grace"]) + \
@@ -524,17 +534,65 @@ class Compose(unittest.TestCase):
         users = json.loads(read("deploy", "compose", "users.json"))
         self.assertEqual(users["users"][0]["name"], "guest")
 
+    def test_every_image_is_built_here(self):
+        """No registry answers on the machines this runs on: every service builds its image from
+        a Dockerfile of deploy/docker/ (whose only base is debian:<release>-slim, which
+        deploy/docker/base-image.sh makes when it cannot be pulled)."""
+        for svc in ("rabbitmq", "msg-api", "msg-consumer", "fake-evolution"):
+            body = self.service(svc)
+            image = re.search(r"(?m)^    image: (\S+)$", body).group(1)
+            self.assertTrue(image.endswith(":local"), f"{svc}: {image} is built, not pulled")
+            dockerfile = re.search(r"(?m)^      dockerfile: (\S+)$", body)
+            self.assertTrue(dockerfile, f"{svc}: builds from a Dockerfile")
+            self.assertTrue(os.path.exists(os.path.join(ROOT, dockerfile.group(1))), svc)
+        self.assertNotRegex(self.text, r"image: rabbitmq:", "the broker is built from Debian's package")
+
+    def test_locked_down(self):
+        """Every container: a non-root user, a read-only root filesystem, no capabilities."""
+        for svc in ("rabbitmq", "msg-api", "msg-consumer", "fake-evolution"):
+            body = self.service(svc)
+            for needle in (r"read_only: true", r"no-new-privileges:true", r"cap_drop:\n\s+- ALL",
+                           r"tmpfs:\n\s+- /tmp\n"):
+                self.assertRegex(body, needle, svc)
+        for name in DOCKERFILES:
+            user = re.findall(r"(?m)^USER (\S+)$", read("deploy", "docker", name))
+            self.assertTrue(user and user[-1] not in ("root", "0", "0:0"), f"{name}: USER {user}")
+
+    def test_fake_comes_up_by_itself(self):
+        """The quick start runs without EVOLUTION_API_URL: the fake is no profile away, the
+        consumers default to it, and it says which case it is in (and exits 0 when a real
+        Evolution API is set, which restart: on-failure leaves alone)."""
+        fake = self.service("fake-evolution")
+        self.assertNotIn("profiles:", self.text)
+        self.assertIn("EVOLUTION_API_URL: ${EVOLUTION_API_URL:-http://fake-evolution:8080}",
+                      self.text)
+        self.assertIn("EVOLUTION_API_URL: ${EVOLUTION_API_URL:-}", fake)
+        self.assertIn("EVOLUTION_API_URL is not set", fake)
+        self.assertIn("restart: on-failure", fake)
+        self.assertIn('--api-key "${EVOLUTION_API_KEY:-local-dev-key}"', fake)
+        self.assertIn("fake-evolution:\n        condition: service_started",
+                      self.service("msg-consumer"))
+
+    def test_published_ports_are_local_and_movable(self):
+        for port in re.findall(r'(?m)^      - "([^"]+)"$', self.text):
+            if port.count(":") == 2:
+                self.assertTrue(port.startswith("127.0.0.1:${"), f"{port}: loopback, variable")
+
     def test_docker_compose_accepts_it(self):
-        """Debian's docker-compose (1.x) validates the file against the Compose schema; no Docker
-        engine is needed for `config`."""
+        """Debian's docker-compose (1.x) validates the file against the Compose schema, with
+        and without a real Evolution API; no Docker engine is needed for `config`."""
         compose = need(self, shutil.which("docker-compose"), "docker-compose")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-        for profile in ([], ["--profile", "fake"]):
-            r = subprocess.run([compose, "-f", os.path.join(DEPLOY, "compose.yaml"), *profile,
-                                "config", "-q"], capture_output=True, text=True, timeout=60,
-                               env=env, cwd=DEPLOY)
-            self.assertEqual(r.returncode, 0, f"docker-compose {' '.join(profile)} config -q: "
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("COMPOSE_") and k != "EVOLUTION_API_URL"}
+        for extra in ({}, {"EVOLUTION_API_URL": "https://evolution.example.com"}):
+            r = subprocess.run([compose, "-f", os.path.join(ROOT, "compose.yaml"), "config", "-q"],
+                               capture_output=True, text=True, timeout=60, env={**env, **extra},
+                               cwd=ROOT)
+            self.assertEqual(r.returncode, 0, f"docker-compose config -q {extra}: "
                                               f"{r.stdout}{r.stderr}")
+
+
+DOCKERFILES = ("Dockerfile", "rabbitmq.Dockerfile", "fake-evolution.Dockerfile")
 
 
 class Dockerfile(unittest.TestCase):
@@ -560,14 +618,29 @@ class Dockerfile(unittest.TestCase):
     def test_copied_sources_exist_and_are_in_the_context(self):
         ignore = read(".dockerignore").split()
         included = [p[1:].rstrip("/") for p in ignore if p.startswith("!")]
-        for l in self.lines:
-            if l.startswith("COPY ") and "--from=" not in l:
-                for src in l.split()[1:-1]:
-                    self.assertTrue(os.path.exists(os.path.join(ROOT, src)), src)
-                    norm = src.rstrip("/").lstrip("./")
-                    self.assertTrue(any(norm == i or norm.startswith(i + "/") for i in included),
-                                    f".dockerignore excludes {src}")
+        for name in DOCKERFILES:
+            text = read("deploy", "docker", name).replace("\\\n", " ")
+            for l in text.splitlines():
+                if l.startswith("COPY ") and "--from=" not in l:
+                    for src in l.split()[1:-1]:
+                        self.assertTrue(os.path.exists(os.path.join(ROOT, src)), f"{name}: {src}")
+                        norm = src.rstrip("/").lstrip("./")
+                        self.assertTrue(any(norm == i or norm.startswith(i + "/") for i in included),
+                                        f"{name}: .dockerignore excludes {src}")
 
+    def test_one_base_image(self):
+        """Every stage of every Dockerfile starts from debian:<release>-slim, the one image
+        deploy/docker/base-image.sh provides where no registry answers; and no "# syntax="
+        line, which makes BuildKit fetch a frontend image."""
+        for name in DOCKERFILES:
+            text = read("deploy", "docker", name)
+            self.assertNotRegex(text, r"(?m)^# *syntax=", name)
+            for base in re.findall(r"(?m)^FROM (\S+)", text):
+                self.assertEqual(base, "debian:${DEBIAN_RELEASE}-slim", f"{name}: FROM {base}")
+            self.assertRegex(text, r"(?m)^ARG DEBIAN_RELEASE=bookworm$", name)
+        script = read("deploy", "docker", "base-image.sh")
+        self.assertIn('IMAGE="${1:-debian:bookworm-slim}"', script)
+        self.assertNotRegex(script, r"https?://[a-z]", "the mirror comes from the host's apt sources")
 
     def test_builder_stage_builds_from_what_it_copies(self):
         """The build stage's COPY lines bring everything the build reads: the same CMake
@@ -593,14 +666,15 @@ class Dockerfile(unittest.TestCase):
 
 
 class DockerfileLint(unittest.TestCase):
-    """Two linters from npm (in .tools/) accept deploy/docker/Dockerfile."""
-    PATH = os.path.join(DEPLOY, "docker", "Dockerfile")
+    """Two linters from npm (in .tools/) accept every Dockerfile of deploy/docker/."""
+    PATHS = [os.path.join(DEPLOY, "docker", n) for n in DOCKERFILES]
 
     def test_dockerfile_utils(self):
         """dockerfile-utils (the VS Code Docker extension's linter): no error and no warning."""
         tool = need(self, npm_tool("dockerfile-utils"), "dockerfile-utils (npm)")
-        r = subprocess.run([tool, "lint", self.PATH], capture_output=True, text=True, timeout=60)
-        self.assertEqual((r.returncode, r.stdout.strip()), (0, ""), r.stdout + r.stderr)
+        for path in self.PATHS:
+            r = subprocess.run([tool, "lint", path], capture_output=True, text=True, timeout=60)
+            self.assertEqual((r.returncode, r.stdout.strip()), (0, ""), path + r.stdout + r.stderr)
 
     def test_dockerfilelint(self):
         """dockerfilelint: no issue but one false positive, which is checked here instead.
@@ -610,7 +684,11 @@ class DockerfileLint(unittest.TestCase):
         silence its ENV and SHELL checks, so the test drops exactly that report (on the
         HEALTHCHECK line, when every option is one Docker knows and has a value)."""
         tool = need(self, npm_tool("dockerfilelint"), "dockerfilelint (npm)")
-        r = subprocess.run([tool, "-o", "json", self.PATH], capture_output=True, text=True,
+        for path in self.PATHS[1:]:  # no HEALTHCHECK there, so no false positive either
+            r = subprocess.run([tool, "-o", "json", path], capture_output=True, text=True,
+                               timeout=60)
+            self.assertEqual(json.loads(r.stdout)["files"][0]["issues"], [], path)
+        r = subprocess.run([tool, "-o", "json", self.PATHS[0]], capture_output=True, text=True,
                            timeout=60)
         self.assertIn(r.returncode, (0, 1), r.stderr)
         issues = json.loads(r.stdout)["files"][0]["issues"]
@@ -695,7 +773,7 @@ class Readme(unittest.TestCase):
         text = read("README.md")
         self.assertTrue("\n## Deploying" in text, "README.md has no '## Deploying' section")
         section = text.split("\n## Deploying", 1)[1]
-        for needle in ("deploy/compose.yaml", "--scale msg-consumer", "overlays/prod",
+        for needle in ("compose.yaml", "--scale msg-consumer", "overlays/prod",
                        "ScaledObject", "msg-secrets", "15672"):
             self.assertTrue(needle in section, f"the Deploying section does not mention {needle}")
 

@@ -1,0 +1,33 @@
+# RabbitMQ with the management plugin for compose.yaml, from Debian's own rabbitmq-server package
+# (bookworm: RabbitMQ 3.10.8 on Erlang 25, the broker the test suite runs against), so that it
+# builds where no image registry answers (deploy/docker/base-image.sh makes the base there).
+# compose.yaml mounts the configuration and definitions into /etc/rabbitmq and keeps the data in
+# a volume on /var/lib/rabbitmq; everything else is read-only. Build from the repository root:
+#   docker build -f deploy/docker/rabbitmq.Dockerfile -t msg-rabbitmq:local .
+
+ARG DEBIAN_RELEASE=bookworm
+FROM debian:${DEBIAN_RELEASE}-slim
+# policy-rc.d: the package's postinst must not try to start a broker during the build.
+RUN printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d \
+ && chmod +x /usr/sbin/policy-rc.d \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends rabbitmq-server \
+ && rm -rf /var/lib/apt/lists/* /usr/sbin/policy-rc.d /var/lib/rabbitmq/mnesia \
+ && echo '[rabbitmq_management].' >/etc/rabbitmq/enabled_plugins \
+ && rm -f /etc/rabbitmq/rabbitmq-env.conf \
+ && mkdir -p /etc/rabbitmq/conf.d /etc/rabbitmq/definitions.d \
+ && chown -R rabbitmq:rabbitmq /var/lib/rabbitmq
+# Logs to standard output; the few files RabbitMQ still writes beside them (the upgrade log, a
+# crash dump) go to /tmp, a tmpfs, as the root filesystem is read-only. The node name stays
+# rabbit@<hostname> (compose fixes the host name). Configuration: every
+# /etc/rabbitmq/conf.d/*.conf (compose.yaml mounts its file there).
+ENV RABBITMQ_LOGS=- \
+    RABBITMQ_LOG_BASE=/tmp/rabbitmq \
+    HOME=/var/lib/rabbitmq
+USER rabbitmq
+WORKDIR /var/lib/rabbitmq
+VOLUME ["/var/lib/rabbitmq"]
+EXPOSE 5672 15672
+# The server script itself, not Debian's wrapper (/usr/sbin/rabbitmq-server), which sends the
+# logs to files. It traps SIGTERM and stops the node cleanly (exit 0).
+CMD ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
