@@ -8,7 +8,7 @@ PACKAGES=(
   rabbitmq-server python3 curl ca-certificates wrk
 )
 
-# Test tools only (tests/deploy): docker-compose validates deploy/compose.yaml (`config -q`
+# Test tools only (tests/deploy): docker-compose validates compose.yaml (`config -q`
 # needs no Docker engine). kubectl, for `kubectl kustomize`, is not here: Debian bookworm
 # packages neither kubectl nor kustomize; the machine image ships google-cloud-cli's kubectl.
 TEST_TOOL_PACKAGES=(docker-compose)
@@ -35,13 +35,15 @@ fi
 
 # The npm test tools, kept inside the checkout (.tools/, git-ignored): the OpenAPI linter;
 # tests/deploy's schema check of the rendered Kubernetes objects (kubernetes-models 4 and
-# @kubernetes-models/keda 0.4: their next majors need Node.js 22, the machine has 20; yaml
+# @kubernetes-models/keda 0.4, @kubernetes-models/prometheus-operator 4 for the ServiceMonitor,
+# on the same model base: their next majors need Node.js 22, the machine has 20; yaml
 # parses the manifests) and its two Dockerfile linters.
 TOOLS="$(cd "$(dirname "$0")/.." && pwd)/.tools"
-NPM_TOOLS=(@redocly/cli@2 kubernetes-models@4 @kubernetes-models/keda@0.4 yaml@2
-           dockerfilelint@1 dockerfile-utils@0.16)
+NPM_TOOLS=(@redocly/cli@2 kubernetes-models@4 @kubernetes-models/keda@0.4
+           @kubernetes-models/prometheus-operator@4 yaml@2 dockerfilelint@1 dockerfile-utils@0.16)
 for marker in .bin/redocly .bin/dockerfilelint .bin/dockerfile-utils yaml/package.json \
-              kubernetes-models/package.json @kubernetes-models/keda/package.json; do
+              kubernetes-models/package.json @kubernetes-models/keda/package.json \
+              @kubernetes-models/prometheus-operator/package.json; do
   if [ ! -e "$TOOLS/node_modules/$marker" ]; then
     echo "Installing the npm test tools into $TOOLS: ${NPM_TOOLS[*]}"
     mkdir -p "$TOOLS"

@@ -376,14 +376,15 @@ class Manifests(unittest.TestCase):
         self.assertEqual(len(base), 1)
         so = base[0]
         self.assertEqual(field(so, "apiVersion"), "keda.sh/v1alpha1")
-        self.assertEqual(field(so, "type"), "rabbitmq")
+        self.assertRegex(so, r"triggers:\n\s+- type: rabbitmq\n")
+        self.assertEqual(field(so, "protocol"), "http")
         self.assertEqual(field(so, "mode"), "QueueLength")
-        self.assertEqual(field(so, "queueName"), CONFIG["topology"]["queue"])
+        self.assertTrue(re.fullmatch(field(so, "queueName"), CONFIG["topology"]["queue"]))
         self.assertRegex(so, r"scaleTargetRef:\n\s+name: msg-consumer\n")
         auth = re.search(r"authenticationRef:\n\s+name: (\S+)", so).group(1)
         tas = [d for _, d in kind_docs("TriggerAuthentication")]
         self.assertTrue(any(re.search(rf"^  name: {auth}$", d, re.M) and
-                            re.search(r"parameter: host\n\s+name: msg-secrets\n\s+key: amqp-url", d)
+                            re.search(r"parameter: host\n\s+name: msg-secrets\n\s+key: amqp-management-url", d)
                             for d in tas), "TriggerAuthentication with host from the Secret")
         for _, d in docs:
             lo, hi = field(d, "minReplicaCount"), field(d, "maxReplicaCount")
@@ -484,6 +485,12 @@ class Kustomize(unittest.TestCase):
             self.assertEqual(sorted(n for k, n in ok if k == "Deployment"),
                              ["msg-api", "msg-consumer"], d)
             self.assertEqual([n for k, n in ok if k == "ScaledObject"], ["msg-consumer"], d)
+            for kind, names in (("HorizontalPodAutoscaler", ["msg-api"]), ("Ingress", ["msg-api"]),
+                                ("Service", ["msg-api", "msg-consumer"]),
+                                ("NetworkPolicy", ["msg-api", "msg-consumer", "msg-egress"])):
+                self.assertEqual(sorted(n for k, n in ok if k == kind), names, f"{d}: {kind}")
+            monitors = [n for k, n in ok if k == "ServiceMonitor"]
+            self.assertEqual(monitors, [] if d == "base" else ["msg"], d)
             unchecked = [f"{x['kind']} {x['name']}" for x in results if x["status"] != "ok"]
             self.assertEqual(unchecked, [], f"{d}: every kind has a model")
 
@@ -491,7 +498,231 @@ class Kustomize(unittest.TestCase):
         results = self.validate("rabbitmq")
         # No npm model for the RabbitMQ Cluster Operator's CRD: Manifests checks its fields.
         self.assertEqual({(x["kind"], x["status"]) for x in results},
-                         {("ConfigMap", "ok"), ("RabbitmqCluster", "unchecked")})
+                         {("ConfigMap", "ok"), ("NetworkPolicy", "ok"),
+                          ("RabbitmqCluster", "unchecked")})
+
+
+class Rendered(unittest.TestCase):
+    """What operators rely on, checked on the objects as kustomize renders them (parsed by
+    validate_k8s.mjs --objects): labels, spreading, autoscaling, network policies, the Ingress,
+    the ServiceMonitor, and that they all point at things that exist."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.objects = {}
+        kubectl = shutil.which("kubectl")
+        if not (kubectl and shutil.which("node") and npm_package("yaml")):
+            return
+        for d in KUSTOMIZATIONS:
+            r = subprocess.run([kubectl, "kustomize", os.path.join(K8S, d)],
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode:
+                continue
+            p = subprocess.run(["node", VALIDATE, "--objects", "-"], input=r.stdout,
+                               capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "MSG_TOOLS": TOOLS})
+            if p.returncode == 0:
+                cls.objects[d] = json.loads(p.stdout)
+
+    def objs(self, d, kind=None):
+        need(self, shutil.which("kubectl"), "kubectl (with its built-in kustomize)",
+             "the machine image ships it; Debian bookworm packages no kustomize")
+        need(self, shutil.which("node") and npm_package("yaml") and "yes",
+             "node with the npm package yaml (in .tools/)")
+        self.assertIn(d, self.objects, f"{d} renders and parses")
+        return [o for o in self.objects[d] if kind is None or o["kind"] == kind]
+
+    def one(self, d, kind, name):
+        found = [o for o in self.objs(d, kind) if o["metadata"]["name"] == name]
+        self.assertEqual(len(found), 1, f"{d}: one {kind} {name}")
+        return found[0]
+
+    OVERLAYS = {"base": ("msg", "0.1.0"), "overlays/dev": ("msg-dev", "dev"),
+                "overlays/prod": ("msg", "0.1.0")}
+
+    def test_recommended_labels(self):
+        """app.kubernetes.io/part-of, instance and version on every object (the version is the
+        image tag), name and component on each daemon's objects and pods; selectors keep only
+        the name (they cannot change once applied)."""
+        for d, (instance, version) in self.OVERLAYS.items():
+            for o in self.objs(d):
+                labels = o["metadata"].get("labels", {})
+                what = f"{d}: {o['kind']} {o['metadata']['name']}"
+                self.assertEqual(labels.get("app.kubernetes.io/part-of"), "msg", what)
+                self.assertEqual(labels.get("app.kubernetes.io/instance"), instance, what)
+                self.assertEqual(labels.get("app.kubernetes.io/version"), version, what)
+            for name, component in (("msg-api", "api"), ("msg-consumer", "consumer")):
+                dep = self.one(d, "Deployment", name)
+                pod = dep["spec"]["template"]["metadata"]["labels"]
+                for labels in (dep["metadata"]["labels"], pod):
+                    self.assertEqual(labels["app.kubernetes.io/name"], name, d)
+                    self.assertEqual(labels["app.kubernetes.io/component"], component, d)
+                self.assertEqual(pod["app.kubernetes.io/instance"], instance, d)
+                self.assertEqual(pod["app.kubernetes.io/version"], version, d)
+                self.assertEqual(dep["spec"]["selector"]["matchLabels"],
+                                 {"app.kubernetes.io/name": name}, d)
+                image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+                self.assertTrue(image.endswith(":" + version), f"{d}: {image} vs version {version}")
+                svc = self.one(d, "Service", name)
+                self.assertEqual(svc["spec"]["selector"], {"app.kubernetes.io/name": name}, d)
+
+    def test_spread_by_zone_and_host(self):
+        for d in self.OVERLAYS:
+            for name in ("msg-api", "msg-consumer"):
+                spec = self.one(d, "Deployment", name)["spec"]["template"]["spec"]
+                keys = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+                self.assertEqual(set(keys), {"topology.kubernetes.io/zone",
+                                             "kubernetes.io/hostname"}, f"{d}: {name}")
+                for c in keys.values():
+                    self.assertEqual(c["labelSelector"]["matchLabels"],
+                                     {"app.kubernetes.io/name": name})
+                    self.assertEqual(c["whenUnsatisfiable"], "ScheduleAnyway")
+        rc = self.one("rabbitmq", "RabbitmqCluster", "msg-rabbitmq")
+        pod = rc["spec"]["override"]["statefulSet"]["spec"]["template"]["spec"]
+        self.assertEqual({c["topologyKey"] for c in pod["topologySpreadConstraints"]},
+                         {"topology.kubernetes.io/zone", "kubernetes.io/hostname"})
+
+    def test_keda_counts_ready_and_unacked_of_the_job_queue_and_the_lanes(self):
+        t = CONFIG["topology"]
+        for d in self.OVERLAYS:
+            so = self.one(d, "ScaledObject", "msg-consumer")
+            spec = so["spec"]
+            (trigger,) = spec["triggers"]
+            m = trigger["metadata"]
+            self.assertEqual(m["protocol"], "http", "ready + unacked needs the management API")
+            self.assertEqual((m["mode"], m["useRegex"], m["operation"]), ("QueueLength", "true", "sum"))
+            self.assertNotEqual(m.get("excludeUnacknowledged"), "true")
+            rx = re.compile(m["queueName"])
+            for q in (t["queue"], f"{t['queue']}.lane.mi_instancia", f"{t['queue']}.lane.a.b"):
+                self.assertTrue(rx.fullmatch(q) and rx.search(q), f"{d}: counts {q}")
+            defs = json.loads(read("deploy", "rabbitmq", "definitions.json"))
+            for q in [x["name"] for x in defs["queues"]] + [f"{t['queue']}x", f"x{t['queue']}"]:
+                if q != t["queue"]:
+                    self.assertIsNone(rx.search(q), f"{d}: must not count {q}")
+            # Scale-down through the HPA's behavior: cooldownPeriod only acts at zero.
+            self.assertGreaterEqual(spec["minReplicaCount"], 1, d)
+            self.assertNotIn("cooldownPeriod", spec, d)
+            down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+            self.assertGreater(down["stabilizationWindowSeconds"], 0, d)
+            self.assertTrue(down["policies"], d)
+            ta = self.one(d, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+            (ref,) = ta["spec"]["secretTargetRef"]
+            self.assertEqual((ref["parameter"], ref["name"], ref["key"]),
+                             ("host", "msg-secrets", "amqp-management-url"))
+        dev_secret = self.one("overlays/dev", "Secret", "msg-secrets")
+        import base64
+        url = base64.b64decode(dev_secret["data"]["amqp-management-url"]).decode()
+        self.assertRegex(url, r"^http://keda:[^@/]+@msg-rabbitmq:15672/%2f$")
+        users = json.loads(read("deploy", "k8s", "rabbitmq", "users.example.json"))
+        keda = [u for u in users["users"] if u["name"] == "keda"]
+        self.assertEqual(keda and keda[0]["tags"], ["monitoring"], "KEDA's read-only user")
+
+    def test_api_scales_on_cpu(self):
+        for d in self.OVERLAYS:
+            hpa = self.one(d, "HorizontalPodAutoscaler", "msg-api")["spec"]
+            self.assertEqual(hpa["scaleTargetRef"], {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                     "name": "msg-api"})
+            (metric,) = hpa["metrics"]
+            self.assertEqual((metric["type"], metric["resource"]["name"]), ("Resource", "cpu"))
+            self.assertEqual(metric["resource"]["target"]["type"], "Utilization")
+            self.assertLessEqual(hpa["minReplicas"], hpa["maxReplicas"])
+            self.assertIn("scaleDown", hpa["behavior"])
+            dep = self.one(d, "Deployment", "msg-api")
+            self.assertNotIn("replicas", dep["spec"], f"{d}: the HPA owns the count")
+            self.assertIn("cpu", dep["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"])
+        self.assertGreaterEqual(self.one("overlays/prod", "HorizontalPodAutoscaler",
+                                         "msg-api")["spec"]["minReplicas"], 2)
+
+    def ports_of(self, d, name):
+        c = self.one(d, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        return {p["name"]: p["containerPort"] for p in c["ports"]}
+
+    def test_network_policies(self):
+        """clients -> api; both daemons -> broker and DNS; consumer -> Evolution API; the
+        broker's policy lets the daemons in."""
+        def selects(policy, name):
+            sel = policy["spec"]["podSelector"]
+            if "matchLabels" in sel:
+                return sel["matchLabels"].get("app.kubernetes.io/name") == name
+            return any(e["key"] == "app.kubernetes.io/name" and e["operator"] == "In" and
+                       name in e["values"] for e in sel.get("matchExpressions", []))
+
+        def egress_ports(policies, name, peer):
+            out = set()
+            for p in policies:
+                if selects(p, name):
+                    for rule in p["spec"].get("egress", []):
+                        if any(peer(t) for t in rule.get("to", [])):
+                            out |= {(x["port"], x.get("protocol", "TCP")) for x in rule["ports"]}
+            return out
+
+        broker = lambda t: t.get("podSelector", {}).get("matchLabels", {}).get(
+            "app.kubernetes.io/name") == "msg-rabbitmq"
+        dns = lambda t: t.get("podSelector", {}).get("matchLabels", {}).get("k8s-app") == "kube-dns"
+        outside = lambda t: t.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+        for d in self.OVERLAYS:
+            pols = self.objs(d, "NetworkPolicy")
+            for name in ("msg-api", "msg-consumer"):
+                self.assertIn((5672, "TCP"), egress_ports(pols, name, broker), f"{d}: {name}")
+                self.assertTrue({(53, "UDP"), (53, "TCP")} <= egress_ports(pols, name, dns), name)
+                types = set().union(*(p["spec"]["policyTypes"] for p in pols if selects(p, name)))
+                self.assertEqual(types, {"Ingress", "Egress"}, f"{d}: {name} is locked both ways")
+            self.assertTrue({(443, "TCP"), (8080, "TCP")} <=
+                            egress_ports(pols, "msg-consumer", outside), "consumer -> Evolution API")
+            self.assertEqual(egress_ports(pols, "msg-api", outside), set(), "the api calls out to no one")
+            for name, port in (("msg-api", "http"), ("msg-consumer", "health")):
+                ingress = [r for p in pols if selects(p, name) for r in p["spec"].get("ingress", [])]
+                self.assertEqual([[x["port"] for x in r["ports"]] for r in ingress], [[port]], name)
+                self.assertIn(port, self.ports_of(d, name))
+        (rmq,) = self.objs("rabbitmq", "NetworkPolicy")
+        daemons = [r for r in rmq["spec"]["ingress"]
+                   if any("msg-api" in e["values"] and "msg-consumer" in e["values"]
+                          for f in r.get("from", [])
+                          for e in f.get("podSelector", {}).get("matchExpressions", []))]
+        self.assertEqual(len(daemons), 1)
+        self.assertIn(5672, [x["port"] for x in daemons[0]["ports"]])
+        self.assertEqual(rmq["spec"]["podSelector"]["matchLabels"],
+                         {"app.kubernetes.io/name": "msg-rabbitmq"})
+
+    def test_ingress_buffers_and_terminates_tls(self):
+        limit = {"k": 1024, "m": 1024 * 1024}
+        for d in self.OVERLAYS:
+            ing = self.one(d, "Ingress", "msg-api")
+            a = ing["metadata"]["annotations"]
+            n = "nginx.ingress.kubernetes.io/"
+            self.assertEqual(a[n + "proxy-request-buffering"], "on")
+            body = re.fullmatch(r"(\d+)([km])", a[n + "proxy-body-size"])
+            self.assertTrue(body)
+            max_body = re.fullmatch(r"(\d+)KiB", CONFIG["api"]["max_body"])
+            self.assertGreater(int(body.group(1)) * limit[body.group(2)],
+                               int(max_body.group(1)) * 1024,
+                               "msg-api, not nginx, answers a body over api.max_body")
+            for t in ("proxy-connect-timeout", "proxy-send-timeout", "proxy-read-timeout"):
+                self.assertGreater(int(a[n + t]), 5 if t == "proxy-read-timeout" else 0, t)
+            spec = ing["spec"]
+            (rule,) = spec["rules"]
+            (tls,) = spec["tls"]
+            self.assertEqual(tls["hosts"], [rule["host"]], d)
+            self.assertTrue(tls["secretName"])
+            (path,) = rule["http"]["paths"]
+            self.assertEqual(path["backend"]["service"], {"name": "msg-api", "port": {"name": "http"}})
+            svc = self.one(d, "Service", "msg-api")
+            self.assertIn("http", [p["name"] for p in svc["spec"]["ports"]])
+        self.assertNotEqual(self.one("overlays/dev", "Ingress", "msg-api")["spec"]["rules"][0]["host"],
+                            self.one("overlays/prod", "Ingress", "msg-api")["spec"]["rules"][0]["host"])
+
+    def test_service_monitor_scrapes_both_daemons(self):
+        for d in ("overlays/dev", "overlays/prod"):
+            (sm,) = self.objs(d, "ServiceMonitor")
+            (expr,) = sm["spec"]["selector"]["matchExpressions"]
+            self.assertEqual((expr["key"], expr["operator"], sorted(expr["values"])),
+                             ("app.kubernetes.io/name", "In", ["msg-api", "msg-consumer"]))
+            ports = {e["port"]: e["path"] for e in sm["spec"]["endpoints"]}
+            self.assertEqual(ports, {"http": "/metrics", "health": "/metrics"})
+            for name, port in (("msg-api", "http"), ("msg-consumer", "health")):
+                svc = self.one(d, "Service", name)
+                self.assertIn(port, [p["name"] for p in svc["spec"]["ports"]], f"{d}: {name}")
+                self.assertIn(port, self.ports_of(d, name))
 
 
 class Compose(unittest.TestCase):
@@ -769,6 +1000,24 @@ class Probe(unittest.TestCase):
 
 
 class Readme(unittest.TestCase):
+    def test_quick_start_shows_compose_beside_run_local(self):
+        """The quick start's compose commands are the ones that work on Debian (its
+        docker-compose; no registry needed once base-image.sh ran), next to run-local.sh, and
+        what they name exists."""
+        text = read("README.md")
+        quick = text.split("\n## Quick start", 1)[1].split("\n## ", 1)[0]
+        blocks = re.findall(r"```sh\n(.*?)```", quick, re.S)
+        self.assertIn("scripts/run-local.sh\n", blocks)
+        self.assertIn("apt-get install docker.io docker-compose debootstrap\n"
+                      "deploy/docker/base-image.sh\n"
+                      "docker-compose up --build\n", blocks)
+        for script in ("scripts/run-local.sh", "deploy/docker/base-image.sh",
+                       "scripts/compose-test.sh"):
+            self.assertTrue(os.access(os.path.join(ROOT, script), os.X_OK), script)
+        self.assertIn("docker-compose up -d --scale msg-consumer=3", quick)
+        self.assertTrue(os.path.exists(os.path.join(ROOT, "compose.yaml")),
+                        "docker-compose finds compose.yaml in the directory it runs in")
+
     def test_operator_guide(self):
         text = read("README.md")
         self.assertTrue("\n## Deploying" in text, "README.md has no '## Deploying' section")

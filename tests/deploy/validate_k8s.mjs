@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 // Validates Kubernetes objects against their API schemas with the model classes of the npm
-// packages kubernetes-models (built-in kinds) and @kubernetes-models/keda (ScaledObject,
-// TriggerAuthentication), each object through `new Kind(object).validate()`.
+// packages kubernetes-models (built-in kinds), @kubernetes-models/keda (ScaledObject,
+// TriggerAuthentication) and @kubernetes-models/prometheus-operator (ServiceMonitor), each
+// object through `new Kind(object).validate()`.
 //
-//   node tests/deploy/validate_k8s.mjs [--json] [--parse-only] FILE... ("-" reads standard input)
+//   node tests/deploy/validate_k8s.mjs [--json | --objects] [--parse-only] FILE... ("-" reads standard input)
 //
 // FILE is multi-document YAML, e.g. the output of `kubectl kustomize deploy/k8s/overlays/prod`.
 // Prints one line per object: "ok KIND NAME", "invalid KIND NAME: why" or "unchecked KIND NAME
 // (no model for APIVERSION)"; with --json one JSON array of {file, apiVersion, kind, name,
-// status, errors} instead. --parse-only only parses the files (YAML syntax). Exit status: 0 when
+// status, errors} instead; --objects prints the parsed objects themselves as one JSON array (for
+// tests that check their fields), without validating. --parse-only only parses the files. Exit status: 0 when
 // every file parses and no object is invalid (unchecked ones are the caller's to judge), 1
 // otherwise, 2 when the packages are missing. The packages are looked up in $MSG_TOOLS/node_modules
 // (default: .tools/ of this checkout, where scripts/deps.sh installs them).
@@ -31,7 +33,10 @@ try {
 
 // apiVersion group -> the package with its models; the core group ("v1") and the other
 // built-in groups are in kubernetes-models under their apiVersion.
-const CRD_PACKAGES = { "keda.sh": "@kubernetes-models/keda" };
+const CRD_PACKAGES = {
+  "keda.sh": "@kubernetes-models/keda",
+  "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
+};
 
 function modelModule(apiVersion) {
   const group = apiVersion.includes("/") ? apiVersion.split("/")[0] : "";
@@ -76,6 +81,7 @@ function validateObject(obj) {
 
 const args = process.argv.slice(2);
 const asJson = args.includes("--json");
+const asObjects = args.includes("--objects");
 const parseOnly = args.includes("--parse-only");
 const files = args.filter((a) => a === "-" || !a.startsWith("--"));
 if (files.length === 0) {
@@ -84,6 +90,7 @@ if (files.length === 0) {
 }
 
 const results = [];
+const objects = [];
 let failed = false;
 for (const file of files) {
   const text = fs.readFileSync(file === "-" ? 0 : file, "utf8");
@@ -96,6 +103,10 @@ for (const file of files) {
     }
     const obj = doc.toJS();
     if (parseOnly || obj === null || obj === undefined) continue;
+    if (asObjects) {
+      objects.push(obj);
+      continue;
+    }
     if (typeof obj !== "object" || Array.isArray(obj)) {
       failed = true;
       results.push({ file, status: "invalid", kind: "(not an object)", name: "", errors: ["a document is not a mapping"] });
@@ -107,7 +118,9 @@ for (const file of files) {
   }
 }
 
-if (asJson) {
+if (asObjects && !failed) {
+  console.log(JSON.stringify(objects));
+} else if (asJson) {
   console.log(JSON.stringify(results, null, 1));
 } else {
   for (const r of results) {
