@@ -23,6 +23,7 @@ struct task {
   char phone[JOB_PHONE_LEN];
   unsigned char status;
   unsigned char owed; /* receipt states whose callback this replica owes (bit 1 << state) */
+  unsigned char reconciled; /* SUCCESS settled by findMessages (status_event.reconciled) */
   int attempt;
   int64_t rank;
   int64_t created_at_ms, updated_at_ms, next_retry_at_ms;
@@ -581,6 +582,7 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
   if(ev->phone && strlen(ev->phone) < sizeof t->phone)
     strcpy(t->phone, ev->phone);
   t->next_retry_at_ms = ev->status == TASK_RETRY ? ev->next_retry_at_ms : 0;
+  t->reconciled = ev->status == TASK_SUCCESS && ev->reconciled;
   if(ev->evolution_key && strlen(ev->evolution_key) > STATUS_KEY_MAX)
     ; /* not indexable: a receipt could not name it anyway */
   else if(!(ev->evolution_key && t->evolution_key && !strcmp(ev->evolution_key, t->evolution_key))) {
@@ -637,8 +639,10 @@ char *task_cache_render(struct task_cache *cache, const char *task_id)
   if(!t || t->created_at_ms + c->retention_ms < util_now_ms())
     goto out;
   if(t->status == TASK_SUCCESS)
-    result = json_pack("{s:b, s:s, s:s?}", "success", 1, "phone", t->phone, "evolution_key",
-                       t->evolution_key);
+    result = t->reconciled ? json_pack("{s:b, s:s, s:s?, s:b}", "success", 1, "phone", t->phone,
+                                       "evolution_key", t->evolution_key, "reconciled", 1)
+                           : json_pack("{s:b, s:s, s:s?}", "success", 1, "phone", t->phone,
+                                       "evolution_key", t->evolution_key);
   else
     result = json_null();
   if(t->error_code)

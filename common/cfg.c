@@ -17,6 +17,7 @@ _Static_assert(sizeof(enum cfg_log_level) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_log_format) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_queue_type) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_api_version) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum cfg_in_doubt) == sizeof(int), "enum size");
 
 #define MAX_FILE_SIZE (4u * 1024 * 1024)
 /* Our schema nests three levels; the limit only stops hostile input from exhausting the stack. */
@@ -181,6 +182,8 @@ static const struct enum_name QUEUE_TYPES[] = {
   {"quorum", CFG_QUEUE_QUORUM}, {"classic", CFG_QUEUE_CLASSIC}, {NULL, 0}};
 static const struct enum_name API_VERSIONS[] = {
   {"v1", CFG_EVO_V1}, {"v2", CFG_EVO_V2}, {NULL, 0}};
+static const struct enum_name IN_DOUBT[] = {
+  {"resend", CFG_IN_DOUBT_RESEND}, {"park", CFG_IN_DOUBT_PARK}, {NULL, 0}};
 static const char *const AMQP_SCHEMES[] = {"amqp://", "amqps://", NULL};
 static const char *const HTTP_SCHEMES[] = {"http://", "https://", NULL};
 static const char *const NO_KEYS[] = {NULL};
@@ -263,6 +266,9 @@ static const struct key KEYS[] = {
   {.name = "evolution.rate_limits", .type = K_STR_LIST, .def_list = NO_KEYS, .max_n = 4096,
    .elem_check = valid_instance_rate, .elem_expect = "\"<instance>=<sends per second>\"",
    AT(evolution.rate_limits), .off_n = offsetof(struct cfg, evolution.n_rate_limits)},
+  {.name = "evolution.reconcile", .type = K_BOOL, .def = "true", AT(evolution.reconcile)},
+  {.name = "evolution.in_doubt", .type = K_ENUM, .def = "resend", .names = IN_DOUBT,
+   AT(evolution.in_doubt)},
 
   {.name = "retry.delays", .type = K_DURATION_LIST, .def_list = DEFAULT_DELAYS, .min = 1,
    .max = MS_DAY, .max_n = 32, AT(retry.delays_ms), .off_n = offsetof(struct cfg, retry.n_delays)},

@@ -11,6 +11,10 @@ enum cfg_log_format { CFG_LOG_JSON, CFG_LOG_TEXT };
 enum cfg_queue_type { CFG_QUEUE_QUORUM, CFG_QUEUE_CLASSIC };
 enum cfg_api_version { CFG_EVO_V1 = 1, CFG_EVO_V2 = 2 };
 
+/* What a consumer does with an in-doubt job (its send may have gone out) when findMessages
+ * cannot tell: send it again (a possible duplicate) or park it (a possible loss). */
+enum cfg_in_doubt { CFG_IN_DOUBT_RESEND, CFG_IN_DOUBT_PARK };
+
 /* Every string below is owned by the struct cfg and freed by cfg_free. Durations are in
  * milliseconds, sizes in bytes. A field always holds a valid value once cfg_load succeeded:
  * the defaults of DESIGN §5 where the file and the environment said nothing. */
@@ -66,6 +70,8 @@ struct cfg {
     unsigned rate_burst; /* sends allowed at once after a quiet spell, 1..100000 */
     char **rate_limits;  /* "<instance>=<rate>" overrides of rate_limit (validated) */
     size_t n_rate_limits;
+    bool reconcile;      /* ask findMessages before sending an in-doubt job again */
+    enum cfg_in_doubt in_doubt; /* when that lookup fails: send anyway, or park */
   } evolution;
 
   struct {

@@ -121,7 +121,8 @@ char *status_event_encode(const struct status_event *ev, size_t *len)
   if(ev->evolution_key) {
     json_t *r = json_pack("{s:b, s:s?, s:s}", "success", 1, "phone", ev->phone, "evolution_key",
                           ev->evolution_key);
-    if(!r || json_object_set_new(o, "result", r))
+    if(!r || (ev->reconciled && json_object_set_new(r, "reconciled", json_true())) ||
+       json_object_set_new(o, "result", r))
       goto done;
   }
   if(ev->error_code) {
@@ -167,7 +168,10 @@ char *status_callback_body(const struct status_event *ev, char id[STATUS_EVENT_I
        set_time(o, "next_retry_at", ev->next_retry_at_ms))
       goto done;
     if(ev->evolution_key &&
-       json_object_set_new(o, "result", json_pack("{s:s}", "evolution_key", ev->evolution_key)))
+       json_object_set_new(o, "result",
+                           ev->reconciled ? json_pack("{s:s, s:b}", "evolution_key",
+                                                      ev->evolution_key, "reconciled", 1)
+                                          : json_pack("{s:s}", "evolution_key", ev->evolution_key)))
       goto done;
     if(ev->error_code &&
        json_object_set_new(o, "error", json_pack("{s:s, s:s}", "code", ev->error_code, "message",
@@ -210,11 +214,12 @@ static int decode_object(json_t *root, struct status_event *ev, char *err, size_
              *receipt_key = NULL, *created = NULL, *phone = NULL, *idem = NULL,
              *instance = NULL, *next = NULL, *key = NULL, *code = NULL, *emsg = NULL, *hash = NULL;
   json_int_t version, attempt, generation = 0;
+  int reconciled = 0;
   memset(ev, 0, sizeof *ev);
-  if(json_unpack_ex(root, &je, 0, "{s:I, s?s, s:s, s:I, s:s, s?I, s?s, s?s, s?s, s?s, s?s, s?s, s?{s?s}, s?{s?s, s?s}, s?s, s?s, s?s}",
+  if(json_unpack_ex(root, &je, 0, "{s:I, s?s, s:s, s:I, s:s, s?I, s?s, s?s, s?s, s?s, s?s, s?s, s?{s?s, s?b}, s?{s?s, s?s}, s?s, s?s, s?s}",
                     "v", &version, "task_id", &task_id, "status", &status, "attempt", &attempt,
                     "at", &at, "generation", &generation, "created_at", &created, "phone", &phone, "instance", &instance, "idempotency_key",
-                    &idem, "request_hash", &hash, "next_retry_at", &next, "result", "evolution_key", &key, "error",
+                    &idem, "request_hash", &hash, "next_retry_at", &next, "result", "evolution_key", &key, "reconciled", &reconciled, "error",
                     "code", &code, "message", &emsg, "callback_url", &callback, "delivery",
                     &delivery, "evolution_key", &receipt_key)) {
     snprintf(err, errlen, "bad status event: %s", je.text);
@@ -253,6 +258,7 @@ static int decode_object(json_t *root, struct status_event *ev, char *err, size_
     memcpy(ev->task_id, task_id, UTIL_UUID_LEN);
   ev->attempt = (int)attempt;
   ev->generation = (int)generation;
+  ev->reconciled = reconciled && key;
   if(instance && job_check_instance(instance)) {
     snprintf(err, errlen, "bad status event: instance is not an instance name");
     goto fail;

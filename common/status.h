@@ -54,6 +54,8 @@ struct status_event {
   char *instance;         /* PENDING/SCHEDULED: the Evolution instance (consumers open its
                              rate-limited lane from it) */
   char *evolution_key;    /* SUCCESS: Evolution API's message id (key.id) */
+  int reconciled;         /* SUCCESS: an in-doubt send found in Evolution's findMessages, not
+                             sent again (DESIGN §4) */
   char *error_code;       /* RETRY/FAILURE: machine code, e.g. "evolution_http_500" */
   char *error_message;    /* RETRY/FAILURE: human sentence */
   int64_t next_retry_at_ms; /* RETRY */

@@ -9,18 +9,32 @@
 #include <string.h>
 
 #include "log.h"
+#include "util.h"
 
-/* Evolution's answers are small; a larger body is cut (the classifier only needs the start). */
+/* sendText answers are small; a larger body is cut (the classifier only needs the start). A
+ * findMessages page of FIND_PER_PAGE records, each with its whole message, can be larger. */
 #define RESPONSE_MAX 65536
+#define FIND_RESPONSE_MAX (4 * 1024 * 1024)
+/* findMessages pages of this many records, and at most this many pages per lookup (an instance
+ * that sent more than that to one number in the window is asked no further: not found). */
+#define FIND_PER_PAGE 50
+#define FIND_MAX_PAGES 20
 
 struct transfer {
   struct transfer *prev, *next;
+  enum evo_request kind;
   CURL *easy;
   struct curl_slist *headers;
   char *body; /* POSTFIELDS are not copied by libcurl: owned here until the transfer ends */
   char *resp;
-  size_t resp_len;
+  size_t resp_len, resp_max;
   void *owner;
+  /* EVO_REQ_FIND: what is looked for (copied: the owner may be freed while the lookup runs,
+   * when the broker connection goes), and where the pages are */
+  char *text, *instance;
+  char phone[JOB_PHONE_LEN];
+  int64_t from_ms, to_ms;
+  int page;
 };
 
 struct evo_client {
@@ -35,11 +49,25 @@ struct evo_client {
 
 /* ---- classification ------------------------------------------------------------------------ */
 
-/* 400 answers whose message names a passing fault of the WhatsApp session: not sent, retry. */
-static const char *const TRANSIENT_400_MARKERS[] = {
-  "Connection Closed", "Timed Out", "rate-overlimit", "No sessions", "SessionError",
-  "Stream Errored",    "WebSocket",
+/* 400 answers whose message names a passing fault (research §4.2): not sent, retry. The first
+ * ones say the instance's WhatsApp session is down, a fault of every message of that instance
+ * (held off); "Timed Out" from the send stage may also mean it went out (in doubt). The last
+ * ones are this message's own (a group's crypto session, WhatsApp throttling): retried. */
+static const struct {
+  const char *marker;
+  enum evo_scope scope;
+  int ambiguous;
+} TRANSIENT_400[] = {
+  {"Connection Closed", EVO_SCOPE_INSTANCE, 0}, {"Stream Errored", EVO_SCOPE_INSTANCE, 0},
+  {"WebSocket", EVO_SCOPE_INSTANCE, 0},         {"Timed Out", EVO_SCOPE_INSTANCE, 1},
+  {"rate-overlimit", EVO_SCOPE_MESSAGE, 0},     {"No sessions", EVO_SCOPE_MESSAGE, 0},
+  {"SessionError", EVO_SCOPE_MESSAGE, 0},
 };
+
+/* 500 answers with a bare message from the number check, before any send: the instance's
+ * session is closed or it is not loaded (research §4.2). */
+static const char *const INSTANCE_500_MARKERS[] = {"Connection Closed", "Timed Out",
+                                                   "reading 'textMessage'"};
 
 static void set(struct evo_outcome *o, enum evo_class cls, const char *code, const char *msg)
 {
@@ -95,9 +123,11 @@ static void classify_400(json_t *root, struct evo_outcome *o)
           "Evolution API sent the message but failed to record it; not resending");
       return;
     }
-    for(size_t i = 0; i < sizeof TRANSIENT_400_MARKERS / sizeof TRANSIENT_400_MARKERS[0]; i++)
-      if(strstr(text, TRANSIENT_400_MARKERS[i])) {
+    for(size_t i = 0; i < sizeof TRANSIENT_400 / sizeof TRANSIENT_400[0]; i++)
+      if(strstr(text, TRANSIENT_400[i].marker)) {
         set(o, EVO_TRANSIENT, "evolution_session_error", text);
+        o->scope = TRANSIENT_400[i].scope;
+        o->ambiguous = TRANSIENT_400[i].ambiguous;
         return;
       }
     set(o, EVO_PERMANENT, strstr(text, "Text is required") ? "evolution_text_required"
@@ -108,7 +138,17 @@ static void classify_400(json_t *root, struct evo_outcome *o)
   set(o, EVO_PERMANENT, "evolution_bad_request", "Evolution API answered 400");
 }
 
-void evo_classify(enum evo_transport net, long status, const char *body, size_t len,
+/* A 500 whose bare message says the instance, not the server, is at fault. */
+static int instance_500(json_t *root)
+{
+  const char *text = root ? payload_text(error_payload(root)) : NULL;
+  for(size_t i = 0; text && i < sizeof INSTANCE_500_MARKERS / sizeof INSTANCE_500_MARKERS[0]; i++)
+    if(strstr(text, INSTANCE_500_MARKERS[i]))
+      return 1;
+  return 0;
+}
+
+void evo_classify(enum evo_transport net, long status, const char *body, size_t len, int sent,
                   struct evo_outcome *o)
 {
   json_t *root = NULL;
@@ -119,12 +159,17 @@ void evo_classify(enum evo_transport net, long status, const char *body, size_t 
   case EVO_NET_OK: break;
   case EVO_NET_TIMEOUT:
     set(o, EVO_TRANSIENT, "evolution_timeout", "Evolution API did not answer in time");
+    o->scope = EVO_SCOPE_SERVER;
+    o->ambiguous = sent; /* it may be sending it right now */
     return;
   case EVO_NET_CONNECT:
     set(o, EVO_TRANSIENT, "evolution_unreachable", "cannot connect to Evolution API");
+    o->scope = EVO_SCOPE_SERVER;
     return;
   case EVO_NET_OTHER:
     set(o, EVO_TRANSIENT, "evolution_transport", "the connection to Evolution API failed");
+    o->scope = EVO_SCOPE_SERVER;
+    o->ambiguous = sent;
     return;
   }
   if(body && len)
@@ -170,6 +215,10 @@ void evo_classify(enum evo_transport net, long status, const char *body, size_t 
     snprintf(msg, sizeof msg, "Evolution API answered %ld%s%s", status, text ? ": " : "",
              text ? text : "");
     set(o, EVO_TRANSIENT, code, msg);
+    /* Evolution answers 500 before its send stage (research §2.4): not sent. A gateway in
+     * front answering 502 or 504 may have given up on a request Evolution carried out. */
+    o->scope = status == 500 && instance_500(root) ? EVO_SCOPE_INSTANCE : EVO_SCOPE_SERVER;
+    o->ambiguous = status == 502 || status == 504;
   }
   else {
     char code[32];
@@ -197,14 +246,90 @@ char *evo_request_body(const struct job *job, enum cfg_api_version version)
   return out;
 }
 
+/* ---- findMessages ------------------------------------------------------------------------ */
+
+/* The text of a stored message: a plain one, or one sent with a link preview. */
+static const char *record_text(json_t *record)
+{
+  json_t *m = json_object_get(record, "message");
+  json_t *ext = json_object_get(m, "extendedTextMessage");
+  if(json_is_string(json_object_get(m, "conversation")))
+    return json_string_value(json_object_get(m, "conversation"));
+  if(json_is_string(json_object_get(ext, "text")))
+    return json_string_value(json_object_get(ext, "text"));
+  return NULL;
+}
+
+int evo_find_parse(const char *body, size_t len, const char *text, struct evo_outcome *out)
+{
+  json_t *root = body && len ? json_loadb(body, len, 0, NULL) : NULL;
+  json_t *messages = json_object_get(root, "messages");
+  json_t *records = json_object_get(messages, "records");
+  json_t *pages = json_object_get(messages, "pages");
+  json_t *record;
+  size_t i;
+  int n_pages;
+  if(!json_is_array(records)) {
+    json_decref(root);
+    return -1;
+  }
+  n_pages = json_is_integer(pages) && json_integer_value(pages) > 1 &&
+                    json_integer_value(pages) < 1000000
+                ? (int)json_integer_value(pages)
+                : 1;
+  json_array_foreach(records, i, record) {
+    json_t *key = json_object_get(record, "key");
+    json_t *id = json_object_get(key, "id");
+    const char *t = record_text(record);
+    if(json_is_true(json_object_get(key, "fromMe")) && t && !strcmp(t, text) &&
+       json_is_string(id) && json_string_length(id) > 0 && json_string_length(id) <= 100) {
+      out->found = 1;
+      snprintf(out->key_id, sizeof out->key_id, "%s", json_string_value(id));
+      break;
+    }
+  }
+  json_decref(root);
+  return n_pages;
+}
+
+void evo_jid_digits(char *digits)
+{
+  size_t n = strlen(digits);
+  if(n == 13 && (!strncmp(digits, "52", 2) || !strncmp(digits, "54", 2)))
+    memmove(digits + 2, digits + 3, n - 2); /* Mexico, Argentina: the 3rd digit goes */
+  else if(n == 13 && !strncmp(digits, "55", 2) && digits[5] >= '7' &&
+          (digits[2] - '0') * 10 + (digits[3] - '0') >= 31)
+    memmove(digits + 4, digits + 5, n - 4); /* Brazil: the mobile 9 goes where WhatsApp has none */
+}
+
+char *evo_find_body(const char *phone, int64_t from_ms, int64_t to_ms, int page, int per_page)
+{
+  char digits[JOB_PHONE_LEN], jid[JOB_PHONE_LEN + 32], from[UTIL_TIME_LEN], to[UTIL_TIME_LEN];
+  json_t *o;
+  char *out;
+  job_phone_digits(phone, digits);
+  evo_jid_digits(digits);
+  /* Evolution stores the JID and compares it exactly (research §5): ask for that one. */
+  snprintf(jid, sizeof jid, "%s@s.whatsapp.net", digits);
+  /* Evolution applies the time range only when both ends are given (research §5). */
+  o = json_pack("{s:{s:{s:s, s:b}, s:{s:s, s:s}}, s:i, s:i}", "where", "key", "remoteJid", jid,
+                "fromMe", 1, "messageTimestamp", "gte", util_format_time(from_ms, from), "lte",
+                util_format_time(to_ms, to), "page", page, "offset", per_page);
+  if(!o)
+    return NULL;
+  out = json_dumps(o, JSON_COMPACT);
+  json_decref(o);
+  return out;
+}
+
 /* ---- transfers ----------------------------------------------------------------------------- */
 
 static size_t on_data(char *data, size_t size, size_t nmemb, void *arg)
 {
   struct transfer *t = arg;
-  size_t n = size * nmemb, room = RESPONSE_MAX - t->resp_len;
+  size_t n = size * nmemb, room = t->resp_max - t->resp_len;
   if(!t->resp) {
-    t->resp = malloc(RESPONSE_MAX + 1);
+    t->resp = malloc(t->resp_max + 1);
     if(!t->resp)
       return 0;
   }
@@ -235,6 +360,17 @@ struct evo_client *evo_client_new(const struct cfg *cfg, evo_done_fn done, void 
   return c;
 }
 
+static void transfer_destroy(struct transfer *t)
+{
+  curl_easy_cleanup(t->easy);
+  curl_slist_free_all(t->headers);
+  free(t->body);
+  free(t->resp);
+  free(t->text);
+  free(t->instance);
+  free(t);
+}
+
 static void transfer_free(struct evo_client *c, struct transfer *t)
 {
   if(t->prev)
@@ -244,11 +380,7 @@ static void transfer_free(struct evo_client *c, struct transfer *t)
   if(t->next)
     t->next->prev = t->prev;
   curl_multi_remove_handle(c->multi, t->easy);
-  curl_easy_cleanup(t->easy);
-  curl_slist_free_all(t->headers);
-  free(t->body);
-  free(t->resp);
-  free(t);
+  transfer_destroy(t);
   c->in_flight--;
 }
 
@@ -271,36 +403,35 @@ void evo_client_free(struct evo_client *c)
   free(c);
 }
 
-int evo_send(struct evo_client *c, const struct job *job, void *owner)
+/* Sets up t->easy for `path` under evolution.url (POST with t->body when it is set, else GET)
+ * and starts it. Returns 0, or -1 (t is then left to the caller). */
+static int transfer_start(struct evo_client *c, struct transfer *t, const char *path)
 {
-  struct transfer *t = calloc(1, sizeof *t);
   char url[1024];
   struct curl_slist *h;
-  if(!t)
+  snprintf(url, sizeof url, "%s%s", c->cfg->evolution.url, path);
+  if(!t->easy && !(t->easy = curl_easy_init()))
     return -1;
-  t->owner = owner;
-  t->easy = curl_easy_init();
-  t->body = evo_request_body(job, c->cfg->evolution.api_version);
-  /* The instance name passed job_check_instance, so it is safe in a URL path as is. */
-  snprintf(url, sizeof url, "%s/message/sendText/%s", c->cfg->evolution.url, job->instance_name);
-  h = curl_slist_append(NULL, "Content-Type: application/json");
-  if(h)
-    t->headers = h;
-  /* Without this curl may wait for a 100 Continue that never comes. */
-  if(h && (h = curl_slist_append(t->headers, "Expect:")))
-    t->headers = h;
-  if(h && c->cfg->evolution.api_key[0] && (h = curl_slist_append(t->headers, c->apikey_header)))
-    t->headers = h;
-  if(!t->easy || !t->body || !h) {
-    curl_easy_cleanup(t->easy);
-    curl_slist_free_all(t->headers);
-    free(t->body);
-    free(t);
-    return -1;
+  if(!t->headers) {
+    h = curl_slist_append(NULL, "Content-Type: application/json");
+    if(h)
+      t->headers = h;
+    /* Without this curl may wait for a 100 Continue that never comes. */
+    if(h && (h = curl_slist_append(t->headers, "Expect:")))
+      t->headers = h;
+    if(h && c->cfg->evolution.api_key[0] &&
+       (h = curl_slist_append(t->headers, c->apikey_header)))
+      t->headers = h;
+    if(!h)
+      return -1;
   }
   curl_easy_setopt(t->easy, CURLOPT_URL, url);
-  curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
-  curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(t->body));
+  if(t->body) {
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body);
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)strlen(t->body));
+  }
+  else
+    curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
   curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
   curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long)c->cfg->evolution.timeout_ms);
@@ -312,11 +443,18 @@ int evo_send(struct evo_client *c, const struct job *job, void *owner)
   /* Redirects would carry the apikey header elsewhere. */
   curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(t->easy, CURLOPT_MAXAGE_CONN, 60L);
-  if(curl_multi_add_handle(c->multi, t->easy) != CURLM_OK) {
-    curl_easy_cleanup(t->easy);
-    curl_slist_free_all(t->headers);
-    free(t->body);
-    free(t);
+  if(curl_multi_add_handle(c->multi, t->easy) != CURLM_OK)
+    return -1;
+  return 0;
+}
+
+/* Starts t and links it in; on failure frees it. Returns 0 or -1. */
+static int transfer_begin(struct evo_client *c, struct transfer *t, const char *path)
+{
+  if(!t->resp_max)
+    t->resp_max = RESPONSE_MAX;
+  if(transfer_start(c, t, path)) {
+    transfer_destroy(t);
     return -1;
   }
   t->next = c->head;
@@ -325,6 +463,66 @@ int evo_send(struct evo_client *c, const struct job *job, void *owner)
   c->head = t;
   c->in_flight++;
   return 0;
+}
+
+int evo_send(struct evo_client *c, const struct job *job, void *owner)
+{
+  struct transfer *t = calloc(1, sizeof *t);
+  char path[256];
+  if(!t)
+    return -1;
+  t->kind = EVO_REQ_SEND;
+  t->owner = owner;
+  if(!(t->body = evo_request_body(job, c->cfg->evolution.api_version))) {
+    free(t);
+    return -1;
+  }
+  /* The instance name passed job_check_instance, so it is safe in a URL path as is. */
+  snprintf(path, sizeof path, "/message/sendText/%s", job->instance_name);
+  return transfer_begin(c, t, path);
+}
+
+/* The findMessages path of t's job. */
+static void find_path(const struct transfer *t, char *path, size_t len)
+{
+  snprintf(path, len, "/chat/findMessages/%s", t->instance);
+}
+
+int evo_find(struct evo_client *c, const struct job *job, int64_t from_ms, int64_t to_ms,
+             void *owner)
+{
+  struct transfer *t = calloc(1, sizeof *t);
+  char path[256];
+  if(!t)
+    return -1;
+  t->kind = EVO_REQ_FIND;
+  t->owner = owner;
+  t->resp_max = FIND_RESPONSE_MAX;
+  t->from_ms = from_ms;
+  t->to_ms = to_ms;
+  t->page = 1;
+  snprintf(t->phone, sizeof t->phone, "%s", job->phone);
+  t->text = strdup(job->message);
+  t->instance = strdup(job->instance_name);
+  if(!t->text || !t->instance ||
+     !(t->body = evo_find_body(t->phone, t->from_ms, t->to_ms, t->page, FIND_PER_PAGE))) {
+    transfer_destroy(t);
+    return -1;
+  }
+  find_path(t, path, sizeof path);
+  return transfer_begin(c, t, path);
+}
+
+int evo_connection_state(struct evo_client *c, const char *instance, void *owner)
+{
+  struct transfer *t = calloc(1, sizeof *t);
+  char path[256];
+  if(!t)
+    return -1;
+  t->kind = EVO_REQ_STATE;
+  t->owner = owner;
+  snprintf(path, sizeof path, "/instance/connectionState/%s", instance);
+  return transfer_begin(c, t, path);
 }
 
 static enum evo_transport transport_of(CURLcode rc)
@@ -336,6 +534,78 @@ static enum evo_transport transport_of(CURLcode rc)
   case CURLE_COULDNT_RESOLVE_HOST: return EVO_NET_CONNECT;
   default: return EVO_NET_OTHER;
   }
+}
+
+/* The outcome of a connectionState probe. */
+static void state_outcome(const struct transfer *t, CURLcode rc, long status,
+                          struct evo_outcome *out)
+{
+  json_t *root, *state;
+  if(rc != CURLE_OK || status != 200) {
+    /* Classified like a send: a refused connection or a 5xx holds, any other answer shows the
+     * server is there. */
+    evo_classify(rc == CURLE_OK ? EVO_NET_OK : transport_of(rc), status, t->resp, t->resp_len, 0,
+                 out);
+    return;
+  }
+  memset(out, 0, sizeof *out);
+  out->http_status = status;
+  out->cls = EVO_SUCCESS;
+  root = json_loadb(t->resp ? t->resp : "", t->resp_len, 0, NULL);
+  state = json_object_get(json_object_get(root, "instance"), "state");
+  if(json_is_string(state))
+    snprintf(out->state, sizeof out->state, "%s", json_string_value(state));
+  snprintf(out->code, sizeof out->code, "connection_state");
+  snprintf(out->message, sizeof out->message, "instance state \"%s\"", out->state);
+  json_decref(root);
+}
+
+/* The outcome of one findMessages page. Returns 1 when t was restarted for the next page
+ * (nothing to report yet), else 0 with *out filled. */
+static int find_outcome(struct evo_client *c, struct transfer *t, CURLcode rc, long status,
+                        struct evo_outcome *out)
+{
+  int pages;
+  char path[256], *body;
+  memset(out, 0, sizeof *out);
+  out->http_status = status;
+  if(rc != CURLE_OK || status != 200) {
+    evo_classify(rc == CURLE_OK ? EVO_NET_OK : transport_of(rc), status, t->resp, t->resp_len, 0,
+                 out);
+    if(out->cls != EVO_TRANSIENT)
+      out->cls = EVO_PERMANENT; /* a refused lookup is a failed lookup, never a success */
+    return 0;
+  }
+  pages = evo_find_parse(t->resp, t->resp_len, t->text, out);
+  if(pages < 0) {
+    out->cls = EVO_PERMANENT;
+    snprintf(out->code, sizeof out->code, "evolution_find_unreadable");
+    snprintf(out->message, sizeof out->message, "findMessages answered something unreadable");
+    return 0;
+  }
+  out->cls = EVO_SUCCESS;
+  snprintf(out->code, sizeof out->code, out->found ? "found" : "not_found");
+  if(out->found || t->page >= pages || t->page >= FIND_MAX_PAGES)
+    return 0;
+  /* The next page, on the same handle. */
+  t->page++;
+  body = evo_find_body(t->phone, t->from_ms, t->to_ms, t->page, FIND_PER_PAGE);
+  if(!body) {
+    out->cls = EVO_PERMANENT;
+    snprintf(out->code, sizeof out->code, "out_of_memory");
+    return 0;
+  }
+  free(t->body);
+  t->body = body;
+  t->resp_len = 0;
+  curl_multi_remove_handle(c->multi, t->easy);
+  find_path(t, path, sizeof path);
+  if(transfer_start(c, t, path)) {
+    out->cls = EVO_PERMANENT;
+    snprintf(out->code, sizeof out->code, "out_of_memory");
+    return 0;
+  }
+  return 1;
 }
 
 void evo_run(struct evo_client *c, const int *extra_fds, int n_extra, int timeout_ms)
@@ -357,6 +627,7 @@ void evo_run(struct evo_client *c, const int *extra_fds, int n_extra, int timeou
     struct evo_outcome out;
     CURLcode rc;
     long status = 0;
+    curl_off_t uploaded = 0;
     void *owner;
     if(m->msg != CURLMSG_DONE)
       continue;
@@ -364,8 +635,18 @@ void evo_run(struct evo_client *c, const int *extra_fds, int n_extra, int timeou
     rc = m->data.result;
     curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
     curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
-    evo_classify(rc == CURLE_OK ? EVO_NET_OK : transport_of(rc), status, t->resp, t->resp_len,
-                 &out);
+    curl_easy_getinfo(m->easy_handle, CURLINFO_SIZE_UPLOAD_T, &uploaded);
+    if(t->kind == EVO_REQ_FIND) {
+      if(find_outcome(c, t, rc, status, &out))
+        continue;
+    }
+    else if(t->kind == EVO_REQ_STATE)
+      state_outcome(t, rc, status, &out);
+    else
+      /* Only a request written out whole can have been carried out. */
+      evo_classify(rc == CURLE_OK ? EVO_NET_OK : transport_of(rc), status, t->resp, t->resp_len,
+                   t->body && uploaded >= (curl_off_t)strlen(t->body), &out);
+    out.request = t->kind;
     if(rc != CURLE_OK)
       snprintf(out.message + strlen(out.message), sizeof out.message - strlen(out.message),
                ": %s", curl_easy_strerror(rc));

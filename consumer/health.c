@@ -97,6 +97,20 @@ static int send_metrics(struct mg_connection *conn, struct health_server *srv, i
                    "Time from sending a status callback to its answer or failure.");
     metrics_hist_samples(&o, "msg_consumer_callback_request_duration_seconds", "", &cb->latency);
   }
+  metrics_family(&o, "msg_consumer_held", "gauge",
+                 "Jobs held here, unacked, while Evolution API is out (they spend no attempt).");
+  metrics_sample(&o, "msg_consumer_held", "", (double)atomic_load(&s->held));
+  metrics_family(&o, "msg_consumer_holdoff_hops_total", "counter",
+                 "Jobs of a held Evolution instance sent through a delay queue to wait.");
+  metrics_sample(&o, "msg_consumer_holdoff_hops_total", "", (double)atomic_load(&s->hops));
+  metrics_family(&o, "msg_consumer_in_doubt_lookups_total", "counter",
+                 "In-doubt jobs (a send may have gone out) looked up in findMessages, by result "
+                 "(reconciled: found, recorded as sent; other: not found or the lookup failed).");
+  metrics_sample(&o, "msg_consumer_in_doubt_lookups_total", "result=\"reconciled\"",
+                 (double)atomic_load(&s->reconciled));
+  metrics_sample(&o, "msg_consumer_in_doubt_lookups_total", "result=\"other\"",
+                 (double)(atomic_load(&s->lookups) - atomic_load(&s->reconciled)));
+  holdoff_metrics(s->holdoff, &o);
   metrics_family(&o, "msg_consumer_in_flight", "gauge", "Deliveries being worked on.");
   metrics_sample(&o, "msg_consumer_in_flight", "", (double)atomic_load(&s->in_flight));
   metrics_family(&o, "msg_consumer_broker_connections_total", "counter",
@@ -131,7 +145,7 @@ static int route(struct mg_connection *conn, void *arg)
   int64_t since = util_mono_ms() - atomic_load(&s->loop_at_ms);
   int live = since < LOOP_STALL_MS;
   int ready = live && atomic_load(&s->connected) && !atomic_load(&s->draining);
-  char body[512];
+  char body[768];
   if(strcmp(ri->request_method, "GET"))
     return send_text(conn, 405,
                      "{\"success\":false,\"error\":{\"code\":\"method_not_allowed\",\"message\":"
@@ -144,19 +158,35 @@ static int route(struct mg_connection *conn, void *arg)
     return send_text(conn, ready ? 200 : 503,
                      ready ? "{\"status\":\"ready\"}" : "{\"status\":\"not ready\"}");
   if(!strcmp(path, "/health") || !strcmp(path, "/")) {
-    snprintf(body, sizeof body,
+    /* The hold-off table is of any size (one entry per held instance): allocated. */
+    char *evolution = holdoff_json(s->holdoff), *whole;
+    int n, held = s->holdoff->server.held;
+    n = snprintf(body, sizeof body,
              "{\"status\":\"%s\",\"service\":\"msg-consumer\",\"version\":\"%s\","
              "\"uptime_seconds\":%lld,\"broker\":{\"connected\":%s},\"draining\":%s,"
-             "\"in_flight\":%lld,\"succeeded\":%lld,\"retried\":%lld,\"parked\":%lld,"
-             "\"redelivered\":%lld,\"duplicates_skipped\":%lld}",
-             ready ? "ok" : "unavailable", MSG_VERSION,
+             "\"in_flight\":%lld,\"held\":%lld,\"succeeded\":%lld,\"retried\":%lld,"
+             "\"parked\":%lld,\"redelivered\":%lld,\"duplicates_skipped\":%lld,"
+             "\"reconciled\":%lld,\"evolution\":",
+             ready ? (held ? "degraded" : "ok") : "unavailable", MSG_VERSION,
              (long long)((util_mono_ms() - srv->started_ms) / 1000),
              atomic_load(&s->connected) ? "true" : "false",
              atomic_load(&s->draining) ? "true" : "false", (long long)atomic_load(&s->in_flight),
-             (long long)atomic_load(&s->succeeded), (long long)atomic_load(&s->retried),
-             (long long)atomic_load(&s->parked), (long long)atomic_load(&s->redelivered),
-             (long long)atomic_load(&s->duplicates));
-    return send_text(conn, ready ? 200 : 503, body);
+             (long long)atomic_load(&s->held), (long long)atomic_load(&s->succeeded),
+             (long long)atomic_load(&s->retried), (long long)atomic_load(&s->parked),
+             (long long)atomic_load(&s->redelivered), (long long)atomic_load(&s->duplicates),
+             (long long)atomic_load(&s->reconciled));
+    whole = evolution && n > 0 && (size_t)n < sizeof body
+                ? malloc((size_t)n + strlen(evolution) + 2)
+                : NULL;
+    if(!whole) {
+      free(evolution);
+      return send_text(conn, 500, "{\"status\":\"out of memory\"}");
+    }
+    sprintf(whole, "%s%s}", body, evolution);
+    free(evolution);
+    n = send_text(conn, ready ? 200 : 503, whole);
+    free(whole);
+    return n;
   }
   return send_text(conn, 404,
                    "{\"success\":false,\"error\":{\"code\":\"not_found\",\"message\":\"no such "

@@ -24,7 +24,7 @@ int main(int argc, char **argv)
   sigset_t stop_signals;
   char err[512];
   struct worker_state state;
-  struct health_server *health;
+  struct health_server *health = NULL;
   struct callbacks_stats cb_stats;
   struct callbacks *callbacks = NULL;
   struct cli_extra admin_opts;
@@ -64,6 +64,11 @@ int main(int argc, char **argv)
 
   memset(&state, 0, sizeof state);
   memset(&cb_stats, 0, sizeof cb_stats);
+  if(!(state.holdoff = holdoff_new())) {
+    log_event(CFG_LOG_ERROR, "cannot start", "reason", "out of memory", NULL);
+    exit_code = 1;
+    goto out;
+  }
   atomic_store(&state.loop_at_ms, util_mono_ms());
   health = stop_fd >= 0 ? health_start(cfg, &state, &cb_stats, err, sizeof err) : NULL;
   if(!health) {
@@ -94,6 +99,7 @@ int main(int argc, char **argv)
 out:
   callbacks_stop(callbacks, 1, -1);
   health_stop(health);
+  holdoff_free(state.holdoff);
   if(stop_fd >= 0)
     close(stop_fd);
   curl_global_cleanup();

@@ -29,15 +29,37 @@ struct policy_decision policy_before_send(const struct policy_delivery *d, int64
     /* Its last delivery before the quorum queue's poison guard dead-letters it silently:
      * consumers keep dying on this job (or losing it). Parked here, its task says why. */
     return decide(POLICY_PARK, "delivery_limit", "poison_job", 0);
+  if(d->server_held)
+    /* Waits here unacked: no return counts against the delivery limit, no attempt is spent. */
+    return decide(POLICY_HOLD_SERVER, NULL, NULL, 0);
+  if(d->instance_held)
+    /* Waits in a delay queue: the job queue keeps flowing for the other instances. */
+    return decide(POLICY_HOLD_INSTANCE, NULL, NULL, POLICY_INSTANCE_HOP_MS);
+  if(d->in_doubt && d->reconcile)
+    return decide(POLICY_RECONCILE, NULL, NULL, 0);
   if(d->rate_limited)
     return decide(d->from_lane ? POLICY_WAIT : POLICY_FORWARD, NULL, NULL, 0);
   return decide(POLICY_SEND, NULL, NULL, 0);
 }
 
+struct policy_decision policy_after_lookup(enum evo_class cls, enum evo_scope scope, int found,
+                                           const struct cfg *cfg)
+{
+  if(cls == EVO_SUCCESS)
+    return decide(found ? POLICY_SUCCEED : POLICY_SEND, NULL, NULL, 0);
+  if(cls == EVO_TRANSIENT && scope == EVO_SCOPE_SERVER)
+    return decide(POLICY_HOLD_SERVER, NULL, NULL, 0);
+  if(cfg->evolution.in_doubt == CFG_IN_DOUBT_PARK)
+    return decide(POLICY_PARK, "in_doubt", "in_doubt", 0);
+  return decide(POLICY_SEND, NULL, NULL, 0);
+}
+
 struct policy_decision policy_after_send(const struct policy_delivery *d, enum evo_class cls,
-                                         int attempt, const struct cfg *cfg, int64_t now_ms)
+                                         enum evo_scope scope, int attempt,
+                                         const struct cfg *cfg, int64_t now_ms)
 {
   uint64_t delay;
+  int spent = attempt - d->holds; /* attempts that ended in a hold-off are not retries */
   switch(cls) {
   case EVO_SUCCESS:
   case EVO_ALREADY_SENT:
@@ -47,9 +69,13 @@ struct policy_decision policy_after_send(const struct policy_delivery *d, enum e
   case EVO_TRANSIENT:
     break;
   }
-  if(attempt < 1 || (size_t)attempt > cfg->retry.n_delays)
+  if(scope != EVO_SCOPE_MESSAGE && d->holds < POLICY_MAX_HOLDS)
+    return scope == EVO_SCOPE_SERVER ? decide(POLICY_HOLD_SERVER, NULL, NULL, 0)
+                                     : decide(POLICY_HOLD_INSTANCE, NULL, NULL,
+                                              POLICY_INSTANCE_HOP_MS);
+  if(spent < 1 || (size_t)spent > cfg->retry.n_delays)
     return decide(POLICY_PARK, "retries_exhausted", NULL, 0);
-  delay = cfg->retry.delays_ms[attempt - 1];
+  delay = cfg->retry.delays_ms[spent - 1];
   if(d->expires_at_ms && now_ms + (int64_t)delay >= d->expires_at_ms)
     /* The next attempt would come after the expiry: give up now, with the reason. */
     return decide(POLICY_PARK, "expired", "expired", 0);
@@ -58,7 +84,8 @@ struct policy_decision policy_after_send(const struct policy_delivery *d, enum e
 
 const char *policy_action_name(enum policy_action a)
 {
-  static const char *const NAMES[] = {"send",    "ack",   "record", "hold", "forward",
-                                      "wait",    "succeed", "retry", "park"};
+  static const char *const NAMES[] = {"send",  "ack",       "record",      "hold",
+                                      "forward", "wait",    "succeed",     "retry",
+                                      "park",  "reconcile", "hold_server", "hold_instance"};
   return (unsigned)a < sizeof NAMES / sizeof NAMES[0] ? NAMES[a] : "?";
 }

@@ -18,8 +18,19 @@ enum policy_action {
   POLICY_WAIT,      /* from its lane: wait here for a token of the instance's rate */
   POLICY_SUCCEED,   /* Evolution accepted it: publish SUCCESS, then ack */
   POLICY_RETRY,     /* republish to the retry queue of delay_ms, RETRY event, then ack */
-  POLICY_PARK       /* to the dead queue with reason and code, FAILURE event, then ack */
+  POLICY_PARK,      /* to the dead queue with reason and code, FAILURE event, then ack */
+  POLICY_RECONCILE, /* in doubt: ask findMessages whether it went out before sending it */
+  POLICY_HOLD_SERVER,   /* Evolution API is out: keep it here, unacked, until a probe works */
+  POLICY_HOLD_INSTANCE  /* its instance is out: hop through a delay queue (delay_ms) */
 };
+
+/* A job is sent again after a hold-off this many times at most without spending an attempt;
+ * past that its outage failures count as its own (a message that breaks the server every time
+ * must not loop for ever). */
+#define POLICY_MAX_HOLDS 50
+/* A job of a held instance hops through the delay queue of this length: it is back this long
+ * at most after its instance answers again. */
+#define POLICY_INSTANCE_HOP_MS 4000
 
 /* What is known of a delivery before it is sent. */
 struct policy_delivery {
@@ -32,6 +43,11 @@ struct policy_delivery {
   int64_t expires_at_ms; /* 0 when it never expires */
   int rate_limited;      /* its instance has a rate */
   int from_lane;         /* it came from its instance's lane (else from the job queue) */
+  int server_held;       /* Evolution API is held off (holdoff.h) */
+  int instance_held;     /* its instance is */
+  int in_doubt;          /* a send of it may have gone out (a STARTED with no outcome) */
+  int reconcile;         /* evolution.reconcile */
+  int holds;             /* sends of it that ended in a hold-off (x-holds) */
 };
 
 /* A decision: the action, and for POLICY_PARK the reason (x-failure-reason) and error code
@@ -48,9 +64,17 @@ struct policy_decision {
  * limit. */
 struct policy_decision policy_before_send(const struct policy_delivery *d, int64_t now_ms);
 
-/* After Evolution answered attempt `attempt` (1 for the first) with `cls`. */
+/* After Evolution answered attempt `attempt` (1 for the first) with `cls`, an outage of
+ * `scope` when transient. Attempts that ended in a hold-off (d->holds) spend no retry. */
 struct policy_decision policy_after_send(const struct policy_delivery *d, enum evo_class cls,
-                                         int attempt, const struct cfg *cfg, int64_t now_ms);
+                                         enum evo_scope scope, int attempt,
+                                         const struct cfg *cfg, int64_t now_ms);
+
+/* After findMessages was asked about an in-doubt job: found (SUCCEED), not found (SEND), or the
+ * lookup failed: unreachable (HOLD_SERVER, asked again once it answers), or answered with
+ * something else (evolution.in_doubt: SEND, or PARK with code in_doubt). */
+struct policy_decision policy_after_lookup(enum evo_class cls, enum evo_scope scope, int found,
+                                           const struct cfg *cfg);
 
 /* Name of an action, for logs and tests. */
 const char *policy_action_name(enum policy_action a);

@@ -7,6 +7,7 @@
 #define MSG_TASK_MEMORY_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* An Evolution message key (key.id), NUL included. */
 #define TASK_MEMORY_KEY_LEN 101
@@ -35,5 +36,20 @@ void task_memory_recorded(struct task_memory *m, const char *task_id);
 
 /* Tasks remembered as sent. */
 size_t task_memory_sent_count(const struct task_memory *m);
+
+/* Sends under way anywhere in the fleet, from the status stream: a STARTED event of `attempt`
+ * at at_ms, not yet followed by an outcome of that attempt or a later one. A job that comes
+ * back while its task is here is in doubt: its send may have gone out (DESIGN §4). At most
+ * TASK_MEMORY_STARTED_MAX are kept (beyond, a STARTED is not remembered: the job is then
+ * simply sent). */
+#define TASK_MEMORY_STARTED_MAX 65536
+void task_memory_note_started(struct task_memory *m, const char *task_id, int attempt,
+                              int64_t at_ms);
+/* An outcome (RETRY, SUCCESS, FAILURE; CANCELLED with attempt INT_MAX) of `attempt`. */
+void task_memory_note_outcome(struct task_memory *m, const char *task_id, int attempt);
+/* 1 when task_id has a send under way or in doubt; *since_ms is when its first unsettled
+ * attempt started. */
+int task_memory_in_doubt(const struct task_memory *m, const char *task_id, int64_t *since_ms);
+size_t task_memory_started_count(const struct task_memory *m);
 
 #endif

@@ -2,6 +2,7 @@
  * confirmed publishes on another) and drives the Evolution API transfers next to it. */
 #include "worker.h"
 
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stddef.h>
@@ -51,6 +52,12 @@
 #define CONNECT_TIMEOUT_MS 5000
 /* After the grace period, publishes already under way get this long to be confirmed. */
 #define SETTLE_EXTRA_MS 3000
+/* An in-doubt job is looked up in findMessages from this long before its first unsettled send
+ * to this long after now: the consumer's clock and Evolution's may disagree. */
+#define RECONCILE_SLACK_MS 60000
+/* Evolution requests whose owner is a hold-off target (a connectionState probe), not a
+ * delivery, have this low bit set on the owner pointer. */
+#define PROBE_BIT ((uintptr_t)1)
 
 /* One delivery from the job queue, from arrival until its ack or nack. It is referenced by
  * exactly one of: the Evolution transfer (while sending), or its tracked publishes (while its
@@ -73,6 +80,11 @@ struct delivery {
   unsigned conn_gen; /* the connection it came on: its tag means nothing on another one */
   char ref[64];    /* correlation id of its publishes, to match basic.return */
   char malformed_why[160]; /* why job_decode refused it (job NULL) */
+  int holds;       /* x-holds: sends of it that ended in a hold-off (they spend no retry) */
+  int64_t in_doubt_since_ms; /* x-in-doubt-since, or a local ambiguous outcome: 0 when none */
+  int looked_up;   /* findMessages was asked already (not found): send */
+  int64_t sent_at_ms; /* wall clock when its last send began */
+  struct delivery *held_next; /* in the worker's held list (server hold-off) */
 };
 
 /* The deliveries whose events one status message carries (NULL: an untracked STARTED). */
@@ -98,6 +110,12 @@ struct worker {
   int consuming_jobs;
   int crash_before_ack;        /* fault injection for tests: MSG_FAILPOINT=crash_before_ack */
   int draining;                /* a stop signal arrived: take nothing new */
+
+  /* Hold-off (holdoff.h): deliveries kept here, unacked, while Evolution API is out, oldest
+   * first; a probe takes the head. */
+  struct holdoff *holdoff;
+  struct delivery *held_head, *held_tail;
+  long long n_held;
 
   /* Rate limits (lanes.h); rate_limited is 0 when no instance has a rate. */
   struct lane_table *lanes;
@@ -291,6 +309,21 @@ static void job_props(struct worker *w, struct delivery *d, struct mq_props *p,
   p->n_headers = nheaders;
 }
 
+/* The headers a republished job carries: the attempt number it comes back with, its holds and
+ * when its send went in doubt, so that whichever consumer takes it next knows. Returns how
+ * many were written into h (room for JOB_HEADERS_MAX). */
+#define JOB_HEADERS_MAX 3
+static size_t job_headers(const struct delivery *d, int attempt, int holds, struct mq_header *h)
+{
+  size_t n = 0;
+  h[n++] = mq_header_int("x-attempt", attempt);
+  if(holds)
+    h[n++] = mq_header_int("x-holds", holds);
+  if(d->in_doubt_since_ms)
+    h[n++] = mq_header_int("x-in-doubt-since", d->in_doubt_since_ms);
+  return n;
+}
+
 /* Parks a job in the dead queue with why, then records FAILURE; acked once both are confirmed. */
 static void park(struct worker *w, struct delivery *d, const char *reason, const char *code,
                  const char *message)
@@ -319,19 +352,19 @@ static void park(struct worker *w, struct delivery *d, const char *reason, const
   publish_status(w, d, d, &ev);
 }
 
-/* Sends a job whose send_at is still ahead to the delay queue that fits (never early, at most
- * 250ms late); it comes back through the job queue and hops again until its time. Acked once
- * the delay queue confirmed it: nothing is held unacked here meanwhile. */
-static void hold_until_send_at(struct worker *w, struct delivery *d, uint64_t hop)
+/* Sends a job through the delay queue of `delay` (a scheduled job whose send_at is still ahead,
+ * or a job of a held instance); it comes back through the job queue. Acked once the delay
+ * queue confirmed it: nothing is held unacked here meanwhile. */
+static void hop(struct worker *w, struct delivery *d, uint64_t delay)
 {
   struct mq_props p;
-  struct mq_header h[1];
+  struct mq_header h[JOB_HEADERS_MAX];
   char key[64];
   /* A hop is no delivery attempt: the attempt number stays as it was. */
-  h[0] = mq_header_int("x-attempt", d->attempt);
-  job_props(w, d, &p, h, 1);
-  mq_delay_routing_key(hop, key, sizeof key);
-  log_event(CFG_LOG_DEBUG, "scheduled: waiting", "task_id", d->job->task_id, "queue", key, NULL);
+  job_props(w, d, &p, h, job_headers(d, d->attempt, d->holds, h));
+  mq_delay_routing_key(delay, key, sizeof key);
+  log_event(CFG_LOG_DEBUG, "waiting in a delay queue", "task_id", d->job->task_id, "queue", key,
+            NULL);
   publish(w, d, w->cfg->topology.exchange, key, 1, &p, d->raw, d->raw_len);
 }
 
@@ -339,12 +372,14 @@ static void retry_later(struct worker *w, struct delivery *d, const struct evo_o
                         uint64_t delay)
 {
   struct mq_props p;
-  struct mq_header h[1];
+  struct mq_header h[JOB_HEADERS_MAX];
   char key[64], attempt[16];
   struct status_event ev;
-  /* The attempt number travels on the message, so it survives consumer restarts. */
-  h[0] = mq_header_int("x-attempt", d->attempt + 1);
-  job_props(w, d, &p, h, 1);
+  /* The attempt number travels on the message, so it survives consumer restarts; so does the
+   * doubt of an answer that may hide a send (the next attempt asks findMessages first). */
+  if(o->ambiguous && !d->in_doubt_since_ms)
+    d->in_doubt_since_ms = d->sent_at_ms;
+  job_props(w, d, &p, h, job_headers(d, d->attempt + 1, d->holds, h));
   mq_retry_routing_key(delay, key, sizeof key);
   snprintf(attempt, sizeof attempt, "%d", d->attempt);
   atomic_fetch_add(&w->state->retried, 1);
@@ -358,6 +393,303 @@ static void retry_later(struct worker *w, struct delivery *d, const struct evo_o
   ev.error_message = (char *)o->message;
   ev.next_retry_at_ms = util_now_ms() + (int64_t)delay;
   publish_status(w, d, d, &ev);
+}
+
+/* ---- hold-off (holdoff.h) ------------------------------------------------------------- */
+
+static void delivery_done(struct worker *w, struct delivery *d);
+static int handled_before_send(struct worker *w, struct delivery *d, struct policy_decision dec);
+static void begin_send(struct worker *w, struct delivery *d);
+static struct policy_decision before_send(struct worker *w, const struct delivery *d,
+                                          int with_rate);
+static struct policy_delivery facts_of(struct worker *w, const struct delivery *d);
+
+static void add_held(struct worker *w, long long delta)
+{
+  w->n_held += delta;
+  atomic_store(&w->state->held, w->n_held);
+}
+
+/* Keeps d here, unacked, until Evolution API answers again: no return counts against its
+ * delivery limit and no attempt is spent. At a stop, or from a lost connection, it goes back
+ * to the broker instead. */
+static void hold_here(struct worker *w, struct delivery *d)
+{
+  if(w->draining || !w->connected || d->conn_gen != w->conn_gen) {
+    if(w->connected && d->conn_gen == w->conn_gen)
+      mq_nack(w->session, d->channel, d->tag, 1);
+    delivery_done(w, d);
+    return;
+  }
+  d->held_next = NULL;
+  if(w->held_tail)
+    w->held_tail->held_next = d;
+  else
+    w->held_head = d;
+  w->held_tail = d;
+  add_held(w, 1);
+}
+
+static struct delivery *unhold(struct worker *w)
+{
+  struct delivery *d = w->held_head;
+  if(!d)
+    return NULL;
+  if(!(w->held_head = d->held_next))
+    w->held_tail = NULL;
+  add_held(w, -1);
+  return d;
+}
+
+/* Lets go of every held delivery: requeued (at a stop) or left to the broker (the connection is
+ * gone: it requeues them itself). */
+static void drop_held(struct worker *w, int requeue)
+{
+  struct delivery *d;
+  while((d = unhold(w))) {
+    if(requeue && w->connected && d->conn_gen == w->conn_gen)
+      mq_nack(w->session, d->channel, d->tag, 1);
+    delivery_done(w, d);
+  }
+}
+
+/* Evolution API answers again: every held delivery goes back to work at once. */
+static void release_held(struct worker *w)
+{
+  struct delivery *list = w->held_head, *d;
+  /* The list is taken whole: one that is held again goes onto a new one. */
+  w->held_head = w->held_tail = NULL;
+  add_held(w, -w->n_held);
+  while((d = list)) {
+    list = d->held_next;
+    if(!handled_before_send(w, d, before_send(w, d, 1)))
+      begin_send(w, d);
+  }
+}
+
+static void server_fail(struct worker *w, const struct evo_outcome *o)
+{
+  if(holdoff_fail(w->holdoff, &w->holdoff->server, o->code, util_mono_ms()))
+    log_event(CFG_LOG_WARN, "Evolution API unavailable: holding its jobs until a probe works",
+              "error", o->code, "detail", o->message, NULL);
+}
+
+static void server_ok(struct worker *w)
+{
+  char held[24];
+  if(!holdoff_ok(w->holdoff, &w->holdoff->server))
+    return;
+  snprintf(held, sizeof held, "%lld", w->n_held);
+  log_event(CFG_LOG_INFO, "Evolution API answers again: resuming", "held", held, NULL);
+  release_held(w);
+}
+
+static void instance_fail(struct worker *w, const char *instance, const struct evo_outcome *o)
+{
+  struct holdoff_target *t = holdoff_instance(w->holdoff, instance);
+  if(t && holdoff_fail(w->holdoff, t, o->code, util_mono_ms()))
+    log_event(CFG_LOG_WARN, "Evolution instance unavailable: holding its jobs until it is open",
+              "instance", instance, "error", o->code, "detail", o->message, NULL);
+}
+
+static void instance_ok(struct worker *w, struct holdoff_target *t)
+{
+  if(t && holdoff_ok(w->holdoff, t))
+    log_event(CFG_LOG_INFO, "Evolution instance answers again: resuming", "instance",
+              t->instance, NULL);
+}
+
+/* What an Evolution answer about `instance` says of the hold-off: a server outage holds
+ * everything; any other answer shows the server is there, and a sent message that its
+ * instance is. */
+static void note_answer(struct worker *w, const char *instance, const struct evo_outcome *o)
+{
+  if(o->cls == EVO_TRANSIENT && o->scope == EVO_SCOPE_SERVER) {
+    server_fail(w, o);
+    return;
+  }
+  server_ok(w);
+  if(o->cls == EVO_TRANSIENT && o->scope == EVO_SCOPE_INSTANCE)
+    instance_fail(w, instance, o);
+  else if(o->request == EVO_REQ_SEND && (o->cls == EVO_SUCCESS || o->cls == EVO_ALREADY_SENT))
+    instance_ok(w, holdoff_instance_find(w->holdoff, instance));
+}
+
+/* A connectionState probe of the server (t is its target) or of an instance answered. */
+static void on_probe_done(struct worker *w, struct holdoff_target *t, const struct evo_outcome *o)
+{
+  char why[48];
+  if(o->cls == EVO_TRANSIENT && o->scope == EVO_SCOPE_SERVER) {
+    server_fail(w, o);
+    if(t != &w->holdoff->server)
+      holdoff_fail(w->holdoff, t, o->code, util_mono_ms());
+    return;
+  }
+  server_ok(w);
+  if(t == &w->holdoff->server)
+    return;
+  if(o->cls == EVO_SUCCESS && !strcmp(o->state, "open")) {
+    instance_ok(w, t);
+    return;
+  }
+  snprintf(why, sizeof why, "instance_state_%s", o->state[0] ? o->state : "unknown");
+  holdoff_fail(w->holdoff, t, o->cls == EVO_SUCCESS ? why : o->code, util_mono_ms());
+}
+
+/* The server probe: one real send of the oldest held job, whose answer tells (held jobs that
+ * need no send any more, sent or expired meanwhile, are settled on the way); with none held
+ * (they went back with a lost connection), GET connectionState of the default instance. */
+static void probe_server(struct worker *w)
+{
+  size_t before = evo_in_flight(w->evo);
+  struct delivery *d;
+  while(evo_in_flight(w->evo) == before && (d = unhold(w))) {
+    struct policy_delivery f = facts_of(w, d);
+    f.server_held = 0;
+    if(!handled_before_send(w, d, policy_before_send(&f, util_now_ms())))
+      begin_send(w, d);
+  }
+  if(evo_in_flight(w->evo) > before)
+    return;
+  if(evo_connection_state(w->evo, w->cfg->evolution.instance,
+                          (void *)((uintptr_t)&w->holdoff->server | PROBE_BIT)))
+    holdoff_probe_gone(w->holdoff, &w->holdoff->server);
+}
+
+/* Starts the probes that are due; lowers *wait_ms to the time until the next one. */
+static void service_holdoff(struct worker *w, int *wait_ms)
+{
+  struct holdoff *h = w->holdoff;
+  int64_t now = util_mono_ms(), in;
+  if(holdoff_probe_due(h, &h->server, now))
+    probe_server(w);
+  for(size_t i = 0; !h->server.held && i < h->n_instances; i++) {
+    struct holdoff_target *t = h->instances[i];
+    if(holdoff_probe_due(h, t, now) &&
+       evo_connection_state(w->evo, t->instance, (void *)((uintptr_t)t | PROBE_BIT)))
+      holdoff_probe_gone(h, t);
+  }
+  in = holdoff_next_probe_in(h, now);
+  if(in < *wait_ms)
+    *wait_ms = (int)in;
+}
+
+/* A send failed because its server or instance is out. It is sent again once that answers,
+ * and the attempt spends no retry (x-holds). An answer that may hide a send leaves it in doubt:
+ * findMessages is asked before it is sent again. Else the task says RETRY with the outage's
+ * error (not sent, waiting) instead of STARTED. */
+static void hold_after_outage(struct worker *w, struct delivery *d, const struct evo_outcome *o,
+                              int instance)
+{
+  char detail[sizeof o->message + 96];
+  if(o->ambiguous && !d->in_doubt_since_ms)
+    d->in_doubt_since_ms = d->sent_at_ms;
+  log_event(CFG_LOG_DEBUG, "held: Evolution unavailable", "task_id", d->job->task_id, "error",
+            o->code, NULL);
+  if(!o->ambiguous) {
+    struct status_event ev;
+    memset(&ev, 0, sizeof ev);
+    snprintf(detail, sizeof detail, "held until Evolution API %s answers again (not counted as "
+             "a retry): %s", instance ? "instance" : "server", o->message);
+    ev.status = TASK_RETRY;
+    ev.error_code = (char *)o->code;
+    ev.error_message = detail;
+    /* When it is tried again at the earliest: back from its hop, or the server's next probe. */
+    {
+      int64_t in = instance ? POLICY_INSTANCE_HOP_MS
+                            : holdoff_next_probe_in(w->holdoff, util_mono_ms());
+      ev.next_retry_at_ms = util_now_ms() + (in < HOLDOFF_MAX_PROBE_MS ? in : HOLDOFF_MAX_PROBE_MS);
+    }
+    publish_status(w, d, instance ? d : NULL, &ev);
+  }
+  d->attempt++;
+  d->holds++;
+  d->looked_up = 0;
+  if(!instance) {
+    hold_here(w, d);
+    return;
+  }
+  atomic_fetch_add(&w->state->hops, 1);
+  hop(w, d, POLICY_INSTANCE_HOP_MS);
+  delivery_done(w, d);
+}
+
+/* ---- in-doubt sends: findMessages ----------------------------------------------------- */
+
+/* Asks findMessages whether d's send went out, from before its first unsettled send (with
+ * slack for clocks) to now. */
+static void reconcile(struct worker *w, struct delivery *d)
+{
+  int64_t since = d->in_doubt_since_ms, tracked, now = util_now_ms();
+  char at[UTIL_TIME_LEN];
+  if(task_memory_in_doubt(w->memory, d->job->task_id, &tracked) && (!since || tracked < since))
+    since = tracked;
+  if(!since)
+    since = now;
+  d->looked_up = 1;
+  atomic_fetch_add(&w->state->lookups, 1);
+  log_event(CFG_LOG_INFO, "in doubt: asking Evolution API whether it went out", "task_id",
+            d->job->task_id, "since", util_format_time(since, at), NULL);
+  if(evo_find(w->evo, d->job, since - RECONCILE_SLACK_MS, now + RECONCILE_SLACK_MS, d)) {
+    log_event(CFG_LOG_ERROR, "cannot start a findMessages request", "task_id", d->job->task_id,
+              NULL);
+    on_abort(d, w);
+  }
+}
+
+/* findMessages answered about d. */
+static void on_lookup_done(struct worker *w, struct delivery *d, const struct evo_outcome *o)
+{
+  struct policy_decision dec;
+  char why[sizeof o->message + 128];
+  if(!w->connected || d->conn_gen != w->conn_gen) {
+    /* The broker redelivers it; it is still in doubt then. */
+    set_in_flight(w, -1);
+    delivery_free(d);
+    return;
+  }
+  dec = policy_after_lookup(o->cls, o->scope, o->found, w->cfg);
+  switch(dec.action) {
+  case POLICY_SUCCEED: {
+    struct status_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.status = TASK_SUCCESS;
+    ev.evolution_key = (char *)o->key_id;
+    ev.reconciled = 1;
+    d->succeeded = 1;
+    snprintf(d->key_id, sizeof d->key_id, "%s", o->key_id);
+    atomic_fetch_add(&w->state->reconciled, 1);
+    atomic_fetch_add(&w->state->succeeded, 1);
+    log_event(CFG_LOG_INFO, "in-doubt send found in Evolution API: recorded, not sent again",
+              "task_id", d->job->task_id, "evolution_key", o->key_id, NULL);
+    publish_status(w, d, d, &ev);
+    break;
+  }
+  case POLICY_HOLD_SERVER:
+    d->looked_up = 0; /* asked again once Evolution API answers */
+    hold_here(w, d);
+    return;
+  case POLICY_PARK:
+    snprintf(why, sizeof why, "its send may have gone out and findMessages could not tell (%s): "
+             "parked rather than risk a second message", o->message);
+    log_event(CFG_LOG_WARN, "in doubt and findMessages failed: parking (evolution.in_doubt: park)",
+              "task_id", d->job->task_id, "error", o->code, NULL);
+    park(w, d, dec.reason, dec.code, why);
+    break;
+  default:
+    if(o->cls == EVO_SUCCESS)
+      log_event(CFG_LOG_INFO, "in-doubt send not found in Evolution API: sending", "task_id",
+                d->job->task_id, NULL);
+    else
+      log_event(CFG_LOG_WARN, "findMessages failed for an in-doubt job: sending it "
+                "(evolution.in_doubt: resend)", "task_id", d->job->task_id, "error", o->code,
+                "detail", o->message, NULL);
+    d->in_doubt_since_ms = 0;
+    if(!handled_before_send(w, d, before_send(w, d, 1)))
+      begin_send(w, d);
+    return;
+  }
+  delivery_done(w, d);
 }
 
 /* ---- outcomes -------------------------------------------------------------------------- */
@@ -398,6 +730,17 @@ static struct policy_delivery facts_of(struct worker *w, const struct delivery *
   f.send_at_ms = d->job->send_at_ms;
   f.expires_at_ms = d->job->expires_at_ms;
   f.from_lane = d->channel != CONSUME_CH;
+  f.holds = d->holds;
+  f.server_held = w->holdoff->server.held;
+  {
+    struct holdoff_target *t = holdoff_instance_find(w->holdoff, d->job->instance_name);
+    f.instance_held = t && t->held;
+  }
+  f.reconcile = w->cfg->evolution.reconcile;
+  if(!d->looked_up) {
+    int64_t since;
+    f.in_doubt = d->in_doubt_since_ms || task_memory_in_doubt(w->memory, d->job->task_id, &since);
+  }
   if(w->rate_limited) {
     struct lane *l = lanes_get(w->lanes, d->job->instance_name, util_mono_us());
     /* Out of memory (no lane): admit_to_lane gives the job back rather than send it unpaced. */
@@ -422,6 +765,15 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
   struct worker *w = ctx;
   struct delivery *d = owner;
   char latency[24], status[8], attempt[16];
+  if((uintptr_t)owner & PROBE_BIT) {
+    on_probe_done(w, (struct holdoff_target *)((uintptr_t)owner & ~PROBE_BIT), o);
+    return;
+  }
+  note_answer(w, d->job->instance_name, o);
+  if(o->request == EVO_REQ_FIND) {
+    on_lookup_done(w, d, o);
+    return;
+  }
   if(!w->connected || d->conn_gen != w->conn_gen) {
     orphan_done(w, d, o);
     return;
@@ -436,10 +788,15 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
     log_event(CFG_LOG_ERROR, "Evolution API configuration fault", "task_id", d->job->task_id,
               "error", o->code, "detail", o->message, NULL);
   {
-    /* After a send only the expiry matters: no lane lookup on this path. */
-    struct policy_delivery f = {.expires_at_ms = d->job->expires_at_ms};
-    struct policy_decision dec = policy_after_send(&f, o->cls, d->attempt, w->cfg, util_now_ms());
+    /* After a send only the expiry and the holds matter: no lane lookup on this path. */
+    struct policy_delivery f = {.expires_at_ms = d->job->expires_at_ms, .holds = d->holds};
+    struct policy_decision dec =
+      policy_after_send(&f, o->cls, o->scope, d->attempt, w->cfg, util_now_ms());
     switch(dec.action) {
+    case POLICY_HOLD_SERVER:
+    case POLICY_HOLD_INSTANCE:
+      hold_after_outage(w, d, o, dec.action == POLICY_HOLD_INSTANCE);
+      return;
     case POLICY_SUCCEED: {
       struct status_event ev;
       memset(&ev, 0, sizeof ev);
@@ -531,6 +888,11 @@ static void on_abort(void *owner, void *ctx)
 {
   struct worker *w = ctx;
   struct delivery *d = owner;
+  if((uintptr_t)owner & PROBE_BIT) {
+    /* An aborted probe tells nothing: the next one may start. */
+    holdoff_probe_gone(w->holdoff, (struct holdoff_target *)((uintptr_t)owner & ~PROBE_BIT));
+    return;
+  }
   /* Requeue so another attempt happens soon; on a dead connection the broker does it (and a
    * delivery from an earlier connection has no tag on this one). */
   if(w->connected && d->conn_gen == w->conn_gen)
@@ -582,8 +944,17 @@ static int handled_before_send(struct worker *w, struct delivery *d, struct poli
     break;
   }
   case POLICY_HOLD:
-    hold_until_send_at(w, d, dec.delay_ms);
+  case POLICY_HOLD_INSTANCE:
+    if(dec.action == POLICY_HOLD_INSTANCE)
+      atomic_fetch_add(&w->state->hops, 1);
+    hop(w, d, dec.delay_ms);
     break;
+  case POLICY_HOLD_SERVER:
+    hold_here(w, d);
+    return 1;
+  case POLICY_RECONCILE:
+    reconcile(w, d);
+    return 1;
   case POLICY_PARK:
     if(!strcmp(dec.reason, "delivery_limit")) {
       char why[128];
@@ -617,6 +988,7 @@ static void begin_send(struct worker *w, struct delivery *d)
   ev.status = TASK_STARTED;
   publish_status(w, d, NULL, &ev);
   d->sent_us = util_mono_us();
+  d->sent_at_ms = util_now_ms();
   if(evo_send(w->evo, d->job, d)) {
     log_event(CFG_LOG_ERROR, "cannot start an Evolution API request", "task_id",
               d->job->task_id, NULL);
@@ -637,11 +1009,10 @@ static struct delivery *held(struct lane_item *it)
 static void forward_to_lane(struct worker *w, struct lane *l, struct delivery *d)
 {
   struct mq_props p;
-  struct mq_header h[1];
+  struct mq_header h[JOB_HEADERS_MAX];
   char key[128];
   /* Moving to the lane is no delivery attempt: the attempt number stays as it was. */
-  h[0] = mq_header_int("x-attempt", d->attempt);
-  job_props(w, d, &p, h, 1);
+  job_props(w, d, &p, h, job_headers(d, d->attempt, d->holds, h));
   mq_lane_routing_key(l->instance, key, sizeof key);
   atomic_fetch_add(&w->state->lane_forwarded, 1);
   publish(w, d, w->cfg->topology.exchange, key, 1, &p, d->raw, d->raw_len);
@@ -812,6 +1183,13 @@ static void start_delivery(struct worker *w, uint16_t channel, uint64_t tag,
   d->attempt = (int)attempt;
   if(mq_message_header_int(m, "x-delivery-count", &d->returns))
     d->returns = 0;
+  {
+    int64_t holds = 0, since = 0;
+    if(!mq_message_header_int(m, "x-holds", &holds) && holds > 0 && holds <= 1000)
+      d->holds = (int)holds;
+    if(!mq_message_header_int(m, "x-in-doubt-since", &since) && since > 0)
+      d->in_doubt_since_ms = since;
+  }
   set_in_flight(w, 1);
   if(redelivered)
     atomic_fetch_add(&w->state->redelivered, 1);
@@ -826,6 +1204,14 @@ static void start_delivery(struct worker *w, uint16_t channel, uint64_t tag,
 static void note_status_event(const struct status_event *ev, void *arg)
 {
   struct worker *w = arg;
+  /* Sends under way or in doubt anywhere in the fleet: a STARTED until its outcome. */
+  if(ev->status == TASK_STARTED)
+    task_memory_note_started(w->memory, ev->task_id, ev->attempt, ev->at_ms);
+  else if(ev->status == TASK_RETRY)
+    task_memory_note_outcome(w->memory, ev->task_id, ev->attempt);
+  else if(ev->status == TASK_SUCCESS || ev->status == TASK_FAILURE ||
+          ev->status == TASK_CANCELLED)
+    task_memory_note_outcome(w->memory, ev->task_id, INT_MAX);
   if(ev->status == TASK_SUCCESS)
     task_memory_note_sent(w->memory, ev->task_id);
   else if(ev->status == TASK_CANCELLED)
@@ -988,6 +1374,7 @@ static void drop_connection(struct worker *w)
   mq_stream_lost(w->stream);
   drop_status(w);
   reset_lanes(w);
+  drop_held(w, 0);
 }
 
 static void cancel_consumer(struct worker *w)
@@ -1024,6 +1411,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   w.memory = task_memory_new(SENT_MEMORY);
   w.lanes = lanes_new(cfg);
   w.rate_limited = cfg_any_rate_limit(cfg);
+  w.holdoff = state->holdoff;
   {
     const char *fp = getenv("MSG_FAILPOINT");
     w.crash_before_ack = fp && !strcmp(fp, "crash_before_ack");
@@ -1051,6 +1439,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
       w.draining = 1;
       cancel_consumer(&w);
       cancel_lanes(&w);
+      drop_held(&w, 1); /* what waits for Evolution API goes back to the queue now */
       grace_deadline = now + (int64_t)cfg->consumer.shutdown_grace_ms;
       settle_deadline = grace_deadline + SETTLE_EXTRA_MS;
     }
@@ -1078,13 +1467,25 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
       drop_connection(&w);
       retry_at = 0; /* the next address at once */
     }
+    /* While Evolution API is held off, its jobs wait in the broker: the job queue is not
+     * consumed (the deliveries already here are held until a probe works). */
+    if(w.connected && w.consuming_jobs && w.holdoff->server.held) {
+      cancel_consumer(&w);
+      w.consuming_jobs = 0;
+    }
     if(w.connected && mq_stream_caught_up(w.stream) && !w.consuming_jobs && !grace_deadline &&
-       start_consuming_jobs(&w))
+       !w.holdoff->server.held && start_consuming_jobs(&w))
       drop_connection(&w);
+    if(w.connected && mq_stream_caught_up(w.stream) && !grace_deadline)
+      service_holdoff(&w, &timeout);
     /* Lanes are opened only once the status stream is caught up, like the job queue. */
     if(w.connected && w.consuming_jobs && service_lanes(&w, &timeout))
       drop_connection(&w);
 
+    /* STARTED events go out before the sends they announce (evo_run starts them): a crash
+     * after a send began always leaves its task STARTED, so its redelivery is in doubt. */
+    if(w.connected && flush_status(&w))
+      drop_connection(&w);
     if(w.connected) {
       /* rabbitmq-c may already hold whole frames in its buffer: the socket will not wake us. */
       if(mq_session_pending_input(w.session))

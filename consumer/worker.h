@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "cfg.h"
+#include "holdoff.h"
 #include "metrics.h"
 
 /* Counters and flags the health listener reads while the loop runs. */
@@ -20,6 +21,11 @@ struct worker_state {
   atomic_llong config_faults; /* 401/403/LICENSE_REQUIRED answers */
   atomic_llong lane_waiting;   /* jobs of rate-limited instances waiting here for a token */
   atomic_llong lane_forwarded; /* jobs moved from the job queue to their instance's lane */
+  atomic_llong held;           /* jobs held here while Evolution API is out */
+  atomic_llong hops;           /* jobs of a held instance sent through a delay queue */
+  atomic_llong lookups;        /* findMessages asked about an in-doubt job */
+  atomic_llong reconciled;     /* ...and it had gone out: recorded, not sent again */
+  struct holdoff *holdoff;     /* which Evolution targets are held off (holdoff.h) */
   struct metrics_hist evolution_latency; /* sendText request to answer (or failure) */
   struct metrics_hist delivery_latency;  /* delivery received to outcome recorded (ack) */
 };

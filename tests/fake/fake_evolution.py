@@ -6,40 +6,112 @@ shared/research/evolution-api.md §2–§4 and §8, including the order of the c
 webhooks that follow a send (§6; see "Webhooks" below):
 
   body-parser (malformed JSON) → route → instance exists → apikey → JSON schema → blank text
-  → injected faults → number on WhatsApp → latency (+ the request's own `delay`) → 201
+  → injected faults → number on WhatsApp (closed session: 500 here, or 400 after it)
+  → latency (+ the request's own `delay`) → the Message row stored → 201
 
-Other routes: `GET /` (version info) and `GET /instance/connectionState/{instance}`.
+Other routes (same guards: route, instance exists → 404, apikey → 401):
+  GET  /                                   version info (no apikey)
+  GET  /instance/connectionState/{inst}    200 {"instance": {"instanceName", "state"}}: the
+                                           instance's state (connection_states, else
+                                           connection_state)
+  POST /chat/findMessages/{inst}           the stored messages, below
 Anything else gets Express's 404 `["Cannot <METHOD> <url>"]`.
 
-Every sendText request is recorded, and a control API under `/_fake/` (no apikey) lets a test
-read the records and change behaviour at run time:
+Every sendText and findMessages request is recorded, and a control API under `/_fake/` (no
+apikey) lets a test read the records and change behaviour at run time:
 
   GET  /_fake/requests[?since=N]  recorded sendText requests, oldest first, from index N
+  GET  /_fake/find_requests[?since=N]  recorded findMessages requests, oldest first: {"index",
+                                  "time", "method", "path", "instance", "headers", "body",
+                                  "json", "status" (null: no answer), "fault", "total" and
+                                  "returned" (rows matched / in the page; null unless 200),
+                                  "in_flight"}
+  GET  /_fake/messages            every stored Message row (all instances), in insertion order
   GET  /_fake/stats               {"total", "in_flight", "by_status", "sent", "sent_by_number",
-                                   "sent_by_text", "webhooks_sent", "webhooks_failed",
-                                   "webhooks_dropped", "webhooks_pending"}
+                                   "sent_by_text", "stored_messages", "find_requests",
+                                   "webhooks_sent", "webhooks_failed", "webhooks_dropped",
+                                   "webhooks_pending"}
   GET  /_fake/config              the current run-time configuration (faults with their hits)
   POST /_fake/config              change any of: latency_ms, not_on_whatsapp, api_key, instances,
-                                  connection_state, api_version, faults (replaces the list),
+                                  connection_state, connection_states, session_closed_error,
+                                  save_messages, api_version, faults (replaces the list),
                                   and the webhook_* keys below; all or nothing (400 if invalid)
-  POST /_fake/reset               forget the records and the fault rules (the rest stays)
+  POST /_fake/reset               forget the records (sendText, findMessages, stored messages,
+                                  webhooks) and the fault rules (the rest stays)
   GET  /_fake/webhooks, POST /_fake/webhook   see "Webhooks" below
 
+Run-time keys besides the obvious ones:
+  connection_state      "open" (default) | "connecting" | "close" | "refused": every instance's
+  connection_states     {"inst-a": "close", ...}: per instance, over connection_state (a POST
+                        replaces the whole object; {} clears it)
+  session_closed_error  "connection_closed_400" (default) | "connection_closed_500": how the
+                        sendText of an instance whose state is not "open" fails, below
+  save_messages         true (default) | false: Evolution's DATABASE_SAVE_DATA_NEW_MESSAGE; when
+                        false no sent message is stored (rows stored before stay), so
+                        findMessages finds none
+
 A fault rule:
-  {"match": {"number": "...", "text_contains": "...", "instance": "..."},   all optional
+  {"route": "send_text" | "find_messages" | "connection_state",   default send_text
+   "match": {"number": "...", "text_contains": "...", "instance": "..."},   all optional
+                          (rules of the other routes can match on instance only)
    "times": 2,            how many requests it applies to; null or absent = always
    "fail_ratio": 0.1,     optional: apply to this fraction of matching requests only...
    "seed": 42,            ...drawn from a generator seeded with this (optional)
    "action": "status" | "hang" | "reset" | "prisma" | "connection_closed_500"
              | "connection_closed_400" | "timed_out_500" | "textmessage_500" | "license_503",
    "status": 502, "body": {...}, "headers": {...}, "content_type": "text/html"   (action status)
-   "seconds": 30}                                                              (action hang)
-The first rule that matches and has times left applies, and its times decrements. match.number
-equals the request's number as sent or its digits only. Faults apply only to requests that
-passed the instance, apikey, schema and blank-text checks, so a rule never hides a client bug
-that those checks would report. "reset" closes with a TCP RST; "hang" (default 3600 s) closes
-with a FIN and no answer; "prisma" counts as sent. latency_ms delays only the answers of a
-message that went out (201 and prisma); rejections answer at once.
+   "seconds": 30,                                                              (action hang)
+   "stored": true}        (action prisma) the row is stored all the same, see findMessages
+The first rule of the request's route that matches and has times left applies, and its times
+decrements. match.number equals the request's number as sent or its digits only. Faults apply
+only to requests that passed the instance, apikey, schema (and for sendText blank-text) checks,
+so a rule never hides a client bug that those checks would report. "reset" closes with a TCP
+RST; "hang" (default 3600 s) closes with a FIN and no answer; "prisma" counts as sent.
+latency_ms delays only the answers of a message that went out (201 and prisma); rejections
+answer at once. find_messages rules take status, hang, reset, license_503 and textmessage_500
+(500 "Cannot read properties of undefined (reading 'fetchMessages')": the instance is not in
+memory); connection_state rules status, hang, reset and license_503.
+
+Closed sessions. While an instance's state is not "open", its sendText requests that pass the
+checks and the fault rules fail as a closed Baileys socket makes them fail (research §4.2):
+"connection_closed_400" → 400 ["Error: Connection Closed"] from the send stage (after the
+not-on-WhatsApp answer, which Evolution's number cache still gives); "connection_closed_500" →
+500 "Connection Closed" from the number check (before it). Not sent, not stored, no webhooks;
+the record has fault "session_closed". Other instances are unaffected.
+
+findMessages (POST /chat/findMessages/{inst}; v2.3.6 channel.service.ts fetchMessages, the
+same in 2.4.0-rc2; the v2 shape in v1 mode too). Every message that went out with a 201 is
+stored, before the answer, as the Message row Evolution selects:
+  {"id": "c" + 24 (the webhooks' messageId), "key": the 201 body's key {"remoteJid", "fromMe":
+   true, "id"}, "pushName": "Você", "messageType": "conversation", "message": {"conversation":
+   text}, "messageTimestamp": Unix seconds (int, the 201 body's), "instanceId", "source":
+   "unknown", "contextInfo": null, "MessageUpdate": [] (the fake stores no status rows)}
+The "prisma" fault is the failed insert of that row: the message went out but is not stored,
+unless the rule says "stored": true (another insert failed). Body (messageValidateSchema:
+where and where.key objects, key.remoteJid / key.id non-empty strings, key.fromMe a boolean,
+else 400 with a nested array; an array body counts as {}):
+  {"where": {"key": {"remoteJid"?, "fromMe"?, "id"?}, "id"?, "messageType"?, "source"?,
+             "messageTimestamp"?: {"gte", "lte"}}, "page"?: 1, "offset"?: 50}
+  - only the instance's rows; each key filter applies only when truthy (fromMe false filters
+    nothing) and compares the stored JSON value exactly: remoteJid must be the JID createJid
+    gave at send time ("553187654321@s.whatsapp.net"), not the number;
+  - the time range applies only when gte and lte are both truthy; each is new Date(x) floored
+    to seconds, inclusive: ISO strings (date only, date-time with optional seconds, fraction,
+    Z or offset; no offset = UTC here), RFC 2822 strings, numbers as MILLISECONDS; an Invalid
+    Date gives 500 (Prisma validation error, text inferred);
+  - ORDER BY messageTimestamp DESC (ties: the later insert first); offset is the page size
+    (falsy → 50; not a positive integer → 500, inferred), page 1-based (falsy → 1; a numeric
+    string works as in JS and is echoed back); skip = offset * (page - 1);
+  - 200 {"messages": {"total", "pages": ceil(total / offset), "currentPage": page, "records"}}.
+
+Stopping. On SIGTERM/SIGINT the fake closes its port at once (connections are refused), wakes
+the handlers that wait (latency, hang): a message still waiting to go out is NOT sent (its
+connection closes with no answer; record fault "stopped"); with --state-file it then writes,
+atomically, the sendText and findMessages records, the stored messages, the webhook records
+and counters, the fault rules (times and hits left) and the whole configuration, and exits 0.
+At start, if the --state-file exists, it loads it (the saved configuration wins over the
+command line); indexes continue. Webhooks still due at the stop are not sent. A SIGKILL writes
+nothing. A fixed --port N binds again at once (SO_REUSEADDR).
 
 Message ids are "3EB0" + 36 hex digits in v2 mode and "BAE5" + 12 in v1 mode (research §3).
 
@@ -128,6 +200,7 @@ Everything stays where webhook_url points; the tests keep it on loopback.
 
 Usage: fake_evolution.py --host 127.0.0.1 --port 0 --api-key KEY --instances a,b
                          [--latency-ms N] [--port-file PATH] [--api-version v2|v1] [--verbose]
+                         [--state-file PATH]
                          [--webhook-url URL] [--webhook-headers JSON] [--webhook-... (above)]
 Python 3.11 standard library only.
 """
@@ -136,10 +209,12 @@ import argparse
 import base64
 import copy
 import datetime
+import email.utils
 import hashlib
 import hmac
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -173,7 +248,18 @@ CANNED_FAULTS = {
     "textmessage_500": (500, "Cannot read properties of undefined (reading 'textMessage')"),
 }
 ACTIONS = set(CANNED_FAULTS) | {"status", "hang", "reset", "license_503"}
+# The routes a fault rule can take, and the actions each allows. The others have no socket to
+# lose and no message to count: only raw answers, a hang, a reset, the licence gate, and for
+# findMessages the instance-not-in-memory TypeError (waInstances[name].fetchMessages).
+ROUTE_ACTIONS = {"send_text": ACTIONS,
+                 "find_messages": {"status", "hang", "reset", "license_503", "textmessage_500"},
+                 "connection_state": {"status", "hang", "reset", "license_503"}}
 CONNECTION_STATES = {"open", "connecting", "close", "refused"}
+# How a sendText fails on an instance whose session is not open (research §4.2): the send stage
+# (400, the default) or the number check (500).
+SESSION_CLOSED_ERRORS = ("connection_closed_400", "connection_closed_500")
+FIND_DEFAULT_OFFSET = 50  # channel.service.ts fetchMessages: `if (!query?.offset) query.offset = 50`
+STATE_FILE_VERSION = 1
 
 # Webhooks (research §6). Subscription names → the envelope's `event`.
 WEBHOOK_EVENTS = {"SEND_MESSAGE": "send.message", "MESSAGES_UPDATE": "messages.update"}
@@ -200,6 +286,7 @@ HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 SEND_TEXT_RE = re.compile(r"^/message/sendText/([^/]+)/?$", re.IGNORECASE)  # Express: case-insensitive,
 CONNECTION_STATE_RE = re.compile(r"^/instance/connectionState/([^/]+)/?$", re.IGNORECASE)  # slash optional
+FIND_MESSAGES_RE = re.compile(r"^/chat/findMessages/([^/]+)/?$", re.IGNORECASE)
 
 
 def envelope(status, message):
@@ -259,6 +346,112 @@ def validate_v1(body):
             errors.append('The "text" cannot be empty')
     errors += [f'instance requires property "{k}"' for k in ("textMessage", "number") if k not in body]
     return errors
+
+
+def validate_find(body):
+    """jsonschema errors of v2's messageValidateSchema (chat.schema.ts), the parts a client can
+    trip: where and where.key must be objects; when every key property is one of fromMe,
+    remoteJid and id (the schema's if/then), remoteJid and id must be non-empty strings (their
+    description is the message) and fromMe a boolean; limit an integer."""
+    errors = []
+    where = body.get("where")
+    if "where" in body:
+        if not isinstance(where, dict):
+            errors.append("where is not of a type(s) object")
+        else:
+            if "_id" in where and not isinstance(where["_id"], str):
+                errors.append("where._id is not of a type(s) string")
+            key = where.get("key")
+            if "key" in where:
+                if not isinstance(key, dict):
+                    errors.append("where.key is not of a type(s) object")
+                elif set(key) <= {"fromMe", "remoteJid", "id"}:
+                    for name in ("remoteJid", "id"):
+                        if name in key and not (isinstance(key[name], str) and key[name]):
+                            errors.append("The property cannot be empty")
+                    if "fromMe" in key and not isinstance(key["fromMe"], bool):
+                        errors.append("where.key.fromMe is not of a type(s) boolean")
+                        errors.append("where.key.fromMe is not one of enum values: true,false")
+    if "limit" in body and not (isinstance(body["limit"], int) and not isinstance(body["limit"], bool)):
+        errors.append("limit is not of a type(s) integer")
+    return errors
+
+
+MISSING = object()  # a key property a row does not have
+
+
+def json_equal(a, b):
+    """Equality of two JSON values as jsonb compares them (true is not 1)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a is not MISSING and a == b
+
+
+def js_truthy(value):
+    """JavaScript truthiness of a JSON value ([] and {} are truthy)."""
+    return not (value is None or value is False or value == "" or
+                (is_number(value) and (value == 0 or value != value)))
+
+
+ISO_DATE_RE = re.compile(r"^([+-]\d{6}|\d{4})(?:-(\d{2})(?:-(\d{2}))?)?"
+                         r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$",
+                         re.IGNORECASE)
+
+
+def js_date_ms(value):
+    """`new Date(value).getTime()` for a JSON value, or None for an Invalid Date (NaN).
+    Numbers are milliseconds since the epoch; strings are the ISO forms (date only, or date and
+    time with optional seconds, fraction and Z/offset; a time without an offset is local time,
+    and the fake's local time is UTC), plus the RFC 2822 / Date.prototype.toString forms V8's
+    fallback parser takes ("Wed, 02 Dec 2026 05:41:37 GMT"); booleans are 0 / 1 ms."""
+    if isinstance(value, bool):
+        return int(value)
+    if is_number(value):
+        return value if value == value and abs(value) <= 8.64e15 else None
+    if not isinstance(value, str):
+        return None  # objects and arrays: Invalid Date in practice
+    text = value.strip()
+    m = ISO_DATE_RE.match(text)
+    if m:
+        year, month, day, hh, mm, ss, frac, tz = m.groups()
+        try:
+            dt = datetime.datetime(int(year), int(month or 1), int(day or 1), int(hh or 0), int(mm or 0),
+                                   int(ss or 0), int((frac or "0")[:3].ljust(3, "0")) * 1000,
+                                   tzinfo=datetime.timezone.utc)
+        except ValueError:
+            return None
+        if tz and tz.upper() != "Z":
+            sign = 1 if tz[0] == "+" else -1
+            digits = tz[1:].replace(":", "")
+            dt -= sign * datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        return int(dt.timestamp() * 1000)
+    try:
+        dt = email.utils.parsedate_to_datetime(re.sub(r"\s*\(.*\)$", "", text).replace("GMT+", "+").replace("GMT-", "-"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def prisma_validation_error(argument, got):
+    """The bare-string 500 of a PrismaClientValidationError escaping to the error middleware
+    (research §4.1: raw errors come out as 500 with err.message). The wording is modelled on
+    Prisma 6, not captured (inferred)."""
+    return envelope(500, f"\nInvalid `this.prismaRepository.message.count()` invocation in\n"
+                         f"/evolution/dist/main.js:1:1\n\nArgument `{argument}`: Invalid value provided. "
+                         f"Expected Int, provided {got}.")
+
+
+def message_row(instance, key, text, timestamp):
+    """The Message row fetchMessages selects for a sent text (prepareMessage in
+    whatsapp.baileys.service.ts, then prisma message.create; the select of fetchMessages)."""
+    return {"id": db_row_id(key["id"]), "key": dict(key), "pushName": "Você", "messageType": "conversation",
+            "message": {"conversation": text}, "messageTimestamp": timestamp,
+            "instanceId": instance_uuid(instance), "source": "unknown", "contextInfo": None,
+            "MessageUpdate": []}
 
 
 class ConfigError(ValueError):
@@ -476,15 +669,23 @@ class FaultRule(MatchRule):
     """One injected sendText fault."""
 
     NAME = "fault rule"
-    KEYS = {"action", "status", "body", "headers", "content_type", "seconds"}
+    KEYS = {"action", "status", "body", "headers", "content_type", "seconds", "route", "stored"}
 
     def __init__(self, spec):
         super().__init__(spec)
+        self.route = spec.get("route", "send_text")
+        if self.route not in ROUTE_ACTIONS:
+            raise ConfigError(f"route must be one of {sorted(ROUTE_ACTIONS)}, got {self.route!r}")
+        allowed = ROUTE_ACTIONS[self.route]
         self.action = spec.get("action")
-        if self.action not in ACTIONS:
-            raise ConfigError(f"action must be one of {sorted(ACTIONS)}, got {self.action!r}")
+        if self.action not in allowed:
+            raise ConfigError(f"action of a {self.route} rule must be one of {sorted(allowed)}, got {self.action!r}")
         if self.action == "status" and not isinstance(spec.get("status"), int):
             raise ConfigError('action "status" needs an integer "status"')
+        if self.route != "send_text" and set(self.match) - {"instance"}:
+            raise ConfigError(f"a {self.route} rule can match only on instance")
+        if "stored" in spec and (self.action != "prisma" or not isinstance(spec["stored"], bool)):
+            raise ConfigError('"stored" (a boolean) goes only with action "prisma"')
         self.check_common()
 
 
@@ -522,8 +723,14 @@ class State:
         self.api_version = api_version
         self.not_on_whatsapp = set()
         self.connection_state = "open"
+        self.connection_states = {}  # instance → state, over connection_state
+        self.session_closed_error = "connection_closed_400"
+        self.save_messages = True  # Evolution's DATABASE_SAVE_DATA_NEW_MESSAGE
         self.faults = []
         self.records = []
+        self.messages = []  # the stored Message rows: {"seq", "row"}, in insertion order
+        self.message_seq = 0
+        self.find_records = []  # every findMessages request
         self.webhook = copy.deepcopy(WEBHOOK_DEFAULTS)
         self.webhook_faults = []
         self.webhook_records = []
@@ -540,6 +747,9 @@ class State:
                     "latency_ms": self.latency_ms, "api_version": self.api_version,
                     "not_on_whatsapp": sorted(self.not_on_whatsapp),
                     "connection_state": self.connection_state,
+                    "connection_states": dict(self.connection_states),
+                    "session_closed_error": self.session_closed_error,
+                    "save_messages": self.save_messages,
                     "faults": [r.describe() for r in self.faults],
                     **copy.deepcopy(self.webhook),
                     "webhook_faults": [r.describe() for r in self.webhook_faults]}
@@ -549,7 +759,8 @@ class State:
         if not isinstance(cfg, dict):
             raise ConfigError("the config body must be a JSON object")
         unknown = set(cfg) - {"latency_ms", "not_on_whatsapp", "api_key", "instances", "faults",
-                              "connection_state", "api_version", "webhook_faults"} - set(WEBHOOK_DEFAULTS)
+                              "connection_state", "connection_states", "session_closed_error",
+                              "save_messages", "api_version", "webhook_faults"} - set(WEBHOOK_DEFAULTS)
         if unknown:
             raise ConfigError(f"unknown config keys: {sorted(unknown)}")
         if "latency_ms" in cfg and not (isinstance(cfg["latency_ms"], (int, float)) and cfg["latency_ms"] >= 0):
@@ -563,6 +774,14 @@ class State:
             raise ConfigError(f"connection_state must be one of {sorted(CONNECTION_STATES)}")
         if "api_version" in cfg and cfg["api_version"] not in ("v1", "v2"):
             raise ConfigError("api_version must be v1 or v2")
+        if "connection_states" in cfg and not (isinstance(cfg["connection_states"], dict) and all(
+                v in CONNECTION_STATES for v in cfg["connection_states"].values())):
+            raise ConfigError(f"connection_states must be an object of instance names to one of "
+                              f"{sorted(CONNECTION_STATES)}")
+        if "session_closed_error" in cfg and cfg["session_closed_error"] not in SESSION_CLOSED_ERRORS:
+            raise ConfigError(f"session_closed_error must be one of {list(SESSION_CLOSED_ERRORS)}")
+        if "save_messages" in cfg and not isinstance(cfg["save_messages"], bool):
+            raise ConfigError("save_messages must be a boolean")
         if "faults" in cfg and not isinstance(cfg["faults"], list):
             raise ConfigError("faults must be a list")
         faults = [FaultRule(spec) for spec in cfg.get("faults", [])]
@@ -574,11 +793,14 @@ class State:
             self.webhook.update(webhook)
             if "webhook_faults" in cfg:
                 self.webhook_faults = webhook_faults
-            for key in ("latency_ms", "api_key", "connection_state", "api_version"):
+            for key in ("latency_ms", "api_key", "connection_state", "api_version", "session_closed_error",
+                        "save_messages"):
                 if key in cfg:
                     setattr(self, key, cfg[key])
             if "instances" in cfg:
                 self.instances = list(cfg["instances"])
+            if "connection_states" in cfg:
+                self.connection_states = dict(cfg["connection_states"])
             if "not_on_whatsapp" in cfg:
                 self.not_on_whatsapp = set(cfg["not_on_whatsapp"])
             if "faults" in cfg:
@@ -587,6 +809,8 @@ class State:
     def reset(self):
         with self.lock:
             self.records.clear()
+            self.messages.clear()
+            self.find_records.clear()
             self.faults.clear()
             self.webhook_records.clear()
             self.webhook_faults.clear()
@@ -603,12 +827,56 @@ class State:
         with self.lock:
             record.update(status=status, key_id=key_id, sent=sent, fault=fault)
 
-    def pick_fault(self, instance, number, digits, text):
+    def pick_fault(self, instance, number, digits, text, route="send_text"):
         with self.lock:
             for rule in self.faults:
-                if rule.applies(instance, number, digits, text):
+                if rule.route == route and rule.applies(instance, number, digits, text):
                     return rule
         return None
+
+    def instance_state(self, instance):
+        """The instance's connection state: its own in connection_states, else the global one."""
+        with self.lock:
+            return self.connection_states.get(instance, self.connection_state)
+
+    def store_message(self, row):
+        """Inserts a Message row (when save_messages is on, as Evolution's message.create)."""
+        with self.lock:
+            if self.save_messages:
+                self.message_seq += 1
+                self.messages.append({"seq": self.message_seq, "row": copy.deepcopy(row)})
+
+    def add_find_record(self, record):
+        with self.lock:
+            record["index"] = len(self.find_records)
+            self.find_records.append(record)
+
+    def find_records_since(self, since):
+        with self.lock:
+            return [dict(r) for r in self.find_records[since:]]
+
+    def find_messages(self, instance, where, key, gte_s, lte_s):
+        """The rows fetchMessages matches, newest first: (count, rows). `key` holds the key
+        filters already reduced to the truthy ones; gte_s/lte_s are seconds or None."""
+        uid = instance_uuid(instance)
+        with self.lock:
+            rows = [m for m in self.messages if m["row"]["instanceId"] == uid]
+            rows = copy.deepcopy(rows)
+        out = []
+        for m in rows:
+            row = m["row"]
+            if any(name in where and where[name] is not None and row.get(name) != where[name]
+                   for name in ("id", "source", "messageType")):
+                continue
+            if any(not json_equal(row["key"].get(name, MISSING), value) for name, value in key.items()):
+                continue
+            if gte_s is not None and not gte_s <= row["messageTimestamp"] <= lte_s:
+                continue
+            out.append(m)
+        # ORDER BY "messageTimestamp" DESC; Postgres leaves ties unordered, the fake puts the
+        # later insert first.
+        out.sort(key=lambda m: (m["row"]["messageTimestamp"], m["seq"]), reverse=True)
+        return [m["row"] for m in out]
 
     def requests_since(self, since):
         with self.lock:
@@ -629,6 +897,7 @@ class State:
             ok = sum(1 for w in self.webhook_records if 200 <= (w["http_status"] or 0) < 300)
             return {"total": len(self.records), "in_flight": in_flight, "by_status": by_status,
                     "sent": sent, "sent_by_number": by_number, "sent_by_text": by_text,
+                    "stored_messages": len(self.messages), "find_requests": len(self.find_records),
                     "webhooks_sent": ok, "webhooks_failed": len(self.webhook_records) - ok,
                     "webhooks_dropped": self.webhooks_dropped, "webhooks_pending": self.webhooks_pending}
 
@@ -684,6 +953,74 @@ class State:
     def webhooks_since(self, since):
         with self.lock:
             return [dict(r) for r in self.webhook_records[since:]]
+
+    # --- the state file -------------------------------------------------------------------------
+
+    def in_flight(self):
+        with self.lock:
+            return sum(r["in_flight"] for r in self.records) + sum(r["in_flight"] for r in self.find_records)
+
+    @staticmethod
+    def dump_rule(rule):
+        version, internal, gauss = rule.rng.getstate()
+        return {"spec": rule.spec, "times": rule.times, "hits": rule.hits, "rng": [version, list(internal), gauss]}
+
+    @staticmethod
+    def load_rule(cls, data):
+        rule = cls(data["spec"])
+        rule.times, rule.hits = data["times"], data["hits"]
+        version, internal, gauss = data["rng"]
+        rule.rng.setstate((version, tuple(internal), gauss))
+        return rule
+
+    def dump(self):
+        """Everything the fake recorded and its configuration, for --state-file."""
+        with self.lock:
+            records = copy.deepcopy(self.records)
+            find_records = copy.deepcopy(self.find_records)
+            for r in records + find_records:
+                if r["in_flight"]:  # cut short by the stop
+                    r["in_flight"] = False
+                    r["fault"] = r["fault"] or "stopped"
+            return {"version": STATE_FILE_VERSION, "saved_at": time.time(),
+                    "config": {"api_key": self.api_key, "instances": self.instances,
+                               "latency_ms": self.latency_ms, "api_version": self.api_version,
+                               "not_on_whatsapp": sorted(self.not_on_whatsapp),
+                               "connection_state": self.connection_state,
+                               "connection_states": self.connection_states,
+                               "session_closed_error": self.session_closed_error,
+                               "save_messages": self.save_messages, **copy.deepcopy(self.webhook)},
+                    "faults": [self.dump_rule(r) for r in self.faults],
+                    "webhook_faults": [self.dump_rule(r) for r in self.webhook_faults],
+                    "records": records, "messages": copy.deepcopy(self.messages),
+                    "message_seq": self.message_seq, "find_records": find_records,
+                    "webhook_records": copy.deepcopy(self.webhook_records),
+                    "webhooks_dropped": self.webhooks_dropped, "sent_jids": dict(self.sent_jids)}
+
+    def load(self, data):
+        """Takes back what dump() wrote: the saved configuration wins over the command line.
+        Webhooks that were still to go at the stop are not sent."""
+        if not isinstance(data, dict) or data.get("version") != STATE_FILE_VERSION:
+            raise ConfigError(f"not a state file of version {STATE_FILE_VERSION}")
+        self.configure(data["config"])
+        faults = [self.load_rule(FaultRule, r) for r in data["faults"]]
+        webhook_faults = [self.load_rule(WebhookFaultRule, r) for r in data["webhook_faults"]]
+        with self.lock:
+            self.faults, self.webhook_faults = faults, webhook_faults
+            self.records = data["records"]
+            self.messages, self.message_seq = data["messages"], data["message_seq"]
+            self.find_records = data["find_records"]
+            self.webhook_records = data["webhook_records"]
+            self.webhooks_dropped = data["webhooks_dropped"]
+            self.sent_jids = data["sent_jids"]
+            self.webhooks_pending = 0
+
+
+def write_state_file(path, data):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, ensure_ascii=False)
+    os.replace(tmp, path)  # a reader (or the next start) never sees half a file
 
 
 def receipt_data(instance, key_id, jid, status, v1):
@@ -840,6 +1177,9 @@ class Handler(BaseHTTPRequestHandler):
         m = SEND_TEXT_RE.match(path)
         if m and self.command == "POST":
             return self.send_text(unquote(m.group(1)), raw, parsed, parse_error)
+        m = FIND_MESSAGES_RE.match(path)
+        if m and self.command == "POST":
+            return self.find_messages(unquote(m.group(1)), raw, parsed, parse_error)
         if parse_error:
             return self.reply(*parse_error)
         if self.command == "GET" and path == "/":
@@ -877,12 +1217,98 @@ class Handler(BaseHTTPRequestHandler):
         return None
 
     def connection_state(self, instance):
+        st = self.server.state
         denied = self.guard(instance)
         if denied:
             return self.reply(*denied)
-        with self.server.state.lock:
-            state = self.server.state.connection_state
-        self.reply(200, {"instance": {"instanceName": instance, "state": state}})
+        rule = st.pick_fault(instance, None, None, None, route="connection_state")
+        if rule:
+            return self.fault(st, None, rule)
+        self.reply(200, {"instance": {"instanceName": instance, "state": st.instance_state(instance)}})
+
+    def find_messages(self, instance, raw, parsed, parse_error):
+        st = self.server.state
+        record = {"time": time.time(), "method": self.command, "path": self.path, "instance": instance,
+                  "headers": {k.lower(): v for k, v in self.headers.items()},
+                  "body": raw.decode("utf-8", errors="replace"), "json": parsed, "status": None,
+                  "fault": None, "total": None, "returned": None, "in_flight": True}
+        st.add_find_record(record)
+
+        def answer(status, payload, **outcome):
+            with st.lock:
+                record.update(status=status, **outcome)
+            self.reply(status, payload)
+        try:
+            if parse_error:
+                return answer(*parse_error)
+            denied = self.guard(instance)
+            if denied:
+                return answer(*denied)
+            # dataValidate does Object.assign(new Query(), req.body): an array body leaves a
+            # Query without where, i.e. every message.
+            body = parsed if isinstance(parsed, dict) else {}
+            errors = validate_find(body)
+            if errors:
+                return answer(400, envelope(400, [errors]))
+            rule = st.pick_fault(instance, None, None, None, route="find_messages")
+            if rule:
+                def finish(status, fault=None):
+                    with st.lock:
+                        record.update(status=status, fault=fault)
+                return self.fault(st, None, rule, finish=finish)
+            status, payload = self.fetch_messages(st, instance, body)
+            outcome = {}
+            if status == 200:
+                outcome = {"total": payload["messages"]["total"], "returned": len(payload["messages"]["records"])}
+            return answer(status, payload, **outcome)
+        finally:
+            with st.lock:
+                record["in_flight"] = False
+
+    @staticmethod
+    def fetch_messages(st, instance, query):
+        """channel.service.ts fetchMessages (v2.3.6, unchanged in 2.4.0-rc2): (status, body)."""
+        where = query.get("where") if isinstance(query.get("where"), dict) else {}
+        key = where.get("key") if isinstance(where.get("key"), dict) else {}
+        # Each key filter applies only when truthy: fromMe false filters nothing.
+        key = {name: key[name] for name in ("id", "fromMe", "remoteJid", "participants")
+               if name in key and js_truthy(key[name])}
+        for name in ("id", "source", "messageType"):
+            if name in where and where[name] is not None and not isinstance(where[name], str):
+                return 500, prisma_validation_error(name, type(where[name]).__name__)
+        gte_s = lte_s = None
+        ts = where.get("messageTimestamp")
+        if js_truthy(ts) and isinstance(ts, dict) and js_truthy(ts.get("gte")) and js_truthy(ts.get("lte")):
+            # Math.floor(new Date(x).getTime() / 1000) for both, only when both are given.
+            bounds = [js_date_ms(ts["gte"]), js_date_ms(ts["lte"])]
+            if None in bounds:
+                return 500, prisma_validation_error("gte" if bounds[0] is None else "lte", "NaN")
+            gte_s, lte_s = (int(b // 1000) for b in bounds)
+        offset = query.get("offset")
+        if not js_truthy(offset):
+            offset = FIND_DEFAULT_OFFSET
+        page = query.get("page")
+        if not js_truthy(page):
+            page = 1
+        if not (is_number(offset) and float(offset).is_integer() and offset > 0):
+            return 500, prisma_validation_error("take", type(offset).__name__)
+        offset = int(offset)
+        # skip: query.offset * (query.page === 1 ? 0 : query.page - 1), with JS's coercion of
+        # the page ("2" - 1 is 1); Prisma wants a non-negative integer.
+        if page == 1 and is_number(page) and not isinstance(page, bool):
+            skip = 0
+        else:
+            try:
+                number_page = float(page) if isinstance(page, (str, bool, int, float)) else float("nan")
+            except ValueError:
+                number_page = float("nan")
+            skip = offset * (number_page - 1)
+            if not (skip == skip and skip >= 0 and float(skip).is_integer()):
+                return 500, prisma_validation_error("skip", "Float")
+            skip = int(skip)
+        rows = st.find_messages(instance, where, key, gte_s, lte_s)
+        return 200, {"messages": {"total": len(rows), "pages": math.ceil(len(rows) / offset),
+                                  "currentPage": page, "records": rows[skip:skip + offset]}}
 
     def send_text(self, instance, raw, parsed, parse_error):
         st = self.server.state
@@ -931,12 +1357,22 @@ class Handler(BaseHTTPRequestHandler):
         with st.lock:
             # Listed either as sent (digits only) or as normalized (e.g. without BR's 9th digit).
             missing = digits in st.not_on_whatsapp or jid.split("@")[0] in st.not_on_whatsapp
-            latency_ms = st.latency_ms
+            latency_ms, closed_error = st.latency_ms, st.session_closed_error
+        # A session that is not open: the number check fails (500) or, when it is answered from
+        # the IsOnWhatsapp cache, the send itself does (400), after the exists:false answer.
+        closed = st.instance_state(instance) != "open"
+        closed_status, closed_message = CANNED_FAULTS[closed_error]
+        if closed and closed_error == "connection_closed_500":
+            return answer(closed_status, envelope(closed_status, closed_message), fault="session_closed")
         if missing and jid.endswith("@s.whatsapp.net"):
             return answer(400, envelope(400, [{"jid": jid, "exists": False, "number": number}]))
+        if closed:
+            return answer(closed_status, envelope(closed_status, closed_message), fault="session_closed")
 
         delay = (body.get("options") or {}).get("delay", 0) if v1 else body.get("delay", 0)
         self.sleep((latency_ms + (delay if isinstance(delay, int) else 0)) / 1000)
+        if st.stopping.is_set():
+            return self.abort_stopped(lambda status, **outcome: st.finish_record(record, status, **outcome))
         key_id, now = self.new_key_id(v1), int(time.time())
         if v1:
             payload = {"key": {"remoteJid": jid, "fromMe": True, "id": key_id},
@@ -947,6 +1383,9 @@ class Handler(BaseHTTPRequestHandler):
                        "status": "PENDING", "message": {"conversation": text},
                        "messageType": "conversation", "messageTimestamp": now,
                        "instanceId": instance_uuid(instance), "source": "unknown"}
+        # The Message row is inserted before the answer (and the webhook), with the same
+        # messageTimestamp as the answer.
+        st.store_message(message_row(instance, payload["key"], text, now))
         # Evolution fires send.message (not awaited) and then answers (research §2.4).
         self.start_webhooks(st, instance, number, text, key_id, jid, v1, payload)
         answer(201, payload, key_id=key_id, sent=True)
@@ -968,48 +1407,67 @@ class Handler(BaseHTTPRequestHandler):
         # Baileys ids: v1-era "BAE5" + 12 hex, v2-era "3EB0" + 36 hex (research §3.1).
         return "BAE5" + secrets.token_hex(6).upper() if v1 else "3EB0" + secrets.token_hex(18).upper()
 
-    def fault(self, st, record, rule):
+    def fault(self, st, record, rule, finish=None):
+        """Applies a fault rule. `finish(status, **outcome)` records the outcome; by default on
+        the sendText record `record` (None: nothing to record)."""
+        if finish is None:
+            def finish(status, **outcome):
+                if record is not None:
+                    st.finish_record(record, status, **outcome)
         action, spec = rule.action, rule.spec
         if action == "reset":
             # SO_LINGER 0 makes close() send a RST, so the client sees "connection reset" rather
             # than an orderly end of stream.
-            st.finish_record(record, None, fault=action)
+            finish(None, fault=action)
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.close_connection = True
             return
         if action == "hang":
-            st.finish_record(record, None, fault=action)
+            finish(None, fault=action)
             self.sleep(float(spec.get("seconds", 3600)))
             self.close_connection = True
             return
         if action == "status":
             status, body = spec["status"], spec.get("body")
-            st.finish_record(record, status, fault=action)
+            finish(status, fault=action)
             return self.reply(status, body, content_type=spec.get("content_type", "application/json; charset=utf-8"),
                               headers=spec.get("headers"))
         if action == "license_503":
-            st.finish_record(record, 503, fault=action)
+            finish(503, fault=action)
             return self.reply(503, {"error": "service not activated", "code": "LICENSE_REQUIRED",
                                     "register_url": "https://license.evolution-api.com/register",
                                     "instance_id": str(uuid.uuid5(uuid.NAMESPACE_URL, "evolution-server")),
                                     "docs_url": "https://doc.evolution-api.com/license",
                                     "message": "This Evolution API instance is not activated."})
         status, message = CANNED_FAULTS[action]
+        if action == "textmessage_500" and rule.route == "find_messages":
+            message = "Cannot read properties of undefined (reading 'fetchMessages')"
         if action == "prisma":
             # The message went out before the database insert failed: it counts as sent.
             with st.lock:
                 latency_ms, v1 = st.latency_ms, st.api_version == "v1"
             self.sleep(latency_ms / 1000)
+            if st.stopping.is_set():
+                return self.abort_stopped(finish)
             # Its receipts still come (research §6.5 says 2.3.x would drop them for want of the
             # DB row; the fake sends them), with an id the client never sees; no send.message,
             # which Evolution emits only after the failed insert.
-            self.start_webhooks(st, record["instance"], record["number"], record["text"],
-                                self.new_key_id(v1), create_jid(record["number"]), v1, None)
-            st.finish_record(record, status, sent=True, fault=action)
+            key_id, jid = self.new_key_id(v1), create_jid(record["number"])
+            if spec.get("stored", False):  # the insert that failed was another one
+                st.store_message(message_row(record["instance"], {"remoteJid": jid, "fromMe": True, "id": key_id},
+                                             record["text"], int(time.time())))
+            self.start_webhooks(st, record["instance"], record["number"], record["text"], key_id, jid, v1, None)
+            finish(status, sent=True, fault=action)
         else:
-            st.finish_record(record, status, fault=action)
+            finish(status, fault=action)
         self.reply(status, envelope(status, message))
+
+    def abort_stopped(self, finish):
+        """The fake is stopping while this message waited to go out: it does not go out, and
+        the connection closes without an answer (what a stopped server does)."""
+        finish(None, fault="stopped")
+        self.close_connection = True
 
     # --- control API ----------------------------------------------------------------------------
 
@@ -1028,6 +1486,15 @@ class Handler(BaseHTTPRequestHandler):
             except ValueError:
                 return self.reply(400, {"error": "since must be an integer"})
             return self.reply(200, st.webhooks_since(max(since, 0)))
+        if route == ("GET", "/_fake/find_requests"):
+            try:
+                since = int(query.get("since", ["0"])[0])
+            except ValueError:
+                return self.reply(400, {"error": "since must be an integer"})
+            return self.reply(200, st.find_records_since(max(since, 0)))
+        if route == ("GET", "/_fake/messages"):
+            with st.lock:
+                return self.reply(200, [m["row"] for m in st.messages])
         if route == ("POST", "/_fake/webhook"):
             return self.manual_webhook(st, raw)
         if route == ("GET", "/_fake/stats"):
@@ -1083,6 +1550,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class FakeServer(ThreadingHTTPServer):
     daemon_threads = True  # hung handlers must not keep the process alive at shutdown
+    allow_reuse_address = True  # SO_REUSEADDR: a restart binds the same port despite TIME_WAIT
     request_queue_size = 1024  # many clients connecting at once
 
     def __init__(self, address, state, verbose):
@@ -1122,6 +1590,8 @@ def main(argv=None):
     p.add_argument("--port-file", help="write the bound port here (atomically)")
     p.add_argument("--api-version", choices=("v1", "v2"), default="v2")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    p.add_argument("--state-file", help="load the records from here at start (if it exists), write them "
+                                        "here on SIGTERM/SIGINT")
     w = p.add_argument_group("webhooks", "initial values of the webhook_* settings (see the module doc)")
     w.add_argument("--webhook-url", help="http:// URL the webhooks are POSTed to (default: none)")
     w.add_argument("--webhook-headers", type=json.loads, metavar="JSON", help='e.g. {"jwt_key": "secret"}')
@@ -1143,6 +1613,12 @@ def main(argv=None):
         state.configure({k: v for k, v in vars(args).items() if k.startswith("webhook_") and v is not None})
     except ConfigError as e:
         p.error(str(e))
+    if args.state_file and os.path.exists(args.state_file):
+        try:
+            with open(args.state_file) as f:
+                state.load(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"cannot load --state-file {args.state_file}: {e}")
     server = FakeServer((args.host, args.port), state, args.verbose)
     port = server.server_address[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -1161,7 +1637,13 @@ def main(argv=None):
         server.serve_forever(poll_interval=0.1)
     finally:
         state.stopping.set()
-        server.server_close()
+        server.server_close()  # the port is closed: connections are refused from now on
+        if args.state_file:
+            # Handlers woken by `stopping` finish their records first (briefly).
+            deadline = time.monotonic() + 2
+            while state.in_flight() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            write_state_file(args.state_file, state.dump())
     return 0
 
 

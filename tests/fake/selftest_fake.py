@@ -175,7 +175,8 @@ class FakeTestCase(unittest.TestCase):
     def setUp(self):
         self.assertEqual(self.ctl("POST", "/_fake/reset")[0], 200)
         self.configure(latency_ms=0, not_on_whatsapp=[], api_key=KEY, instances=["inst1", "inst2"],
-                       connection_state="open")
+                       connection_state="open", connection_states={}, save_messages=True,
+                       session_closed_error="connection_closed_400")
 
     def ctl(self, method, path, body=None):
         return call(self.base, method, path, body)
@@ -337,7 +338,7 @@ class V2Test(FakeTestCase):
         self.assertEqual(self.ctl("GET", "/_fake/stats")[1],
                          {"total": 3, "in_flight": 0, "by_status": {"201": 2, "401": 1}, "sent": 2,
                           "sent_by_number": {"5511999999999": 2}, "sent_by_text": {"first": 1, "second": 1},
-                          "webhooks_sent": 0, "webhooks_failed": 0, "webhooks_dropped": 0, "webhooks_pending": 0})
+                          "stored_messages": 2, "find_requests": 0, "webhooks_sent": 0, "webhooks_failed": 0, "webhooks_dropped": 0, "webhooks_pending": 0})
 
     def test_reset(self):
         self.configure(faults=[{"action": "timed_out_500"}])
@@ -991,6 +992,369 @@ class WebhookV1Test(FakeTestCase):
         self.receiver.reset(plan=[404])
         self.assertEqual(self.manual(instance="inst1", key_id="K", status="READ", number="5511999999999")[1],
                          {"http_status": 200, "attempts": 2, "error": None})  # 404 is retryable here
+
+
+def iso(seconds):
+    """An ISO 8601 UTC time with milliseconds, as the consumer writes them."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+class FindMessagesTest(FakeTestCase):
+    def find(self, body=None, instance="inst1", key=KEY):
+        headers = {"apikey": key} if key is not None else {}
+        return call(self.base, "POST", f"/chat/findMessages/{instance}", {} if body is None else body, headers)
+
+    def found(self, body=None, instance="inst1"):
+        status, answer = self.find(body, instance)
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(set(answer), {"messages"})
+        self.assertEqual(set(answer["messages"]), {"total", "pages", "currentPage", "records"})
+        return answer["messages"]
+
+    def send_ok(self, text, number="5511999999999", instance="inst1"):
+        status, body = self.send({"number": number, "text": text}, instance=instance)
+        self.assertEqual(status, 201, body)
+        return body
+
+    def test_guards_and_schema(self):
+        self.assertEqual(self.find(instance="nope", key=None),
+                         (404, {"status": 404, "error": "Not Found",
+                                "response": {"message": ['The "nope" instance does not exist']}}))
+        self.assertEqual(self.find(key="wrong"),
+                         (401, {"status": 401, "error": "Unauthorized", "response": {"message": "Unauthorized"}}))
+        self.assertEqual(call(self.base, "GET", "/chat/findMessages/inst1", headers={"apikey": KEY}),
+                         (404, {"status": 404, "error": "Not Found",
+                                "response": {"message": ["Cannot GET /chat/findMessages/inst1"]}}))
+
+        def bad(body):
+            status, answer = self.find(body)
+            self.assertEqual((status, answer["error"]), (400, "Bad Request"), body)
+            return answer["response"]["message"]
+        self.assertEqual(bad({"where": "x"}), [["where is not of a type(s) object"]])
+        self.assertEqual(bad({"where": {"key": []}}), [["where.key is not of a type(s) object"]])
+        self.assertEqual(bad({"where": {"key": {"remoteJid": ""}}}), [["The property cannot be empty"]])
+        self.assertEqual(bad({"where": {"key": {"id": 5}}}), [["The property cannot be empty"]])
+        self.assertEqual(bad({"where": {"key": {"fromMe": "yes"}}}),
+                         [["where.key.fromMe is not of a type(s) boolean",
+                           "where.key.fromMe is not one of enum values: true,false"]])
+        self.assertEqual(bad({"limit": "5"}), [["limit is not of a type(s) integer"]])
+        status, answer = call(self.base, "POST", "/chat/findMessages/inst1", '{"where":',
+                              {"apikey": KEY, "Content-Type": "application/json"})
+        self.assertEqual((status, answer["error"]), (400, "Internal Server Error"))
+        self.assertEqual(self.found()["total"], 0)  # no body: every message, none yet
+
+    def test_record_shape_matches_the_send(self):
+        body = self.send_ok("código 42")
+        msgs = self.found({"where": {"key": {"id": body["key"]["id"]}}})
+        self.assertEqual((msgs["total"], msgs["pages"], msgs["currentPage"]), (1, 1, 1))
+        rec = msgs["records"][0]
+        self.assertEqual(set(rec), {"id", "key", "pushName", "messageType", "message", "messageTimestamp",
+                                    "instanceId", "source", "contextInfo", "MessageUpdate"})
+        self.assertEqual(rec["key"], body["key"])
+        self.assertEqual(rec["key"], {"remoteJid": "5511999999999@s.whatsapp.net", "fromMe": True,
+                                      "id": body["key"]["id"]})
+        self.assertEqual(rec["message"], {"conversation": "código 42"})
+        self.assertIsInstance(rec["messageTimestamp"], int)
+        self.assertEqual(rec["messageTimestamp"], body["messageTimestamp"])  # one clock read
+        self.assertEqual((rec["instanceId"], rec["pushName"], rec["messageType"], rec["source"]),
+                         (body["instanceId"], "Você", "conversation", "unknown"))
+        self.assertRegex(rec["id"], r"^c[0-9a-z]{24}$")
+        self.assertEqual((rec["contextInfo"], rec["MessageUpdate"]), (None, []))
+        self.assertEqual(self.found({"where": {"key": {"id": "3EB0" + "0" * 36}}})["total"], 0)
+        self.assertEqual(self.found({"where": {"id": rec["id"]}})["records"], [rec])  # the row id
+        self.assertEqual(self.found({"where": {"messageType": "imageMessage"}})["total"], 0)
+        self.assertEqual(self.ctl("GET", "/_fake/messages")[1], [rec])
+
+    def test_filters_by_instance(self):
+        a = self.send_ok("on inst1")
+        b = self.send_ok("on inst2", instance="inst2")
+        self.assertEqual([r["key"]["id"] for r in self.found(instance="inst2")["records"]], [b["key"]["id"]])
+        self.assertEqual([r["key"]["id"] for r in self.found(instance="inst1")["records"]], [a["key"]["id"]])
+
+    def test_remote_jid_is_compared_as_stored(self):
+        body = self.send_ok("br", number="5531987654321")  # stored without the mobile 9 (createJid)
+        self.send_ok("other", number="5511988887777")
+        jid = "553187654321@s.whatsapp.net"
+        self.assertEqual(body["key"]["remoteJid"], jid)
+        hits = self.found({"where": {"key": {"remoteJid": jid, "fromMe": True}}})
+        self.assertEqual([r["key"]["id"] for r in hits["records"]], [body["key"]["id"]])
+        # Evolution compares the JSON value as it is: no normalization of the query.
+        for other in ("5531987654321@s.whatsapp.net", "553187654321", "5531987654321"):
+            self.assertEqual(self.found({"where": {"key": {"remoteJid": other}}})["total"], 0, other)
+
+    def test_from_me_filter_applies_only_when_true(self):
+        self.send_ok("one")
+        self.send_ok("two")
+        self.assertEqual(self.found({"where": {"key": {"fromMe": True}}})["total"], 2)
+        # `keyFilters?.fromMe ? {...} : {}`: false filters nothing, so the sent ones still come.
+        self.assertEqual(self.found({"where": {"key": {"fromMe": False}}})["total"], 2)
+
+    def test_newest_first_and_pagination(self):
+        early = self.send_ok("early")
+        time.sleep(1.05)  # a later second
+        ids = [self.send_ok(f"m{i}")["key"]["id"] for i in range(6)]
+        everything = self.found()
+        self.assertEqual((everything["total"], everything["pages"], everything["currentPage"]), (7, 1, 1))
+        got = [r["key"]["id"] for r in everything["records"]]
+        # messageTimestamp DESC; within one second the later insert first.
+        self.assertEqual(got, ids[::-1] + [early["key"]["id"]])
+        stamps = [r["messageTimestamp"] for r in everything["records"]]
+        self.assertEqual(stamps, sorted(stamps, reverse=True))
+        self.assertGreater(stamps[0], stamps[-1])
+        pages = [self.found({"page": n, "offset": 3}) for n in (1, 2, 3, 4)]
+        self.assertEqual([(p["total"], p["pages"], p["currentPage"], len(p["records"])) for p in pages],
+                         [(7, 3, 1, 3), (7, 3, 2, 3), (7, 3, 3, 1), (7, 3, 4, 0)])
+        self.assertEqual([r["key"]["id"] for p in pages for r in p["records"]], got)
+        self.assertEqual(self.found({"offset": 0})["pages"], 1)  # 0 is falsy: the default 50
+        self.assertEqual(self.found({"page": "2", "offset": 3})["currentPage"], "2")  # "2" - 1 in JS
+        self.assertEqual([r["key"]["id"] for r in self.found({"page": "2", "offset": 3})["records"]], got[3:6])
+        self.assertEqual(self.find({"offset": "3"})[0], 500)  # Prisma's take must be an Int
+
+    def test_default_page_size_is_50(self):
+        for i in range(52):
+            self.send_ok(f"bulk {i}")
+        first, second = self.found(), self.found({"page": 2})
+        self.assertEqual((first["total"], first["pages"], len(first["records"])), (52, 2, 50))
+        self.assertEqual((second["currentPage"], len(second["records"])), (2, 2))
+
+    def test_time_range_needs_both_bounds(self):
+        body = self.send_ok("timed")
+        ts = body["messageTimestamp"]
+
+        def total(**bounds):
+            return self.found({"where": {"messageTimestamp": bounds}})["total"]
+        future, past = iso(ts + 3600), iso(ts - 3600)
+        self.assertEqual(total(gte=future), 1)  # one bound alone: no time filter at all
+        self.assertEqual(total(lte=past), 1)
+        self.assertEqual(total(gte=future, lte=iso(ts + 7200)), 0)
+        self.assertEqual(total(gte=past, lte=past), 0)
+        self.assertEqual(total(gte=past, lte=future), 1)
+        self.assertEqual(total(gte=iso(ts + 0.999), lte=iso(ts + 0.999)), 1)  # floored to seconds, inclusive
+        self.assertEqual(total(gte=iso(ts + 1), lte=future), 0)
+        self.assertEqual(total(gte="2000-01-01", lte="2100-01-01"), 1)  # date-only ISO
+        self.assertEqual(total(gte=(ts - 5) * 1000, lte=(ts + 5) * 1000), 1)  # numbers are milliseconds
+        self.assertEqual(total(gte=ts - 5, lte=ts + 5), 0)  # seconds read as ms: 1970
+        self.assertEqual(total(gte=0, lte=future), 1)  # 0 is falsy: no filter
+        self.assertEqual(self.find({"where": {"messageTimestamp": {"gte": "nope", "lte": future}}})[0], 500)
+
+    def test_save_messages_false_stores_nothing(self):
+        self.configure(save_messages=False)
+        self.assertEqual(self.ctl("GET", "/_fake/config")[1]["save_messages"], False)
+        self.send_ok("not stored")
+        self.assertEqual(self.found()["total"], 0)
+        self.assertEqual((self.stats()["sent"], self.stats()["stored_messages"]), (1, 0))
+        self.configure(save_messages=True)
+        self.send_ok("stored")
+        self.assertEqual([r["message"]["conversation"] for r in self.found()["records"]], ["stored"])
+        self.assertEqual(self.ctl("POST", "/_fake/config", {"save_messages": "yes"})[0], 400)
+
+    def test_failed_sends_are_not_stored(self):
+        self.configure(not_on_whatsapp=["5511988887777"],
+                       faults=[{"action": "prisma", "match": {"text_contains": "prisma"}, "times": 1},
+                               {"action": "connection_closed_400", "match": {"text_contains": "closed"}},
+                               {"action": "prisma", "stored": True, "match": {"text_contains": "prisma"}}])
+        self.assertEqual(self.send({"number": "5511999999999", "text": "prisma"})[0], 400)
+        self.assertEqual(self.send({"number": "5511999999999", "text": "closed"})[0], 400)
+        self.assertEqual(self.send({"number": "5511988887777", "text": "missing"})[0], 400)
+        self.assertEqual(self.found()["total"], 0)  # the prisma fault is the failed Message insert
+        self.assertEqual(self.send({"number": "5511999999999", "text": "prisma, stored"})[0], 400)
+        recs = self.found()["records"]
+        self.assertEqual([r["message"]["conversation"] for r in recs], ["prisma, stored"])
+        self.assertRegex(recs[0]["key"]["id"], KEY_ID_V2)
+        self.assertEqual(self.stats()["sent"], 2)
+        self.assertEqual(self.ctl("POST", "/_fake/config", {"faults": [{"action": "reset", "stored": True}]})[0], 400)
+
+    def test_find_requests_are_recorded(self):
+        self.send_ok("x")
+        self.found({"where": {"key": {"fromMe": True}}, "offset": 1})
+        self.find(key="bad")
+        self.found(instance="inst2")
+        reqs = self.ctl("GET", "/_fake/find_requests")[1]
+        self.assertEqual([(r["index"], r["instance"], r["status"], r["total"], r["returned"]) for r in reqs],
+                         [(0, "inst1", 200, 1, 1), (1, "inst1", 401, None, None), (2, "inst2", 200, 0, 0)])
+        self.assertEqual(reqs[0]["json"], {"where": {"key": {"fromMe": True}}, "offset": 1})
+        self.assertEqual((reqs[0]["path"], reqs[0]["headers"]["apikey"], reqs[0]["in_flight"], reqs[0]["fault"]),
+                         ("/chat/findMessages/inst1", KEY, False, None))
+        self.assertEqual([r["index"] for r in self.ctl("GET", "/_fake/find_requests?since=2")[1]], [2])
+        self.assertEqual(self.stats()["find_requests"], 3)
+        self.assertEqual(len(self.requests()), 1)  # lookups are not sendText records
+        self.ctl("POST", "/_fake/reset")
+        self.assertEqual((self.ctl("GET", "/_fake/find_requests")[1], self.found()["total"]), ([], 0))
+
+    def test_route_specific_faults(self):
+        self.send_ok("before")
+        self.configure(faults=[{"route": "find_messages", "action": "status", "status": 500, "times": 1,
+                                "body": {"status": 500, "error": "Internal Server Error",
+                                         "response": {"message": "db down"}}},
+                               {"action": "timed_out_500", "match": {"instance": "inst2"}}])
+        self.send_ok("during")  # a findMessages rule leaves sendText alone
+        self.assertEqual(self.find(), (500, {"status": 500, "error": "Internal Server Error",
+                                             "response": {"message": "db down"}}))
+        self.assertEqual(self.found()["total"], 2)  # times 1: used up
+        self.assertEqual(self.found(instance="inst2")["total"], 0)  # a sendText rule leaves findMessages alone
+        reqs = self.ctl("GET", "/_fake/find_requests")[1]
+        self.assertEqual([(r["status"], r["fault"]) for r in reqs], [(500, "status"), (200, None), (200, None)])
+        rules = self.ctl("GET", "/_fake/config")[1]["faults"]
+        self.assertEqual([(r.get("route"), r["hits"]) for r in rules], [("find_messages", 1), (None, 0)])
+
+        self.configure(faults=[{"route": "find_messages", "action": "textmessage_500", "match": {"instance": "inst2"}}])
+        self.assertEqual(self.find(instance="inst2"),
+                         (500, {"status": 500, "error": "Internal Server Error", "response": {
+                             "message": "Cannot read properties of undefined (reading 'fetchMessages')"}}))
+        self.assertEqual(self.find(instance="inst1")[0], 200)
+
+        self.configure(faults=[{"route": "find_messages", "action": "reset"}])
+        with self.assertRaises((ConnectionResetError, http.client.RemoteDisconnected, urllib.error.URLError)):
+            self.find()
+        self.configure(faults=[{"route": "find_messages", "action": "hang", "seconds": 5}])
+        with self.assertRaises(TimeoutError):
+            call(self.base, "POST", "/chat/findMessages/inst1", {}, {"apikey": KEY}, timeout=0.3)
+        self.configure(faults=[{"route": "connection_state", "action": "status", "status": 503, "body": "down",
+                                "content_type": "text/plain"}])
+        self.assertEqual(call(self.base, "GET", "/instance/connectionState/inst1", headers={"apikey": KEY}),
+                         (503, "down"))
+        self.assertEqual(self.find()[0], 200)
+        for bad in ({"route": "nope", "action": "reset"}, {"route": "find_messages", "action": "prisma"},
+                    {"route": "connection_state", "action": "connection_closed_500"},
+                    {"route": "find_messages", "action": "reset", "match": {"number": "1"}}):
+            self.assertEqual(self.ctl("POST", "/_fake/config", {"faults": [bad]})[0], 400, bad)
+
+    def test_per_instance_session_closed(self):
+        def state(instance):
+            return call(self.base, "GET", f"/instance/connectionState/{instance}",
+                        headers={"apikey": KEY})[1]["instance"]["state"]
+        self.configure(connection_states={"inst1": "close"})
+        self.assertEqual((state("inst1"), state("inst2")), ("close", "open"))
+        self.assertEqual(self.send({"number": "5511999999999", "text": "closed"}),
+                         (400, {"status": 400, "error": "Bad Request",
+                                "response": {"message": ["Error: Connection Closed"]}}))
+        rec = self.requests()[-1]
+        self.assertEqual((rec["status"], rec["fault"], rec["sent"], rec["key_id"]), (400, "session_closed", False, None))
+        self.send_ok("other instance", instance="inst2")  # unaffected
+        self.configure(session_closed_error="connection_closed_500")
+        self.assertEqual(self.send({"number": "5511999999999", "text": "closed"}),
+                         (500, {"status": 500, "error": "Internal Server Error",
+                                "response": {"message": "Connection Closed"}}))
+        # The global state applies to instances without their own.
+        self.configure(connection_state="connecting", connection_states={"inst2": "open"})
+        self.assertEqual((state("inst1"), state("inst2")), ("connecting", "open"))
+        self.assertEqual(self.send({"number": "5511999999999", "text": "closed"})[0], 500)
+        self.send_ok("still fine", instance="inst2")
+        stats = self.stats()
+        self.assertEqual((stats["sent"], stats["sent_by_text"]), (2, {"other instance": 1, "still fine": 1}))
+        self.assertEqual(self.found(instance="inst1")["total"], 0)
+        self.configure(connection_state="open", connection_states={})
+        self.send_ok("reopened")
+        for bad in ({"connection_states": {"inst1": "shut"}}, {"connection_states": ["inst1"]},
+                    {"session_closed_error": "connection_closed_503"}):
+            self.assertEqual(self.ctl("POST", "/_fake/config", bad)[0], 400, bad)
+
+    def test_session_400_comes_after_the_number_check(self):
+        self.configure(connection_states={"inst1": "close"}, not_on_whatsapp=["5511988887777"])
+        self.assertEqual(self.send({"number": "5511988887777", "text": "x"})[1]["response"]["message"][0]["exists"],
+                         False)
+        self.configure(session_closed_error="connection_closed_500")
+        self.assertEqual(self.send({"number": "5511988887777", "text": "x"})[0], 500)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StateFileTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="fake-state-")
+        self.state = os.path.join(self.dir, "state.json")
+        self.port = free_port()
+        self.procs = []
+
+    def tearDown(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+
+    def launch(self):
+        proc = subprocess.Popen([sys.executable, FAKE, "--host", "127.0.0.1", "--port", str(self.port),
+                                 "--api-key", KEY, "--instances", "inst1,inst2", "--state-file", self.state],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.procs.append(proc)
+        line = proc.stdout.readline()
+        self.assertEqual(line.strip(), f"fake-evolution listening on 127.0.0.1:{self.port}", line + proc.stdout.read()
+                         if proc.poll() is not None else line)
+        return proc, f"http://127.0.0.1:{self.port}"
+
+    def stop(self, proc):
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(5), 0)
+
+    def test_records_survive_a_stop_and_start(self):
+        proc, base = self.launch()
+        send = lambda text, inst="inst1": call(base, "POST", f"/message/sendText/{inst}",
+                                              {"number": "5511999999999", "text": text}, {"apikey": KEY})
+        self.assertEqual(call(base, "POST", "/_fake/config", {
+            "connection_states": {"inst2": "close"}, "latency_ms": 5,
+            "faults": [{"action": "timed_out_500", "match": {"text_contains": "flaky"}, "times": 2}]})[0], 200)
+        first = send("first")[1]
+        self.assertEqual(send("flaky")[0], 500)
+        self.assertEqual(send("to inst2", "inst2")[0], 400)
+        find = lambda: call(base, "POST", "/chat/findMessages/inst1", {"where": {"key": {"fromMe": True}}},
+                            {"apikey": KEY})
+        self.assertEqual(find()[1]["messages"]["total"], 1)
+        before = {p: call(base, "GET", p)[1] for p in ("/_fake/requests", "/_fake/find_requests", "/_fake/stats",
+                                                       "/_fake/config", "/_fake/messages")}
+        self.stop(proc)
+        # Stopped: the port is closed.
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        with open(self.state) as f:
+            saved = json.load(f)
+        self.assertEqual(len(saved["records"]), 3)
+
+        proc, base = self.launch()  # the same port, from the file
+        self.assertEqual({p: call(base, "GET", p)[1] for p in before}, before)
+        self.assertEqual(find()[1]["messages"]["records"][0]["key"]["id"], first["key"]["id"])
+        self.assertEqual(send("to inst2", "inst2")[0], 400)  # connection_states kept
+        self.assertEqual(send("flaky again")[0], 500)  # the rule's second time
+        second = send("flaky at last")[1]
+        self.assertEqual([r["index"] for r in call(base, "GET", "/_fake/requests?since=3")[1]], [3, 4, 5])
+        self.assertEqual([r["index"] for r in call(base, "GET", "/_fake/find_requests")[1]], [0, 1])
+        msgs = find()[1]["messages"]
+        self.assertEqual([r["key"]["id"] for r in msgs["records"]], [second["key"]["id"], first["key"]["id"]])
+        self.assertEqual(call(base, "GET", "/_fake/stats")[1]["sent"], 2)
+        self.stop(proc)
+
+    def test_a_send_cut_by_the_stop_is_not_sent(self):
+        proc, base = self.launch()
+        call(base, "POST", "/_fake/config", {"latency_ms": 10000})
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(call, base, "POST", "/message/sendText/inst1",
+                                  {"number": "5511999999999", "text": "slow"}, {"apikey": KEY}, 10)
+            deadline = time.monotonic() + 5
+            while not call(base, "GET", "/_fake/requests")[1] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            t0 = time.monotonic()
+            self.stop(proc)
+            self.assertLess(time.monotonic() - t0, 3)
+            with self.assertRaises((ConnectionError, http.client.RemoteDisconnected, urllib.error.URLError)):
+                pending.result()
+        proc, base = self.launch()
+        rec = call(base, "GET", "/_fake/requests")[1][0]
+        self.assertEqual((rec["status"], rec["sent"], rec["fault"], rec["in_flight"]), (None, False, "stopped", False))
+        self.assertEqual(call(base, "POST", "/chat/findMessages/inst1", {}, {"apikey": KEY})[1]["messages"]["total"], 0)
+        self.stop(proc)
+
+    def test_unreadable_state_file_is_refused(self):
+        with open(self.state, "w") as f:
+            f.write("{not json")
+        r = subprocess.run([sys.executable, FAKE, "--port", "0", "--state-file", self.state],
+                           capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("state-file", r.stderr)
 
 
 class LifecycleTest(unittest.TestCase):

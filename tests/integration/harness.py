@@ -259,33 +259,98 @@ class Service:
 
 
 class FakeEvolution(Service):
-    """The fake Evolution API, with its control API wrapped (see fake_evolution.py)."""
+    """The fake Evolution API, with its control API wrapped (see fake_evolution.py). It keeps
+    its records in a state file across stop() and start() (the same port)."""
 
     def __init__(self, log_dir, api_key, instances, latency_ms, api_version, verbose):
-        port_file = os.path.join(log_dir, f"fake-{secrets.token_hex(4)}.port")
-        argv = [sys.executable, FAKE_SCRIPT, "--host", "127.0.0.1", "--port", "0",
-                "--api-key", api_key, "--instances", ",".join(instances), "--latency-ms", str(latency_ms),
-                "--api-version", api_version, "--port-file", port_file] + (["--verbose"] if verbose else [])
-        super().__init__("fake-evolution", argv, _next_log_path(log_dir, "fake-evolution"))
+        self._port_file = os.path.join(log_dir, f"fake-{secrets.token_hex(4)}.port")
+        self.state_file = os.path.join(log_dir, f"fake-{secrets.token_hex(4)}.state.json")
+        self._argv = [sys.executable, FAKE_SCRIPT, "--host", "127.0.0.1", "--port", "0",
+                      "--api-key", api_key, "--instances", ",".join(instances), "--latency-ms", str(latency_ms),
+                      "--api-version", api_version, "--port-file", self._port_file,
+                      "--state-file", self.state_file] + (["--verbose"] if verbose else [])
+        super().__init__("fake-evolution", self._argv, _next_log_path(log_dir, "fake-evolution"))
         self.api_key, self.instances = api_key, list(instances)
-        deadline = time.monotonic() + 10
-        while not os.path.exists(port_file):
-            if not self.running():
-                self._fail_start(f"exited with {self.proc.returncode} at start-up")
-            if time.monotonic() > deadline:
-                self._fail_start("wrote no port file within 10 s")
-            time.sleep(0.02)
-        with open(port_file) as f:
-            self.port = int(f.read())
-        os.unlink(port_file)
+        self.port = self._wait_port_file()
+        # A restart binds this same port: the daemons' config keeps pointing at it.
+        self._argv[self._argv.index("--port") + 1] = str(self.port)
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = self.url
 
+    def _wait_port_file(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self._port_file):
+            if not self.running():
+                self._fail_start(f"exited with {self.proc.returncode} at start-up")
+            if time.monotonic() > deadline:
+                self._fail_start(f"wrote no port file within {timeout} s")
+            time.sleep(0.02)
+        with open(self._port_file) as f:
+            port = int(f.read())
+        os.unlink(self._port_file)
+        return port
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        """Stops the fake (SIGTERM: it writes its records to the state file, then exits; the port
+        is closed, so connections are refused) and waits for it. start() brings it back."""
+        return super().stop(sig, timeout)
+
+    def start(self, timeout=10):
+        """Relaunches a stopped fake with the same arguments on the same port; it loads what it
+        recorded before stop() (not after kill(): a SIGKILL writes nothing, and the records of
+        the last clean stop come back). Returns once it listens."""
+        if self.running():
+            raise RuntimeError("fake-evolution is already running")
+        self._log_file = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError:
+            self._log_file.close()
+            raise
+        self.pid, self._signalled = self.proc.pid, False
+        _live_services.add(self)
+        port = self._wait_port_file(timeout)
+        if port != self.port:
+            self._fail_start(f"listens on {port}, not on {self.port}")
+
     def _control(self, method, path, body=None):
+        if not self.running():
+            raise RuntimeError(f"fake-evolution is stopped (exit code {self.proc.returncode}): "
+                               f"call start() before {method} {path}")
         r = http(method, self.url + path, body)
         if r.status != 200:
             raise RuntimeError(f"fake-evolution {method} {path} answered {r.status}: {r.body.decode(errors='replace')}")
         return r.json
+
+    def find_messages(self, instance=None, page=None, offset=None, gte=None, lte=None, **key):
+        """POST /chat/findMessages/{instance} (default: the first instance) as a client would:
+        `key` filters go in where.key (remoteJid="5511…@s.whatsapp.net", fromMe=True, id=…),
+        gte/lte (ISO strings, or Unix seconds, converted) in where.messageTimestamp (Evolution
+        applies them only when both are given). Returns the "messages" object {"total", "pages",
+        "currentPage", "records"}; raises on another answer than 200. The lookup is recorded in
+        find_requests() like any other."""
+        where = {"key": key} if key else {}
+        stamps = {name: (datetime.datetime.fromtimestamp(v, datetime.timezone.utc).isoformat(timespec="milliseconds")
+                         .replace("+00:00", "Z") if isinstance(v, (int, float)) else v)
+                  for name, v in (("gte", gte), ("lte", lte)) if v is not None}
+        if stamps:
+            where["messageTimestamp"] = stamps
+        body = {"where": where}
+        body.update({k: v for k, v in (("page", page), ("offset", offset)) if v is not None})
+        instance = instance or self.instances[0]
+        if not self.running():
+            raise RuntimeError("fake-evolution is stopped: call start() before find_messages")
+        r = http("POST", f"{self.url}/chat/findMessages/{urllib.parse.quote(instance, safe='')}", body,
+                 {"apikey": self.api_key})
+        if r.status != 200:
+            raise RuntimeError(f"fake-evolution findMessages answered {r.status}: {r.body.decode(errors='replace')}")
+        return r.json["messages"]
+
+    def find_requests(self, since=0):
+        """Recorded findMessages requests from index `since` (dicts: index, time, method, path,
+        instance, headers, body, json, status, fault, total, returned, in_flight)."""
+        return self._control("GET", f"/_fake/find_requests?since={since}")
 
     def requests(self, since=0):
         """Recorded sendText requests from index `since` (dicts: index, time, method, path,
@@ -299,7 +364,8 @@ class FakeEvolution(Service):
 
     def config(self, **cfg):
         """Changes the fake's behaviour (latency_ms, not_on_whatsapp, api_key, instances,
-        connection_state, api_version, faults); returns the whole current configuration."""
+        connection_state, connection_states, session_closed_error, save_messages, api_version,
+        faults); returns the whole current configuration."""
         return self._control("POST", "/_fake/config", cfg)
 
     def webhooks(self, since=0):

@@ -11,8 +11,8 @@ class RetryDelaysTest(IntegrationTest):
         cfg, api, _ = self.start_stack({"retry": {"delays": ["1s", "10s"]}})
         slow_number, quick_number = "52111111111", "52222222222"
         self.fake.config(faults=[
-            {"match": {"number": slow_number}, "times": 2, "action": "connection_closed_500"},
-            {"match": {"number": quick_number}, "times": 1, "action": "connection_closed_500"},
+            {"match": {"number": slow_number}, "times": 2, "action": "status", "status": 429},
+            {"match": {"number": quick_number}, "times": 1, "action": "status", "status": 429},
         ])
         slow = post_message(api, "+" + slow_number, "slow one").json["task_id"]
 
@@ -21,7 +21,7 @@ class RetryDelaysTest(IntegrationTest):
             return doc["status"] == "RETRY" and doc["attempts"] == 2
         wait_for(slow_in_long_queue, 10, what="the first job to wait out the 10 s delay")
         slow_doc = get_task(api, slow).json
-        self.assertEqual(slow_doc["error"]["code"], "evolution_http_500")
+        self.assertEqual(slow_doc["error"]["code"], "evolution_rate_limited")
         long_retry_at = parse_rfc3339(slow_doc["next_retry_at"])
 
         started = time.time()

@@ -9,13 +9,13 @@ from harness import IntegrationTest, http, queue_info, wait_for, wait_task_statu
 class RedriveTest(IntegrationTest):
     def test_redrive_after_recovery(self):
         cfg, api, _ = self.start_stack({"retry": {"delays": []}})
-        self.fake.config(faults=[{"action": "connection_closed_500", "times": None}])
+        self.fake.config(faults=[{"action": "status", "status": 429, "times": None}])
         ids = [http("POST", f"{api.base_url}/messages",
                     {"phone": "+52123456789", "message": f"parked {i}"}).json["task_id"]
                for i in range(3)]
         for task_id in ids:
             doc = wait_task_status(api, task_id, "FAILURE")
-            self.assertEqual(doc["error"]["code"], "evolution_http_500")
+            self.assertEqual(doc["error"]["code"], "evolution_rate_limited")
 
         listed = http("GET", f"{api.base_url}/dead-letters?limit=10")
         self.assertEqual(listed.status, 200, listed.body)

@@ -49,13 +49,13 @@ class RedriveCliTest(IntegrationTest):
         permanent = post_message(api, NOT_ON_WHATSAPP, "not on whatsapp").json["task_id"]
         self.assertEqual(wait_task_status(api, permanent, "FAILURE")["error"]["code"],
                          "number_not_on_whatsapp")
-        self.fake.config(faults=[{"action": "connection_closed_500", "times": None}])
+        self.fake.config(faults=[{"action": "status", "status": 429, "times": None}])
         text_of = {post_message(api, "+52123456789", f"parked {i}").json["task_id"]: f"parked {i}"
                    for i in range(4)}
         exhausted = list(text_of)
         for task_id in exhausted:
             self.assertEqual(wait_task_status(api, task_id, "FAILURE")["error"]["code"],
-                             "evolution_http_500")
+                             "evolution_rate_limited")
         wait_for(lambda: self.parked(cfg) == 5, 15, what="5 parked jobs")
 
         listed = self.admin_json(cfg, "--dead-letters")
@@ -66,7 +66,7 @@ class RedriveCliTest(IntegrationTest):
         self.assertEqual(by_id[permanent]["error_code"], "number_not_on_whatsapp")
         for task_id in exhausted:
             self.assertEqual(by_id[task_id]["reason"], "retries_exhausted")
-            self.assertEqual(by_id[task_id]["error_code"], "evolution_http_500")
+            self.assertEqual(by_id[task_id]["error_code"], "evolution_rate_limited")
             self.assertEqual(by_id[task_id]["attempts"], 1)
         page = self.admin_json(cfg, "--dead-letters", "--limit", "2")
         self.assertEqual((page["count"], len(page["messages"])), (5, 2))

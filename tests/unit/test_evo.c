@@ -1,5 +1,6 @@
 /* Unit tests of consumer/evo.h: the classification of Evolution API answers (research §4.2,
- * with the exact bodies of §3 and §8) and the sendText request bodies. */
+ * with the exact bodies of §3 and §8), whose fault each failure is (hold-off) and whether it
+ * leaves the send in doubt, the sendText request bodies, and findMessages (§5). */
 #include "evo.h"
 
 #include "check.h"
@@ -35,7 +36,7 @@ static struct evo_outcome out;
 static void classify(enum evo_transport net, long status, const char *body)
 {
   memset(&out, 0x5a, sizeof out); /* everything must be written */
-  evo_classify(net, status, body, body ? strlen(body) : 0, &out);
+  evo_classify(net, status, body, body ? strlen(body) : 0, 1, &out);
 }
 
 /* Checks class and code of an HTTP answer; prints the outcome when it is not the expected one. */
@@ -50,6 +51,145 @@ static int is(long status, const char *body, enum evo_class cls, const char *cod
     return 0;
   }
   return 1;
+}
+
+/* Checks the scope and doubt of the last outcome. */
+static int scope_is(enum evo_scope scope, int ambiguous)
+{
+  if(out.scope != scope || out.ambiguous != ambiguous) {
+    fprintf(stderr, "  %s: scope %d ambiguous %d, want scope %d ambiguous %d\n", out.code,
+            (int)out.scope, out.ambiguous, (int)scope, ambiguous);
+    return 0;
+  }
+  return 1;
+}
+
+static void test_scopes(void)
+{
+  /* The server is out: refused, timed out, reset, 5xx. Only a request written out whole can
+   * have been carried out, and only a gateway's 502/504 or a transport failure hide one. */
+  classify(EVO_NET_CONNECT, 0, NULL);
+  CHECK(scope_is(EVO_SCOPE_SERVER, 0));
+  classify(EVO_NET_TIMEOUT, 0, NULL);
+  CHECK(scope_is(EVO_SCOPE_SERVER, 1));
+  evo_classify(EVO_NET_TIMEOUT, 0, NULL, 0, 0, &out);
+  CHECK(scope_is(EVO_SCOPE_SERVER, 0));
+  classify(EVO_NET_OTHER, 0, NULL);
+  CHECK(scope_is(EVO_SCOPE_SERVER, 1));
+  CHECK(is(503, "<html>unavailable</html>", EVO_TRANSIENT, "evolution_http_503"));
+  CHECK(scope_is(EVO_SCOPE_SERVER, 0));
+  CHECK(is(504, "", EVO_TRANSIENT, "evolution_http_504"));
+  CHECK(scope_is(EVO_SCOPE_SERVER, 1));
+  CHECK(is(502, "", EVO_TRANSIENT, "evolution_http_502"));
+  CHECK(scope_is(EVO_SCOPE_SERVER, 1));
+  CHECK(is(500, ENVELOPE(500, "Internal Server Error", "\"boom\""), EVO_TRANSIENT,
+           "evolution_http_500"));
+  CHECK(scope_is(EVO_SCOPE_SERVER, 0));
+  /* The instance's session is closed or not loaded (§4.2): its jobs wait, the others go. */
+  CHECK(is(500, ENVELOPE(500, "Internal Server Error", "\"Connection Closed\""), EVO_TRANSIENT,
+           "evolution_http_500"));
+  CHECK(scope_is(EVO_SCOPE_INSTANCE, 0));
+  CHECK(is(500, ENVELOPE(500, "Internal Server Error",
+                         "\"Cannot read properties of undefined (reading 'textMessage')\""),
+           EVO_TRANSIENT, "evolution_http_500"));
+  CHECK(scope_is(EVO_SCOPE_INSTANCE, 0));
+  CHECK(is(400, BAD_REQUEST("[\"Error: Connection Closed\"]"), EVO_TRANSIENT,
+           "evolution_session_error"));
+  CHECK(scope_is(EVO_SCOPE_INSTANCE, 0));
+  /* "Timed Out" from the send stage may have sent it. */
+  CHECK(is(400, BAD_REQUEST("[\"Error: Timed Out\"]"), EVO_TRANSIENT, "evolution_session_error"));
+  CHECK(scope_is(EVO_SCOPE_INSTANCE, 1));
+  /* The message's own: retried, not held. */
+  CHECK(is(400, BAD_REQUEST("[\"SessionError: No sessions\"]"), EVO_TRANSIENT,
+           "evolution_session_error"));
+  CHECK(scope_is(EVO_SCOPE_MESSAGE, 0));
+  CHECK(is(429, "", EVO_TRANSIENT, "evolution_rate_limited"));
+  CHECK(scope_is(EVO_SCOPE_MESSAGE, 0));
+  CHECK(is(201, SUCCESS_V2, EVO_SUCCESS, "sent"));
+  CHECK(scope_is(EVO_SCOPE_MESSAGE, 0));
+out:;
+}
+
+/* A findMessages page (research §5) with the records given. */
+#define FIND_PAGE(pages, records)                                                       \
+  "{\"messages\":{\"total\":3,\"pages\":" #pages ",\"currentPage\":1,\"records\":[" records "]}}"
+#define RECORD(id, from_me, text)                                                       \
+  "{\"id\":\"c1\",\"key\":{\"id\":\"" id "\",\"remoteJid\":\"52123456789@s.whatsapp.net\","   \
+  "\"fromMe\":" from_me "},\"messageType\":\"conversation\",\"message\":{\"conversation\":\"" \
+  text "\"},\"messageTimestamp\":1760859935}"
+
+static int find(const char *body, const char *text)
+{
+  memset(&out, 0, sizeof out);
+  return evo_find_parse(body, strlen(body), text, &out);
+}
+
+static void test_find_parse(void)
+{
+  const char *ext = FIND_PAGE(1, "{\"key\":{\"id\":\"EXT1\",\"fromMe\":true},\"message\":"
+                                 "{\"extendedTextMessage\":{\"text\":\"code 1\"}}}");
+  /* The record with the same text, sent by us, is the one. */
+  CHECK_INT(find(FIND_PAGE(2, RECORD("A1", "true", "other") "," RECORD("A2", "true", "code 1")),
+                 "code 1"), 2);
+  CHECK_INT(out.found, 1);
+  CHECK_STR(out.key_id, "A2");
+  /* A message from the other side with that text, or another text, is not. */
+  CHECK_INT(find(FIND_PAGE(1, RECORD("B1", "false", "code 1") "," RECORD("B2", "true", "code 12")),
+                 "code 1"), 1);
+  CHECK_INT(out.found, 0);
+  CHECK_INT(find(FIND_PAGE(1, ""), "code 1"), 1);
+  CHECK_INT(out.found, 0);
+  /* A message sent with a link preview keeps its text elsewhere. */
+  CHECK_INT(find(ext, "code 1"), 1);
+  CHECK_INT(out.found, 1);
+  CHECK_STR(out.key_id, "EXT1");
+  /* Not a findMessages answer. */
+  CHECK_INT(find("{\"messages\":[]}", "x"), -1);
+  CHECK_INT(find("<html>", "x"), -1);
+out:;
+}
+
+static void test_find_body(void)
+{
+  /* fromMe messages to the number's JID, both ends of the range (Evolution ignores one alone). */
+  char *text = evo_find_body("+52123456789", 1700000000000, 1700000600000, 2, 50);
+  json_t *o = text ? json_loads(text, 0, NULL) : NULL;
+  json_t *where = json_object_get(o, "where");
+  CHECK(o != NULL);
+  CHECK_STR(json_string_value(json_object_get(json_object_get(where, "key"), "remoteJid")),
+            "52123456789@s.whatsapp.net");
+  CHECK(json_is_true(json_object_get(json_object_get(where, "key"), "fromMe")));
+  CHECK_STR(json_string_value(json_object_get(json_object_get(where, "messageTimestamp"), "gte")),
+            "2023-11-14T22:13:20.000Z");
+  CHECK_STR(json_string_value(json_object_get(json_object_get(where, "messageTimestamp"), "lte")),
+            "2023-11-14T22:23:20.000Z");
+  CHECK_INT(json_integer_value(json_object_get(o, "page")), 2);
+  CHECK_INT(json_integer_value(json_object_get(o, "offset")), 50);
+  json_decref(o);
+  o = NULL;
+  free(text);
+  text = NULL;
+  {
+    /* The JID as Evolution's createJid stores it (the fake's create_jid does the same). */
+    static const char *const cases[][2] = {
+      {"5511987654321", "5511987654321"}, /* São Paulo (11): the 9 stays */
+      {"5531987654321", "553187654321"},  /* Belo Horizonte (31), mobile: the 9 goes */
+      {"5531926543210", "5531926543210"}, /* ...but not before a local digit below 7 */
+      {"5215512345678", "525512345678"},  /* Mexico, 13 digits */
+      {"5491123456789", "541123456789"},  /* Argentina, 13 digits */
+      {"525512345678", "525512345678"},   /* already 12 */
+      {"14155550100", "14155550100"},
+    };
+    for(size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+      char d[32];
+      snprintf(d, sizeof d, "%s", cases[i][0]);
+      evo_jid_digits(d);
+      CHECK_STR(d, cases[i][1]);
+    }
+  }
+out:
+  json_decref(o);
+  free(text);
 }
 
 static void test_success(void)
@@ -276,9 +416,9 @@ static void test_length_respected(void)
   /* Only `len` bytes are read: a body cut before key.id has no id. */
   const char *body = SUCCESS_V2;
   memset(&out, 0, sizeof out);
-  evo_classify(EVO_NET_OK, 201, body, 20, &out);
+  evo_classify(EVO_NET_OK, 201, body, 20, 1, &out);
   CHECK_INT(out.cls, EVO_PERMANENT);
-  evo_classify(EVO_NET_OK, 201, body, strlen(body), &out);
+  evo_classify(EVO_NET_OK, 201, body, strlen(body), 1, &out);
   CHECK_INT(out.cls, EVO_SUCCESS);
 out:;
 }
@@ -322,6 +462,9 @@ int main(void)
 {
   static const struct check_test tests[] = {
     {"success", test_success},
+    {"scopes", test_scopes},
+    {"find_parse", test_find_parse},
+    {"find_body", test_find_body},
     {"success_without_id", test_success_without_id},
     {"transport", test_transport},
     {"unauthorized", test_unauthorized},
