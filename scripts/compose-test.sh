@@ -7,7 +7,7 @@
 #
 #   scripts/compose-test.sh
 #
-# It starts dockerd when none answers (and stops it again at the end), makes the base image
+# It starts dockerd when none answers (and stops it again at the end), makes the base images
 # (deploy/docker/base-image.sh: pulled, or made from Debian's packages when no registry
 # answers), and uses "docker compose" when that plugin exists, else Debian's docker-compose.
 # It runs as its own compose project (msg-compose-test) on free published ports, so a service
@@ -94,13 +94,14 @@ dc down -v --remove-orphans >/dev/null 2>&1 || true   # leftovers of an interrup
 
 # ---- images ----
 t=$(date +%s)
-deploy/docker/base-image.sh debian:bookworm-slim
-say "base image ready in $(( $(date +%s) - t )) s"
+deploy/docker/base-image.sh
+say "base images ready in $(( $(date +%s) - t )) s"
 t=$(date +%s)
 dc build >/tmp/msg-compose-test-build.log 2>&1 ||
   { tail -40 /tmp/msg-compose-test-build.log >&2; fail "docker-compose build failed"; }
 say "images built in $(( $(date +%s) - t )) s"
-for image in debian:bookworm-slim msg:local msg-rabbitmq:local msg-fake-evolution:local; do
+for image in debian:bookworm-slim debian:trixie-slim msg:local msg-rabbitmq:local \
+             msg-fake-evolution:local; do
   size=$(docker image inspect -f '{{.Size}}' "$image") || fail "no image $image"
   say "image size: $(awk -v s="$size" -v i="$image" 'BEGIN { printf "%-26s %6.1f MB", i, s / 1e6 }')"
 done

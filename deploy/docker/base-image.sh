@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Makes sure the base image of deploy/docker/Dockerfile exists: an image already there is kept,
-# else it is pulled, else (no image registry answers) it is made from Debian's own packages with
-# debootstrap and `docker import`, trimmed like the registry's "-slim" images.
+# Makes sure the base images of deploy/docker/*.Dockerfile exist: an image already there is
+# kept, else it is pulled, else (no image registry answers) it is made from Debian's own packages
+# with debootstrap and `docker import`, trimmed like the registry's "-slim" images.
 #
-#   deploy/docker/base-image.sh [IMAGE]        (default debian:bookworm-slim; root, dockerd running)
+#   deploy/docker/base-image.sh [IMAGE...]     (root, dockerd running)
 #
-# The packages come from the Debian mirror this machine's apt already uses (its sources.list and
-# sources.list.d, read at run time), and the image's own apt sources are the same entries, so
-# `apt-get install` inside `docker build` reaches the same mirror. Prints what it did and how long
-# it took; exit status 0 when the image exists afterwards.
+# Default: debian:bookworm-slim (the daemons' and the fake's images) and debian:trixie-slim (the
+# broker's: Debian 13 packages RabbitMQ 4.0). The packages come from the Debian mirror this
+# machine's apt already uses (its sources.list and sources.list.d, read at run time), and the
+# image's own apt sources are the same entries, so `apt-get install` inside `docker build`
+# reaches the same mirror. Prints what it did and how long it took; exit status 0 when every
+# image exists afterwards.
 set -euo pipefail
 
-IMAGE="${1:-debian:bookworm-slim}"
+[ $# -gt 0 ] || set -- debian:bookworm-slim debian:trixie-slim
+if [ $# -gt 1 ]; then
+  for image in "$@"; do "$0" "$image"; done
+  exit 0
+fi
+IMAGE="$1"
 RELEASE="${IMAGE#*:}"
 RELEASE="${RELEASE%-slim}"
 PULL_TIMEOUT="${MSG_PULL_TIMEOUT:-60}"
@@ -32,42 +39,57 @@ fi
 
 # The host's Debian entries for this release (RELEASE, RELEASE-updates, RELEASE-security, ...),
 # one "URI SUITE COMPONENTS" line each, from one-line and deb822 sources alike. Other vendors'
-# entries (their own suites and keys) stay out of the image.
+# entries (their own suites and keys) stay out of the image. A release the host has no entry
+# for (a trixie image on a bookworm host) gets the host's own release's entries, renamed: the
+# same mirrors serve every Debian release.
 host_entries() {
   python3 - "$RELEASE" <<'EOF'
 import glob, sys
+
+def entries():
+    """(uri, suite, components) of every enabled deb entry of this machine's apt sources."""
+    for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list")):
+        try:
+            lines = open(path, encoding="utf-8").read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split("#", 1)[0].split()
+            if len(words) >= 3 and words[0] == "deb":
+                words = [w for w in words[1:] if not w.startswith("[") and not w.endswith("]")]
+                yield words[0], words[1], words[2:]
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        stanza = {}
+        for line in open(path, encoding="utf-8").read().splitlines() + [""]:
+            if not line.strip():
+                if "deb" in stanza.get("types", "").split() and stanza.get("enabled", "yes") != "no":
+                    for uri in stanza.get("uris", "").split():
+                        for suite in stanza.get("suites", "").split():
+                            yield uri, suite, stanza.get("components", "").split()
+                stanza = {}
+            elif not line.startswith("#") and ":" in line and not line[0].isspace():
+                k, v = line.split(":", 1)
+                stanza[k.strip().lower()] = v.strip()
+
+def of(release):
+    out = []
+    for uri, suite, comps in entries():
+        if suite == release or suite.startswith(release + "-"):
+            e = f"{uri.rstrip('/')} {suite} {' '.join(comps) or 'main'}"
+            if e not in out:
+                out.append(e)
+    return out
+
 release = sys.argv[1]
-out = []
-def add(uri, suites, comps):
-    for s in suites:
-        if s == release or s.startswith(release + "-"):
-            out.append(f"{uri.rstrip('/')} {s} {' '.join(comps) or 'main'}")
-for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list")):
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError:
-        continue
-    for line in lines:
-        words = line.split("#", 1)[0].split()
-        if len(words) >= 3 and words[0] == "deb":
-            words = [w for w in words[1:] if not w.startswith("[") and not w.endswith("]")]
-            add(words[0], [words[1]], words[2:])
-for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
-    stanza = {}
-    for line in open(path, encoding="utf-8").read().splitlines() + [""]:
-        if not line.strip():
-            if "deb" in stanza.get("types", "").split() and stanza.get("enabled", "yes") != "no":
-                for uri in stanza.get("uris", "").split():
-                    add(uri, stanza.get("suites", "").split(), stanza.get("components", "").split())
-            stanza = {}
-        elif not line.startswith("#") and ":" in line and not line[0].isspace():
-            k, v = line.split(":", 1)
-            stanza[k.strip().lower()] = v.strip()
-seen = set()
-for e in out:
-    if e not in seen:
-        seen.add(e)
-        print(e)
+found = of(release)
+if not found:
+    host = ""
+    for line in open("/etc/os-release", encoding="utf-8"):
+        if line.startswith("VERSION_CODENAME="):
+            host = line.split("=", 1)[1].strip().strip('"')
+    if host:
+        found = [e.replace(f" {host}", f" {release}", 1) for e in of(host)]
+print("\n".join(found))
 EOF
 }
 

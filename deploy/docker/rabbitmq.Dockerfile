@@ -1,11 +1,13 @@
 # RabbitMQ with the management plugin for compose.yaml, from Debian's own rabbitmq-server package
-# (bookworm: RabbitMQ 3.10.8 on Erlang 25, the broker the test suite runs against), so that it
-# builds where no image registry answers (deploy/docker/base-image.sh makes the base there).
+# so that it builds where no image registry answers (deploy/docker/base-image.sh makes the base
+# there). Debian 13 (trixie) packages RabbitMQ 4.0 on Erlang 27, the 4.x series of the
+# Kubernetes example; bookworm's 3.10 is long out of support (DEBIAN_RELEASE=bookworm builds it,
+# the broker of the test suite).
 # compose.yaml mounts the configuration and definitions into /etc/rabbitmq and keeps the data in
 # a volume on /var/lib/rabbitmq; everything else is read-only. Build from the repository root:
 #   docker build -f deploy/docker/rabbitmq.Dockerfile -t msg-rabbitmq:local .
 
-ARG DEBIAN_RELEASE=bookworm
+ARG DEBIAN_RELEASE=trixie
 FROM debian:${DEBIAN_RELEASE}-slim
 # policy-rc.d: the package's postinst must not try to start a broker during the build.
 RUN printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d \
