@@ -165,6 +165,9 @@ void evo_classify(enum evo_transport net, long status, const char *body, size_t 
   case EVO_NET_CONNECT:
     set(o, EVO_TRANSIENT, "evolution_unreachable", "cannot connect to Evolution API");
     o->scope = EVO_SCOPE_SERVER;
+    /* libcurl retries a request whose reused connection died, on a new one: when that connect
+     * is refused, the request may have reached Evolution on the old one. */
+    o->ambiguous = sent;
     return;
   case EVO_NET_OTHER:
     set(o, EVO_TRANSIENT, "evolution_transport", "the connection to Evolution API failed");
@@ -572,8 +575,14 @@ static int find_outcome(struct evo_client *c, struct transfer *t, CURLcode rc, l
   if(rc != CURLE_OK || status != 200) {
     evo_classify(rc == CURLE_OK ? EVO_NET_OK : transport_of(rc), status, t->resp, t->resp_len, 0,
                  out);
-    if(out->cls != EVO_TRANSIENT)
-      out->cls = EVO_PERMANENT; /* a refused lookup is a failed lookup, never a success */
+    if(rc == CURLE_OK) {
+      /* Evolution answered, but not with records: the server is there, and findMessages
+       * cannot tell (evolution.in_doubt decides). Only an unreachable server holds. */
+      out->cls = EVO_PERMANENT;
+      out->scope = EVO_SCOPE_MESSAGE;
+      out->ambiguous = 0;
+      out->config_fault = 0;
+    }
     return 0;
   }
   pages = evo_find_parse(t->resp, t->resp_len, t->text, out);
@@ -627,7 +636,7 @@ void evo_run(struct evo_client *c, const int *extra_fds, int n_extra, int timeou
     struct evo_outcome out;
     CURLcode rc;
     long status = 0;
-    curl_off_t uploaded = 0;
+    long request_bytes = 0;
     void *owner;
     if(m->msg != CURLMSG_DONE)
       continue;
@@ -635,7 +644,9 @@ void evo_run(struct evo_client *c, const int *extra_fds, int n_extra, int timeou
     rc = m->data.result;
     curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
     curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_getinfo(m->easy_handle, CURLINFO_SIZE_UPLOAD_T, &uploaded);
+    /* Counts every request written, also on a reused connection that died before libcurl
+     * retried on a new one (where the upload count starts again). */
+    curl_easy_getinfo(m->easy_handle, CURLINFO_REQUEST_SIZE, &request_bytes);
     if(t->kind == EVO_REQ_FIND) {
       if(find_outcome(c, t, rc, status, &out))
         continue;
@@ -643,9 +654,9 @@ void evo_run(struct evo_client *c, const int *extra_fds, int n_extra, int timeou
     else if(t->kind == EVO_REQ_STATE)
       state_outcome(t, rc, status, &out);
     else
-      /* Only a request written out whole can have been carried out. */
+      /* Only a request that went out can have been carried out. */
       evo_classify(rc == CURLE_OK ? EVO_NET_OK : transport_of(rc), status, t->resp, t->resp_len,
-                   t->body && uploaded >= (curl_off_t)strlen(t->body), &out);
+                   request_bytes > 0, &out);
     out.request = t->kind;
     if(rc != CURLE_OK)
       snprintf(out.message + strlen(out.message), sizeof out.message - strlen(out.message),

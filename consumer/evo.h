@@ -50,8 +50,8 @@ struct evo_outcome {
 enum evo_transport { EVO_NET_OK, EVO_NET_TIMEOUT, EVO_NET_CONNECT, EVO_NET_OTHER };
 
 /* Classifies one sendText answer: the HTTP status (0 with a transport failure) and the body.
- * `sent` says whether the request was written out whole (only then can a transport failure be
- * ambiguous). Pure function; the table of research §4.2 in code. */
+ * `sent` says whether the request was written out, on any connection (only then can a
+ * transport failure be ambiguous). Pure function; the table of research §4.2 in code. */
 void evo_classify(enum evo_transport net, long http_status, const char *body, size_t len,
                   int sent, struct evo_outcome *out);
 

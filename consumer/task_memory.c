@@ -22,7 +22,7 @@ struct unrecorded {
 struct started {
   char task_id[UTIL_UUID_LEN]; /* "" when free */
   int attempt;
-  int64_t since_ms;
+  int64_t since_ms, last_ms;
 };
 
 struct task_memory {
@@ -149,13 +149,15 @@ void task_memory_note_started(struct task_memory *m, const char *task_id, int at
       s->attempt = attempt;
     if(at_ms < s->since_ms)
       s->since_ms = at_ms;
+    if(at_ms > s->last_ms)
+      s->last_ms = at_ms;
     return;
   }
   if(m->n_started >= TASK_MEMORY_STARTED_MAX)
     return;
   memcpy(s->task_id, task_id, UTIL_UUID_LEN);
   s->attempt = attempt;
-  s->since_ms = at_ms;
+  s->since_ms = s->last_ms = at_ms;
   m->n_started++;
 }
 
@@ -178,12 +180,14 @@ void task_memory_note_outcome(struct task_memory *m, const char *task_id, int at
   }
 }
 
-int task_memory_in_doubt(const struct task_memory *m, const char *task_id, int64_t *since_ms)
+int task_memory_in_doubt(const struct task_memory *m, const char *task_id, int64_t *since_ms,
+                         int64_t *last_ms)
 {
   const struct started *s = &m->started[started_find(m, task_id)];
   if(!s->task_id[0])
     return 0;
   *since_ms = s->since_ms;
+  *last_ms = s->last_ms;
   return 1;
 }
 

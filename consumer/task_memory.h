@@ -48,8 +48,9 @@ void task_memory_note_started(struct task_memory *m, const char *task_id, int at
 /* An outcome (RETRY, SUCCESS, FAILURE; CANCELLED with attempt INT_MAX) of `attempt`. */
 void task_memory_note_outcome(struct task_memory *m, const char *task_id, int attempt);
 /* 1 when task_id has a send under way or in doubt; *since_ms is when its first unsettled
- * attempt started. */
-int task_memory_in_doubt(const struct task_memory *m, const char *task_id, int64_t *since_ms);
+ * attempt started, *last_ms when its latest one did. */
+int task_memory_in_doubt(const struct task_memory *m, const char *task_id, int64_t *since_ms,
+                         int64_t *last_ms);
 size_t task_memory_started_count(const struct task_memory *m);
 
 #endif

@@ -55,6 +55,10 @@
 /* An in-doubt job is looked up in findMessages from this long before its first unsettled send
  * to this long after now: the consumer's clock and Evolution's may disagree. */
 #define RECONCILE_SLACK_MS 60000
+/* A send that began may still be under way at Evolution when its job comes back (its consumer
+ * died waiting for the answer): the lookup waits until it would have ended, evolution.timeout
+ * after it began, plus this. */
+#define RECONCILE_SETTLE_MS 1000
 /* Evolution requests whose owner is a hold-off target (a connectionState probe), not a
  * delivery, have this low bit set on the owner pointer. */
 #define PROBE_BIT ((uintptr_t)1)
@@ -84,7 +88,15 @@ struct delivery {
   int64_t in_doubt_since_ms; /* x-in-doubt-since, or a local ambiguous outcome: 0 when none */
   int looked_up;   /* findMessages was asked already (not found): send */
   int64_t sent_at_ms; /* wall clock when its last send began */
-  struct delivery *held_next; /* in the worker's held list (server hold-off) */
+  int64_t lookup_due_ms; /* monotonic: when its deferred findMessages may be asked */
+  int deferred;    /* it waited for that already */
+  struct delivery *list_next; /* in one of the worker's lists (held, waiting for a lookup) */
+};
+
+/* Deliveries kept here unacked, oldest first. */
+struct delivery_list {
+  struct delivery *head, *tail;
+  long long n;
 };
 
 /* The deliveries whose events one status message carries (NULL: an untracked STARTED). */
@@ -114,8 +126,9 @@ struct worker {
   /* Hold-off (holdoff.h): deliveries kept here, unacked, while Evolution API is out, oldest
    * first; a probe takes the head. */
   struct holdoff *holdoff;
-  struct delivery *held_head, *held_tail;
-  long long n_held;
+  struct delivery_list held;
+  /* In-doubt deliveries waiting until their last send would have ended (RECONCILE_SETTLE_MS) */
+  struct delivery_list doubts;
 
   /* Rate limits (lanes.h); rate_limited is 0 when no instance has a rate. */
   struct lane_table *lanes;
@@ -403,11 +416,40 @@ static void begin_send(struct worker *w, struct delivery *d);
 static struct policy_decision before_send(struct worker *w, const struct delivery *d,
                                           int with_rate);
 static struct policy_delivery facts_of(struct worker *w, const struct delivery *d);
+static void reconcile(struct worker *w, struct delivery *d);
 
-static void add_held(struct worker *w, long long delta)
+static void list_push(struct delivery_list *l, struct delivery *d)
 {
-  w->n_held += delta;
-  atomic_store(&w->state->held, w->n_held);
+  d->list_next = NULL;
+  if(l->tail)
+    l->tail->list_next = d;
+  else
+    l->head = d;
+  l->tail = d;
+  l->n++;
+}
+
+static struct delivery *list_pop(struct delivery_list *l)
+{
+  struct delivery *d = l->head;
+  if(!d)
+    return NULL;
+  if(!(l->head = d->list_next))
+    l->tail = NULL;
+  l->n--;
+  return d;
+}
+
+/* Lets go of every delivery of l: requeued (at a stop) or left to the broker (the connection
+ * is gone: it requeues them itself). */
+static void list_drop(struct worker *w, struct delivery_list *l, int requeue)
+{
+  struct delivery *d;
+  while((d = list_pop(l))) {
+    if(requeue && w->connected && d->conn_gen == w->conn_gen)
+      mq_nack(w->session, d->channel, d->tag, 1);
+    delivery_done(w, d);
+  }
 }
 
 /* Keeps d here, unacked, until Evolution API answers again: no return counts against its
@@ -421,47 +463,34 @@ static void hold_here(struct worker *w, struct delivery *d)
     delivery_done(w, d);
     return;
   }
-  d->held_next = NULL;
-  if(w->held_tail)
-    w->held_tail->held_next = d;
-  else
-    w->held_head = d;
-  w->held_tail = d;
-  add_held(w, 1);
+  list_push(&w->held, d);
+  atomic_store(&w->state->held, w->held.n);
 }
 
 static struct delivery *unhold(struct worker *w)
 {
-  struct delivery *d = w->held_head;
-  if(!d)
-    return NULL;
-  if(!(w->held_head = d->held_next))
-    w->held_tail = NULL;
-  add_held(w, -1);
+  struct delivery *d = list_pop(&w->held);
+  atomic_store(&w->state->held, w->held.n);
   return d;
 }
 
-/* Lets go of every held delivery: requeued (at a stop) or left to the broker (the connection is
- * gone: it requeues them itself). */
+/* Lets go of every delivery kept here (held, or waiting for a lookup). */
 static void drop_held(struct worker *w, int requeue)
 {
-  struct delivery *d;
-  while((d = unhold(w))) {
-    if(requeue && w->connected && d->conn_gen == w->conn_gen)
-      mq_nack(w->session, d->channel, d->tag, 1);
-    delivery_done(w, d);
-  }
+  list_drop(w, &w->held, requeue);
+  list_drop(w, &w->doubts, requeue);
+  atomic_store(&w->state->held, 0);
 }
 
 /* Evolution API answers again: every held delivery goes back to work at once. */
 static void release_held(struct worker *w)
 {
-  struct delivery *list = w->held_head, *d;
+  struct delivery *list = w->held.head, *d;
   /* The list is taken whole: one that is held again goes onto a new one. */
-  w->held_head = w->held_tail = NULL;
-  add_held(w, -w->n_held);
+  memset(&w->held, 0, sizeof w->held);
+  atomic_store(&w->state->held, 0);
   while((d = list)) {
-    list = d->held_next;
+    list = d->list_next;
     if(!handled_before_send(w, d, before_send(w, d, 1)))
       begin_send(w, d);
   }
@@ -479,7 +508,7 @@ static void server_ok(struct worker *w)
   char held[24];
   if(!holdoff_ok(w->holdoff, &w->holdoff->server))
     return;
-  snprintf(held, sizeof held, "%lld", w->n_held);
+  snprintf(held, sizeof held, "%lld", w->held.n);
   log_event(CFG_LOG_INFO, "Evolution API answers again: resuming", "held", held, NULL);
   release_held(w);
 }
@@ -556,11 +585,29 @@ static void probe_server(struct worker *w)
     holdoff_probe_gone(w->holdoff, &w->holdoff->server);
 }
 
+/* Asks findMessages about the in-doubt deliveries whose last send would have ended by now;
+ * lowers *wait_ms to the time until the next one is due. */
+static void service_doubts(struct worker *w, int *wait_ms)
+{
+  struct delivery_list due = {0}, later = {0};
+  struct delivery *d;
+  int64_t now = util_mono_ms();
+  while((d = list_pop(&w->doubts)))
+    list_push(d->lookup_due_ms <= now ? &due : &later, d);
+  w->doubts = later;
+  for(d = later.head; d; d = d->list_next)
+    if(d->lookup_due_ms - now < *wait_ms)
+      *wait_ms = (int)(d->lookup_due_ms - now);
+  while((d = list_pop(&due)))
+    reconcile(w, d);
+}
+
 /* Starts the probes that are due; lowers *wait_ms to the time until the next one. */
 static void service_holdoff(struct worker *w, int *wait_ms)
 {
   struct holdoff *h = w->holdoff;
   int64_t now = util_mono_ms(), in;
+  service_doubts(w, wait_ms);
   if(holdoff_probe_due(h, &h->server, now))
     probe_server(w);
   for(size_t i = 0; !h->server.held && i < h->n_instances; i++) {
@@ -620,12 +667,30 @@ static void hold_after_outage(struct worker *w, struct delivery *d, const struct
  * slack for clocks) to now. */
 static void reconcile(struct worker *w, struct delivery *d)
 {
-  int64_t since = d->in_doubt_since_ms, tracked, now = util_now_ms();
+  int64_t since = d->in_doubt_since_ms, first, last = d->sent_at_ms, now = util_now_ms(), due;
   char at[UTIL_TIME_LEN];
-  if(task_memory_in_doubt(w->memory, d->job->task_id, &tracked) && (!since || tracked < since))
-    since = tracked;
+  if(task_memory_in_doubt(w->memory, d->job->task_id, &first, &due)) {
+    if(!since || first < since)
+      since = first;
+    if(due > last)
+      last = due;
+  }
   if(!since)
     since = now;
+  /* Its last send may still be under way at Evolution, which stores it only once sent: the
+   * lookup waits until that send would have ended. */
+  due = last + (int64_t)w->cfg->evolution.timeout_ms + RECONCILE_SETTLE_MS;
+  if(!d->deferred && now < due) {
+    if(w->draining) {
+      mq_nack(w->session, d->channel, d->tag, 1);
+      delivery_done(w, d);
+      return;
+    }
+    d->deferred = 1;
+    d->lookup_due_ms = util_mono_ms() + (due - now);
+    list_push(&w->doubts, d);
+    return;
+  }
   d->looked_up = 1;
   atomic_fetch_add(&w->state->lookups, 1);
   log_event(CFG_LOG_INFO, "in doubt: asking Evolution API whether it went out", "task_id",
@@ -738,8 +803,9 @@ static struct policy_delivery facts_of(struct worker *w, const struct delivery *
   }
   f.reconcile = w->cfg->evolution.reconcile;
   if(!d->looked_up) {
-    int64_t since;
-    f.in_doubt = d->in_doubt_since_ms || task_memory_in_doubt(w->memory, d->job->task_id, &since);
+    int64_t since, last;
+    f.in_doubt = d->in_doubt_since_ms ||
+                 task_memory_in_doubt(w->memory, d->job->task_id, &since, &last);
   }
   if(w->rate_limited) {
     struct lane *l = lanes_get(w->lanes, d->job->instance_name, util_mono_us());

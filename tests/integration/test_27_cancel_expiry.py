@@ -31,7 +31,7 @@ class CancelTest(IntegrationTest):
 
     def test_cancel_while_waiting_for_retry(self):
         cfg, api, _ = self.start_stack({"retry": {"delays": ["3s"]}})
-        self.fake.config(faults=[{"action": "connection_closed_500", "times": None}])
+        self.fake.config(faults=[{"action": "status", "status": 429, "times": None}])
         task_id = post_message(api, "+52123456789", "retry then cancel").json["task_id"]
         wait_task_status(api, task_id, "RETRY")
         r = delete_task(api, task_id)

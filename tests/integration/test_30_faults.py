@@ -375,7 +375,10 @@ class EvolutionTroubleTest(IntegrationTest):
         self.assertEqual(seen[-1]["attempts"], 2)
         self.assertEqual(self.fake.stats()["sent_by_text"], {"reset once": 1})
 
-    def test_5xx_burst_ends_in_success_or_parked(self):
+    def test_5xx_burst_is_held_not_parked(self):
+        """503 and a closed session on 30 % of the sends each, with retry.delays [1s, 1s]: the
+        outages are held off (README "Evolution outages"), so no job spends its retries on
+        them, none is parked, and each is sent once."""
         cfg, api, cons = self.start_stack(
             {"retry": {"delays": ["1s", "1s"]}},
             faults=[{"action": "status", "status": 503, "body": {"error": "busy"},
@@ -386,27 +389,15 @@ class EvolutionTroubleTest(IntegrationTest):
             r = post_message(api, f"+55119200000{i:02d}", f"burst-{i}")
             self.assertEqual(r.status, 202, r.body)
             ids[r.json["task_id"]] = f"burst-{i}"
-        docs = wait_all(api, ids, FINAL, timeout=40)
+        docs = wait_all(api, ids, FINAL, timeout=60)
         failed = {t: d for t, d in docs.items() if d["status"] == "FAILURE"}
-        succeeded = {t: d for t, d in docs.items() if d["status"] == "SUCCESS"}
-        print(f"\n[faults] 5xx burst: {len(succeeded)} SUCCESS, {len(failed)} parked, fake saw "
-              f"{self.fake.stats()['by_status']}", file=sys.stderr)
-        self.assertGreater(len(succeeded), 0)
+        print(f"\n[faults] 5xx burst: {len(docs) - len(failed)} SUCCESS, {len(failed)} parked, "
+              f"fake saw {self.fake.stats()['by_status']}", file=sys.stderr)
+        self.assertEqual(failed, {})
         sent = self.fake.stats()["sent_by_text"]
-        for t in succeeded:
-            self.assertEqual(sent.get(ids[t]), 1, ids[t])
-        for t, d in failed.items():
-            self.assertNotIn(ids[t], sent)
-            self.assertIn(d["error"]["code"], ("evolution_http_500", "evolution_http_503"), d)
-            self.assertEqual(d["attempts"], 3, d)
-        # The parked ones are in the dead queue, each with its reason.
-        if failed:
-            dead = wait_for(lambda: (lambda m: m if len(m) >= len(failed) else None)(
-                queue_get(cfg.dead_queue, count=100)), 10, interval=0.25, what="the parked jobs")
-            reasons = {m["properties"]["message_id"]: m["properties"]["headers"].get("x-failure-reason")
-                       for m in dead}
-            self.assertEqual({t: reasons.get(t) for t in failed},
-                             {t: "retries_exhausted" for t in failed})
+        self.assertEqual({ids[t]: sent.get(ids[t]) for t in docs}, {ids[t]: 1 for t in docs})
+        self.assertGreater(self.fake.stats()["by_status"].get("503", 0), 0)
+        self.assertEqual(queue_get(cfg.dead_queue), [])
 
 
 class PoisonGuardTest(IntegrationTest):

@@ -2,7 +2,8 @@
 """Integration: the chaos test of issue 6 §5. A steady stream of POSTs for CHAOS_SECONDS
 (default 45) while, in turn, the consumer is SIGKILLed (and restarted), the broker is restarted
 (rabbitmqctl stop_app / start_app), and the consumer is SIGKILLed again; all along the fake
-Evolution API answers ~10 % of requests with 500 and stalls ~3 % past evolution.timeout.
+Evolution API answers ~10 % of requests with 429 (retried) and stalls ~3 % past
+evolution.timeout (held off, then looked up in findMessages: in doubt).
 
 At the end:
 - every 202 task is SUCCESS, or FAILURE with a reason and its job parked in the dead queue;
@@ -74,7 +75,7 @@ class ChaosTest(IntegrationTest):
              "retry": {"delays": ["1s", "1s", "1s"]}},
             latency_ms=FAKE_LATENCY_MS,
             faults=[{"action": "hang", "seconds": EVOLUTION_TIMEOUT_S + 2, "fail_ratio": 0.03, "seed": 3},
-                    {"action": "connection_closed_500", "fail_ratio": 0.10, "seed": 5}])
+                    {"action": "status", "status": 429, "fail_ratio": 0.10, "seed": 5}])
         consumers = [cons]
         kills = []
         api_ready = Poller(api.base_url + "/readyz", interval=0.2)

@@ -56,25 +56,26 @@ static void test_started(void)
 {
   struct task_memory *m = task_memory_new(4);
   char id[37];
-  int64_t since = 0;
+  int64_t since = 0, last = 0;
   CHECK(m != NULL);
   /* A STARTED puts the task in doubt until an outcome of that attempt or a later one. */
   task_memory_note_started(m, T1, 1, 1000);
-  CHECK(task_memory_in_doubt(m, T1, &since));
+  CHECK(task_memory_in_doubt(m, T1, &since, &last));
   CHECK_INT(since, 1000);
   task_memory_note_outcome(m, T1, 0);
-  CHECK(task_memory_in_doubt(m, T1, &since));
+  CHECK(task_memory_in_doubt(m, T1, &since, &last));
   /* Started again (redelivered, sent again): the window opens at the first start. */
   task_memory_note_started(m, T1, 2, 5000);
-  CHECK(task_memory_in_doubt(m, T1, &since));
+  CHECK(task_memory_in_doubt(m, T1, &since, &last));
   CHECK_INT(since, 1000);
+  CHECK_INT(last, 5000);
   /* RETRY of attempt 1 does not settle attempt 2. */
   task_memory_note_outcome(m, T1, 1);
-  CHECK(task_memory_in_doubt(m, T1, &since));
+  CHECK(task_memory_in_doubt(m, T1, &since, &last));
   task_memory_note_outcome(m, T1, 2);
-  CHECK(!task_memory_in_doubt(m, T1, &since));
+  CHECK(!task_memory_in_doubt(m, T1, &since, &last));
   CHECK_INT(task_memory_started_count(m), 0);
-  CHECK(!task_memory_in_doubt(m, T2, &since));
+  CHECK(!task_memory_in_doubt(m, T2, &since, &last));
   task_memory_note_started(m, "not-a-uuid", 1, 1);
   CHECK_INT(task_memory_started_count(m), 0);
 
@@ -91,7 +92,7 @@ static void test_started(void)
   CHECK_INT(task_memory_started_count(m), 10000);
   for(unsigned i = 0; i < 20000; i++) {
     id_of(i, id);
-    if(task_memory_in_doubt(m, id, &since) != (int)(i % 2) || (i % 2 && since != i)) {
+    if(task_memory_in_doubt(m, id, &since, &last) != (int)(i % 2) || (i % 2 && since != i)) {
       fprintf(stderr, "task %u: wrong in-doubt answer\n", i);
       failures++;
       break;
