@@ -1574,6 +1574,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   /* Whatever is left is requeued by the broker when the connection closes. */
   evo_abort_all(w.evo, on_abort, &w);
   reset_lanes(&w);
+  drop_held(&w, 0);
   w.connected = 0; /* what settles now must not ack: the broker requeues at the close */
   mq_publisher_lost(w.pub);
   drop_status(&w);
