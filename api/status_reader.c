@@ -15,6 +15,7 @@
 #include "publisher.h"
 #include "status.h"
 #include "util.h"
+#include "workers.h"
 
 /* Channel 1 declares the topology, 2 follows the stream, 3 and 4 publish its markers. */
 #define SETUP_CH 1
@@ -31,6 +32,7 @@
 struct status_reader {
   const struct cfg *cfg;
   struct task_cache *cache;
+  struct workers *workers; /* the fleet, from the heartbeats on the stream */
   pthread_t thread;
   atomic_int stopping, ready;
   atomic_uint_least64_t events;
@@ -199,6 +201,15 @@ static void on_delivery(void *ctx, uint16_t ch, uint64_t tag, int redelivered,
   }
   if(what != MQ_STREAM_EVENT)
     return;
+  {
+    char type[32] = "";
+    if(!mq_message_prop(m, MQ_PROP_TYPE, type, sizeof type) && !strcmp(type, "worker.heartbeat")) {
+      body = mq_message_body(m, &len);
+      if(workers_note(r->workers, body, len, util_now_ms(), err, sizeof err))
+        log_event(CFG_LOG_WARN, "skipping a bad worker heartbeat", "reason", err, NULL);
+      return;
+    }
+  }
   /* A foreign or corrupt event cannot be fixed by reading it again: it is skipped. */
   body = mq_message_body(m, &len);
   if(status_message_decode(body, len, apply_event, r, err, sizeof err))
@@ -290,7 +301,8 @@ struct status_reader *status_reader_start(const struct cfg *cfg, struct task_cac
   atomic_init(&r->offset, -1);
   r->session = mq_session_new(cfg, "api-status");
   r->stream = mq_stream_new(cfg, "api-status", STREAM_CH, MARKER_CH_A, MARKER_CH_B, PREFETCH);
-  if(!r->session || !r->stream) {
+  r->workers = workers_new();
+  if(!r->session || !r->stream || !r->workers) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
@@ -302,8 +314,14 @@ struct status_reader *status_reader_start(const struct cfg *cfg, struct task_cac
 fail:
   mq_stream_free(r->stream);
   mq_session_free(r->session);
+  workers_free(r->workers);
   free(r);
   return NULL;
+}
+
+struct workers *status_reader_workers(struct status_reader *r)
+{
+  return r->workers;
 }
 
 void status_reader_stop(struct status_reader *r)
@@ -321,6 +339,7 @@ void status_reader_stop(struct status_reader *r)
               o->task_id, "delivery", delivery_name(o->state), NULL);
     owed_free(o);
   }
+  workers_free(r->workers);
   free(r);
 }
 

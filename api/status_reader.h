@@ -25,6 +25,9 @@ void status_reader_set_publisher(struct status_reader *r, struct publisher *pub)
 /* Stops the thread, closes its connection and frees the reader. NULL is a no-op. */
 void status_reader_stop(struct status_reader *r);
 
+/* The consumer fleet this reader follows (GET /workers); lives as long as the reader. */
+struct workers *status_reader_workers(struct status_reader *r);
+
 /* 1 once connected and caught up: the reader read back the marker it published right after
  * subscribing, so every event published before the subscription is applied. */
 int status_reader_ready(struct status_reader *r);

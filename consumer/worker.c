@@ -2,6 +2,7 @@
  * confirmed publishes on another) and drives the Evolution API transfers next to it. */
 #include "worker.h"
 
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -62,6 +63,9 @@
 /* Evolution requests whose owner is a hold-off target (a connectionState probe), not a
  * delivery, have this low bit set on the owner pointer. */
 #define PROBE_BIT ((uintptr_t)1)
+/* Every consumer says it is alive on the status stream this often (DESIGN §3 "worker.heartbeat"):
+ * msg-api lists the fleet from these (GET /workers) and drops a worker after three missed. */
+#define HEARTBEAT_MS 5000
 
 /* One delivery from the job queue, from arrival until its ack or nack. It is referenced by
  * exactly one of: the Evolution transfer (while sending), or its tracked publishes (while its
@@ -135,6 +139,9 @@ struct worker {
   int rate_limited;
 
   unsigned conn_gen; /* the session's generation of the live connection */
+
+  int64_t started_at_ms;   /* wall clock, for the heartbeat */
+  int64_t heartbeat_due_ms; /* monotonic */
 
   /* Status events queued during this loop turn, published together by flush_status. */
   char *ev_bodies[STATUS_BATCH_MAX];
@@ -1313,6 +1320,13 @@ static void on_delivery(void *ctx, uint16_t ch, uint64_t tag, int redelivered,
                         struct mq_message *m)
 {
   struct worker *w = ctx;
+  char type[32] = "";
+  if(ch == STATUS_CH && !mq_message_prop(m, MQ_PROP_TYPE, type, sizeof type) &&
+     !strcmp(type, "worker.heartbeat")) {
+    /* The fleet's heartbeats are the api's to read; only the stream's offset moves here. */
+    mq_stream_delivery(w->stream, w->session, tag, m);
+    return;
+  }
   if(ch == STATUS_CH)
     on_status_message(w, tag, m);
   else
@@ -1371,6 +1385,53 @@ static int drain_frames(struct worker *w)
     log_event(CFG_LOG_WARN, "the broker kept nacking publishes: publishing on a fresh channel",
               "broker", mq_session_address(w->session), NULL);
   return 0;
+}
+
+/* ---- heartbeat ------------------------------------------------------------------------- */
+
+/* Publishes this consumer's heartbeat on the status stream (not confirmed: the next one follows
+ * soon, and msg-api only needs the latest). `stopping` says it is going away for good. Returns
+ * 0, or -1 when the connection failed. */
+static int publish_heartbeat(struct worker *w, int stopping)
+{
+  struct worker_state *s = w->state;
+  char host[256] = "", id[320], started[UTIL_TIME_LEN], at[UTIL_TIME_LEN];
+  char *evolution = holdoff_json(w->holdoff), *body = NULL;
+  json_t *o = NULL;
+  struct mq_props p;
+  int rc = 0;
+  gethostname(host, sizeof host - 1);
+  snprintf(id, sizeof id, "%s:%ld", host, (long)getpid());
+  o = json_pack("{s:i, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:i, s:b, s:b, s:I, s:i, s:I, s:I, s:I, "
+                "s:I, s:I, s:I, s:I, s:I, s:I}",
+                "v", 1, "kind", "worker", "worker_id", id, "host", host, "pid", (json_int_t)getpid(),
+                "version", MSG_VERSION, "started_at", util_format_time(w->started_at_ms, started),
+                "at", util_format_time(util_now_ms(), at), "interval_ms", HEARTBEAT_MS,
+                "stopping", stopping, "consuming", w->consuming_jobs,
+                "in_flight", (json_int_t)w->in_flight, "prefetch", (int)w->cfg->consumer.prefetch,
+                "held", (json_int_t)w->held.n, "succeeded", (json_int_t)atomic_load(&s->succeeded),
+                "retried", (json_int_t)atomic_load(&s->retried),
+                "parked", (json_int_t)atomic_load(&s->parked),
+                "duplicates", (json_int_t)atomic_load(&s->duplicates),
+                "reconciled", (json_int_t)atomic_load(&s->reconciled),
+                "redelivered", (json_int_t)atomic_load(&s->redelivered),
+                "lanes", (json_int_t)lanes_count(w->lanes));
+  if(o && evolution)
+    json_object_set_new(o, "evolution", json_loads(evolution, 0, NULL));
+  if(o)
+    body = json_dumps(o, JSON_COMPACT);
+  if(body) {
+    memset(&p, 0, sizeof p);
+    p.app_id = "msg-consumer";
+    p.type = "worker.heartbeat";
+    rc = mq_publisher_publish(w->pub, w->session, "", w->cfg->topology.status_stream, 0, &p, body,
+                              strlen(body), NULL);
+    rc = rc == MQ_PUBLISH_OK ? 0 : -1;
+  }
+  free(body);
+  free(evolution);
+  json_decref(o);
+  return rc;
 }
 
 /* ---- connection ------------------------------------------------------------------------ */
@@ -1478,6 +1539,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   w.lanes = lanes_new(cfg);
   w.rate_limited = cfg_any_rate_limit(cfg);
   w.holdoff = state->holdoff;
+  w.started_at_ms = util_now_ms();
   {
     const char *fp = getenv("MSG_FAILPOINT");
     w.crash_before_ack = fp && !strcmp(fp, "crash_before_ack");
@@ -1506,6 +1568,9 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
       cancel_consumer(&w);
       cancel_lanes(&w);
       drop_held(&w, 1); /* what waits for Evolution API goes back to the queue now */
+      /* The fleet's view drops this one at once instead of after three missed beats. */
+      if(w.connected && publish_heartbeat(&w, 1))
+        drop_connection(&w);
       grace_deadline = now + (int64_t)cfg->consumer.shutdown_grace_ms;
       settle_deadline = grace_deadline + SETTLE_EXTRA_MS;
     }
@@ -1544,6 +1609,11 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
       drop_connection(&w);
     if(w.connected && mq_stream_caught_up(w.stream) && !grace_deadline)
       service_holdoff(&w, &timeout);
+    if(w.connected && mq_stream_caught_up(w.stream) && now >= w.heartbeat_due_ms) {
+      w.heartbeat_due_ms = now + HEARTBEAT_MS;
+      if(publish_heartbeat(&w, 0))
+        drop_connection(&w);
+    }
     /* Lanes are opened only once the status stream is caught up, like the job queue. */
     if(w.connected && w.consuming_jobs && service_lanes(&w, &timeout))
       drop_connection(&w);
