@@ -1,0 +1,179 @@
+/* msg-api's HTTP framing and answers: the JSON error shape, one-write responses, bodies read
+ * within their limits. */
+#include "http_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* Whether CivetWeb keeps the connection open after this answer (its should_keep_alive(), less
+ * the server-side reasons this file avoids): HTTP/1.1 unless the client says close, HTTP/1.0
+ * only when it asks for keep-alive. A 413 is answered without reading the body, so that
+ * connection always closes. */
+/* Set once a stop signal came: answers then close their connections, so clients reconnect to
+ * another replica instead of keeping this one busy. One server per process. */
+static atomic_int shutting_down;
+
+void http_set_shutting_down(void)
+{
+  atomic_store(&shutting_down, 1);
+}
+
+static int keeps_alive(const struct mg_connection *conn, int status)
+{
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  const char *c = mg_get_header(conn, "Connection");
+  if(status == 413 || atomic_load(&shutting_down))
+    return 0;
+  if(c)
+    return strcasecmp(c, "close") && (strcmp(ri->http_version, "1.0") || !strcasecmp(c, "keep-alive"));
+  return strcmp(ri->http_version, "1.0") != 0;
+}
+
+/* Sends status line, headers and body in one write: CivetWeb's mg_response_header_* functions
+ * make one send() per header line, which cost a large share of the accept path's CPU. */
+static void send_response(struct mg_connection *conn, int status, const char *type,
+                          const char *cache, const char *body, size_t len,
+                          const char *extra_name, const char *extra_value)
+{
+  int head_only = !strcmp(mg_get_request_info(conn)->request_method, "HEAD");
+  char head[512];
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                   "Cache-Control: %s\r\n%s%s%s%sConnection: %s\r\n\r\n",
+                   status, mg_get_response_code_text(conn, status), type, len, cache,
+                   extra_name ? extra_name : "", extra_name ? ": " : "",
+                   extra_name ? extra_value : "", extra_name ? "\r\n" : "",
+                   keeps_alive(conn, status) ? "keep-alive" : "close");
+  char *msg;
+  if(n < 0 || (size_t)n >= sizeof head)
+    return;
+  if(head_only || !len) {
+    mg_write(conn, head, (size_t)n);
+    return;
+  }
+  msg = malloc((size_t)n + len);
+  if(!msg) {
+    /* Out of memory: two writes still answer correctly. */
+    mg_write(conn, head, (size_t)n);
+    mg_write(conn, body, len);
+    return;
+  }
+  memcpy(msg, head, (size_t)n);
+  memcpy(msg + n, body, len);
+  mg_write(conn, msg, (size_t)n + len);
+  free(msg);
+}
+
+void http_send_json(struct mg_connection *conn, int status, const char *body,
+                      const char *extra_name, const char *extra_value)
+{
+  send_response(conn, status, "application/json; charset=utf-8", "no-store", body,
+                strlen(body), extra_name, extra_value);
+}
+
+int http_send_static(struct mg_connection *conn, const char *type, const char *body,
+                       size_t len)
+{
+  send_response(conn, 200, type, "no-cache", body, len, NULL, NULL);
+  return 200;
+}
+
+/* Sends a json_t (stolen) as the body. */
+int http_reply(struct mg_connection *conn, int status, json_t *doc, const char *extra_name,
+                 const char *extra_value)
+{
+  char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  json_decref(doc);
+  if(!body) {
+    http_send_json(conn, 500,
+              "{\"success\":false,\"error\":{\"code\":\"internal\",\"message\":\"out of "
+              "memory\"}}",
+              NULL, NULL);
+    return 500;
+  }
+  http_send_json(conn, status, body, extra_name, extra_value);
+  free(body);
+  return status;
+}
+
+int http_reply_error(struct mg_connection *conn, int status, const char *code,
+                       const char *message, const char *field, const char *extra_name,
+                       const char *extra_value)
+{
+  json_t *err = json_pack("{s:s, s:s}", "code", code, "message", message);
+  if(err && field && *field)
+    json_object_set_new(err, "field", json_string(field));
+  return http_reply(conn, status, err ? json_pack("{s:b, s:o}", "success", 0, "error", err) : NULL,
+               extra_name, extra_value);
+}
+
+static int is_json_type(const char *ct)
+{
+  size_t n = strlen("application/json");
+  if(!ct)
+    return 0;
+  while(*ct == ' ')
+    ct++;
+  return !strncasecmp(ct, "application/json", n) &&
+         (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+/* Reads the whole body into a malloc'd buffer, refusing more than max bytes without reading it
+ * all. Returns 0 and the buffer, or an HTTP status (413, 400) for the caller to answer. */
+static int read_body(struct mg_connection *conn, size_t max, char **out, size_t *out_len)
+{
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  const char *expect = mg_get_header(conn, "Expect");
+  size_t cap, len = 0;
+  char *buf;
+  int n = 0;
+  if(ri->content_length > 0 && (unsigned long long)ri->content_length > max)
+    return 413;
+  /* CivetWeb sends no automatic 100 Continue to request handlers: a client that asked for it
+   * would wait about a second before sending the body. */
+  if(expect && !strcasecmp(expect, "100-continue"))
+    mg_printf(conn, "HTTP/1.1 100 Continue\r\n\r\n");
+  cap = ri->content_length >= 0 ? (size_t)ri->content_length + 1 : max + 1;
+  buf = malloc(cap);
+  if(!buf)
+    return 503;
+  while(len < cap && (n = mg_read(conn, buf + len, cap - len)) > 0)
+    len += (size_t)n;
+  if(n < 0) {
+    free(buf);
+    return 400;
+  }
+  if(len > max) {
+    free(buf);
+    return 413;
+  }
+  *out = buf;
+  *out_len = len;
+  return 0;
+}
+
+/* Reads a JSON request body of at most `max` bytes. Returns 0 with the body (caller frees), or
+ * the status of the error answer it already sent (415 not JSON, 413 too large, 400, 503). */
+int http_read_json(struct mg_connection *conn, size_t max, char **body, size_t *len)
+{
+  int rc;
+  if(!is_json_type(mg_get_header(conn, "Content-Type")))
+    return http_reply_error(conn, 415, "unsupported_media_type",
+                       "the request body must be JSON (Content-Type: application/json)", NULL,
+                       NULL, NULL);
+  rc = read_body(conn, max, body, len);
+  if(rc == 413) {
+    char msg[128];
+    /* The rest of the body is not read, so the connection cannot be reused. */
+    mg_disable_connection_keep_alive(conn);
+    snprintf(msg, sizeof msg, "the request body is larger than %zu bytes", max);
+    return http_reply_error(conn, 413, "payload_too_large", msg, NULL, NULL, NULL);
+  }
+  if(rc)
+    return http_reply_error(conn, rc, rc == 400 ? "bad_request" : "unavailable",
+                       rc == 400 ? "the request body could not be read" : "out of memory",
+                       NULL, NULL, NULL);
+  return 0;
+}
