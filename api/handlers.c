@@ -234,8 +234,10 @@ int http_handle_post_batch(struct mg_connection *conn, struct http_server *srv)
                         "the message broker could not confirm the message; retry later");
     }
     else {
-      json_t *e = json_pack("{s:s, s:s}", "code", items[i].err.code, "message",
-                            items[i].err.message);
+      json_t *e;
+      util_utf8_sanitize(items[i].err.message); /* cut texts must not fail the whole answer */
+      util_utf8_sanitize(items[i].err.field);
+      e = json_pack("{s:s, s:s}", "code", items[i].err.code, "message", items[i].err.message);
       if(e && items[i].err.field[0])
         json_object_set_new(e, "field", json_string(items[i].err.field));
       res = e ? json_pack("{s:I, s:o}", "index", (json_int_t)i, "error", e) : NULL;

@@ -23,7 +23,9 @@ static int route(struct mg_connection *conn, void *arg)
   int64_t t0 = util_mono_us();
   int slot = ROUTE_UNMATCHED;
   atomic_store_explicit(&srv->last_request_ms, t0 / 1000, memory_order_relaxed);
-  int status = dispatch(conn, srv, &slot);
+  int status = http_check_framing(conn);
+  if(!status)
+    status = dispatch(conn, srv, &slot);
   atomic_fetch_add_explicit(&srv->metrics.requests[slot][http_status_slot(status)], 1,
                             memory_order_relaxed);
   metrics_observe(&srv->metrics.duration[slot], (double)(util_mono_us() - t0) / 1e6);
@@ -103,12 +105,12 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
   struct mg_callbacks cb;
   struct mg_init_data init;
   struct mg_error_data error;
-  char threads[16], etext[256] = "";
+  char threads[16], etext[256] = "", header_ms[24], keep_ms[24], header_buf[24];
   unsigned ecode = 0;
   const char *opts[] = {"listening_ports", deps->cfg->api.listen, "num_threads", threads,
-                        "enable_keep_alive", "yes", "keep_alive_timeout_ms", "5000",
-                        "request_timeout_ms", "10000", "tcp_nodelay", "1",
-                        "listen_backlog", "1024", NULL};
+                        "enable_keep_alive", "yes", "keep_alive_timeout_ms", keep_ms,
+                        "request_timeout_ms", header_ms, "max_request_size", header_buf,
+                        "tcp_nodelay", "1", "listen_backlog", "1024", NULL};
   if(!srv) {
     snprintf(err, errlen, "out of memory");
     return NULL;
@@ -124,6 +126,16 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
   pthread_mutex_init(&srv->idem_lock, NULL);
   pthread_cond_init(&srv->idem_done, NULL);
   snprintf(threads, sizeof threads, "%u", deps->cfg->api.threads);
+  /* CivetWeb's request_timeout_ms bounds the wait for the whole request line and headers (and
+   * each read of the body, which read_body bounds as a whole). Its header buffer is twice
+   * api.max_header_size, so a request just over the limit is still read and answered 431;
+   * one past the buffer CivetWeb refuses itself (400, closed). */
+  snprintf(header_ms, sizeof header_ms, "%llu",
+           (unsigned long long)deps->cfg->api.header_timeout_ms);
+  snprintf(keep_ms, sizeof keep_ms, "%llu",
+           (unsigned long long)deps->cfg->api.keep_alive_timeout_ms);
+  snprintf(header_buf, sizeof header_buf, "%zu", 2 * deps->cfg->api.max_header_size + 1024);
+  http_framing_setup(deps->cfg->api.max_header_size, deps->cfg->api.body_timeout_ms);
   memset(&cb, 0, sizeof cb);
   cb.log_message = on_log;
   init.callbacks = &cb;

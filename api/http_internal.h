@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "http.h"
 #include "in_doubt.h"
@@ -71,6 +72,15 @@ struct http_server {
 
 /* Set once a stop signal came: answers then close their connections. */
 void http_set_shutting_down(void);
+/* The limits of http_check_framing and http_read_json (api.max_header_size, api.body_timeout);
+ * called once before the server starts. */
+void http_framing_setup(size_t max_header_size, uint64_t body_timeout_ms);
+/* Refuses, with the connection closed, a request CivetWeb may have framed wrongly: 64 header
+ * lines or more (it drops those past the 64th unseen), headers over api.max_header_size (431),
+ * Content-Length not a plain number or given twice with different values, Transfer-Encoding
+ * with Content-Length or twice (400). Returns 0 when the request may go on, else the status
+ * already answered. */
+int http_check_framing(struct mg_connection *conn);
 void http_send_json(struct mg_connection *conn, int status, const char *body,
                     const char *extra_name, const char *extra_value);
 int http_send_static(struct mg_connection *conn, const char *type, const char *body, size_t len);

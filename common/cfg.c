@@ -237,6 +237,17 @@ static const struct key KEYS[] = {
    AT(api.max_batch_body)},
   {.name = "api.cache_max_tasks", .type = K_COUNT, .def = "1000000", .min = 1,
    .max = 100000000, AT(api.cache_max_tasks)},
+  /* Hostile clients: CivetWeb keeps at most 64 header lines and silently drops the rest, so
+   * msg-api refuses what it would cut (reply.c), and slow senders get deadlines. */
+  {.name = "api.max_header_size", .type = K_SIZE, .def = "16KiB", .min = KIB, .max = MIB,
+   AT(api.max_header_size)},
+  {.name = "api.header_timeout", .type = K_DURATION, .def = "5s", .min = 100,
+   .max = 5 * MS_MINUTE, AT(api.header_timeout_ms)},
+  {.name = "api.body_timeout", .type = K_DURATION, .def = "10s", .min = 100,
+   .max = 10 * MS_MINUTE, AT(api.body_timeout_ms)},
+  {.name = "api.keep_alive_timeout", .type = K_DURATION, .def = "5s", .min = 100,
+   .max = 5 * MS_MINUTE, AT(api.keep_alive_timeout_ms)},
+  {.name = "api.metrics_public", .type = K_BOOL, .def = "false", AT(api.metrics_public)},
 
   {.name = "consumer.prefetch", .type = K_UINT, .def = "64", .min = 1, .max = 65535,
    AT(consumer.prefetch)},
@@ -244,6 +255,10 @@ static const struct key KEYS[] = {
    .max = MS_HOUR, AT(consumer.shutdown_grace_ms)},
   {.name = "consumer.health_listen", .type = K_LISTEN, .def = "0.0.0.0:8002",
    AT(consumer.health_listen)},
+  {.name = "consumer.health_threads", .type = K_UINT, .def = "16", .min = 2, .max = 256,
+   AT(consumer.health_threads)},
+  {.name = "consumer.health_timeout", .type = K_DURATION, .def = "1s", .min = 100,
+   .max = MS_MINUTE, AT(consumer.health_timeout_ms)},
 
   {.name = "evolution.url", .type = K_URL, .flags = F_STRIP_SLASH, .def = "http://localhost:8080",
    .schemes = HTTP_SCHEMES, AT(evolution.url)},
@@ -286,6 +301,7 @@ static const struct key KEYS[] = {
 
   {.name = "log.level", .type = K_ENUM, .def = "info", .names = LOG_LEVELS, AT(log.level)},
   {.name = "log.format", .type = K_ENUM, .def = "json", .names = LOG_FORMATS, AT(log.format)},
+  {.name = "log.file", .type = K_STR, .def = "", AT(log.file)},
 };
 #define N_KEYS (sizeof(KEYS) / sizeof(KEYS[0]))
 

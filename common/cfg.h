@@ -48,12 +48,17 @@ struct cfg {
     char *api_keys_file;   /* "" or a file with one key per line */
     size_t n_api_keys;
     size_t cache_max_tasks; /* 1..100000000 */
+    size_t max_header_size;  /* request line and headers, 1KiB..1MiB; more is 431 */
+    uint64_t header_timeout_ms, body_timeout_ms, keep_alive_timeout_ms; /* slow clients */
+    bool metrics_public;     /* /metrics without an API key */
   } api;
 
   struct {
     unsigned prefetch;         /* 1..65535 */
     uint64_t shutdown_grace_ms;
     char *health_listen;       /* host:port, validated */
+    unsigned health_threads;   /* health listener workers, 2..256 */
+    uint64_t health_timeout_ms; /* deadline for a probe's request to arrive, 100ms..1m */
   } consumer;
 
   struct {
@@ -94,6 +99,7 @@ struct cfg {
   struct {
     enum cfg_log_level level;
     enum cfg_log_format format;
+    char *file;   /* "" = stderr; else appended to, and reopened on SIGHUP */
   } log;
 };
 

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 const char *job_field_error_text(enum job_field_error e)
 {
   switch(e) {
@@ -60,44 +62,6 @@ enum job_field_error job_normalize_phone(const char *in, char out[JOB_PHONE_LEN]
   return JOB_FIELD_OK;
 }
 
-/* Decodes one UTF-8 sequence at s (len bytes left); returns its length and the code point, or
- * 0 when it is malformed, overlong, a surrogate or beyond U+10FFFF. */
-static size_t utf8_next(const unsigned char *s, size_t len, unsigned *cp)
-{
-  unsigned c = s[0], v;
-  size_t n, i;
-  if(c < 0x80) {
-    *cp = c;
-    return 1;
-  }
-  if(c >= 0xc2 && c <= 0xdf) {
-    n = 2;
-    v = c & 0x1f;
-  }
-  else if(c >= 0xe0 && c <= 0xef) {
-    n = 3;
-    v = c & 0x0f;
-  }
-  else if(c >= 0xf0 && c <= 0xf4) {
-    n = 4;
-    v = c & 0x07;
-  }
-  else
-    return 0;
-  if(len < n)
-    return 0;
-  for(i = 1; i < n; i++) {
-    if((s[i] & 0xc0) != 0x80)
-      return 0;
-    v = (v << 6) | (s[i] & 0x3f);
-  }
-  if((n == 3 && v < 0x800) || (n == 4 && (v < 0x10000 || v > 0x10ffff)) ||
-     (v >= 0xd800 && v <= 0xdfff))
-    return 0;
-  *cp = v;
-  return n;
-}
-
 /* Unicode White_Space code points, so a message of only no-break or ideographic spaces is
  * refused like one of only ASCII spaces. */
 static int is_space_cp(unsigned cp)
@@ -116,7 +80,7 @@ enum job_field_error job_check_message(const char *text, size_t len)
     return JOB_MESSAGE_EMPTY;
   while(off < len) {
     unsigned cp;
-    size_t n = utf8_next(s + off, len - off, &cp);
+    size_t n = util_utf8_next(s + off, len - off, &cp);
     if(n == 0 || cp == 0)
       return JOB_MESSAGE_BAD_UTF8;
     off += n;
