@@ -290,86 +290,31 @@ int http_handle_dead_letters(struct mg_connection *conn, struct http_server *srv
 }
 
 /* POST /dead-letters/redrive {"max", "reason", "instance", "task_ids", "rate"}: parked jobs
- * back to delivery, each confirmed before its parked copy is removed. */
+ * back to delivery, each confirmed before its parked copy is removed. A worker is held for at
+ * most REQUEST_REDRIVE_MAX_MS: the body is refused when its rate cannot finish in time, and
+ * the redrive stops at that deadline (or at once when the server stops), reporting so. */
 int http_handle_redrive(struct mg_connection *conn, struct http_server *srv)
 {
-  struct redrive_filter f = {.max = DEAD_REDRIVE_DEFAULT};
-  const char **ids = NULL;
+  struct request_redrive r;
+  struct request_error rerr;
   char *body = NULL, err[512];
   size_t len = 0;
-  json_t *root = NULL, *v, *doc;
-  json_error_t je;
-  const char *key;
-  int rc, status;
+  json_t *doc;
+  int rc;
   if((rc = http_read_json(conn, srv->deps.cfg->api.max_batch_body, &body, &len)))
     return rc;
-  root = len ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &je) : json_object();
+  rc = request_parse_redrive(body, len, &r, &rerr);
   free(body);
-  if(!root || !json_is_object(root)) {
-    json_decref(root);
-    return http_reply_error(conn, root ? 422 : 400, root ? "invalid_body" : "invalid_json",
-                       "the body must be a JSON object", NULL, NULL, NULL);
-  }
-  json_object_foreach(root, key, v) {
-    const char *bad = NULL;
-    if(!strcmp(key, "max")) {
-      if(!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > DEAD_REDRIVE_MAX)
-        bad = "max must be an integer from 1 to 100000";
-      else
-        f.max = (size_t)json_integer_value(v);
-    }
-    else if(!strcmp(key, "rate")) {
-      if(!json_is_number(v) || json_number_value(v) < 0)
-        bad = "rate must be a number of jobs per second, 0 for no limit";
-      else
-        f.rate = json_number_value(v);
-    }
-    else if(!strcmp(key, "reason") || !strcmp(key, "instance")) {
-      if(!json_is_string(v))
-        bad = "must be a string";
-      else if(!strcmp(key, "reason"))
-        f.reason = json_string_value(v);
-      else
-        f.instance = json_string_value(v);
-    }
-    else if(!strcmp(key, "task_ids")) {
-      size_t i;
-      json_t *id;
-      if(!json_is_array(v) || json_array_size(v) > 100000)
-        bad = "task_ids must be an array of task ids";
-      else if(!(ids = calloc(json_array_size(v) + 1, sizeof *ids)))
-        bad = "out of memory";
-      else
-        json_array_foreach(v, i, id) {
-          if(!json_is_string(id) || !util_is_uuid(json_string_value(id))) {
-            bad = "task_ids must be an array of task ids";
-            break;
-          }
-          ids[f.n_task_ids++] = json_string_value(id);
-        }
-      f.task_ids = ids;
-    }
-    else
-      bad = "unknown field";
-    if(bad) {
-      char msg[128];
-      snprintf(msg, sizeof msg, "%.40s: %s", key, bad);
-      status = http_reply_error(conn, 422, !strcmp(bad, "unknown field") ? "unknown_field"
-                                                                    : "invalid_field",
-                           msg, key, NULL, NULL);
-      goto out;
-    }
-  }
-  doc = dead_redrive(srv->deps.cfg, &f, err, sizeof err);
+  if(rc)
+    return http_reply_error(conn, rerr.status, rerr.code, rerr.message, rerr.field, NULL, NULL);
+  r.filter.deadline_ms = util_mono_ms() + REQUEST_REDRIVE_MAX_MS;
+  r.filter.stop = http_stop_flag();
+  doc = dead_redrive(srv->deps.cfg, &r.filter, err, sizeof err);
+  request_redrive_free(&r);
   if(!doc)
-    status = http_reply_error(conn, 503, "broker_unavailable", err, NULL, "Retry-After",
-                         RETRY_AFTER_S);
-  else
-    status = http_reply(conn, 200, doc, NULL, NULL);
-out:
-  free(ids);
-  json_decref(root);
-  return status;
+    return http_reply_error(conn, 503, "broker_unavailable", err, NULL, "Retry-After",
+                            RETRY_AFTER_S);
+  return http_reply(conn, 200, doc, NULL, NULL);
 }
 
 int http_handle_get_task(struct mg_connection *conn, struct http_server *srv, const char *id)

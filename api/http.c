@@ -23,9 +23,11 @@ static int route(struct mg_connection *conn, void *arg)
   int64_t t0 = util_mono_us();
   int slot = ROUTE_UNMATCHED;
   atomic_store_explicit(&srv->last_request_ms, t0 / 1000, memory_order_relaxed);
+  atomic_fetch_add(&srv->in_flight, 1);
   int status = http_check_framing(conn);
   if(!status)
     status = dispatch(conn, srv, &slot);
+  atomic_fetch_sub(&srv->in_flight, 1);
   atomic_fetch_add_explicit(&srv->metrics.requests[slot][http_status_slot(status)], 1,
                             memory_order_relaxed);
   metrics_observe(&srv->metrics.duration[slot], (double)(util_mono_us() - t0) / 1e6);
@@ -164,8 +166,11 @@ void http_drain(struct http_server *srv, int quiet_ms, int max_ms)
   /* CivetWeb's mg_stop drops connections accepted but not yet read: keep answering (503 for new
    * work, with Retry-After, on closing connections) while requests still come, and stop once
    * clients have backed off (load balancers also see /readyz fail and move away). */
+  /* Requests in flight are waited for too: once mg_stop begins CivetWeb writes nothing more,
+   * so an answer still being made (a redrive that just stopped) would be lost. */
   while(util_mono_ms() - start < max_ms &&
-        util_mono_ms() - atomic_load(&srv->last_request_ms) < quiet_ms) {
+        (atomic_load(&srv->in_flight) > 0 ||
+         util_mono_ms() - atomic_load(&srv->last_request_ms) < quiet_ms)) {
     struct timespec ts = {0, 20 * 1000000L};
     nanosleep(&ts, NULL);
   }

@@ -62,6 +62,7 @@ struct http_server {
   int64_t started_ms;
   atomic_int draining;
   atomic_llong last_request_ms; /* monotonic; when the latest request started */
+  atomic_int in_flight;         /* requests being handled now */
   pthread_mutex_t idem_lock; /* guards claims */
   pthread_cond_t idem_done;
   struct idem_claim *claims;
@@ -72,6 +73,8 @@ struct http_server {
 
 /* Set once a stop signal came: answers then close their connections. */
 void http_set_shutting_down(void);
+/* The flag http_set_shutting_down sets, for work that must end when the server stops. */
+const atomic_int *http_stop_flag(void);
 /* The limits of http_check_framing and http_read_json (api.max_header_size, api.body_timeout);
  * called once before the server starts. */
 void http_framing_setup(size_t max_header_size, uint64_t body_timeout_ms);

@@ -21,6 +21,11 @@ void http_set_shutting_down(void)
   atomic_store(&shutting_down, 1);
 }
 
+const atomic_int *http_stop_flag(void)
+{
+  return &shutting_down;
+}
+
 void http_framing_setup(size_t header_limit, uint64_t body_timeout)
 {
   max_header_size = header_limit;
