@@ -1,9 +1,11 @@
 /* msg-api: accepts send requests over HTTP, publishes them as jobs with publisher confirms, and
  * answers task status from a cache fed by the status stream. */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -42,6 +44,12 @@ int main(int argc, char **argv)
   if(!cfg)
     return exit_code;
   log_setup(cfg->log.level, cfg->log.format, "msg-api");
+  if(log_open_file(cfg->log.file)) {
+    log_event(CFG_LOG_ERROR, "cannot open log.file", "path", cfg->log.file, "reason",
+              strerror(errno), NULL);
+    cfg_free(cfg);
+    return 1;
+  }
   srandom((unsigned)(util_now_ms() ^ getpid()));
 
   /* Every thread inherits this mask, so only the sigwait below sees the stop signals. */

@@ -260,7 +260,8 @@ static const struct key KEYS[] = {
   {.name = "consumer.health_timeout", .type = K_DURATION, .def = "1s", .min = 100,
    .max = MS_MINUTE, AT(consumer.health_timeout_ms)},
 
-  {.name = "evolution.url", .type = K_URL, .flags = F_STRIP_SLASH, .def = "http://localhost:8080",
+  {.name = "evolution.url", .type = K_URL, .flags = F_STRIP_SLASH | F_SECRET_URL,
+   .def = "http://localhost:8080",
    .schemes = HTTP_SCHEMES, AT(evolution.url)},
   {.name = "evolution.api_key", .type = K_STR, .flags = F_SECRET, .def = "",
    AT(evolution.api_key)},
@@ -550,15 +551,11 @@ double cfg_instance_rate(const struct cfg *cfg, const char *instance)
   return cfg->evolution.rate_limit;
 }
 
-bool cfg_valid_amqp_url(const char *s)
+/* The part after "scheme://" of an amqp(s) or http(s) URL: [userinfo@]host[:port] then an
+ * optional path; the host a name, an IPv4 address or an [IPv6] literal, the port 1-65535. */
+static bool valid_url_rest(const char *s, const char *p)
 {
-  const char *p, *auth_end, *host, *host_end, *at = NULL;
-  if(!strncasecmp(s, "amqp://", 7))
-    p = s + 7;
-  else if(!strncasecmp(s, "amqps://", 8))
-    p = s + 8;
-  else
-    return false;
+  const char *auth_end, *host, *host_end, *at = NULL;
   for(const char *c = s; *c; c++)
     if((unsigned char)*c <= ' ' || *c == 0x7f || *c == ',')
       return false;
@@ -577,7 +574,7 @@ bool cfg_valid_amqp_url(const char *s)
     host_end = host;
     while(host_end < auth_end && *host_end != ':')
       host_end++;
-    if(host_end == host)
+    if(host_end == host || !valid_host(host, (size_t)(host_end - host)))
       return false;
   }
   if(host_end < auth_end) {
@@ -601,18 +598,21 @@ bool cfg_valid_amqp_url(const char *s)
   return true;
 }
 
+bool cfg_valid_amqp_url(const char *s)
+{
+  if(!strncasecmp(s, "amqp://", 7))
+    return valid_url_rest(s, s + 7);
+  if(!strncasecmp(s, "amqps://", 8))
+    return valid_url_rest(s, s + 8);
+  return false;
+}
+
 static bool valid_url(const struct key *k, const char *s)
 {
-  if(k->schemes == AMQP_SCHEMES)
-    return cfg_valid_amqp_url(s);
   for(const char *const *sc = k->schemes; *sc; sc++) {
     size_t n = strlen(*sc);
-    if(strncasecmp(s, *sc, n) || !s[n])
-      continue;
-    for(const char *c = s + n; *c; c++)
-      if((unsigned char)*c <= ' ' || *c == 0x7f)
-        return false;
-    return true;
+    if(!strncasecmp(s, *sc, n))
+      return valid_url_rest(s, s + n);
   }
   return false;
 }

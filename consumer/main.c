@@ -2,6 +2,7 @@
  * each outcome (status event, retry queue or dead queue) before acking. With --dead-letters or
  * --redrive it runs that operator command once instead (admin.c). */
 #include <curl/curl.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -49,6 +50,12 @@ int main(int argc, char **argv)
     return exit_code;
   }
   admin_destroy(admin);
+  if(log_open_file(cfg->log.file)) {
+    log_event(CFG_LOG_ERROR, "cannot open log.file", "path", cfg->log.file, "reason",
+              strerror(errno), NULL);
+    cfg_free(cfg);
+    return 1;
+  }
   srandom((unsigned)(util_now_ms() ^ getpid()));
   if(curl_global_init(CURL_GLOBAL_DEFAULT)) {
     log_error("cannot initialise libcurl");

@@ -322,6 +322,10 @@ static void test_error_messages(void)
                 "\"http://<redacted>@localhost/\"\n"
                 "4:8: evolution.url: expected an http:// or https:// URL, got "
                 "\"ftp://evo.example.com\"\n");
+  /* The whole URL is checked, not just its scheme: host, then a port of digits 1-65535. */
+  expect_errors("bad_http_url.yaml",
+                "2:8: evolution.url: expected an http:// or https:// URL, got "
+                "\"http://<redacted>@evo.example.com:notaport/api\"\n");
   expect_errors("bad_instance.yaml",
                 "2:13: evolution.instance: expected an instance name of 1-64 characters from "
                 "A-Z a-z 0-9 . _ -, got \"my instance\"\n");
