@@ -34,6 +34,8 @@ int http_authorized(struct mg_connection *conn, const struct cfg *cfg)
 /* Evolution API signs nothing: the webhook carries a shared secret in a header of our
  * choosing (webhook.headers), or, from 2.3 on, an HS256 JWT made with jwt_key. */
 #define WEBHOOK_JWT_LEEWAY_S 60
+/* A webhook JWT must expire, and within the hour: one without exp would be good for ever. */
+#define WEBHOOK_JWT_MAX_AHEAD_S 3600
 int http_webhook_authorized(struct mg_connection *conn, const struct cfg *cfg)
 {
   const char *given = mg_get_header(conn, cfg->webhooks.header);
@@ -44,7 +46,7 @@ int http_webhook_authorized(struct mg_connection *conn, const struct cfg *cfg)
     return 1;
   if(cfg->webhooks.jwt_key[0] && auth && !strncasecmp(auth, "Bearer ", 7) &&
      !sign_jwt_hs256_verify(auth + 7, cfg->webhooks.jwt_key, util_now_ms() / 1000,
-                            WEBHOOK_JWT_LEEWAY_S, why, sizeof why))
+                            WEBHOOK_JWT_LEEWAY_S, WEBHOOK_JWT_MAX_AHEAD_S, why, sizeof why))
     return 1;
   return 0;
 }

@@ -59,7 +59,8 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
                        "Retry-After", "5");
   /* Probes, the banner and the documentation stay open so orchestrators and readers need no
    * key. */
-  if(!ROUTES[id].open && !http_authorized(conn, srv->deps.cfg))
+  if(!ROUTES[id].open && !(id == ROUTE_METRICS && srv->deps.cfg->api.metrics_public) &&
+     !http_authorized(conn, srv->deps.cfg))
     return http_reply_error(conn, 401, "unauthorized",
                        "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
                        NULL, "WWW-Authenticate", "Bearer realm=\"msg-api\"");

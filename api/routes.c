@@ -15,7 +15,7 @@ const struct route ROUTES[ROUTE_COUNT] = {
   [ROUTE_BATCH] = {"/messages/batch", "POST", 0},
   [ROUTE_TASK] = {"/tasks/{task_id}", "GET", 0},
   [ROUTE_TASK_CANCEL] = {"/tasks/{task_id}", "DELETE", 0},
-  [ROUTE_METRICS] = {"/metrics", "GET", 1},
+  [ROUTE_METRICS] = {"/metrics", "GET", 0}, /* open when api.metrics_public */
   [ROUTE_DEAD_LETTERS] = {"/dead-letters", "GET", 0},
   [ROUTE_REDRIVE] = {"/dead-letters/redrive", "POST", 0},
   /* Evolution API cannot send our API keys: the webhook has its own secret or JWT. */
