@@ -33,7 +33,8 @@ static int check_callback(const struct cfg *cfg, const struct job *job, const ch
                             cfg->callbacks.n_allow_hosts, err->message, sizeof err->message);
 }
 
-int http_handle_post_message(struct mg_connection *conn, struct http_server *srv)
+int http_handle_post_message(struct mg_connection *conn, struct http_server *srv,
+                             const struct api_key *who)
 {
   const struct cfg *cfg = srv->deps.cfg;
   struct request_error rerr;
@@ -41,7 +42,7 @@ int http_handle_post_message(struct mg_connection *conn, struct http_server *srv
   struct status_event ev;
   struct idem_claim *claim = NULL;
   const char *idem = mg_get_header(conn, "Idempotency-Key");
-  char *body = NULL;
+  char *body = NULL, scoped[TASK_CACHE_IDEM_MAX] = "";
   size_t len = 0;
   int rc, status;
   json_t *doc;
@@ -63,9 +64,26 @@ int http_handle_post_message(struct mg_connection *conn, struct http_server *srv
     free(job.callback_url);
     rc = -1;
   }
+  if(!rc && !http_may_use(who, job.instance_name)) {
+    free(job.message);
+    free(job.instance_name);
+    free(job.callback_url);
+    http_count_tenant(who, 0, 1);
+    return http_reply_error(conn, 403, "instance_not_allowed",
+                            "this API key may not send through this instance", "instance_name",
+                            NULL, NULL);
+  }
   if(rc)
     return http_reply_error(conn, rerr.status, rerr.code, rerr.message, rerr.field, NULL, NULL);
+  if(who->tenant[0] && !(job.tenant = strdup(who->tenant))) {
+    free(job.message);
+    free(job.instance_name);
+    free(job.callback_url);
+    return http_reply_error(conn, 503, "unavailable", "out of memory", NULL, "Retry-After",
+                            RETRY_AFTER_S);
+  }
   if(util_uuid4(job.task_id)) {
+    free(job.tenant);
     free(job.message);
     free(job.instance_name);
     free(job.callback_url);
@@ -74,6 +92,8 @@ int http_handle_post_message(struct mg_connection *conn, struct http_server *srv
   }
   job.created_at_ms = util_now_ms();
   if(idem) {
+    /* Idempotency-Keys are per tenant: the same key of two tenants is two requests. */
+    task_cache_idem_key(job.tenant, idem, scoped);
     job.idempotency_key = strdup(idem);
     claim = malloc(sizeof *claim);
     if(!job.idempotency_key || !claim) {
@@ -83,7 +103,7 @@ int http_handle_post_message(struct mg_connection *conn, struct http_server *srv
                            RETRY_AFTER_S);
       goto out;
     }
-    if(!idem_claim(srv, claim, idem)) {
+    if(!idem_claim(srv, claim, scoped)) {
       free(claim);
       claim = NULL;
       status = http_reply_error(conn, 503, "broker_unavailable",
@@ -91,9 +111,9 @@ int http_handle_post_message(struct mg_connection *conn, struct http_server *srv
                            NULL, "Retry-After", RETRY_AFTER_S);
       goto out;
     }
-    if((status = idem_replay(conn, srv, &job)))
+    if((status = idem_replay(conn, srv, &job, scoped)))
       goto out;
-    if((status = idem_repeat_in_doubt(conn, srv, &job)))
+    if((status = idem_repeat_in_doubt(conn, srv, &job, scoped)))
       goto out;
   }
 
@@ -108,14 +128,14 @@ int http_handle_post_message(struct mg_connection *conn, struct http_server *srv
   switch((enum pub_result)rc) {
   case PUB_OK:
     if(idem)
-      in_doubt_forget(srv->in_doubt, idem);
+      in_doubt_forget(srv->in_doubt, scoped);
     break;
   case PUB_TIMEOUT:
   case PUB_UNKNOWN: {
     /* Not "retry later": a retry without this task's key could send the message twice. */
     log_event(CFG_LOG_WARN, "outcome of a job unknown: no confirm", "task_id", job.task_id,
               "reason", rc == PUB_TIMEOUT ? "timeout" : "connection lost", NULL);
-    if(idem && in_doubt_put(srv->in_doubt, idem, job.task_id, job_request_hash(&job),
+    if(idem && in_doubt_put(srv->in_doubt, scoped, job.task_id, job_request_hash(&job),
                             rc == PUB_TIMEOUT ? IN_DOUBT_PENDING : IN_DOUBT_LOST))
       log_event(CFG_LOG_ERROR, "out of memory remembering an unknown outcome", "task_id",
                 job.task_id, NULL);
@@ -141,6 +161,7 @@ int http_handle_post_message(struct mg_connection *conn, struct http_server *srv
                   job.send_at_ms ? "Message scheduled for delivery" : "Message queued for delivery",
                   "task_id", job.task_id, "status", status_name(ev.status));
   status = http_reply(conn, 202, doc, NULL, NULL);
+  http_count_tenant(who, 1, 0);
 out:
   if(claim) {
     idem_release(srv, claim);
@@ -150,6 +171,7 @@ out:
   free(job.instance_name);
   free(job.idempotency_key);
   free(job.callback_url);
+  free(job.tenant);
   return status;
 }
 
@@ -158,7 +180,8 @@ out:
  * with one result per item, in order (a task id, or the item's error), or 503 when the broker
  * could not confirm some of them (their results say so). */
 #define BATCH_MAX 1000
-int http_handle_post_batch(struct mg_connection *conn, struct http_server *srv)
+int http_handle_post_batch(struct mg_connection *conn, struct http_server *srv,
+                           const struct api_key *who)
 {
   const struct cfg *cfg = srv->deps.cfg;
   struct request_error rerr;
@@ -189,9 +212,26 @@ int http_handle_post_batch(struct mg_connection *conn, struct http_server *srv)
     char field[48];
     if(!items[i].ok)
       continue;
+    if(!http_may_use(who, items[i].job.instance_name)) {
+      items[i].ok = 0;
+      items[i].err.status = 403;
+      items[i].err.code = "instance_not_allowed";
+      snprintf(items[i].err.message, sizeof items[i].err.message,
+               "this API key may not send through this instance");
+      snprintf(items[i].err.field, sizeof items[i].err.field, "messages[%zu].instance_name", i);
+      http_count_tenant(who, 0, 1);
+      continue;
+    }
     snprintf(field, sizeof field, "messages[%zu].callback_url", i);
     if(check_callback(cfg, &items[i].job, field, &items[i].err)) {
       items[i].ok = 0;
+      continue;
+    }
+    if(who->tenant[0] && !(items[i].job.tenant = strdup(who->tenant))) {
+      items[i].ok = 0;
+      items[i].err.code = "unavailable";
+      snprintf(items[i].err.message, sizeof items[i].err.message, "out of memory");
+      items[i].err.field[0] = '\0';
       continue;
     }
     if(util_uuid4(items[i].job.task_id)) {
@@ -253,6 +293,7 @@ int http_handle_post_batch(struct mg_connection *conn, struct http_server *srv)
     snprintf(counts, sizeof counts, "%zu of %zu", accepted, n);
     log_event(CFG_LOG_INFO, "batch handled", "accepted", counts, NULL);
   }
+  http_count_tenant(who, (int)accepted, 0);
   /* 504 when some outcome is unknown (look those tasks up), 503 when some were refused. */
   status = http_reply(conn, accepted == valid ? 200 : unknown ? 504 : 503,
                  json_pack("{s:b, s:I, s:I, s:o}", "success", accepted == n, "accepted",
@@ -317,10 +358,24 @@ int http_handle_redrive(struct mg_connection *conn, struct http_server *srv)
   return http_reply(conn, 200, doc, NULL, NULL);
 }
 
-int http_handle_get_task(struct mg_connection *conn, struct http_server *srv, const char *id)
+/* 1 when `who` may see task `id` (it exists, and is its tenant's or `who` is an admin); a
+ * task of another tenant is as unknown as one that never was. */
+static int visible(struct http_server *srv, const struct api_key *who, const char *id)
+{
+  char tenant[JOB_TENANT_MAX + 1], instance[JOB_INSTANCE_MAX + 1];
+  if(!util_is_uuid(id) || !task_cache_owner(srv->deps.cache, id, tenant, instance))
+    return 0;
+  if(http_may_see(who, tenant))
+    return 1;
+  http_count_tenant(who, 0, 1);
+  return 0;
+}
+
+int http_handle_get_task(struct mg_connection *conn, struct http_server *srv,
+                         const struct api_key *who, const char *id)
 {
   char *doc;
-  if(!util_is_uuid(id))
+  if(!visible(srv, who, id))
     return http_reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
   doc = task_cache_render(srv->deps.cache, id);
   if(!doc)
@@ -333,12 +388,13 @@ int http_handle_get_task(struct mg_connection *conn, struct http_server *srv, co
 /* DELETE /tasks/{id}: a task not yet taken (PENDING) or waiting for a retry (RETRY) is
  * cancelled by a CANCELLED event on the status stream, which every consumer and replica reads;
  * consumers then drop the job instead of sending it. */
-int http_handle_cancel_task(struct mg_connection *conn, struct http_server *srv, const char *id)
+int http_handle_cancel_task(struct mg_connection *conn, struct http_server *srv,
+                            const struct api_key *who, const char *id)
 {
   enum task_status status;
   struct status_event ev;
   int attempt;
-  if(!util_is_uuid(id) || !task_cache_status(srv->deps.cache, id, &status, &attempt))
+  if(!visible(srv, who, id) || !task_cache_status(srv->deps.cache, id, &status, &attempt))
     return http_reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
   if(status != TASK_CANCELLED) {
     if(status != TASK_PENDING && status != TASK_RETRY && status != TASK_SCHEDULED) {
@@ -362,7 +418,7 @@ int http_handle_cancel_task(struct mg_connection *conn, struct http_server *srv,
     task_cache_apply(srv->deps.cache, &ev);
     log_event(CFG_LOG_INFO, "task cancelled", "task_id", id, NULL);
   }
-  return http_handle_get_task(conn, srv, id); /* the task document, now CANCELLED */
+  return http_handle_get_task(conn, srv, who, id); /* the task document, now CANCELLED */
 }
 
 /* One receipt: onto the status stream (every replica applies it), and to the task's callback
@@ -380,6 +436,14 @@ static int publish_receipt(struct http_server *srv, const struct webhook_receipt
   ev.evolution_key = (char *)r->key;
   ev.instance = r->instance[0] ? (char *)r->instance : NULL;
   known = task_cache_find_by_key(srv->deps.cache, r->key, ev.task_id);
+  if(known && r->instance[0]) {
+    /* Evolution's message ids are unique within an instance: a receipt naming another
+     * instance than the task's is not about this task. */
+    char tenant[JOB_TENANT_MAX + 1], instance[JOB_INSTANCE_MAX + 1];
+    if(task_cache_owner(srv->deps.cache, ev.task_id, tenant, instance) && instance[0] &&
+       strcmp(instance, r->instance))
+      return 0;
+  }
   if(known)
     news = task_cache_receipt_is_news(srv->deps.cache, ev.task_id, r->state, &url);
   else

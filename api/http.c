@@ -39,6 +39,7 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
 {
   const struct mg_request_info *ri = mg_get_request_info(conn);
   const char *path = ri->local_uri ? ri->local_uri : "/", *param = NULL;
+  const struct api_key *who = NULL;
   char allow[64];
   int id = route_find(path, ri->request_method, &param, allow, sizeof allow);
   if(id == ROUTE_NO_PATH)
@@ -59,11 +60,19 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
                        "Retry-After", "5");
   /* Probes, the banner and the documentation stay open so orchestrators and readers need no
    * key. */
-  if(!ROUTES[id].open && !(id == ROUTE_METRICS && srv->deps.cfg->api.metrics_public) &&
-     !http_authorized(conn, srv->deps.cfg))
-    return http_reply_error(conn, 401, "unauthorized",
-                       "a valid API key is required (Authorization: Bearer <key> or X-API-Key)",
-                       NULL, "WWW-Authenticate", "Bearer realm=\"msg-api\"");
+  if(!ROUTES[id].open && !(id == ROUTE_METRICS && srv->deps.cfg->api.metrics_public)) {
+    if(!(who = http_authenticate(conn, srv)))
+      return http_reply_error(conn, 401, "unauthorized",
+                              "a valid API key is required (Authorization: Bearer <key> or "
+                              "X-API-Key)",
+                              NULL, "WWW-Authenticate", "Bearer realm=\"msg-api\"");
+    if((who->scopes & ROUTES[id].scope) != ROUTES[id].scope) {
+      http_count_tenant(who, 0, 1);
+      return http_reply_error(conn, 403, "insufficient_scope",
+                              "this API key may not use this endpoint (see its scopes)", NULL,
+                              NULL, NULL);
+    }
+  }
   switch((enum route_id)id) {
   case ROUTE_ROOT:
     return http_reply(conn, 200,
@@ -82,10 +91,10 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
                        static_openapi_json_len);
   case ROUTE_DOCS:
     return http_send_static(conn, "text/html; charset=utf-8", static_docs_html, static_docs_html_len);
-  case ROUTE_MESSAGES: return http_handle_post_message(conn, srv);
-  case ROUTE_BATCH: return http_handle_post_batch(conn, srv);
-  case ROUTE_TASK: return http_handle_get_task(conn, srv, param);
-  case ROUTE_TASK_CANCEL: return http_handle_cancel_task(conn, srv, param);
+  case ROUTE_MESSAGES: return http_handle_post_message(conn, srv, who);
+  case ROUTE_BATCH: return http_handle_post_batch(conn, srv, who);
+  case ROUTE_TASK: return http_handle_get_task(conn, srv, who, param);
+  case ROUTE_TASK_CANCEL: return http_handle_cancel_task(conn, srv, who, param);
   case ROUTE_METRICS: return http_handle_metrics(conn, srv);
   case ROUTE_DEAD_LETTERS: return http_handle_dead_letters(conn, srv);
   case ROUTE_REDRIVE: return http_handle_redrive(conn, srv);
@@ -128,6 +137,13 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
   }
   pthread_mutex_init(&srv->idem_lock, NULL);
   pthread_cond_init(&srv->idem_done, NULL);
+  pthread_mutex_init(&srv->keys_lock, NULL);
+  if(http_keys_load(srv, deps->cfg)) {
+    snprintf(err, errlen, "out of memory");
+    in_doubt_free(srv->in_doubt);
+    free(srv);
+    return NULL;
+  }
   snprintf(threads, sizeof threads, "%u", deps->cfg->api.threads);
   /* CivetWeb's request_timeout_ms bounds the wait for the whole request line and headers (and
    * each read of the body, which read_body bounds as a whole). Its header buffer is twice
@@ -186,6 +202,13 @@ void http_stop(struct http_server *srv)
   publisher_on_late_outcome(srv->deps.publisher, NULL, NULL);
   pthread_mutex_destroy(&srv->idem_lock);
   pthread_cond_destroy(&srv->idem_done);
+  http_keys_free(srv);
+  pthread_mutex_destroy(&srv->keys_lock);
   in_doubt_free(srv->in_doubt);
   free(srv);
+}
+
+int http_reload(struct http_server *srv, const struct cfg *fresh)
+{
+  return http_keys_load(srv, fresh);
 }

@@ -16,6 +16,7 @@
 #include "job.h"
 #include "metrics.h"
 #include "routes.h"
+#include "task_cache.h"
 
 /* How long a request waits for the broker's confirm before answering 503. */
 #define CONFIRM_WAIT_MS 5000
@@ -25,8 +26,30 @@
  * arrives meanwhile waits for it instead of publishing a second job. */
 struct idem_claim {
   struct idem_claim *next;
-  char key[JOB_IDEMPOTENCY_KEY_MAX + 1];
+  char key[TASK_CACHE_IDEM_MAX]; /* scoped by tenant (task_cache_idem_key) */
 };
+
+/* Per-tenant counters (/metrics), one slot per tenant name ever configured. */
+#define TENANT_STATS_MAX 1024
+struct tenant_stats {
+  char name[JOB_TENANT_MAX + 1];
+  atomic_ullong requests; /* requests its keys made */
+  atomic_ullong accepted; /* messages accepted (202, or an accepted batch item) */
+  atomic_ullong refused;  /* refused at the tenant's bounds: 403, or another tenant's task */
+};
+
+/* One API key and what it may do (auth.c). Immutable once published. */
+struct api_key {
+  char *key;
+  size_t len;
+  char tenant[JOB_TENANT_MAX + 1]; /* "" = no tenant (api.api_keys, or no keys at all) */
+  unsigned scopes;                 /* CFG_SCOPE_* */
+  int all_instances;
+  char **instances;
+  size_t n_instances;
+  struct tenant_stats *stats;      /* NULL: not counted */
+};
+struct keyset;
 
 /* Statuses counted by their own label value (metrics_render.c), plus one slot for "other". */
 #define N_COUNTED_STATUSES 14
@@ -67,6 +90,10 @@ struct http_server {
   pthread_cond_t idem_done;
   struct idem_claim *claims;
   struct in_doubt *in_doubt;
+  _Atomic(struct keyset *) keys; /* the keys now; replaced whole by http_keys_load */
+  pthread_mutex_t keys_lock;     /* serialises http_keys_load */
+  struct tenant_stats tenant_stats[TENANT_STATS_MAX];
+  atomic_size_t n_tenant_stats;
 };
 
 /* reply.c: framing and answers. Every answer is one write with Content-Length. */
@@ -99,9 +126,19 @@ int http_reply_error(struct mg_connection *conn, int status, const char *code,
 int http_read_json(struct mg_connection *conn, size_t max, char **body, size_t *len);
 
 /* auth.c */
-/* 1 when the request may go on: no keys configured, or a valid key in
- * "Authorization: Bearer <key>" or "X-API-Key: <key>". */
-int http_authorized(struct mg_connection *conn, const struct cfg *cfg);
+/* Builds the keys of cfg (api.api_keys, api.keys) and makes them the ones in force; the cfg
+ * is not kept. Returns 0, or -1 when out of memory (the keys in force stay). */
+int http_keys_load(struct http_server *srv, const struct cfg *cfg);
+void http_keys_free(struct http_server *srv);
+/* The key of the request ("Authorization: Bearer <key>" or "X-API-Key: <key>"), or a key with
+ * every scope when none is configured; NULL when refused. Borrowed until the server stops. */
+const struct api_key *http_authenticate(struct mg_connection *conn, struct http_server *srv);
+/* 1 when `who` may see a task of `tenant` (its own, or any with the admin scope). */
+int http_may_see(const struct api_key *who, const char *tenant);
+/* 1 when `who` may send through Evolution instance `instance`. */
+int http_may_use(const struct api_key *who, const char *instance);
+/* Counts messages accepted and requests refused at the tenant's bounds. */
+void http_count_tenant(const struct api_key *who, int accepted, int refused);
 /* 1 when a webhook carries the configured secret or a valid JWT. */
 int http_webhook_authorized(struct mg_connection *conn, const struct cfg *cfg);
 
@@ -110,19 +147,26 @@ int idem_claim(struct http_server *srv, struct idem_claim *claim, const char *ke
 void idem_release(struct http_server *srv, struct idem_claim *claim);
 int idem_reply_replayed(struct mg_connection *conn, struct http_server *srv,
                         const char *task_id, enum task_status status);
-int idem_replay(struct mg_connection *conn, struct http_server *srv, const struct job *job);
+/* `scoped` is the request's Idempotency-Key within its tenant (task_cache_idem_key). */
+int idem_replay(struct mg_connection *conn, struct http_server *srv, const struct job *job,
+                const char *scoped);
 int idem_reply_outcome_unknown(struct mg_connection *conn, const char *task_id);
-int idem_repeat_in_doubt(struct mg_connection *conn, struct http_server *srv, struct job *job);
+int idem_repeat_in_doubt(struct mg_connection *conn, struct http_server *srv, struct job *job,
+                         const char *scoped);
 void idem_on_late_outcome(const char *task_id, enum pub_result result, void *ctx);
 
 /* handlers.c: one function per endpoint; each answers and returns the status. */
 int http_is_ready(struct http_server *srv);
-int http_handle_post_message(struct mg_connection *conn, struct http_server *srv);
-int http_handle_post_batch(struct mg_connection *conn, struct http_server *srv);
+int http_handle_post_message(struct mg_connection *conn, struct http_server *srv,
+                          const struct api_key *who);
+int http_handle_post_batch(struct mg_connection *conn, struct http_server *srv,
+                          const struct api_key *who);
 int http_handle_dead_letters(struct mg_connection *conn, struct http_server *srv);
 int http_handle_redrive(struct mg_connection *conn, struct http_server *srv);
-int http_handle_get_task(struct mg_connection *conn, struct http_server *srv, const char *id);
-int http_handle_cancel_task(struct mg_connection *conn, struct http_server *srv, const char *id);
+int http_handle_get_task(struct mg_connection *conn, struct http_server *srv,
+                         const struct api_key *who, const char *id);
+int http_handle_cancel_task(struct mg_connection *conn, struct http_server *srv,
+                            const struct api_key *who, const char *id);
 int http_handle_webhook(struct mg_connection *conn, struct http_server *srv);
 int http_handle_health(struct mg_connection *conn, struct http_server *srv);
 

@@ -66,13 +66,13 @@ int idem_reply_replayed(struct mg_connection *conn, struct http_server *srv,
 
 /* Answers a repeat of an earlier request with the same Idempotency-Key: the first task's id,
  * or 422 when the key was used for a different request. Returns 0 when the key is new. */
-int idem_replay(struct mg_connection *conn, struct http_server *srv,
-                             const struct job *job)
+int idem_replay(struct mg_connection *conn, struct http_server *srv, const struct job *job,
+                const char *scoped)
 {
   char task_id[UTIL_UUID_LEN];
   uint64_t hash;
   enum task_status status;
-  if(!task_cache_find_idempotent(srv->deps.cache, job->idempotency_key, task_id, &hash, &status))
+  if(!task_cache_find_idempotent(srv->deps.cache, scoped, task_id, &hash, &status))
     return 0;
   if(hash && hash != job_request_hash(job))
     return http_reply_error(conn, 422, "idempotency_key_reused",
@@ -95,12 +95,13 @@ int idem_reply_outcome_unknown(struct mg_connection *conn, const char *task_id)
 /* A repeat of a request whose outcome was unknown (in_doubt.h): 504 again while its confirm is
  * still awaited, 202 with its task id once it came; after a refusal or a lost connection the
  * job goes out again with the same task id (job->task_id is set, 0 returned). */
-int idem_repeat_in_doubt(struct mg_connection *conn, struct http_server *srv, struct job *job)
+int idem_repeat_in_doubt(struct mg_connection *conn, struct http_server *srv, struct job *job,
+                         const char *scoped)
 {
   enum in_doubt_state state;
   uint64_t hash;
   char known[UTIL_UUID_LEN];
-  if(!in_doubt_get(srv->in_doubt, job->idempotency_key, known, &hash, &state))
+  if(!in_doubt_get(srv->in_doubt, scoped, known, &hash, &state))
     return 0;
   if(hash != job_request_hash(job))
     return http_reply_error(conn, 422, "idempotency_key_reused",

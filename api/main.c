@@ -28,6 +28,28 @@ static void exit_now(int sig)
   _exit(130);
 }
 
+/* SIGHUP: the log file is opened again (logrotate), and the configuration file read again for
+ * its API keys and tenants (key files included). A file with errors changes nothing. */
+static void reload(const char *path, struct http_server *http)
+{
+  char *errors = NULL;
+  struct cfg *fresh;
+  if(log_reopen())
+    log_event(CFG_LOG_ERROR, "SIGHUP: cannot open the log file again", "reason",
+              strerror(errno), NULL);
+  fresh = cfg_load(path, &errors);
+  if(!fresh) {
+    log_event(CFG_LOG_ERROR, "SIGHUP: configuration not reloaded", "errors", errors, NULL);
+    free(errors);
+    return;
+  }
+  if(http_reload(http, fresh))
+    log_event(CFG_LOG_ERROR, "SIGHUP: out of memory loading the API keys", NULL);
+  else
+    log_event(CFG_LOG_INFO, "SIGHUP: API keys reloaded", "path", path, NULL);
+  cfg_free(fresh);
+}
+
 int main(int argc, char **argv)
 {
   int exit_code = 0, sig = 0;
@@ -56,6 +78,7 @@ int main(int argc, char **argv)
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 
   cache = task_cache_new(cfg->api.cache_max_tasks, (int64_t)cfg->topology.status_retention_ms);
@@ -85,7 +108,9 @@ int main(int argc, char **argv)
   log_event(CFG_LOG_INFO, "msg-api started", "listen", cfg->api.listen, "version", MSG_VERSION,
             NULL);
 
-  sigwait(&stop_signals, &sig);
+  /* SIGHUP reloads; only a stop signal ends this loop. */
+  while(!sigwait(&stop_signals, &sig) && sig == SIGHUP)
+    reload(cfg->path, http);
   /* A second signal ends the process at once. */
   signal(SIGTERM, exit_now);
   signal(SIGINT, exit_now);

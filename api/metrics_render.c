@@ -91,6 +91,27 @@ int http_handle_metrics(struct mg_connection *conn, struct http_server *srv)
                  "Seconds since the status stream last delivered an event (-1 before any).");
   metrics_sample(&o, "msg_api_status_stream_last_event_age_seconds", "",
                  last ? (double)(util_now_ms() - last) / 1000.0 : -1);
+  {
+    static const char *const NAMES[] = {"msg_api_tenant_requests_total",
+                                         "msg_api_tenant_messages_accepted_total",
+                                         "msg_api_tenant_refused_total"};
+    static const char *const HELP[] = {
+      "Requests made with the keys of each tenant (api.keys).",
+      "Messages accepted for each tenant (202, or an accepted batch item).",
+      "Requests refused at a tenant's bounds: a scope or instance it lacks (403), another "
+      "tenant's task (404)."};
+    size_t n = atomic_load(&srv->n_tenant_stats);
+    for(int f = 0; f < 3; f++) {
+      metrics_family(&o, NAMES[f], "counter", HELP[f]);
+      for(size_t i = 0; i < n; i++) {
+        const struct tenant_stats *t = &srv->tenant_stats[i];
+        snprintf(labels, sizeof labels, "tenant=\"%s\"", t->name); /* [A-Za-z0-9._-] only */
+        metrics_sample(&o, NAMES[f], labels,
+                       (double)atomic_load(f == 0 ? &t->requests
+                                           : f == 1 ? &t->accepted : &t->refused));
+      }
+    }
+  }
   metrics_family(&o, "msg_api_uptime_seconds", "gauge", "Seconds since start.");
   metrics_sample(&o, "msg_api_uptime_seconds", "",
                  (double)(util_mono_ms() - srv->started_ms) / 1000.0);

@@ -311,6 +311,7 @@ void request_items_free(struct request_item *items, size_t n)
     free(items[i].job.instance_name);
     free(items[i].job.idempotency_key);
     free(items[i].job.callback_url);
+    free(items[i].job.tenant);
   }
   free(items);
 }

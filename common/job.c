@@ -135,7 +135,8 @@ char *job_encode(const struct job *job, size_t *len)
       json_object_set_new(o, "send_at", json_string(util_format_time(job->send_at_ms, created)))) ||
      (job->generation && json_object_set_new(o, "generation", json_integer(job->generation))) ||
      (job->callback_url &&
-      json_object_set_new(o, "callback_url", json_string(job->callback_url)))) {
+      json_object_set_new(o, "callback_url", json_string(job->callback_url))) ||
+     (job->tenant && json_object_set_new(o, "tenant", json_string(job->tenant)))) {
     json_decref(o);
     return NULL;
   }
@@ -154,6 +155,7 @@ void job_free(struct job *job)
   free(job->instance_name);
   free(job->idempotency_key);
   free(job->callback_url);
+  free(job->tenant);
   free(job);
 }
 
@@ -164,7 +166,7 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
   struct job *job = NULL;
   const char *task_id = NULL, *phone = NULL, *message = NULL, *instance = NULL,
              *created = NULL, *idem = NULL, *expires = NULL, *send_at = NULL,
-             *callback = NULL;
+             *callback = NULL, *tenant;
   size_t message_len = 0;
   json_int_t version = 0, generation = 0;
   enum job_field_error fe;
@@ -232,12 +234,19 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
     snprintf(err, errlen, "callback_url is empty or too long");
     goto fail;
   }
+  /* Read apart from the unpack above, so a job without one stays what it was. */
+  tenant = json_string_value(json_object_get(root, "tenant"));
+  if(tenant && job_check_instance(tenant) != JOB_FIELD_OK) {
+    snprintf(err, errlen, "tenant is not a tenant name");
+    goto fail;
+  }
+  job->tenant = tenant ? strdup(tenant) : NULL;
   job->message = strdup(message);
   job->callback_url = callback ? strdup(callback) : NULL;
   job->instance_name = strdup(instance);
   job->idempotency_key = idem ? strdup(idem) : NULL;
   if(!job->message || !job->instance_name || (idem && !job->idempotency_key) ||
-     (callback && !job->callback_url)) {
+     (callback && !job->callback_url) || (tenant && !job->tenant)) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }

@@ -198,6 +198,13 @@ class ReceiptsCallbacksTest(IntegrationTest):
                  {"Authorization": "Bearer " + jwt("wrong-key")})
         self.assertError(r, 401, "unauthorized")
         self.assertIsNone(get_task(api, task_id).json["delivery"]["error_at"])
+        # With the right secret but another instance's name: not this task's receipt.
+        other = {**body, "instance": "another-instance"}
+        r = http("POST", f"{api.base_url}/webhooks/evolution", other,
+                 {"X-Webhook-Secret": WEBHOOK_SECRET})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json["applied"], 0)
+        self.assertIsNone(get_task(api, task_id).json["delivery"]["error_at"])
 
     def test_jwt_webhooks(self):
         cfg, api = self.stack(webhook_headers={"jwt_key": JWT_KEY}, webhooks={"jwt_key": JWT_KEY})
