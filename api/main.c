@@ -32,17 +32,9 @@ static void exit_now(int sig)
  * its API keys and tenants (key files included). A file with errors changes nothing. */
 static void reload(const char *path, struct http_server *http)
 {
-  char *errors = NULL;
-  struct cfg *fresh;
-  if(log_reopen())
-    log_event(CFG_LOG_ERROR, "SIGHUP: cannot open the log file again", "reason",
-              strerror(errno), NULL);
-  fresh = cfg_load(path, &errors);
-  if(!fresh) {
-    log_event(CFG_LOG_ERROR, "SIGHUP: configuration not reloaded", "errors", errors, NULL);
-    free(errors);
+  struct cfg *fresh = cli_reload(path);
+  if(!fresh)
     return;
-  }
   if(http_reload(http, fresh))
     log_event(CFG_LOG_ERROR, "SIGHUP: out of memory loading the API keys", NULL);
   else

@@ -16,13 +16,14 @@
 #include "cli.h"
 #include "health.h"
 #include "log.h"
+#include "reload.h"
 #include "util.h"
 #include "worker.h"
 
 int main(int argc, char **argv)
 {
   int exit_code = 0, stop_fd;
-  sigset_t stop_signals;
+  sigset_t stop_signals, hup;
   char err[512];
   struct worker_state state;
   struct health_server *health;
@@ -68,6 +69,13 @@ int main(int argc, char **argv)
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
   stop_fd = signalfd(-1, &stop_signals, SFD_NONBLOCK | SFD_CLOEXEC);
+  /* SIGHUP too is blocked everywhere, and taken by reload.c's own thread: it reloads the send
+   * rates and reopens the log, and never stops the daemon. */
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &hup, NULL);
+  if(reload_start(cfg->path, cfg))
+    log_event(CFG_LOG_WARN, "cannot start the SIGHUP thread: SIGHUP is ignored", NULL);
 
   memset(&state, 0, sizeof state);
   memset(&cb_stats, 0, sizeof cb_stats);
@@ -101,6 +109,7 @@ int main(int argc, char **argv)
 out:
   callbacks_stop(callbacks, 1, -1);
   health_stop(health);
+  reload_stop();
   if(stop_fd >= 0)
     close(stop_fd);
   curl_global_cleanup();
