@@ -2,10 +2,17 @@
  * within their limits. */
 #include "http_internal.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include "util.h"
 
@@ -224,6 +231,58 @@ static int is_json_type(const char *ct)
          (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
 }
 
+static int is_this_connection(int fd, const struct mg_request_info *ri)
+{
+  struct sockaddr_storage peer, local;
+  socklen_t plen = sizeof peer, llen = sizeof local;
+  char text[INET6_ADDRSTRLEN];
+  const void *addr;
+  unsigned pport, lport;
+  if(getpeername(fd, (struct sockaddr *)&peer, &plen) ||
+     getsockname(fd, (struct sockaddr *)&local, &llen) || peer.ss_family != local.ss_family)
+    return 0;
+  if(peer.ss_family == AF_INET) {
+    addr = &((struct sockaddr_in *)&peer)->sin_addr;
+    pport = ntohs(((struct sockaddr_in *)&peer)->sin_port);
+    lport = ntohs(((struct sockaddr_in *)&local)->sin_port);
+  }
+  else if(peer.ss_family == AF_INET6) {
+    addr = &((struct sockaddr_in6 *)&peer)->sin6_addr;
+    pport = ntohs(((struct sockaddr_in6 *)&peer)->sin6_port);
+    lport = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
+  }
+  else
+    return 0;
+  return (int)pport == ri->remote_port && (int)lport == ri->server_port &&
+         inet_ntop(peer.ss_family, addr, text, sizeof text) && !strcmp(text, ri->remote_addr);
+}
+
+/* The socket of this request's connection, which CivetWeb does not expose: the descriptor
+ * whose peer and local ports and peer address are the request's (a TCP connection is one such
+ * pair). Looked up once per connection and kept as its connection data. -1 when not found. */
+static int conn_socket(const struct mg_connection *conn)
+{
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  intptr_t kept = (intptr_t)mg_get_user_connection_data(conn);
+  DIR *d;
+  struct dirent *e;
+  int found = -1;
+  if(kept > 0 && is_this_connection((int)(kept - 1), ri))
+    return (int)(kept - 1);
+  if(!(d = opendir("/proc/self/fd")))
+    return -1;
+  while(found < 0 && (e = readdir(d))) {
+    char *end;
+    long fd = strtol(e->d_name, &end, 10);
+    if(!*end && end != e->d_name && fd > 2 && fd < INT_MAX && is_this_connection((int)fd, ri))
+      found = (int)fd;
+  }
+  closedir(d);
+  if(found >= 0)
+    mg_set_user_connection_data(conn, (void *)(intptr_t)(found + 1));
+  return found;
+}
+
 /* Reads the whole body into a malloc'd buffer, refusing more than max bytes without reading it
  * all. Returns 0 and the buffer, or an HTTP status (413, 400) for the caller to answer. */
 static int read_body(struct mg_connection *conn, size_t max, char **out, size_t *out_len)
@@ -232,7 +291,7 @@ static int read_body(struct mg_connection *conn, size_t max, char **out, size_t 
   const char *expect = mg_get_header(conn, "Expect");
   size_t cap, len = 0;
   char *buf;
-  int n = 0;
+  int n = 0, fd;
   int64_t deadline = util_mono_ms() + body_timeout_ms;
   if(ri->content_length > 0 && (unsigned long long)ri->content_length > max)
     return 413;
@@ -244,9 +303,19 @@ static int read_body(struct mg_connection *conn, size_t max, char **out, size_t 
   buf = malloc(cap);
   if(!buf)
     return 503;
-  /* mg_read waits api.header_timeout for each piece; the whole body has its own deadline so
-   * a client trickling a byte at a time cannot hold this worker. */
-  while(len < cap && (n = mg_read(conn, buf + len, cap - len)) > 0) {
+  /* mg_read returns only once it has every byte asked for (each wait up to
+   * api.header_timeout), so a client trickling a byte at a time would hold this worker for
+   * as long as it likes. Asking only for what the socket already holds (or one byte) makes
+   * every call short, and the whole body keeps its own deadline: the worker is held at most
+   * api.body_timeout + api.header_timeout. */
+  fd = conn_socket(conn);
+  while(len < cap) {
+    size_t want = cap - len;
+    int avail = 0;
+    if(fd >= 0 && !ioctl(fd, FIONREAD, &avail) && (size_t)(avail > 0 ? avail : 1) < want)
+      want = (size_t)(avail > 0 ? avail : 1);
+    if((n = mg_read(conn, buf + len, want)) <= 0)
+      break;
     len += (size_t)n;
     if(util_mono_ms() > deadline) {
       free(buf);
