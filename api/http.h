@@ -28,6 +28,11 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
  * returns once no request has started for quiet_ms (or after max_ms). */
 void http_drain(struct http_server *srv, int quiet_ms, int max_ms);
 
+/* Takes the API keys of `fresh` (a configuration read again on SIGHUP: api.api_keys,
+ * api.api_keys_file, api.keys and their key files); requests from then on use them. `fresh`
+ * is not kept. Returns 0, or -1 when out of memory (the keys in force stay). */
+int http_reload(struct http_server *srv, const struct cfg *fresh);
+
 /* Stops accepting, waits for requests in flight, frees the server. NULL is a no-op. */
 void http_stop(struct http_server *srv);
 

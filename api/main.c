@@ -1,9 +1,11 @@
 /* msg-api: accepts send requests over HTTP, publishes them as jobs with publisher confirms, and
  * answers task status from a cache fed by the status stream. */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -26,6 +28,20 @@ static void exit_now(int sig)
   _exit(130);
 }
 
+/* SIGHUP: the log file is opened again (logrotate), and the configuration file read again for
+ * its API keys and tenants (key files included). A file with errors changes nothing. */
+static void reload(const char *path, struct http_server *http)
+{
+  struct cfg *fresh = cli_reload(path);
+  if(!fresh)
+    return;
+  if(http_reload(http, fresh))
+    log_event(CFG_LOG_ERROR, "SIGHUP: out of memory loading the API keys", NULL);
+  else
+    log_event(CFG_LOG_INFO, "SIGHUP: API keys reloaded", "path", path, NULL);
+  cfg_free(fresh);
+}
+
 int main(int argc, char **argv)
 {
   int exit_code = 0, sig = 0;
@@ -42,12 +58,19 @@ int main(int argc, char **argv)
   if(!cfg)
     return exit_code;
   log_setup(cfg->log.level, cfg->log.format, "msg-api");
+  if(log_open_file(cfg->log.file)) {
+    log_event(CFG_LOG_ERROR, "cannot open log.file", "path", cfg->log.file, "reason",
+              strerror(errno), NULL);
+    cfg_free(cfg);
+    return 1;
+  }
   srandom((unsigned)(util_now_ms() ^ getpid()));
 
   /* Every thread inherits this mask, so only the sigwait below sees the stop signals. */
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 
   cache = task_cache_new(cfg->api.cache_max_tasks, (int64_t)cfg->topology.status_retention_ms);
@@ -77,7 +100,9 @@ int main(int argc, char **argv)
   log_event(CFG_LOG_INFO, "msg-api started", "listen", cfg->api.listen, "version", MSG_VERSION,
             NULL);
 
-  sigwait(&stop_signals, &sig);
+  /* SIGHUP reloads; only a stop signal ends this loop. */
+  while(!sigwait(&stop_signals, &sig) && sig == SIGHUP)
+    reload(cfg->path, http);
   /* A second signal ends the process at once. */
   signal(SIGTERM, exit_now);
   signal(SIGINT, exit_now);

@@ -1,5 +1,5 @@
-/* Validation of the POST /messages body (DESIGN §2), separate from HTTP so it can be unit
- * tested and fuzzed. */
+/* Validation of the POST bodies (/messages, /messages/batch, /dead-letters/redrive), separate
+ * from HTTP so they can be unit tested and fuzzed. */
 #include "request.h"
 
 #include "cfg.h"
@@ -311,6 +311,101 @@ void request_items_free(struct request_item *items, size_t n)
     free(items[i].job.instance_name);
     free(items[i].job.idempotency_key);
     free(items[i].job.callback_url);
+    free(items[i].job.tenant);
   }
   free(items);
+}
+
+int request_parse_redrive(const char *body, size_t len, struct request_redrive *out,
+                          struct request_error *err)
+{
+  struct request_redrive r = {.filter = {.max = DEAD_REDRIVE_DEFAULT}};
+  json_error_t je;
+  const char *key;
+  json_t *v;
+  char msg[160];
+  if(request_too_deep(body, len))
+    return fail(err, 400, "invalid_json", NULL, "the JSON nests too deeply");
+  r.doc = len ? json_loadb(body, len, JSON_REJECT_DUPLICATES, &je) : json_object();
+  if(!r.doc || !json_is_object(r.doc)) {
+    int status = r.doc ? 422 : 400;
+    json_decref(r.doc);
+    return fail(err, status, status == 422 ? "invalid_body" : "invalid_json", NULL,
+                "the body must be a JSON object");
+  }
+  json_object_foreach(r.doc, key, v) {
+    const char *bad = NULL, *code = "invalid_field";
+    if(!strcmp(key, "max")) {
+      if(!json_is_integer(v) || json_integer_value(v) < 1 ||
+         json_integer_value(v) > DEAD_REDRIVE_MAX)
+        bad = "max must be an integer from 1 to 100000";
+      else
+        r.filter.max = (size_t)json_integer_value(v);
+    }
+    else if(!strcmp(key, "rate")) {
+      double rate = json_is_number(v) ? json_number_value(v) : -1;
+      if(rate != 0 && !(rate >= DEAD_RATE_MIN && rate <= DEAD_RATE_MAX))
+        bad = "rate must be 0 (no limit) or 0.1 to 100000 jobs per second";
+      else
+        r.filter.rate = rate;
+    }
+    else if(!strcmp(key, "reason") || !strcmp(key, "instance")) {
+      if(!json_is_string(v))
+        bad = "must be a string";
+      else if(!strcmp(key, "reason"))
+        r.filter.reason = json_string_value(v);
+      else
+        r.filter.instance = json_string_value(v);
+    }
+    else if(!strcmp(key, "task_ids")) {
+      size_t i;
+      json_t *id;
+      if(!json_is_array(v) || json_array_size(v) > DEAD_REDRIVE_MAX)
+        bad = "task_ids must be an array of task ids";
+      else if(!(r.task_ids = calloc(json_array_size(v) + 1, sizeof *r.task_ids)))
+        bad = "out of memory";
+      else
+        json_array_foreach(v, i, id) {
+          if(!json_is_string(id) || !util_is_uuid(json_string_value(id))) {
+            bad = "task_ids must be an array of task ids";
+            break;
+          }
+          r.task_ids[r.filter.n_task_ids++] = json_string_value(id);
+        }
+      r.filter.task_ids = r.task_ids;
+    }
+    else {
+      bad = "unknown field";
+      code = "unknown_field";
+    }
+    if(bad) {
+      snprintf(msg, sizeof msg, "%.40s: %s", key, bad);
+      fail(err, 422, code, key, msg);
+      request_redrive_free(&r);
+      return -1;
+    }
+  }
+  /* The pause comes between moves, so max jobs take (max - 1) / rate seconds. */
+  if(r.filter.rate > 0 &&
+     (double)(r.filter.max - 1) / r.filter.rate * 1000.0 > REQUEST_REDRIVE_MAX_MS) {
+    snprintf(msg, sizeof msg,
+             "at %g jobs per second, %zu jobs take longer than %d s: raise rate, lower max, or "
+             "use msg-consumer --redrive",
+             r.filter.rate, r.filter.max, REQUEST_REDRIVE_MAX_MS / 1000);
+    fail(err, 422, "invalid_field", "rate", msg);
+    request_redrive_free(&r);
+    return -1;
+  }
+  *out = r;
+  return 0;
+}
+
+void request_redrive_free(struct request_redrive *r)
+{
+  if(!r)
+    return;
+  free(r->task_ids);
+  json_decref(r->doc);
+  r->task_ids = NULL;
+  r->doc = NULL;
 }

@@ -3,8 +3,10 @@
 #ifndef MSG_REQUEST_H
 #define MSG_REQUEST_H
 
+#include <jansson.h>
 #include <stddef.h>
 
+#include "deadletters.h"
 #include "job.h"
 
 /* JSON nesting allowed in a request body. jansson parses recursively, and CivetWeb workers
@@ -52,5 +54,29 @@ int request_parse_batch(const char *body, size_t len, const char *default_instan
 
 /* Frees what request_parse_batch returned; NULL is a no-op. */
 void request_items_free(struct request_item *items, size_t n);
+
+/* A redrive over HTTP holds a worker and a broker connection while it runs, so it must be
+ * planned to end within REQUEST_REDRIVE_MAX_MS: with a rate, (max - 1) / rate at most that
+ * (msg-consumer --redrive has no such cap). */
+#define REQUEST_REDRIVE_MAX_MS 30000
+
+/* A parsed POST /dead-letters/redrive body. filter's strings and task ids are borrowed from
+ * doc; free both with request_redrive_free. */
+struct request_redrive {
+  struct redrive_filter filter;
+  const char **task_ids;
+  json_t *doc;
+};
+
+/* Parses and validates a POST /dead-letters/redrive body {"max", "reason", "instance",
+ * "task_ids", "rate"} of `len` bytes (0 = every default). On success returns 0 and fills *out
+ * (caller frees with request_redrive_free); on failure returns -1 with *err filled (400 not
+ * JSON, 422 a field: max 1..DEAD_REDRIVE_MAX, rate 0 or DEAD_RATE_MIN..DEAD_RATE_MAX and within
+ * REQUEST_REDRIVE_MAX_MS for max) and *out untouched. */
+int request_parse_redrive(const char *body, size_t len, struct request_redrive *out,
+                          struct request_error *err);
+
+/* Frees what request_parse_redrive filled; NULL is a no-op. */
+void request_redrive_free(struct request_redrive *r);
 
 #endif

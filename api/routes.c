@@ -1,25 +1,28 @@
 /* The api's routing table: every path and method msg-api answers, in one place. */
 #include "routes.h"
 
+#include "cfg.h"
+
 #include <stdio.h>
 #include <string.h>
 
 const struct route ROUTES[ROUTE_COUNT] = {
-  [ROUTE_ROOT] = {"/", "GET", 1},
-  [ROUTE_LIVEZ] = {"/livez", "GET", 1},
-  [ROUTE_READYZ] = {"/readyz", "GET", 1},
-  [ROUTE_HEALTH] = {"/health", "GET", 0},
-  [ROUTE_OPENAPI] = {"/openapi.json", "GET", 1},
-  [ROUTE_DOCS] = {"/docs", "GET", 1},
-  [ROUTE_MESSAGES] = {"/messages", "POST", 0},
-  [ROUTE_BATCH] = {"/messages/batch", "POST", 0},
-  [ROUTE_TASK] = {"/tasks/{task_id}", "GET", 0},
-  [ROUTE_TASK_CANCEL] = {"/tasks/{task_id}", "DELETE", 0},
-  [ROUTE_METRICS] = {"/metrics", "GET", 1},
-  [ROUTE_DEAD_LETTERS] = {"/dead-letters", "GET", 0},
-  [ROUTE_REDRIVE] = {"/dead-letters/redrive", "POST", 0},
+  [ROUTE_ROOT] = {"/", "GET", 1, 0},
+  [ROUTE_LIVEZ] = {"/livez", "GET", 1, 0},
+  [ROUTE_READYZ] = {"/readyz", "GET", 1, 0},
+  [ROUTE_HEALTH] = {"/health", "GET", 0, 0},
+  [ROUTE_OPENAPI] = {"/openapi.json", "GET", 1, 0},
+  [ROUTE_DOCS] = {"/docs", "GET", 1, 0},
+  [ROUTE_MESSAGES] = {"/messages", "POST", 0, CFG_SCOPE_SEND},
+  [ROUTE_BATCH] = {"/messages/batch", "POST", 0, CFG_SCOPE_SEND},
+  [ROUTE_TASK] = {"/tasks/{task_id}", "GET", 0, CFG_SCOPE_READ},
+  [ROUTE_TASK_CANCEL] = {"/tasks/{task_id}", "DELETE", 0, CFG_SCOPE_CANCEL},
+  /* Every tenant's counters: admin, or open when api.metrics_public. */
+  [ROUTE_METRICS] = {"/metrics", "GET", 0, CFG_SCOPE_ADMIN},
+  [ROUTE_DEAD_LETTERS] = {"/dead-letters", "GET", 0, CFG_SCOPE_ADMIN},
+  [ROUTE_REDRIVE] = {"/dead-letters/redrive", "POST", 0, CFG_SCOPE_ADMIN},
   /* Evolution API cannot send our API keys: the webhook has its own secret or JWT. */
-  [ROUTE_WEBHOOK] = {"/webhooks/evolution", "POST", 1},
+  [ROUTE_WEBHOOK] = {"/webhooks/evolution", "POST", 1, 0},
 };
 
 /* 1 when `path` fits `pattern`; sets *param for a trailing {param}. */

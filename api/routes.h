@@ -27,6 +27,7 @@ struct route {
   const char *pattern; /* OpenAPI form: "/tasks/{task_id}"; one trailing {param} at most */
   const char *method;  /* the documented method; GET routes also answer HEAD */
   int open;            /* 1: answered without an API key (probes, banner, docs) */
+  unsigned scope;      /* CFG_SCOPE_* a key needs here (0: any valid key) */
 };
 
 extern const struct route ROUTES[ROUTE_COUNT];

@@ -17,7 +17,10 @@ struct task {
   struct task *kchain; /* next in the same Evolution-key bucket */
   struct receipts *receipts; /* delivery receipts, allocated with the first one */
   char *callback_url;
-  char *idem_key;      /* Idempotency-Key the task was created with, or NULL */
+  char *idem_key;      /* Idempotency-Key the task was created with, within its tenant
+                          (task_cache_idem_key), or NULL */
+  const char *tenant;  /* interned (struct names): who sent it, or NULL for no tenant */
+  const char *instance; /* interned: the Evolution instance it goes through, or NULL */
   uint64_t request_hash;
   char id[UTIL_UUID_LEN];
   char phone[JOB_PHONE_LEN];
@@ -73,7 +76,19 @@ struct shard {
 /* The bound is on the whole cache, not per shard: ids do not spread evenly, and per-shard
  * bounds would evict from full shards while others had room. When the cache is full, an insert
  * drops the oldest task of its own shard. */
+/* Tenant and instance names, interned: a few distinct values shared by a million tasks. At
+ * most NAMES_MAX are kept; past that a task simply does not remember its instance. */
+#define NAME_BUCKETS 256
+#define NAMES_MAX 100000
+struct name {
+  struct name *next;
+  char text[];
+};
+
 struct task_cache {
+  pthread_mutex_t names_lock; /* guards names; taken inside a shard's lock */
+  struct name *names[NAME_BUCKETS];
+  size_t n_names;
   size_t nshards;
   atomic_size_t total;
   struct shard shards[MAX_SHARDS];
@@ -125,6 +140,7 @@ struct task_cache *task_cache_new(size_t max_tasks, int64_t retention_ms)
   if(!cache)
     return NULL;
   pthread_mutex_init(&cache->pending_lock, NULL);
+  pthread_mutex_init(&cache->names_lock, NULL);
   while(shards < MAX_SHARDS && max_tasks / (shards * 2) >= MIN_TASKS_PER_SHARD)
     shards *= 2;
   for(size_t i = 0; i < shards; i++)
@@ -181,7 +197,41 @@ void task_cache_free(struct task_cache *cache)
     free(c->kbuckets);
   }
   pending_free_all(cache);
+  for(size_t i = 0; i < NAME_BUCKETS; i++)
+    for(struct name *n = cache->names[i], *next; n; n = next) {
+      next = n->next;
+      free(n);
+    }
+  pthread_mutex_destroy(&cache->names_lock);
   free(cache);
+}
+
+/* The one copy of `text` (kept until the cache is freed), or NULL when out of room. */
+static const char *intern(struct task_cache *cache, const char *text)
+{
+  size_t b = hash_id(text) % NAME_BUCKETS, len = strlen(text);
+  struct name *n;
+  pthread_mutex_lock(&cache->names_lock);
+  for(n = cache->names[b]; n && strcmp(n->text, text); n = n->next)
+    ;
+  if(!n && cache->n_names < NAMES_MAX && (n = malloc(sizeof *n + len + 1))) {
+    memcpy(n->text, text, len + 1);
+    n->next = cache->names[b];
+    cache->names[b] = n;
+    cache->n_names++;
+  }
+  pthread_mutex_unlock(&cache->names_lock);
+  return n ? n->text : NULL;
+}
+
+void task_cache_idem_key(const char *tenant, const char *key, char out[TASK_CACHE_IDEM_MAX])
+{
+  /* 0x1f never appears in a tenant name nor in a key (printable ASCII), so two tenants'
+   * keys never meet. */
+  if(tenant && *tenant)
+    snprintf(out, TASK_CACHE_IDEM_MAX, "%s\x1f%s", tenant, key);
+  else
+    snprintf(out, TASK_CACHE_IDEM_MAX, "%s", key);
 }
 
 static struct task *find(struct shard *c, const char *id)
@@ -511,7 +561,9 @@ static int apply_receipt(struct task_cache *cache, const struct status_event *ev
     return keep_pending(cache, ev);
   c = shard_of(cache, id);
   pthread_rwlock_wrlock(&c->lock);
-  if((t = find(c, id)))
+  /* A receipt is matched on the instance too: Evolution's message ids are unique within an
+   * instance, and a webhook of one instance must not move another instance's task. */
+  if((t = find(c, id)) && !(ev->instance && t->instance && strcmp(ev->instance, t->instance)))
     rc = merge_receipt(&t->receipts, ev->delivery, ev->at_ms);
   pthread_rwlock_unlock(&c->lock);
   if(!t && !ev->task_id[0])
@@ -554,9 +606,16 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
     atomic_fetch_add(c->total, 1);
   }
   /* What the request was is merged whatever the order events arrive in. */
+  if(ev->tenant && !t->tenant)
+    t->tenant = intern(cache, ev->tenant);
+  if(ev->instance && !t->instance)
+    t->instance = intern(cache, ev->instance);
   if(ev->idempotency_key && !t->idem_key) {
-    size_t b = hash_id(ev->idempotency_key) & (c->nbuckets - 1);
-    if(!(t->idem_key = strdup(ev->idempotency_key)))
+    char scoped[TASK_CACHE_IDEM_MAX];
+    size_t b;
+    task_cache_idem_key(ev->tenant, ev->idempotency_key, scoped);
+    b = hash_id(scoped) & (c->nbuckets - 1);
+    if(!(t->idem_key = strdup(scoped)))
       rc = -1;
     else {
       t->ichain = c->ibuckets[b];
@@ -664,8 +723,10 @@ out:
   return out;
 }
 
-int task_cache_status(struct task_cache *cache, const char *task_id, enum task_status *status,
-                      int *attempt)
+/* Runs `take` on task `task_id` under its shard's read lock, if the task is known and within
+ * its retention. Returns 1 when it ran. */
+static int with_task(struct task_cache *cache, const char *task_id,
+                     void (*take)(const struct task *t, void *arg), void *arg)
 {
   struct shard *c = shard_of(cache, task_id);
   struct task *t;
@@ -673,12 +734,48 @@ int task_cache_status(struct task_cache *cache, const char *task_id, enum task_s
   pthread_rwlock_rdlock(&c->lock);
   t = find(c, task_id);
   if(t && t->created_at_ms + c->retention_ms >= util_now_ms()) {
-    *status = (enum task_status)t->status;
-    *attempt = t->attempt;
+    take(t, arg);
     found = 1;
   }
   pthread_rwlock_unlock(&c->lock);
   return found;
+}
+
+struct status_out {
+  enum task_status *status;
+  int *attempt;
+};
+
+static void take_status(const struct task *t, void *arg)
+{
+  struct status_out *o = arg;
+  *o->status = (enum task_status)t->status;
+  *o->attempt = t->attempt;
+}
+
+int task_cache_status(struct task_cache *cache, const char *task_id, enum task_status *status,
+                      int *attempt)
+{
+  struct status_out o = {status, attempt};
+  return with_task(cache, task_id, take_status, &o);
+}
+
+struct owner_out {
+  char *tenant, *instance;
+};
+
+static void take_owner(const struct task *t, void *arg)
+{
+  struct owner_out *o = arg;
+  snprintf(o->tenant, JOB_TENANT_MAX + 1, "%s", t->tenant ? t->tenant : "");
+  snprintf(o->instance, JOB_INSTANCE_MAX + 1, "%s", t->instance ? t->instance : "");
+}
+
+int task_cache_owner(struct task_cache *cache, const char *task_id,
+                     char tenant[JOB_TENANT_MAX + 1], char instance[JOB_INSTANCE_MAX + 1])
+{
+  struct owner_out o = {tenant, instance};
+  return with_task(cache, task_id, take_owner, &o);
 }
 
 struct idempotent_hit {

@@ -34,8 +34,19 @@ char *task_cache_render(struct task_cache *cache, const char *task_id);
 int task_cache_status(struct task_cache *cache, const char *task_id, enum task_status *status,
                       int *attempt);
 
-/* Looks up the task created with Idempotency-Key `key`. Returns 1 and writes its id, the
- * fingerprint of its request (0 when unknown) and its status; 0 when no task has the key. */
+/* Who owns a task: the tenant of the key that sent it ("" for none) and its Evolution
+ * instance ("" when not known here). Returns 1, or 0 when the task is unknown (or expired). */
+int task_cache_owner(struct task_cache *cache, const char *task_id,
+                     char tenant[JOB_TENANT_MAX + 1], char instance[JOB_INSTANCE_MAX + 1]);
+
+/* Idempotency-Keys are per tenant: the key under which the cache (and the api's claims and
+ * in-doubt table) file `key` of `tenant` (NULL or "" for none). */
+#define TASK_CACHE_IDEM_MAX (JOB_TENANT_MAX + 1 + JOB_IDEMPOTENCY_KEY_MAX + 1)
+void task_cache_idem_key(const char *tenant, const char *key, char out[TASK_CACHE_IDEM_MAX]);
+
+/* Looks up the task created with the scoped Idempotency-Key `key` (task_cache_idem_key).
+ * Returns 1 and writes its id, the fingerprint of its request (0 when unknown) and its
+ * status; 0 when no task has the key. */
 int task_cache_find_idempotent(struct task_cache *cache, const char *key,
                                char task_id[UTIL_UUID_LEN], uint64_t *request_hash,
                                enum task_status *status);

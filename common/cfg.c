@@ -145,6 +145,7 @@ enum ktype {
   K_INSTANCE,      /* [A-Za-z0-9._-]{1,64} */
   K_STR_LIST,      /* char ** + size_t count; elements non-empty; at most max_n */
   K_DURATION_LIST, /* uint64_t * + size_t count; elements min..max; at most max_n */
+  K_TENANTS,       /* struct cfg_tenant * + size_t count: api.keys, parsed by apply_tenants */
 };
 
 #define F_SECRET 1u      /* never quote the value back */
@@ -236,10 +237,23 @@ static const struct key KEYS[] = {
   {.name = "api.api_keys", .type = K_STR_LIST, .flags = F_SECRET, .def_list = NO_KEYS,
    .max_n = 1024, AT(api.api_keys), .off_n = offsetof(struct cfg, api.n_api_keys)},
   {.name = "api.api_keys_file", .type = K_STR, .def = "", AT(api.api_keys_file)},
+  {.name = "api.keys", .type = K_TENANTS, .flags = F_SECRET, .max_n = 1024, AT(api.tenants),
+   .off_n = offsetof(struct cfg, api.n_tenants)},
   {.name = "api.max_batch_body", .type = K_SIZE, .def = "4MiB", .min = KIB, .max = 64 * MIB,
    AT(api.max_batch_body)},
   {.name = "api.cache_max_tasks", .type = K_COUNT, .def = "1000000", .min = 1,
    .max = 100000000, AT(api.cache_max_tasks)},
+  /* Hostile clients: CivetWeb keeps at most 64 header lines and silently drops the rest, so
+   * msg-api refuses what it would cut (reply.c), and slow senders get deadlines. */
+  {.name = "api.max_header_size", .type = K_SIZE, .def = "16KiB", .min = KIB, .max = MIB,
+   AT(api.max_header_size)},
+  {.name = "api.header_timeout", .type = K_DURATION, .def = "5s", .min = 100,
+   .max = 5 * MS_MINUTE, AT(api.header_timeout_ms)},
+  {.name = "api.body_timeout", .type = K_DURATION, .def = "10s", .min = 100,
+   .max = 10 * MS_MINUTE, AT(api.body_timeout_ms)},
+  {.name = "api.keep_alive_timeout", .type = K_DURATION, .def = "5s", .min = 100,
+   .max = 5 * MS_MINUTE, AT(api.keep_alive_timeout_ms)},
+  {.name = "api.metrics_public", .type = K_BOOL, .def = "false", AT(api.metrics_public)},
 
   {.name = "consumer.prefetch", .type = K_UINT, .def = "64", .min = 1, .max = 65535,
    AT(consumer.prefetch)},
@@ -247,8 +261,13 @@ static const struct key KEYS[] = {
    .max = MS_HOUR, AT(consumer.shutdown_grace_ms)},
   {.name = "consumer.health_listen", .type = K_LISTEN, .def = "0.0.0.0:8002",
    AT(consumer.health_listen)},
+  {.name = "consumer.health_threads", .type = K_UINT, .def = "16", .min = 2, .max = 256,
+   AT(consumer.health_threads)},
+  {.name = "consumer.health_timeout", .type = K_DURATION, .def = "1s", .min = 100,
+   .max = MS_MINUTE, AT(consumer.health_timeout_ms)},
 
-  {.name = "evolution.url", .type = K_URL, .flags = F_STRIP_SLASH, .def = "http://localhost:8080",
+  {.name = "evolution.url", .type = K_URL, .flags = F_STRIP_SLASH | F_SECRET_URL,
+   .def = "http://localhost:8080",
    .schemes = HTTP_SCHEMES, AT(evolution.url)},
   {.name = "evolution.api_key", .type = K_STR, .flags = F_SECRET, .def = "",
    AT(evolution.api_key)},
@@ -292,6 +311,7 @@ static const struct key KEYS[] = {
 
   {.name = "log.level", .type = K_ENUM, .def = "info", .names = LOG_LEVELS, AT(log.level)},
   {.name = "log.format", .type = K_ENUM, .def = "json", .names = LOG_FORMATS, AT(log.format)},
+  {.name = "log.file", .type = K_STR, .def = "", AT(log.file)},
 };
 #define N_KEYS (sizeof(KEYS) / sizeof(KEYS[0]))
 
@@ -540,15 +560,11 @@ double cfg_instance_rate(const struct cfg *cfg, const char *instance)
   return cfg->evolution.rate_limit;
 }
 
-bool cfg_valid_amqp_url(const char *s)
+/* The part after "scheme://" of an amqp(s) or http(s) URL: [userinfo@]host[:port] then an
+ * optional path; the host a name, an IPv4 address or an [IPv6] literal, the port 1-65535. */
+static bool valid_url_rest(const char *s, const char *p)
 {
-  const char *p, *auth_end, *host, *host_end, *at = NULL;
-  if(!strncasecmp(s, "amqp://", 7))
-    p = s + 7;
-  else if(!strncasecmp(s, "amqps://", 8))
-    p = s + 8;
-  else
-    return false;
+  const char *auth_end, *host, *host_end, *at = NULL;
   for(const char *c = s; *c; c++)
     if((unsigned char)*c <= ' ' || *c == 0x7f || *c == ',')
       return false;
@@ -567,7 +583,7 @@ bool cfg_valid_amqp_url(const char *s)
     host_end = host;
     while(host_end < auth_end && *host_end != ':')
       host_end++;
-    if(host_end == host)
+    if(host_end == host || !valid_host(host, (size_t)(host_end - host)))
       return false;
   }
   if(host_end < auth_end) {
@@ -591,18 +607,21 @@ bool cfg_valid_amqp_url(const char *s)
   return true;
 }
 
+bool cfg_valid_amqp_url(const char *s)
+{
+  if(!strncasecmp(s, "amqp://", 7))
+    return valid_url_rest(s, s + 7);
+  if(!strncasecmp(s, "amqps://", 8))
+    return valid_url_rest(s, s + 8);
+  return false;
+}
+
 static bool valid_url(const struct key *k, const char *s)
 {
-  if(k->schemes == AMQP_SCHEMES)
-    return cfg_valid_amqp_url(s);
   for(const char *const *sc = k->schemes; *sc; sc++) {
     size_t n = strlen(*sc);
-    if(strncasecmp(s, *sc, n) || !s[n])
-      continue;
-    for(const char *c = s + n; *c; c++)
-      if((unsigned char)*c <= ' ' || *c == 0x7f)
-        return false;
-    return true;
+    if(!strncasecmp(s, *sc, n))
+      return valid_url_rest(s, s + n);
   }
   return false;
 }
@@ -694,6 +713,9 @@ static void sb_expected(struct sbuf *b, const struct key *k, bool elem)
     break;
   case K_INSTANCE:
     sb_puts(b, "an instance name of 1-64 characters from A-Z a-z 0-9 . _ -");
+    break;
+  case K_TENANTS:
+    sb_puts(b, "a list of {name, key or key_file, instances, scopes}");
     break;
   case K_STR_LIST:
     if(k->elem_expect)
@@ -837,7 +859,8 @@ static int set_value(struct cfg *cfg, const struct key *k, const char *s)
     return set_string(cfg, k, s);
   case K_STR_LIST:
   case K_DURATION_LIST:
-    break; /* lists go through set_list */
+  case K_TENANTS:
+    break; /* lists go through set_list, tenants through apply_tenants */
   }
   return SET_BAD;
 }
@@ -1289,17 +1312,26 @@ static char *expand_node(struct loader *L, const struct key *k, const struct yno
   }
 }
 
-static void apply_list(struct loader *L, const struct key *k, const struct ynode *v,
+/* A list key's value must be a list of at most max_n entries; false after reporting. */
+static bool is_list_of(struct loader *L, const struct key *k, const struct ynode *v,
                        const char *kpath)
 {
   if(v->kind != N_SEQ) {
     err_expected(L, v, kpath, k, false, v, NULL);
-    return;
+    return false;
   }
   if(v->n > k->max_n) {
     errf(L, v->line, v->col, "%s: expected at most %zu entries, got %zu", kpath, k->max_n, v->n);
-    return;
+    return false;
   }
+  return true;
+}
+
+static void apply_list(struct loader *L, const struct key *k, const struct ynode *v,
+                       const char *kpath)
+{
+  if(!is_list_of(L, k, v, kpath))
+    return;
   void *arr = new_list(k, v->n);
   if(!arr) {
     L->oom = true;
@@ -1370,6 +1402,9 @@ static bool is_null(const struct ynode *v)
          (v->len == 0 || !strcmp(v->text, "~") || !strcmp(v->text, "null"));
 }
 
+static void apply_tenants(struct loader *L, const struct key *k, const struct ynode *v,
+                          const char *kpath);
+
 static void walk_mapping(struct loader *L, const struct ynode *m, const char *prefix)
 {
   for(size_t i = 0; i + 1 < m->n; i += 2) {
@@ -1406,7 +1441,9 @@ static void walk_mapping(struct loader *L, const struct ynode *m, const char *pr
     }
     else if(k) {
       if(!check_alias(L, v, kpath)) {
-        if(k->type == K_STR_LIST || k->type == K_DURATION_LIST)
+        if(k->type == K_TENANTS)
+          apply_tenants(L, k, v, kpath);
+        else if(k->type == K_STR_LIST || k->type == K_DURATION_LIST)
           apply_list(L, k, v, kpath);
         else
           apply_scalar(L, k, v, kpath);
@@ -1444,6 +1481,8 @@ static int apply_defaults(struct loader *L)
   for(size_t i = 0; i < N_KEYS; i++) {
     const struct key *k = &KEYS[i];
     int rc = SET_OK;
+    if(k->type == K_TENANTS)
+      continue; /* none by default */
     if(k->type == K_STR_LIST || k->type == K_DURATION_LIST) {
       size_t n = 0;
       while(k->def_list[n])
@@ -1662,6 +1701,9 @@ void cfg_free(struct cfg *cfg)
     case K_DURATION_LIST:
       free_list(k, *(void **)f, *(size_t *)field_of(cfg, k->off_n));
       break;
+    case K_TENANTS:
+      cfg_tenants_free(*(struct cfg_tenant **)f, *(size_t *)field_of(cfg, k->off_n));
+      break;
     default:
       break;
     }
@@ -1845,4 +1887,261 @@ done:
   free(buf);
   cfg_free(L.cfg);
   return cfg;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * api.keys: the tenants, a list of mappings the generic table cannot describe.
+ */
+static const struct enum_name SCOPES[] = {{"send", CFG_SCOPE_SEND},
+                                          {"read", CFG_SCOPE_READ},
+                                          {"cancel", CFG_SCOPE_CANCEL},
+                                          {"admin", CFG_SCOPE_ADMIN},
+                                          {NULL, 0}};
+
+void cfg_tenants_free(struct cfg_tenant *t, size_t n)
+{
+  if(!t)
+    return;
+  for(size_t i = 0; i < n; i++) {
+    free(t[i].name);
+    free(t[i].key);
+    free(t[i].key_file);
+    for(size_t j = 0; j < t[i].n_instances; j++)
+      free(t[i].instances[j]);
+    free(t[i].instances);
+  }
+  free(t);
+}
+
+/* The key in `path`: its first line that is not blank nor a '#' comment, trimmed. Returns a
+ * malloc'd string, or NULL after reporting at `at`. */
+static char *read_tenant_key(struct loader *L, const struct ynode *at, const char *kpath,
+                             const char *path)
+{
+  char line[1024], *key = NULL;
+  FILE *f = fopen(path, "r");
+  if(!f) {
+    errf(L, at->line, at->col, "%s: cannot read \"%s\": %s", kpath, path, strerror(errno));
+    return NULL;
+  }
+  while(!key && fgets(line, sizeof line, f)) {
+    char *start = line, *end;
+    while(*start == ' ' || *start == '\t')
+      start++;
+    end = start + strlen(start);
+    while(end > start && strchr("\r\n \t", end[-1]))
+      *--end = '\0';
+    if(*start && *start != '#' && !(key = strdup(start)))
+      L->oom = true;
+  }
+  fclose(f);
+  if(!key && !L->oom)
+    errf(L, at->line, at->col, "%s: \"%s\" holds no key", kpath, path);
+  return key;
+}
+
+/* A scalar of one tenant field, expanded; NULL after reporting. */
+static char *tenant_scalar(struct loader *L, const struct key *k, const struct ynode *v,
+                           const char *kpath, const char *expect)
+{
+  char *s;
+  if(check_alias(L, v, kpath))
+    return NULL;
+  if(v->kind != N_SCALAR) {
+    errf(L, v->line, v->col, "%s: expected %s, got %s", kpath, expect, kind_name(v));
+    return NULL;
+  }
+  s = expand_node(L, k, v, kpath);
+  if(s && !*s) {
+    errf(L, v->line, v->col, "%s: expected %s, got \"\"", kpath, expect);
+    free(s);
+    return NULL;
+  }
+  return s;
+}
+
+/* One list field of a tenant (instances, scopes): each element checked by `ok`; `add` stores
+ * it. Returns false after reporting. */
+static bool tenant_list(struct loader *L, const struct key *k, const struct ynode *v,
+                        const char *kpath, const char *list_expect, const char *expect,
+                        struct cfg_tenant *t, bool (*add)(struct cfg_tenant *t, char *s))
+{
+  bool good = true;
+  if(check_alias(L, v, kpath))
+    return false;
+  if(v->kind != N_SEQ) {
+    errf(L, v->line, v->col, "%s: expected %s", kpath, list_expect);
+    return false;
+  }
+  for(size_t i = 0; i < v->n && !L->oom; i++) {
+    struct sbuf ep = {0};
+    char *s;
+    sb_printf(&ep, "%s[%zu]", kpath, i);
+    if(ep.oom) {
+      L->oom = true;
+      break;
+    }
+    s = tenant_scalar(L, k, v->kids[i], ep.p, expect);
+    if(s && !add(t, s)) {
+      struct sbuf b = {0};
+      sb_printf(&b, "%s:%zu:%zu: %s: expected %s, got ", L->path, v->kids[i]->line,
+                v->kids[i]->col, ep.p, expect);
+      sb_quote(&b, s, strlen(s));
+      add_err(L, v->kids[i]->line, v->kids[i]->col, &b);
+      free(s);
+      good = false;
+    }
+    else if(!s)
+      good = false;
+    free(ep.p);
+  }
+  return good;
+}
+
+static bool add_instance(struct cfg_tenant *t, char *s)
+{
+  char **grown;
+  if(!strcmp(s, "*")) {
+    t->all_instances = true;
+    free(s);
+    return true;
+  }
+  if(!valid_instance(s))
+    return false;
+  grown = realloc(t->instances, (t->n_instances + 1) * sizeof *grown);
+  if(!grown)
+    return false;
+  t->instances = grown;
+  t->instances[t->n_instances++] = s;
+  return true;
+}
+
+static bool add_scope(struct cfg_tenant *t, char *s)
+{
+  for(const struct enum_name *e = SCOPES; e->name; e++)
+    if(!strcmp(s, e->name)) {
+      t->scopes |= (unsigned)e->value;
+      free(s);
+      return true;
+    }
+  return false;
+}
+
+static void apply_tenant(struct loader *L, const struct key *k, const struct ynode *m,
+                         const char *ipath, struct cfg_tenant *t)
+{
+  const struct ynode *instances = NULL, *scopes = NULL, *key_file = NULL;
+  bool has_key = false, has_file = false, has_name = false;
+  for(size_t i = 0; i + 1 < m->n && !L->oom; i += 2) {
+    const struct ynode *kn = m->kids[i], *v = m->kids[i + 1];
+    struct sbuf fp = {0};
+    const char *f = kn->kind == N_SCALAR ? kn->text : "";
+    sb_printf(&fp, "%s.%s", ipath, f);
+    if(fp.oom) {
+      L->oom = true;
+      break;
+    }
+    for(size_t j = 0; j < i; j += 2)
+      if(m->kids[j]->kind == N_SCALAR && !strcmp(m->kids[j]->text, f)) {
+        errf(L, kn->line, kn->col, "%s: duplicate key (first defined at line %zu)", fp.p,
+             m->kids[j]->line);
+        f = "";
+        break;
+      }
+    if(!*f)
+      ; /* reported above, or not a scalar key (reported below) */
+    else if(!strcmp(f, "name")) {
+      has_name = true;
+      t->name = tenant_scalar(L, k, v, fp.p, "a name of 1-64 characters from A-Z a-z 0-9 . _ -");
+      if(t->name && !valid_instance(t->name)) {
+        struct sbuf b = {0};
+        sb_printf(&b, "%s:%zu:%zu: %s: expected a name of 1-64 characters from A-Z a-z 0-9 . _ "
+                  "-, got ", L->path, v->line, v->col, fp.p);
+        sb_quote(&b, t->name, strlen(t->name));
+        add_err(L, v->line, v->col, &b);
+        free(t->name);
+        t->name = NULL;
+      }
+    }
+    else if(!strcmp(f, "key")) {
+      has_key = true;
+      free(t->key);
+      t->key = tenant_scalar(L, k, v, fp.p, "a non-empty key");
+    }
+    else if(!strcmp(f, "key_file")) {
+      has_file = true;
+      free(t->key_file);
+      if((t->key_file = tenant_scalar(L, k, v, fp.p, "a file name")))
+        key_file = v;
+    }
+    else if(!strcmp(f, "instances"))
+      instances = v;
+    else if(!strcmp(f, "scopes"))
+      scopes = v;
+    else
+      errf(L, kn->line, kn->col, "%s: unknown key", kn->kind == N_SCALAR ? fp.p : ipath);
+    if(instances == v)
+      tenant_list(L, k, v, fp.p, "a list of instance names or [\"*\"]",
+                  "an instance name (A-Z a-z 0-9 . _ -, 1-64) or \"*\"", t, add_instance);
+    if(scopes == v)
+      tenant_list(L, k, v, fp.p, "a list of scopes (send, read, cancel, admin)",
+                  "one of send, read, cancel, admin", t, add_scope);
+    free(fp.p);
+  }
+  if(!has_name && !L->oom)
+    errf(L, m->line, m->col, "%s: expected a name", ipath);
+  if(has_key == has_file && !L->oom)
+    errf(L, m->line, m->col, "%s: expected exactly one of key and key_file", ipath);
+  else if(key_file && t->key_file) {
+    struct sbuf fp = {0};
+    sb_printf(&fp, "%s.key_file", ipath);
+    if(!fp.oom)
+      t->key = read_tenant_key(L, key_file, fp.p, t->key_file);
+    free(fp.p);
+  }
+  if(!t->key_file && !(t->key_file = strdup("")))
+    L->oom = true;
+  /* Without instances a key may send through every instance; without scopes it may do
+   * everything but administer. */
+  if(!instances)
+    t->all_instances = true;
+  if(!scopes)
+    t->scopes = CFG_SCOPE_SEND | CFG_SCOPE_READ | CFG_SCOPE_CANCEL;
+}
+
+static void apply_tenants(struct loader *L, const struct key *k, const struct ynode *v,
+                          const char *kpath)
+{
+  struct cfg_tenant *t;
+  size_t n;
+  if(is_null(v) || !is_list_of(L, k, v, kpath))
+    return;
+  n = v->n;
+  if(!(t = calloc(n ? n : 1, sizeof *t))) {
+    L->oom = true;
+    return;
+  }
+  for(size_t i = 0; i < n && !L->oom; i++) {
+    const struct ynode *e = v->kids[i];
+    struct sbuf ip = {0};
+    sb_printf(&ip, "%s[%zu]", kpath, i);
+    if(ip.oom) {
+      L->oom = true;
+      break;
+    }
+    if(check_alias(L, e, ip.p))
+      ;
+    else if(e->kind != N_MAP)
+      errf(L, e->line, e->col, "%s: expected a mapping {name, key or key_file, instances, "
+           "scopes}, got %s", ip.p, e->kind == N_SCALAR ? "a scalar" : kind_name(e));
+    else {
+      /* Several keys may share a tenant name (a send key and a read-only one, say). */
+      apply_tenant(L, k, e, ip.p, &t[i]);
+    }
+    free(ip.p);
+  }
+  cfg_tenants_free(*(struct cfg_tenant **)field_of(L->cfg, k->off),
+                   *(size_t *)field_of(L->cfg, k->off_n));
+  *(struct cfg_tenant **)field_of(L->cfg, k->off) = t;
+  *(size_t *)field_of(L->cfg, k->off_n) = n;
 }

@@ -15,6 +15,24 @@ enum cfg_api_version { CFG_EVO_V1 = 1, CFG_EVO_V2 = 2 };
  * cannot tell: send it again (a possible duplicate) or park it (a possible loss). */
 enum cfg_in_doubt { CFG_IN_DOUBT_RESEND, CFG_IN_DOUBT_PARK };
 
+/* What an API key may do (api.keys[].scopes). */
+#define CFG_SCOPE_SEND 1u   /* POST /messages, /messages/batch */
+#define CFG_SCOPE_READ 2u   /* GET /tasks/{id} */
+#define CFG_SCOPE_CANCEL 4u /* DELETE /tasks/{id} */
+#define CFG_SCOPE_ADMIN 8u  /* dead letters, redrive, /health, /metrics, every tenant's tasks */
+#define CFG_SCOPES_ALL 15u
+
+/* One tenant of api.keys; every string owned by the struct cfg. */
+struct cfg_tenant {
+  char *name;          /* [A-Za-z0-9._-]{1,64}; keys with the same name share a tenant */
+  char *key;           /* the key itself (from key, or key_file's first line); a secret */
+  char *key_file;      /* "" when the key was given inline; re-read on SIGHUP */
+  char **instances;    /* n_instances Evolution instances it may send through */
+  size_t n_instances;
+  bool all_instances;  /* instances absent or holding "*" */
+  unsigned scopes;     /* CFG_SCOPE_* bits; default send, read, cancel */
+};
+
 /* Every string below is owned by the struct cfg and freed by cfg_free. Durations are in
  * milliseconds, sizes in bytes. A field always holds a valid value once cfg_load succeeded:
  * the defaults of DESIGN §5 where the file and the environment said nothing. */
@@ -50,14 +68,22 @@ struct cfg {
     char **api_keys;       /* n_api_keys strings; empty list = no authentication; the keys of
                               api_keys_file are appended */
     char *api_keys_file;   /* "" or a file with one key per line */
+    struct cfg_tenant *tenants; /* api.keys: n_tenants keys with their tenant, instances and
+                                   scopes (api_keys are keys with every scope and instance) */
+    size_t n_tenants;
     size_t n_api_keys;
     size_t cache_max_tasks; /* 1..100000000 */
+    size_t max_header_size;  /* request line and headers, 1KiB..1MiB; more is 431 */
+    uint64_t header_timeout_ms, body_timeout_ms, keep_alive_timeout_ms; /* slow clients */
+    bool metrics_public;     /* /metrics without an API key */
   } api;
 
   struct {
     unsigned prefetch;         /* 1..65535 */
     uint64_t shutdown_grace_ms;
     char *health_listen;       /* host:port, validated */
+    unsigned health_threads;   /* health listener workers, 2..256 */
+    uint64_t health_timeout_ms; /* deadline for a probe's request to arrive, 100ms..1m */
   } consumer;
 
   struct {
@@ -100,6 +126,7 @@ struct cfg {
   struct {
     enum cfg_log_level level;
     enum cfg_log_format format;
+    char *file;   /* "" = stderr; else appended to, and reopened on SIGHUP */
   } log;
 };
 
@@ -125,6 +152,9 @@ int cfg_any_rate_limit(const struct cfg *cfg);
 /* true when s is an amqp:// or amqps:// URL with a host and, if any, a port 1-65535 (the
  * shape rabbitmq-c's amqp_parse_url takes; commas are refused, as they separate URLs). */
 bool cfg_valid_amqp_url(const char *s);
+
+/* Frees n tenants as cfg_load made them (cfg_free does it for a whole cfg). */
+void cfg_tenants_free(struct cfg_tenant *t, size_t n);
 
 /* Frees everything cfg_load returned. cfg_free(NULL) is a no-op. */
 void cfg_free(struct cfg *cfg);

@@ -2,6 +2,9 @@
  * plus the options one program adds. */
 #include "cli.h"
 
+#include "log.h"
+
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,4 +126,19 @@ struct cfg *cli_load(int argc, char **argv, const char *prog, const char *summar
                      int *exit_code)
 {
   return cli_load_ext(argc, argv, prog, summary, NULL, exit_code);
+}
+
+struct cfg *cli_reload(const char *path)
+{
+  char *errors = NULL;
+  struct cfg *fresh;
+  if(log_reopen())
+    log_event(CFG_LOG_ERROR, "SIGHUP: cannot open the log file again", "reason",
+              strerror(errno), NULL);
+  fresh = cfg_load(path, &errors);
+  if(!fresh) {
+    log_event(CFG_LOG_ERROR, "SIGHUP: configuration not reloaded", "errors", errors, NULL);
+    free(errors);
+  }
+  return fresh;
 }

@@ -41,4 +41,9 @@ struct cfg *cli_load(int argc, char **argv, const char *prog, const char *summar
 struct cfg *cli_load_ext(int argc, char **argv, const char *prog, const char *summary,
                          const struct cli_extra *extra, int *exit_code);
 
+/* What SIGHUP does first in both daemons: opens the log file again (logrotate) and reads the
+ * configuration file `path` again. Returns the new configuration (caller frees with cfg_free),
+ * or NULL when it has errors, which are logged: the daemon then keeps what it has. */
+struct cfg *cli_reload(const char *path);
+
 #endif

@@ -200,6 +200,28 @@ static int move_back(struct redrive_pub *rp, const struct cfg *cfg, struct job *
   return 0;
 }
 
+/* Why a redrive must end now: "stopping", "deadline", or NULL to go on. */
+static const char *ended(const struct redrive_filter *f)
+{
+  if(f->stop && atomic_load(f->stop))
+    return "stopping";
+  if(f->deadline_ms && util_mono_ms() >= f->deadline_ms)
+    return "deadline";
+  return NULL;
+}
+
+static void pause_until(const struct redrive_filter *f, int64_t until_ms)
+{
+  for(;;) {
+    int64_t now = util_mono_ms(), left = until_ms - now;
+    struct timespec ts = {0, 0};
+    if(left <= 0 || ended(f))
+      return;
+    ts.tv_nsec = (long)(left < 50 ? left : 50) * 1000000L;
+    nanosleep(&ts, NULL);
+  }
+}
+
 json_t *dead_redrive(const struct cfg *cfg, const struct redrive_filter *f, char *err,
                      size_t errlen)
 {
@@ -208,6 +230,7 @@ json_t *dead_redrive(const struct cfg *cfg, const struct redrive_filter *f, char
   struct redrive_pub rp;
   json_t *ids, *out;
   size_t moved = 0;
+  const char *stopped = NULL;
   if(!s)
     return NULL;
   err[0] = '\0';
@@ -254,14 +277,15 @@ json_t *dead_redrive(const struct cfg *cfg, const struct redrive_filter *f, char
       log_event(CFG_LOG_INFO, "parked job redriven", "task_id", job->task_id, "reason", reason,
                 NULL);
       moved++;
-      if(f->rate > 0) {
-        double secs = 1.0 / f->rate;
-        struct timespec ts = {(time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9)};
-        nanosleep(&ts, NULL);
-      }
+      /* The pause comes between moves (none after the last), in slices so a stop or the
+       * deadline ends it at once. */
+      if(f->rate > 0 && moved < f->max)
+        pause_until(f, util_mono_ms() + (int64_t)(1000.0 / f->rate));
     }
     job_free(job);
     mq_message_free(m);
+    if(moved < f->max && (stopped = ended(f)))
+      break;
   }
   close_all(s);
   mq_publisher_lost(rp.pub);
@@ -273,5 +297,7 @@ json_t *dead_redrive(const struct cfg *cfg, const struct redrive_filter *f, char
     snprintf(err, errlen, "out of memory");
   else if(err[0])
     json_object_set_new(out, "error", json_string(err)); /* what stopped it part-way */
+  if(out && stopped)
+    json_object_set_new(out, "stopped", json_string(stopped));
   return out;
 }

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 const char *job_field_error_text(enum job_field_error e)
 {
   switch(e) {
@@ -60,44 +62,6 @@ enum job_field_error job_normalize_phone(const char *in, char out[JOB_PHONE_LEN]
   return JOB_FIELD_OK;
 }
 
-/* Decodes one UTF-8 sequence at s (len bytes left); returns its length and the code point, or
- * 0 when it is malformed, overlong, a surrogate or beyond U+10FFFF. */
-static size_t utf8_next(const unsigned char *s, size_t len, unsigned *cp)
-{
-  unsigned c = s[0], v;
-  size_t n, i;
-  if(c < 0x80) {
-    *cp = c;
-    return 1;
-  }
-  if(c >= 0xc2 && c <= 0xdf) {
-    n = 2;
-    v = c & 0x1f;
-  }
-  else if(c >= 0xe0 && c <= 0xef) {
-    n = 3;
-    v = c & 0x0f;
-  }
-  else if(c >= 0xf0 && c <= 0xf4) {
-    n = 4;
-    v = c & 0x07;
-  }
-  else
-    return 0;
-  if(len < n)
-    return 0;
-  for(i = 1; i < n; i++) {
-    if((s[i] & 0xc0) != 0x80)
-      return 0;
-    v = (v << 6) | (s[i] & 0x3f);
-  }
-  if((n == 3 && v < 0x800) || (n == 4 && (v < 0x10000 || v > 0x10ffff)) ||
-     (v >= 0xd800 && v <= 0xdfff))
-    return 0;
-  *cp = v;
-  return n;
-}
-
 /* Unicode White_Space code points, so a message of only no-break or ideographic spaces is
  * refused like one of only ASCII spaces. */
 static int is_space_cp(unsigned cp)
@@ -116,7 +80,7 @@ enum job_field_error job_check_message(const char *text, size_t len)
     return JOB_MESSAGE_EMPTY;
   while(off < len) {
     unsigned cp;
-    size_t n = utf8_next(s + off, len - off, &cp);
+    size_t n = util_utf8_next(s + off, len - off, &cp);
     if(n == 0 || cp == 0)
       return JOB_MESSAGE_BAD_UTF8;
     off += n;
@@ -171,7 +135,8 @@ char *job_encode(const struct job *job, size_t *len)
       json_object_set_new(o, "send_at", json_string(util_format_time(job->send_at_ms, created)))) ||
      (job->generation && json_object_set_new(o, "generation", json_integer(job->generation))) ||
      (job->callback_url &&
-      json_object_set_new(o, "callback_url", json_string(job->callback_url)))) {
+      json_object_set_new(o, "callback_url", json_string(job->callback_url))) ||
+     (job->tenant && json_object_set_new(o, "tenant", json_string(job->tenant)))) {
     json_decref(o);
     return NULL;
   }
@@ -190,6 +155,7 @@ void job_free(struct job *job)
   free(job->instance_name);
   free(job->idempotency_key);
   free(job->callback_url);
+  free(job->tenant);
   free(job);
 }
 
@@ -200,7 +166,7 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
   struct job *job = NULL;
   const char *task_id = NULL, *phone = NULL, *message = NULL, *instance = NULL,
              *created = NULL, *idem = NULL, *expires = NULL, *send_at = NULL,
-             *callback = NULL;
+             *callback = NULL, *tenant;
   size_t message_len = 0;
   json_int_t version = 0, generation = 0;
   enum job_field_error fe;
@@ -268,12 +234,19 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
     snprintf(err, errlen, "callback_url is empty or too long");
     goto fail;
   }
+  /* Read apart from the unpack above, so a job without one stays what it was. */
+  tenant = json_string_value(json_object_get(root, "tenant"));
+  if(tenant && job_check_instance(tenant) != JOB_FIELD_OK) {
+    snprintf(err, errlen, "tenant is not a tenant name");
+    goto fail;
+  }
+  job->tenant = tenant ? strdup(tenant) : NULL;
   job->message = strdup(message);
   job->callback_url = callback ? strdup(callback) : NULL;
   job->instance_name = strdup(instance);
   job->idempotency_key = idem ? strdup(idem) : NULL;
   if(!job->message || !job->instance_name || (idem && !job->idempotency_key) ||
-     (callback && !job->callback_url)) {
+     (callback && !job->callback_url) || (tenant && !job->tenant)) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }

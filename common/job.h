@@ -12,6 +12,8 @@
 #define JOB_INSTANCE_MAX 64
 #define JOB_IDEMPOTENCY_KEY_MAX 255
 #define JOB_CALLBACK_URL_MAX 2048
+/* A tenant is named like an instance: [A-Za-z0-9._-]{1,64}. */
+#define JOB_TENANT_MAX 64
 #define JOB_PHONE_MIN_DIGITS 8
 #define JOB_PHONE_MAX_DIGITS 15
 /* "+" and 15 digits and NUL. */
@@ -29,6 +31,7 @@ struct job {
   int64_t send_at_ms;    /* 0: now; before it the job is held in delay queues, not sent */
   int generation;        /* 0, then +1 each time the parked job is redriven */
   char *callback_url;    /* NULL, or where status callbacks go (allow-listed by the api) */
+  char *tenant;          /* NULL, or the tenant of the API key that sent it (api.keys) */
 };
 
 /* Why a field was refused; job_field_error_text gives a sentence for each. */

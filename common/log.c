@@ -1,6 +1,8 @@
-/* Logging: one line per event on stderr, JSON or text, safe to call from any thread. */
+/* Logging: one line per event on stderr (or log.file), JSON or text, safe to call from any
+ * thread, with credentials in URLs masked. */
 #include "log.h"
 
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -37,13 +39,47 @@ static void puts_(struct line *l, const char *s)
   put(l, s, strlen(s));
 }
 
+/* Where the user name and password of a URL in `s` start and end ("amqp://user:pw@host":
+ * the part between "://" and the last '@' before the host ends). Returns 1 and sets *from and
+ * *to (the '@') for the first such URL at or after s, else 0. */
+static int find_userinfo(const char *s, const char **from, const char **to)
+{
+  const char *p = s;
+  while((p = strstr(p, "://"))) {
+    const char *q = p + 3, *at = NULL;
+    for(; *q && !strchr("/?# \t\"'", *q); q++)
+      if(*q == '@')
+        at = q;
+    if(at) {
+      *from = p + 3;
+      *to = at;
+      return 1;
+    }
+    p = q;
+  }
+  return 0;
+}
+
+/* Every log line goes through here: credentials in a URL never reach the log, whichever
+ * module logged it (the user name and password of "amqp://guest:secret@host" are written
+ * "***"). */
+static void put_text(struct line *l, const char *s, int json);
+
 static void put_json_string(struct line *l, const char *s)
 {
   put(l, "\"", 1);
-  for(; *s; s++) {
-    unsigned char c = (unsigned char)*s;
+  put_text(l, s, 1);
+  put(l, "\"", 1);
+}
+
+static void put_plain(struct line *l, const char *s, size_t n, int json)
+{
+  for(size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
     char esc[8];
-    if(c == '"' || c == '\\') {
+    if(!json)
+      put(l, (const char *)&c, 1);
+    else if(c == '"' || c == '\\') {
       esc[0] = '\\';
       esc[1] = (char)c;
       put(l, esc, 2);
@@ -55,7 +91,17 @@ static void put_json_string(struct line *l, const char *s)
     else
       put(l, (const char *)&c, 1);
   }
-  put(l, "\"", 1);
+}
+
+static void put_text(struct line *l, const char *s, int json)
+{
+  const char *from, *to;
+  while(find_userinfo(s, &from, &to)) {
+    put_plain(l, s, (size_t)(from - s), json);
+    puts_(l, "***");
+    s = to;
+  }
+  put_plain(l, s, strlen(s), json);
 }
 
 void log_setup(enum cfg_log_level level, enum cfg_log_format fmt, const char *name)
@@ -63,6 +109,34 @@ void log_setup(enum cfg_log_level level, enum cfg_log_format fmt, const char *na
   threshold = level;
   format = fmt;
   component = name;
+}
+
+/* The log file of log_open_file, kept for log_reopen; "" = stderr as inherited. */
+static char log_path[4096];
+
+int log_open_file(const char *path)
+{
+  int fd;
+  snprintf(log_path, sizeof log_path, "%s", path ? path : "");
+  if(!log_path[0])
+    return 0;
+  fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+  if(fd < 0)
+    return -1;
+  /* dup2 swaps fd 2 at once: a line being written goes wholly to the old file or the new. */
+  if(dup2(fd, STDERR_FILENO) < 0) {
+    close(fd);
+    return -1;
+  }
+  close(fd);
+  return 0;
+}
+
+int log_reopen(void)
+{
+  char path[sizeof log_path];
+  memcpy(path, log_path, sizeof path);
+  return log_open_file(path);
 }
 
 int log_enabled(enum cfg_log_level level)
@@ -107,13 +181,13 @@ static void vlog(enum cfg_log_level level, const char *msg, va_list ap)
     puts_(&l, " ");
     puts_(&l, LEVEL_NAMES[level]);
     puts_(&l, ": ");
-    puts_(&l, msg);
+    put_text(&l, msg, 0);
     while((k = va_arg(ap, const char *))) {
       const char *v = va_arg(ap, const char *);
       puts_(&l, " ");
       puts_(&l, k);
       puts_(&l, "=");
-      puts_(&l, v ? v : "-");
+      put_text(&l, v ? v : "-", 0);
     }
   }
   l.buf[l.len++] = '\n';

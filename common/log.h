@@ -8,12 +8,21 @@
  * must outlive logging. Call once before starting threads; defaults are info, text, "msg". */
 void log_setup(enum cfg_log_level level, enum cfg_log_format format, const char *component);
 
+/* Sends the log (fd 2, so whatever else writes to stderr too) to `path`, appending, created
+ * 0640 if missing; "" or NULL keeps stderr. Returns 0, or -1 with errno. Call before threads. */
+int log_open_file(const char *path);
+
+/* Opens the log file of log_open_file again (after logrotate moved it; SIGHUP). Safe while
+ * other threads log. Returns 0 (also when logging to stderr), or -1 with errno. */
+int log_reopen(void);
+
 /* Returns 1 when messages of `level` are written. */
 int log_enabled(enum cfg_log_level level);
 
 /* Writes one event: a human message followed by key/value string pairs ending with NULL,
  * e.g. log_event(CFG_LOG_INFO, "delivered", "task_id", id, "attempt", "1", NULL).
- * A NULL value is written as null (JSON) or '-' (text). Never pass secrets. */
+ * A NULL value is written as null (JSON) or '-' (text). The user name and password of any URL
+ * in the message or a value are written as "***". Never pass other secrets. */
 void log_event(enum cfg_log_level level, const char *msg, ...)
   __attribute__((sentinel));
 

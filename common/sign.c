@@ -177,7 +177,7 @@ static int numeric_date(json_t *claims, const char *name, double *v)
 }
 
 int sign_jwt_hs256_verify(const char *token, const char *key, int64_t now_s, int64_t leeway_s,
-                          char *err, size_t errlen)
+                          int64_t max_ahead_s, char *err, size_t errlen)
 {
   const char *dot1, *dot2;
   size_t len, siglen = 0;
@@ -240,6 +240,10 @@ int sign_jwt_hs256_verify(const char *token, const char *key, int64_t now_s, int
   kind = numeric_date(claims, "exp", &t);
   if(kind < 0 || (kind && t < lo)) {
     util_fail(err, errlen, kind < 0 ? "exp is not a number" : "token expired");
+    goto out;
+  }
+  if(max_ahead_s > 0 && (!kind || t > hi + (double)max_ahead_s)) {
+    util_fail(err, errlen, kind ? "exp is too far ahead" : "exp is required");
     goto out;
   }
   kind = numeric_date(claims, "iat", &t);

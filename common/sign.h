@@ -34,10 +34,12 @@ void sign_callback_header(const char *secret, int64_t unix_s, const char *body, 
 /* Verifies a compact JWT signed HS256 with `key`: header alg must be "HS256" (anything else,
  * incl. "none", refused; so is a "crit" header), signature checked in constant time, "exp"
  * (if present) not before now - leeway, "iat" (if present) not after now + leeway, "nbf" (if
- * present) not after now + leeway. The three parts are unpadded base64url (RFC 7515); the
- * claims are looked at only once the signature matched. 0 when valid; -1 with a short reason in
- * err (which never quotes the token or the key). err may be NULL. */
+ * present) not after now + leeway. With max_ahead_s > 0, "exp" is required and at most
+ * max_ahead_s + leeway after now, so a token cannot be made to last for ever. The three parts
+ * are unpadded base64url (RFC 7515); the claims are looked at only once the signature matched.
+ * 0 when valid; -1 with a short reason in err (which never quotes the token or the key). err
+ * may be NULL. */
 int sign_jwt_hs256_verify(const char *token, const char *key, int64_t now_s, int64_t leeway_s,
-                          char *err, size_t errlen);
+                          int64_t max_ahead_s, char *err, size_t errlen);
 
 #endif

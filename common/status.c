@@ -67,6 +67,7 @@ void status_pending_event(const struct job *job, struct status_event *ev)
   ev->phone = (char *)job->phone;
   ev->instance = job->instance_name;
   ev->callback_url = job->callback_url;
+  ev->tenant = job->tenant;
   ev->idempotency_key = job->idempotency_key;
   if(job->idempotency_key)
     ev->request_hash = job_request_hash(job);
@@ -111,6 +112,8 @@ char *status_event_encode(const struct status_event *ev, size_t *len)
      set_str(o, "instance", ev->instance) || set_str(o, "callback_url", ev->callback_url) ||
      set_str(o, "idempotency_key", ev->idempotency_key) ||
      set_time(o, "next_retry_at", ev->next_retry_at_ms))
+    goto done;
+  if(set_str(o, "tenant", ev->tenant))
     goto done;
   if(ev->request_hash) {
     char hex[17];
@@ -195,6 +198,7 @@ void status_event_clear(struct status_event *ev)
   free(ev->error_code);
   free(ev->error_message);
   free(ev->idempotency_key);
+  free(ev->tenant);
   memset(ev, 0, sizeof *ev);
 }
 
@@ -213,6 +217,7 @@ static int decode_object(json_t *root, struct status_event *ev, char *err, size_
   const char *task_id = NULL, *status, *at, *callback = NULL, *delivery = NULL,
              *receipt_key = NULL, *created = NULL, *phone = NULL, *idem = NULL,
              *instance = NULL, *next = NULL, *key = NULL, *code = NULL, *emsg = NULL, *hash = NULL;
+  const char *tenant;
   json_int_t version, attempt, generation = 0;
   int reconciled = 0;
   memset(ev, 0, sizeof *ev);
@@ -263,7 +268,14 @@ static int decode_object(json_t *root, struct status_event *ev, char *err, size_
     snprintf(err, errlen, "bad status event: instance is not an instance name");
     goto fail;
   }
-  if(dup_opt(phone, &ev->phone) || dup_opt(instance, &ev->instance) ||
+  /* Read apart from the unpack above: events of older versions have none. */
+  tenant = json_string_value(json_object_get(root, "tenant"));
+  if(tenant && job_check_instance(tenant)) {
+    snprintf(err, errlen, "bad status event: tenant is not a tenant name");
+    goto fail;
+  }
+  if(dup_opt(tenant, &ev->tenant) || dup_opt(phone, &ev->phone) ||
+     dup_opt(instance, &ev->instance) ||
      dup_opt(callback, &ev->callback_url) || dup_opt(idem, &ev->idempotency_key) ||
      dup_opt(key, &ev->evolution_key) || dup_opt(code, &ev->error_code) ||
      dup_opt(emsg, &ev->error_message)) {

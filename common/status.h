@@ -63,6 +63,7 @@ struct status_event {
   uint64_t request_hash;  /* PENDING with an idempotency key: job_request_hash; 0 when absent */
   int generation;         /* 0, then +1 each time the parked job is redriven */
   char *callback_url;     /* PENDING/SCHEDULED: where status callbacks go, or NULL */
+  char *tenant;           /* PENDING/SCHEDULED: the tenant of the key that sent it, or NULL */
   enum delivery_state delivery; /* RECEIPT: the state the receipt reports; evolution_key says
                                    which message, task_id is "" when the api could not tell */
 };

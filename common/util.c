@@ -169,3 +169,55 @@ int util_fail(char *err, size_t errlen, const char *fmt, ...)
   }
   return -1;
 }
+
+/* Decodes one UTF-8 sequence at s (len bytes left); returns its length and the code point, or
+ * 0 when it is malformed, overlong, a surrogate or beyond U+10FFFF. */
+size_t util_utf8_next(const unsigned char *s, size_t len, unsigned *cp)
+{
+  unsigned c = s[0], v;
+  size_t n, i;
+  if(c < 0x80) {
+    *cp = c;
+    return 1;
+  }
+  if(c >= 0xc2 && c <= 0xdf) {
+    n = 2;
+    v = c & 0x1f;
+  }
+  else if(c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    v = c & 0x0f;
+  }
+  else if(c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    v = c & 0x07;
+  }
+  else
+    return 0;
+  if(len < n)
+    return 0;
+  for(i = 1; i < n; i++) {
+    if((s[i] & 0xc0) != 0x80)
+      return 0;
+    v = (v << 6) | (s[i] & 0x3f);
+  }
+  if((n == 3 && v < 0x800) || (n == 4 && (v < 0x10000 || v > 0x10ffff)) ||
+     (v >= 0xd800 && v <= 0xdfff))
+    return 0;
+  *cp = v;
+  return n;
+}
+
+void util_utf8_sanitize(char *s)
+{
+  size_t len = strlen(s), off = 0;
+  while(off < len) {
+    unsigned cp;
+    size_t n = util_utf8_next((const unsigned char *)s + off, len - off, &cp);
+    if(!n) {
+      s[off] = '?';
+      n = 1;
+    }
+    off += n;
+  }
+}

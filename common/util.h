@@ -35,4 +35,13 @@ int util_is_uuid(const char *s);
  * returns -1: the "-1 with a reason in err" of functions that fail that way. */
 int util_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Decodes one UTF-8 sequence at s (len bytes left); returns its length and the code point, or
+ * 0 when it is malformed, overlong, a surrogate or beyond U+10FFFF. */
+size_t util_utf8_next(const unsigned char *s, size_t len, unsigned *cp);
+
+/* Makes the NUL-terminated `s` valid UTF-8 in place: every byte that does not begin a valid
+ * sequence (a text cut inside a character, a stray byte a client sent) becomes '?'. JSON
+ * libraries refuse invalid UTF-8, so error texts go through this before they are answered. */
+void util_utf8_sanitize(char *s);
+
 #endif

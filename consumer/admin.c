@@ -66,7 +66,7 @@ static const char admin_help[] =
   "      --instance I    only jobs for the Evolution API instance I\n"
   "      --task-id ID    only this task; repeat for more\n"
   "      --max N         move at most N jobs (1-100000, default 100)\n"
-  "      --rate R        move at most R jobs per second (default 0: as fast as confirmed)\n"
+  "      --rate R        move at most R jobs per second, 0.1-100000 (default 0: as fast as confirmed)\n"
   "  Exit status: 0 done (also when nothing matched), 1 broker unreachable or the redrive\n"
   "  stopped part-way, 2 bad usage (nothing is moved).\n";
 
@@ -157,9 +157,11 @@ static const char *take(void *ctx, int val, const char *arg)
     a->redrive_opt = "--rate";
     errno = 0;
     rate = strtod(arg, &end);
-    if(!*arg || *end || errno || !isfinite(rate) || rate < 0) {
+    if(!*arg || *end || errno || !isfinite(rate) ||
+       (rate != 0 && !(rate >= DEAD_RATE_MIN && rate <= DEAD_RATE_MAX))) {
       snprintf(a->why, sizeof a->why,
-               "--rate: expected jobs per second, 0 or more (0: no limit), got \"%.40s\"", arg);
+               "--rate: expected 0 (no limit) or 0.1 to 100000 jobs per second, got \"%.40s\"",
+               arg);
       return a->why;
     }
     a->filter.rate = rate;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -53,6 +54,8 @@ struct callback {
   struct curl_slist *headers;
   int64_t sent_us;
   char error[ERROR_LEN]; /* why the last attempt failed */
+  const struct cfg *cfg;  /* for the address check (open_checked) */
+  int addr_refused;       /* the host resolved to an address the allow-list does not admit */
 };
 
 struct callbacks {
@@ -207,6 +210,20 @@ static int add_header(struct callback *c, const char *line)
   return 0;
 }
 
+/* libcurl asks here for each socket it would connect: the address a name resolved to is
+ * checked, so a DNS name pointing at an internal address is never called (callback_url.h). */
+static curl_socket_t open_checked(void *ctx, curlsocktype purpose, struct curl_sockaddr *a)
+{
+  struct callback *c = ctx;
+  (void)purpose;
+  if(callback_addr_allowed(&a->addr, c->cfg->callbacks.allow_hosts,
+                           c->cfg->callbacks.n_allow_hosts, c->error, sizeof c->error)) {
+    c->addr_refused = 1;
+    return CURL_SOCKET_BAD;
+  }
+  return socket(a->family, a->socktype, a->protocol);
+}
+
 /* POSTs the body verbatim, signed now. Returns 0, or -1 when the transfer cannot start. */
 static int start_transfer(struct callbacks *cb, struct callback *c)
 {
@@ -242,6 +259,11 @@ static int start_transfer(struct callbacks *cb, struct callback *c)
   curl_easy_setopt(c->easy, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c->easy, CURLOPT_WRITEFUNCTION, discard);
   curl_easy_setopt(c->easy, CURLOPT_PRIVATE, c);
+  c->cfg = cfg;
+  curl_easy_setopt(c->easy, CURLOPT_OPENSOCKETFUNCTION, open_checked);
+  curl_easy_setopt(c->easy, CURLOPT_OPENSOCKETDATA, c);
+  /* A proxy from the environment would be the address checked instead of the receiver's. */
+  curl_easy_setopt(c->easy, CURLOPT_PROXY, "");
   if(curl_multi_add_handle(cb->multi, c->easy) != CURLM_OK)
     goto fail;
   c->sent_us = util_mono_us();
@@ -271,6 +293,11 @@ static void transfer_done(struct callbacks *cb, struct callback *c, CURLcode rc,
     log_event(CFG_LOG_INFO, "callback delivered", "event_id", c->event_id, "attempt", attempt,
               "http_status", code, "latency_ms", latency, NULL);
     give_back(cb, c, 1);
+    return;
+  }
+  if(c->addr_refused) {
+    /* Never requested, and it never will be: parked like a URL the allow-list refuses. */
+    park(cb, c, "callback_url_refused", c->error);
     return;
   }
   if(rc != CURLE_OK)

@@ -207,10 +207,14 @@ struct health_server *health_start(const struct cfg *cfg, struct worker_state *s
   struct mg_callbacks cb;
   struct mg_init_data init;
   struct mg_error_data error;
-  char etext[256] = "";
+  char etext[256] = "", threads[16], timeout[24];
   unsigned ecode = 0;
-  const char *opts[] = {"listening_ports", cfg->consumer.health_listen, "num_threads", "2",
-                        "request_timeout_ms", "5000", NULL};
+  /* Probes come every few seconds and must never queue behind a slow client: enough workers,
+   * a short deadline for the request to arrive, and no keep-alive holding a worker idle. */
+  const char *opts[] = {"listening_ports", cfg->consumer.health_listen, "num_threads", threads,
+                        "request_timeout_ms", timeout, "enable_keep_alive", "no", NULL};
+  snprintf(threads, sizeof threads, "%u", cfg->consumer.health_threads);
+  snprintf(timeout, sizeof timeout, "%llu", (unsigned long long)cfg->consumer.health_timeout_ms);
   if(!srv) {
     snprintf(err, errlen, "out of memory");
     return NULL;

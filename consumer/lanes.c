@@ -1,6 +1,8 @@
 /* Per-instance lanes and their token buckets (see lanes.h). */
 #include "lanes.h"
 
+#include "reload.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -123,8 +125,21 @@ static void refill(struct lane *l, int64_t now_us)
   l->refilled_us = now_us;
 }
 
+/* After a SIGHUP (reload.h) the lane takes its rate and burst again. */
+static void refresh(struct lane *l)
+{
+  unsigned gen = reload_generation();
+  if(l->rates_gen == gen)
+    return;
+  reload_rate(l->instance, &l->rate, &l->burst);
+  if(l->tokens > l->burst)
+    l->tokens = l->burst;
+  l->rates_gen = gen;
+}
+
 int lane_take(struct lane *l, int64_t now_us)
 {
+  refresh(l);
   if(l->rate <= 0)
     return 1;
   refill(l, now_us);
@@ -136,6 +151,7 @@ int lane_take(struct lane *l, int64_t now_us)
 
 int64_t lane_wait_us(struct lane *l, int64_t now_us)
 {
+  refresh(l);
   if(l->rate <= 0)
     return 0;
   refill(l, now_us);

@@ -23,6 +23,7 @@ struct lane {
   double burst, tokens; /* the bucket: at most `burst` sends at once after a quiet spell */
   int64_t refilled_us;  /* monotonic time the tokens were last brought up to date */
   size_t index;         /* creation order: 0, 1, ... (the worker derives its channel from it) */
+  unsigned rates_gen;   /* the reload_generation its rate and burst were taken at */
 
   /* The worker's state on the current broker connection. */
   int open;                      /* declared and consumed */

@@ -2,6 +2,7 @@
  * each outcome (status event, retry queue or dead queue) before acking. With --dead-letters or
  * --redrive it runs that operator command once instead (admin.c). */
 #include <curl/curl.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,13 +16,14 @@
 #include "cli.h"
 #include "health.h"
 #include "log.h"
+#include "reload.h"
 #include "util.h"
 #include "worker.h"
 
 int main(int argc, char **argv)
 {
   int exit_code = 0, stop_fd;
-  sigset_t stop_signals;
+  sigset_t stop_signals, hup;
   char err[512];
   struct worker_state state;
   struct health_server *health = NULL;
@@ -49,6 +51,12 @@ int main(int argc, char **argv)
     return exit_code;
   }
   admin_destroy(admin);
+  if(log_open_file(cfg->log.file)) {
+    log_event(CFG_LOG_ERROR, "cannot open log.file", "path", cfg->log.file, "reason",
+              strerror(errno), NULL);
+    cfg_free(cfg);
+    return 1;
+  }
   srandom((unsigned)(util_now_ms() ^ getpid()));
   if(curl_global_init(CURL_GLOBAL_DEFAULT)) {
     log_error("cannot initialise libcurl");
@@ -61,6 +69,13 @@ int main(int argc, char **argv)
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
   stop_fd = signalfd(-1, &stop_signals, SFD_NONBLOCK | SFD_CLOEXEC);
+  /* SIGHUP too is blocked everywhere, and taken by reload.c's own thread: it reloads the send
+   * rates and reopens the log, and never stops the daemon. */
+  sigemptyset(&hup);
+  sigaddset(&hup, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &hup, NULL);
+  if(reload_start(cfg->path, cfg))
+    log_event(CFG_LOG_WARN, "cannot start the SIGHUP thread: SIGHUP is ignored", NULL);
 
   memset(&state, 0, sizeof state);
   memset(&cb_stats, 0, sizeof cb_stats);
@@ -100,6 +115,7 @@ out:
   callbacks_stop(callbacks, 1, -1);
   health_stop(health);
   holdoff_free(state.holdoff);
+  reload_stop();
   if(stop_fd >= 0)
     close(stop_fd);
   curl_global_cleanup();

@@ -1,4 +1,5 @@
-"""API keys: when api.api_keys is set, every endpoint but /, /livez and /readyz needs one."""
+"""API keys: when api.api_keys is set, every endpoint but /, /livez, /readyz and the documents
+needs one, /metrics too unless api.metrics_public."""
 import unittest
 
 from harness import IntegrationTest, http, post_message
@@ -17,9 +18,10 @@ class AuthTest(IntegrationTest):
         self.assertEqual(r.json["error"]["code"], "unauthorized")
         self.assertIn("Bearer", r.headers.get("www-authenticate", ""))
 
-        for path in ("/health", "/tasks/00000000-0000-4000-8000-000000000000"):
+        for path in ("/health", "/tasks/00000000-0000-4000-8000-000000000000", "/metrics"):
             self.assertEqual(http("GET", base + path).status, 401, path)
-        for path in ("/", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs"):
+        self.assertEqual(http("GET", base + "/metrics", headers={"X-API-Key": KEY}).status, 200)
+        for path in ("/", "/livez", "/readyz", "/openapi.json", "/docs"):
             self.assertEqual(http("GET", base + path).status, 200, path)
 
         wrong = post_message(api, "+52123456789", "hola", headers={"Authorization": "Bearer nope"})
@@ -34,6 +36,14 @@ class AuthTest(IntegrationTest):
         got = http("GET", f"{base}/tasks/{bearer.json['task_id']}", headers={"X-API-Key": KEY})
         self.assertEqual(got.status, 200)
         self.assertNotIn(KEY, api.log(), "API keys must never be logged")
+
+    def test_metrics_public_when_configured(self):
+        cfg, api, _ = self.start_stack({"api": {"api_keys": [KEY], "metrics_public": True}},
+                                       consumer=False)
+        r = http("GET", api.base_url + "/metrics")
+        self.assertEqual(r.status, 200, r.body[:200])
+        self.assertIn(b"msg_api_ready", r.body)
+        self.assertEqual(http("GET", api.base_url + "/health").status, 401)
 
     def test_no_keys_means_open(self):
         cfg, api, _ = self.start_stack(consumer=False)

@@ -91,6 +91,12 @@ def verify_signature(header, body, secret=SECRET):
     return int(parts["t"]) if hmac.compare_digest(mac, parts["v1"]) else None
 
 
+def free_port_not(port):
+    """A free port other than `port`."""
+    p = harness.free_port()
+    return p if p != port else harness.free_port()
+
+
 class CallbacksTest(IntegrationTest):
     def start_dispatcher(self, allow=("127.0.0.1",), connection_name="msg"):
         cfg = self.config({
@@ -112,6 +118,24 @@ class CallbacksTest(IntegrationTest):
                  "headers": dict({"x-callback-url": url}, **(headers or {}))}
         self.assertTrue(mgmt_publish("amq.default", self.cq, body, props), "routed")
         return event_id
+
+    def test_name_resolving_to_an_internal_address_is_never_called(self):
+        """"localhost" is on the allow-list, but it resolves to 127.0.0.1, which is not: the
+        address actually connected to is checked, so the callback is parked, never requested.
+        A port rule is kept too: "127.0.0.1:<other port>" does not admit the receiver's port."""
+        self.start_dispatcher(allow=("localhost", f"127.0.0.1:{free_port_not(0)}"))
+        r = self.receiver
+        hidden = self.publish(f"http://localhost:{r.port}/internal/a", '{"n": 1}')
+        other_port = self.publish(r.url("/port/b"), '{"n": 2}')
+        dead = f"{self.cq}.dead"
+        msgs = wait_queue_messages(
+            dead, lambda ms: {m["properties"]["message_id"] for m in ms} >= {hidden, other_port}, 20)
+        by_id = {m["properties"]["message_id"]: m["properties"]["headers"] for m in msgs}
+        self.assertEqual(by_id[hidden]["x-failure-reason"], "callback_url_refused")
+        self.assertIn("resolved to the internal address", by_id[hidden]["x-last-error"])
+        self.assertEqual(by_id[other_port]["x-failure-reason"], "callback_url_refused")
+        self.assertIn("not allowed on this port", by_id[other_port]["x-last-error"])
+        self.assertEqual(r.to("/internal/") + r.to("/port/"), [])
 
     def test_dispatch_retry_and_park(self):
         consumer = self.start_dispatcher()

@@ -63,10 +63,18 @@ def verify_signature(testcase, req):
 
 
 def jwt(key, **claims):
+    now = int(time.time())
+    return signed_jwt(key, {"iat": now, "exp": now + 600, "app": "evolution", "action": "webhook",
+                            **claims})
+
+
+def jwt_without_exp(key):
+    return signed_jwt(key, {"iat": int(time.time()), "app": "evolution", "action": "webhook"})
+
+
+def signed_jwt(key, payload):
     def b64(raw):
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-    now = int(time.time())
-    payload = {"iat": now, "exp": now + 600, "app": "evolution", "action": "webhook", **claims}
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + \
         b64(json.dumps(payload).encode())
     return head + "." + b64(hmac.new(key.encode(), head.encode(), hashlib.sha256).digest())
@@ -190,6 +198,13 @@ class ReceiptsCallbacksTest(IntegrationTest):
                  {"Authorization": "Bearer " + jwt("wrong-key")})
         self.assertError(r, 401, "unauthorized")
         self.assertIsNone(get_task(api, task_id).json["delivery"]["error_at"])
+        # With the right secret but another instance's name: not this task's receipt.
+        other = {**body, "instance": "another-instance"}
+        r = http("POST", f"{api.base_url}/webhooks/evolution", other,
+                 {"X-Webhook-Secret": WEBHOOK_SECRET})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json["applied"], 0)
+        self.assertIsNone(get_task(api, task_id).json["delivery"]["error_at"])
 
     def test_jwt_webhooks(self):
         cfg, api = self.stack(webhook_headers={"jwt_key": JWT_KEY}, webhooks={"jwt_key": JWT_KEY})
@@ -203,8 +218,14 @@ class ReceiptsCallbacksTest(IntegrationTest):
         r = http("POST", f"{api.base_url}/webhooks/evolution", body,
                  {"Authorization": "Bearer " + expired})
         self.assertError(r, 401, "unauthorized")
+        # A token must expire, within the hour (plus a minute of clock leeway): one without
+        # exp, or good for longer, could be replayed for ever.
+        for token in (jwt_without_exp(JWT_KEY), jwt(JWT_KEY, exp=int(time.time()) + 3600 + 120)):
+            r = http("POST", f"{api.base_url}/webhooks/evolution", body,
+                     {"Authorization": "Bearer " + token})
+            self.assertError(r, 401, "unauthorized")
         r = http("POST", f"{api.base_url}/webhooks/evolution", body,
-                 {"Authorization": "Bearer " + jwt(JWT_KEY)})
+                 {"Authorization": "Bearer " + jwt(JWT_KEY, exp=int(time.time()) + 3500)})
         self.assertEqual(r.status, 200, r.body)
         self.assertEqual(r.json["applied"], 1)
         self.assertIsNotNone(get_task(api, task_id).json["delivery"]["error_at"])

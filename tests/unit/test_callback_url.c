@@ -1,5 +1,7 @@
 /* Unit tests for common/callback_url.h: which callback URLs the allow-list admits, and the
  * sentence given for each refusal. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +117,67 @@ static void test_wildcard_never_matches_ips(void)
 out:;
 }
 
+/* "host:port" entries admit that port only; a host without a port admits any. */
+static void test_ports(void)
+{
+  char *const allow[] = {"hooks.example.com:8443", "10.0.0.7:8080", "[::1]:9000", "::1",
+                         "*.example.net:443", "any.example.org"};
+  char err[256];
+  CHECK(!callback_url_check("https://hooks.example.com:8443/x", allow, 6, err, sizeof err));
+  CHECK(callback_url_check("https://hooks.example.com/x", allow, 6, err, sizeof err) == -1);
+  CHECK_STR(err, "The callback URL's host \"hooks.example.com\" is not allowed on this port.");
+  CHECK(callback_url_check("http://hooks.example.com:8080/", allow, 6, err, sizeof err) == -1);
+  CHECK(!callback_url_check("http://10.0.0.7:8080/", allow, 6, err, sizeof err));
+  CHECK(callback_url_check("http://10.0.0.7/", allow, 6, err, sizeof err) == -1);
+  CHECK(!callback_url_check("http://[::1]:9000/", allow, 6, err, sizeof err));
+  CHECK(!callback_url_check("http://[::1]:1234/", allow, 6, err, sizeof err)); /* "::1": any */
+  CHECK(!callback_url_check("https://a.example.net/", allow, 6, err, sizeof err));
+  CHECK(callback_url_check("http://a.example.net/", allow, 6, err, sizeof err) == -1);
+  CHECK(!callback_url_check("http://any.example.org:1/", allow, 6, err, sizeof err));
+out:;
+}
+
+static int addr_ok(const char *text, char *const *allow, size_t n)
+{
+  struct sockaddr_in v4 = {.sin_family = AF_INET};
+  struct sockaddr_in6 v6 = {.sin6_family = AF_INET6};
+  char err[256] = "";
+  int rc;
+  if(inet_pton(AF_INET, text, &v4.sin_addr) == 1)
+    rc = callback_addr_allowed((struct sockaddr *)&v4, allow, n, err, sizeof err);
+  else if(inet_pton(AF_INET6, text, &v6.sin6_addr) == 1)
+    rc = callback_addr_allowed((struct sockaddr *)&v6, allow, n, err, sizeof err);
+  else
+    return -2;
+  return rc == 0;
+}
+
+/* The address connected to: internal ranges only when the allow-list names that address. */
+static void test_connected_address(void)
+{
+  char *const names[] = {"hooks.example.com", "localhost"};
+  char *const listed[] = {"localhost", "127.0.0.1", "[fd00::5]:8443", "10.1.2.3"};
+  static const char *const INTERNAL[] = {"127.0.0.1", "127.9.9.9", "10.0.0.1", "172.16.0.1",
+                                         "172.31.255.255", "192.168.1.1", "169.254.169.254",
+                                         "100.64.0.1", "0.0.0.0", "::1", "::", "fe80::1",
+                                         "fd00::5", "fc00::1", "::ffff:127.0.0.1",
+                                         "64:ff9b::a00:1"};
+  for(size_t i = 0; i < sizeof INTERNAL / sizeof INTERNAL[0]; i++) {
+    if(addr_ok(INTERNAL[i], names, 2) != 0)
+      fprintf(stderr, "  %s was let through\n", INTERNAL[i]);
+    CHECK(addr_ok(INTERNAL[i], names, 2) == 0);
+  }
+  CHECK(addr_ok("93.184.216.34", names, 2) == 1);
+  CHECK(addr_ok("172.32.0.1", names, 2) == 1);
+  CHECK(addr_ok("2606:2800:220:1::1", names, 2) == 1);
+  CHECK(addr_ok("127.0.0.1", listed, 4) == 1);
+  CHECK(addr_ok("fd00::5", listed, 4) == 1);
+  CHECK(addr_ok("10.1.2.3", listed, 4) == 1);
+  CHECK(addr_ok("10.1.2.4", listed, 4) == 0);
+  CHECK(addr_ok("::1", listed, 4) == 0);
+out:;
+}
+
 static void test_empty_allow_list(void)
 {
   char err[256];
@@ -131,6 +194,8 @@ int main(void)
                                             {"refused", test_refused},
                                             {"wildcard_never_matches_ips",
                                              test_wildcard_never_matches_ips},
+                                            {"ports", test_ports},
+                                            {"connected_address", test_connected_address},
                                             {"empty_allow_list", test_empty_allow_list}};
   return check_run(tests, sizeof tests / sizeof tests[0]);
 }

@@ -322,6 +322,10 @@ static void test_error_messages(void)
                 "\"http://<redacted>@localhost/\"\n"
                 "4:8: evolution.url: expected an http:// or https:// URL, got "
                 "\"ftp://evo.example.com\"\n");
+  /* The whole URL is checked, not just its scheme: host, then a port of digits 1-65535. */
+  expect_errors("bad_http_url.yaml",
+                "2:8: evolution.url: expected an http:// or https:// URL, got "
+                "\"http://<redacted>@evo.example.com:notaport/api\"\n");
   expect_errors("bad_instance.yaml",
                 "2:13: evolution.instance: expected an instance name of 1-64 characters from "
                 "A-Z a-z 0-9 . _ -, got \"my instance\"\n");
@@ -690,6 +694,57 @@ out:
   cfg_free(c);
 }
 
+/* api.keys: tenants with an inline key or a key file, their instances and scopes, and the
+ * defaults (every instance; send, read, cancel). */
+static void test_tenants(void)
+{
+  char *errors = NULL, path[4096];
+  struct cfg *c = NULL;
+  clear_env();
+  snprintf(path, sizeof path, "%s", fixture("tenant.key"));
+  setenv("CFG_T_TENANT_KEY", path, 1);
+  c = load_fixture("tenants.yaml", &errors);
+  CHECK(c);
+  CHECK(errors == NULL);
+  CHECK(c->api.n_api_keys == 1);
+  CHECK(c->api.n_tenants == 3);
+  CHECK_STR(c->api.tenants[0].name, "acme");
+  CHECK_STR(c->api.tenants[0].key, "acme-key-from-file");
+  CHECK_STR(c->api.tenants[0].key_file, path);
+  CHECK(c->api.tenants[0].n_instances == 2 && !c->api.tenants[0].all_instances);
+  CHECK_STR(c->api.tenants[0].instances[1], "acme-bulk");
+  CHECK(c->api.tenants[0].scopes == (CFG_SCOPE_SEND | CFG_SCOPE_READ));
+  CHECK_STR(c->api.tenants[1].key, "ops-key");
+  CHECK_STR(c->api.tenants[1].key_file, "");
+  CHECK(c->api.tenants[1].all_instances && c->api.tenants[1].n_instances == 0);
+  CHECK(c->api.tenants[1].scopes == (CFG_SCOPE_ADMIN | CFG_SCOPE_READ));
+  CHECK_STR(c->api.tenants[2].name, "beta.team_2");
+  CHECK(c->api.tenants[2].all_instances);
+  CHECK(c->api.tenants[2].scopes == (CFG_SCOPE_SEND | CFG_SCOPE_READ | CFG_SCOPE_CANCEL));
+  cfg_free(c);
+  c = NULL;
+  expect_errors("bad_tenants.yaml",
+                "5:7: api.keys[1]: expected exactly one of key and key_file\n"
+                "8:22: api.keys[1].scopes[1]: expected one of send, read, cancel, admin, got "
+                "\"fly\"\n"
+                "9:19: api.keys[1].instances[0]: expected an instance name (A-Z a-z 0-9 . _ -, "
+                "1-64) or \"*\", got \"bad name\"\n"
+                "10:7: api.keys[1].color: unknown key\n"
+                "11:7: api.keys[2]: expected a mapping {name, key or key_file, instances, scopes}, "
+                "got a scalar\n"
+                "12:7: api.keys[3]: expected a name\n"
+                "13:13: api.keys[4].name: expected a name of 1-64 characters from A-Z a-z 0-9 . _ "
+                "-, got \"no/slash\"\n"
+                "14:17: api.keys[4].key_file: cannot read \"/nonexistent/key\": No such file or "
+                "directory\n"
+                "15:15: api.keys[4].scopes: expected a list of scopes (send, read, cancel, "
+                "admin)\n");
+out:
+  unsetenv("CFG_T_TENANT_KEY");
+  free(errors);
+  cfg_free(c);
+}
+
 /* broker.urls, its fallback to broker.url, and $AMQP_URL with several URLs. */
 static void test_broker_urls(void)
 {
@@ -757,6 +812,7 @@ int main(int argc, char **argv)
     void (*fn)(void);
   } tests[] = {
     {"shipped_config", test_shipped_config},
+    {"tenants", test_tenants},
     {"defaults", test_defaults},
     {"partial", test_partial},
     {"styles", test_styles},

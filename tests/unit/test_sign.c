@@ -171,11 +171,22 @@ out:;
   "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhZG1pbiIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjoxNzA" \
   "wMDAzNjAwfQ.DjXgEJZkJ_MBc2esQdFrWKKGYzgXE1o5SNB8DvONtTA"
 
-/* Verifies and compares the outcome: want_err NULL means valid. */
-static int verify(const char *token, const char *key, int64_t leeway, const char *want_err)
+/* exp NOW + 1 h + 31 s: past the hour (with 30 s of leeway) a webhook accepts. */
+#define T_FAR \
+  "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1MSIsImV4cCI6MTcwMDAwMzczMX0.PBtZ2ynSY3TNyqem" \
+  "3fSbIeMTSUKKispEykla-VjUy6E"
+/* exp NOW + 1 h + 30 s: just within it. */
+#define T_HOUR \
+  "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJ1MSIsImV4cCI6MTcwMDAwMzczMH0.eUiamBKWEhPbhSVO" \
+  "eDnOOZWvlDWkkDk-8aW2Fyg_Dvg"
+
+/* Verifies (exp may be any distance ahead, or absent) and compares the outcome: want_err NULL
+ * means valid. */
+static int verify_ahead(const char *token, const char *key, int64_t leeway, int64_t max_ahead,
+                        const char *want_err)
 {
   char err[128] = "";
-  int rc = sign_jwt_hs256_verify(token, key, NOW, leeway, err, sizeof err);
+  int rc = sign_jwt_hs256_verify(token, key, NOW, leeway, max_ahead, err, sizeof err);
   if(!want_err) {
     if(rc != 0)
       fprintf(stderr, "  expected valid, got: %s\n", err);
@@ -186,6 +197,23 @@ static int verify(const char *token, const char *key, int64_t leeway, const char
     return 0;
   }
   return 1;
+}
+
+static int verify(const char *token, const char *key, int64_t leeway, const char *want_err)
+{
+  return verify_ahead(token, key, leeway, 0, want_err);
+}
+
+/* Webhooks ask for exp at most an hour ahead: a token without one, or good for longer, could
+ * be replayed for ever. */
+static void test_jwt_exp_required(void)
+{
+  CHECK(verify_ahead(T_VALID, KEY, 30, 3600, NULL));
+  CHECK(verify_ahead(T_NOCLAIMS, KEY, 30, 3600, "exp is required"));
+  CHECK(verify_ahead(T_HOUR, KEY, 30, 3600, NULL));
+  CHECK(verify_ahead(T_FAR, KEY, 30, 3600, "exp is too far ahead"));
+  CHECK(verify_ahead(T_FAR, KEY, 30, 0, NULL));
+out:;
 }
 
 static void test_jwt(void)
@@ -246,7 +274,7 @@ static void test_jwt(void)
   long_token[SIGN_JWT_MAX + 1] = '\0';
   CHECK(verify(long_token, KEY, 30, "token longer than 8192 bytes"));
   /* No error buffer: still refused. */
-  CHECK(sign_jwt_hs256_verify(T_NONE, KEY, NOW, 30, NULL, 0) == -1);
+  CHECK(sign_jwt_hs256_verify(T_NONE, KEY, NOW, 30, 0, NULL, 0) == -1);
 out:
   free(long_token);
 }
@@ -256,6 +284,7 @@ int main(void)
   static const struct check_test tests[] = {{"rfc4231", test_rfc4231},
                                             {"equal", test_equal},
                                             {"callback_header", test_callback_header},
-                                            {"jwt", test_jwt}};
+                                            {"jwt", test_jwt},
+                                            {"jwt_exp_required", test_jwt_exp_required}};
   return check_run(tests, sizeof tests / sizeof tests[0]);
 }

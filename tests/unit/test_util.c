@@ -1,4 +1,4 @@
-/* Unit tests of common/util.h: RFC 3339 timestamps and UUIDs. */
+/* Unit tests of common/util.h: RFC 3339 timestamps, UUIDs and UTF-8 clean-up. */
 #include "util.h"
 
 #include "check.h"
@@ -203,6 +203,20 @@ static void test_clocks(void)
 out:;
 }
 
+static void test_utf8_sanitize(void)
+{
+  char cut[] = "caf\xc3\xa9 na\xc3"; /* "café na" and half of a 2-byte character */
+  char stray[] = "a\xff\xfe b \xed\xa0\x80 \xf0\x9f\x98\x80";
+  char fine[] = "ni\xc3\xb1o \xe2\x82\xac";
+  util_utf8_sanitize(cut);
+  CHECK_STR(cut, "caf\xc3\xa9 na?");
+  util_utf8_sanitize(stray); /* bad bytes and a surrogate become '?', the emoji stays */
+  CHECK_STR(stray, "a?? b ??? \xf0\x9f\x98\x80");
+  util_utf8_sanitize(fine);
+  CHECK_STR(fine, "ni\xc3\xb1o \xe2\x82\xac");
+out:;
+}
+
 int main(void)
 {
   static const struct check_test tests[] = {
@@ -213,6 +227,7 @@ int main(void)
     {"uuid4", test_uuid4},
     {"is_uuid", test_is_uuid},
     {"clocks", test_clocks},
+    {"utf8_sanitize", test_utf8_sanitize},
   };
   return CHECK_RUN(tests);
 }
