@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end check of the containers: builds every image of compose.yaml, brings the service up
 # the way the README's quick start does, sends the quick start's message and waits for SUCCESS,
-# scales the consumers to 3 and sees them in the management API, then stops everything and
-# checks that each container ended cleanly. Prints the image sizes and the seconds from `up`
+# scales the consumers to 3 and sees them in the management API, starts the "monitoring" profile
+# (Prometheus) and sees it scrape the api, the 3 consumers and the broker's per-queue metrics
+# with the alert rules loaded, then stops everything and checks that each container ended
+# cleanly. Prints the image sizes and the seconds from `up`
 # to the first SUCCESS. Root (or a member of the docker group); run by .ci/run.
 #
 #   scripts/compose-test.sh
@@ -54,19 +56,21 @@ say "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || ec
     "engine $(docker version -f '{{.Server.Version}}')"
 
 # ---- ports nobody uses, and the project's environment ----
-read -r APP_PORT RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT FAKE_EVOLUTION_PORT < <(python3 - <<'EOF'
+read -r APP_PORT RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT FAKE_EVOLUTION_PORT PROMETHEUS_PORT < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
 EOF
 )
-export APP_PORT RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT FAKE_EVOLUTION_PORT
+export APP_PORT RABBITMQ_PORT RABBITMQ_MANAGEMENT_PORT FAKE_EVOLUTION_PORT PROMETHEUS_PORT
 # The quick start's case: no Evolution API configured, so the fake must come up by itself.
 unset EVOLUTION_API_URL AMQP_URL
 export COMPOSE_PROJECT_NAME=$PROJECT
 dc() { "${COMPOSE[@]}" -p "$PROJECT" -f compose.yaml "$@"; }
+# The same with the monitoring profile's services (Prometheus) included.
+dcm() { dc --profile monitoring "$@"; }
 API=http://127.0.0.1:$APP_PORT
 MGMT=http://127.0.0.1:$RABBITMQ_MANAGEMENT_PORT/api
 
@@ -75,12 +79,12 @@ cleanup() {
   set +e
   if [ "$rc" -ne 0 ]; then
     say "last lines of each service's log:" >&2
-    dc logs --no-color --tail 30 >&2 2>&1
+    dcm logs --no-color --tail 30 >&2 2>&1
   fi
   if [ "${COMPOSE_TEST_KEEP:-}" = 1 ]; then
     say "COMPOSE_TEST_KEEP=1: left running; stop with: ${COMPOSE[*]} -p $PROJECT down -v"
   else
-    dc down -v --remove-orphans >/dev/null 2>&1
+    dcm down -v --remove-orphans >/dev/null 2>&1
   fi
   if [ -n "$DOCKERD_PID" ]; then
     kill "$DOCKERD_PID" 2>/dev/null
@@ -90,18 +94,18 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-dc down -v --remove-orphans >/dev/null 2>&1 || true   # leftovers of an interrupted run
+dcm down -v --remove-orphans >/dev/null 2>&1 || true   # leftovers of an interrupted run
 
 # ---- images ----
 t=$(date +%s)
 deploy/docker/base-image.sh
 say "base images ready in $(( $(date +%s) - t )) s"
 t=$(date +%s)
-dc build >/tmp/msg-compose-test-build.log 2>&1 ||
+dcm build >/tmp/msg-compose-test-build.log 2>&1 ||
   { tail -40 /tmp/msg-compose-test-build.log >&2; fail "docker-compose build failed"; }
 say "images built in $(( $(date +%s) - t )) s"
 for image in debian:bookworm-slim debian:trixie-slim msg:local msg-rabbitmq:local \
-             msg-fake-evolution:local; do
+             msg-fake-evolution:local msg-prometheus:local; do
   size=$(docker image inspect -f '{{.Size}}' "$image") || fail "no image $image"
   say "image size: $(awk -v s="$size" -v i="$image" 'BEGIN { printf "%-26s %6.1f MB", i, s / 1e6 }')"
 done
@@ -146,14 +150,17 @@ SECONDS_TO_SUCCESS=$(awk -v a="$t_up" -v b="$t_success" 'BEGIN { printf "%.1f", 
 pass "task $task SUCCESS through the fake Evolution API"
 say "seconds from up to the first SUCCESS: $SECONDS_TO_SUCCESS"
 
-dc logs --no-color fake-evolution 2>&1 | grep -q "EVOLUTION_API_URL is not set" ||
+# Read whole, then searched: "logs | grep -q" fails under pipefail when grep stops reading
+# before docker-compose has written everything (SIGPIPE).
+fake_log=$(dc logs --no-color fake-evolution 2>&1)
+grep -q "EVOLUTION_API_URL is not set" <<<"$fake_log" ||
   fail "the fake Evolution API did not say it stands in for EVOLUTION_API_URL"
 fake_sent=$(curl -fsS "http://127.0.0.1:$FAKE_EVOLUTION_PORT/_fake/stats" | json 'd["sent"]')
 [ "$fake_sent" = 1 ] || fail "the fake Evolution API sent $fake_sent messages, not 1"
 pass "the fake said it stands in for Evolution API, and sent the message once"
 
 # ---- non-root, read-only ----
-for c in $(dc ps -q); do
+for c in $(dcm ps -q); do
   read -r name user ro < <(docker inspect -f '{{.Name}} {{if .Config.User}}{{.Config.User}}{{else}}root{{end}} {{.HostConfig.ReadonlyRootfs}}' "$c")
   case "$user" in root | 0 | 0:*) fail "$name runs as root" ;; esac
   [ "$ro" = true ] || fail "$name has a writable root filesystem"
@@ -181,11 +188,48 @@ pass "the management API shows 3 msg-consumer connections and 3 consumers on mes
 task=$(send_and_wait)
 pass "task $task SUCCESS with 3 consumers"
 
+# ---- the monitoring profile: Prometheus scrapes everything, with the rules loaded ----
+# The README's command is "docker-compose --profile monitoring up --build -d"; the images are
+# built already, and the consumers stay 3.
+dcm up -d --no-recreate --scale msg-consumer=3 >>/tmp/msg-compose-test-up.log 2>&1 ||
+  { cat /tmp/msg-compose-test-up.log >&2; fail "--profile monitoring up failed"; }
+PROM=http://127.0.0.1:$PROMETHEUS_PORT/api/v1
+promq() { # PROMQL -> the sum of the instant vector's values ("none" when empty or unreachable)
+  curl -fsS -G "$PROM/query" --data-urlencode "query=$1" 2>/dev/null | json \
+    '"none" if not d["data"]["result"] else round(sum(float(s["value"][1]) for s in d["data"]["result"]))' \
+    2>/dev/null || echo none
+}
+up_api="" up_consumers="" up_broker="" queue_ready="" delivered=""
+for _ in $(seq 1 120); do
+  up_api=$(promq 'sum(up{job="msg-api"})')
+  up_consumers=$(promq 'sum(up{job="msg-consumer"})')
+  up_broker=$(promq 'sum(up{job="rabbitmq"})')
+  queue_ready=$(promq 'count(rabbitmq_queue_messages_ready{queue="messages.send"})')
+  delivered=$(promq 'sum(msg_consumer_deliveries_total{outcome="success"})')
+  [ "$up_api" = 1 ] && [ "$up_consumers" = 3 ] && [ "$up_broker" = 1 ] && [ "$queue_ready" = 1 ] &&
+    [ "$delivered" = 2 ] && break
+  sleep 1
+done
+[ "$up_api" = 1 ] && [ "$up_consumers" = 3 ] && [ "$up_broker" = 1 ] && [ "$queue_ready" = 1 ] &&
+  [ "$delivered" = 2 ] ||
+  fail "Prometheus: msg-api up $up_api (want 1), msg-consumer up $up_consumers (3), rabbitmq up" \
+       "$up_broker (1), rabbitmq_queue_messages_ready{queue=\"messages.send\"} series $queue_ready (1)," \
+       "successes $delivered (2)"
+rules=$(curl -fsS "$PROM/rules" | json 'sum(len(g["rules"]) for g in d["data"]["groups"])' 2>/dev/null || echo 0)
+[ "$rules" -ge 5 ] || fail "Prometheus loaded $rules alert rules, not the 5 of deploy/monitoring/alerts.yaml"
+pass "Prometheus scrapes msg-api, 3 consumers and the broker's per-queue metrics, with $rules alert rules"
+c=$(dcm ps -q prometheus)
+read -r user ro < <(docker inspect -f '{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}' "$c")
+uid=$(docker exec "$c" id -u 2>/dev/null || echo "?")
+[ -n "$user" ] && [ "$uid" != 0 ] && [ "$uid" != "?" ] && [ "$ro" = true ] ||
+  fail "prometheus runs as '$user' (uid $uid), read-only root filesystem: $ro"
+pass "prometheus runs as $user (uid $uid) on a read-only root filesystem"
+
 # ---- a clean stop ----
 t=$(date +%s)
-dc stop >/dev/null 2>&1 || fail "${COMPOSE[*]} stop failed"
+dcm stop >/dev/null 2>&1 || fail "${COMPOSE[*]} stop failed"
 bad=""
-for c in $(dc ps -a -q); do
+for c in $(dcm ps -a -q); do
   read -r name code < <(docker inspect -f '{{.Name}} {{.State.ExitCode}}' "$c")
   [ "$code" = 0 ] || bad+=" $name=$code"
 done
@@ -193,7 +237,7 @@ done
 pass "every container stopped on SIGTERM with exit status 0, in $(( $(date +%s) - t )) s"
 
 say "summary: up to first SUCCESS ${SECONDS_TO_SUCCESS} s; images:" \
-    "$(for i in msg:local msg-rabbitmq:local msg-fake-evolution:local; do
+    "$(for i in msg:local msg-rabbitmq:local msg-fake-evolution:local msg-prometheus:local; do
          docker image inspect -f '{{.Size}}' "$i" | awk -v i="$i" '{ printf "%s %.0f MB; ", i, $1 / 1e6 }'
        done)"
 say "$PASSED passed, 0 failed"

@@ -7,7 +7,8 @@
   (probes on real endpoints, restricted security context, config as a directory, grace
   periods, the KEDA queue), and every file a kustomization names exists;
 - the compose file (compose.yaml) and the Dockerfiles keep theirs (every image built here,
-  exec form, non-root, read-only, mounted files exist, the fake Evolution API by itself);
+  exec form, non-root, read-only, mounted files exist, the fake Evolution API by itself, and
+  Prometheus only in the "monitoring" profile, scraping what compose runs);
 - msg-probe, the image's HEALTHCHECK, compiles warning-free and tells 2xx from the rest;
 - with the tools scripts/deps.sh installs (issue 7, section 8): `kubectl kustomize` renders every
   kustomization, the rendered objects validate against their API schemas (tests/deploy/
@@ -769,7 +770,7 @@ class Compose(unittest.TestCase):
         """No registry answers on the machines this runs on: every service builds its image from
         a Dockerfile of deploy/docker/ (whose only base is debian:<release>-slim, which
         deploy/docker/base-image.sh makes when it cannot be pulled)."""
-        for svc in ("rabbitmq", "msg-api", "msg-consumer", "fake-evolution"):
+        for svc in ("rabbitmq", "msg-api", "msg-consumer", "fake-evolution", "prometheus"):
             body = self.service(svc)
             image = re.search(r"(?m)^    image: (\S+)$", body).group(1)
             self.assertTrue(image.endswith(":local"), f"{svc}: {image} is built, not pulled")
@@ -780,7 +781,7 @@ class Compose(unittest.TestCase):
 
     def test_locked_down(self):
         """Every container: a non-root user, a read-only root filesystem, no capabilities."""
-        for svc in ("rabbitmq", "msg-api", "msg-consumer", "fake-evolution"):
+        for svc in ("rabbitmq", "msg-api", "msg-consumer", "fake-evolution", "prometheus"):
             body = self.service(svc)
             for needle in (r"read_only: true", r"no-new-privileges:true", r"cap_drop:\n\s+- ALL",
                            r"tmpfs:\n\s+- /tmp\n"):
@@ -794,7 +795,8 @@ class Compose(unittest.TestCase):
         consumers default to it, and it says which case it is in (and exits 0 when a real
         Evolution API is set, which restart: on-failure leaves alone)."""
         fake = self.service("fake-evolution")
-        self.assertNotIn("profiles:", self.text)
+        for svc in ("rabbitmq", "msg-api", "msg-consumer", "fake-evolution"):
+            self.assertNotIn("profiles:", self.service(svc), svc)
         self.assertIn("EVOLUTION_API_URL: ${EVOLUTION_API_URL:-http://fake-evolution:8080}",
                       self.text)
         self.assertIn("EVOLUTION_API_URL: ${EVOLUTION_API_URL:-}", fake)
@@ -803,6 +805,30 @@ class Compose(unittest.TestCase):
         self.assertIn('--api-key "${EVOLUTION_API_KEY:-local-dev-key}"', fake)
         self.assertIn("fake-evolution:\n        condition: service_started",
                       self.service("msg-consumer"))
+
+    def test_monitoring_profile(self):
+        """Prometheus runs only in the "monitoring" profile, and its scrape configuration
+        (deploy/monitoring/prometheus.yml) names what compose runs: msg-api on the port its
+        command writes in (APP_PORT), every msg-consumer on its health port, the broker's
+        rabbitmq_prometheus plugin (enabled in its image) per object; the rules it loads are
+        mounted where it reads them."""
+        self.assertEqual(re.findall(r"(?m)^    profiles: (.*)$", self.text), ['["monitoring"]'])
+        prom = self.service("prometheus")
+        self.assertIn('profiles: ["monitoring"]', prom)
+        conf = read("deploy", "monitoring", "prometheus.yml")
+        self.assertIn('targets: ["msg-api:8001"]', conf)
+        self.assertIn('sed "s/msg-api:8001/msg-api:$$APP_PORT/"', prom)
+        self.assertIn("APP_PORT: ${APP_PORT:-8001}", prom)
+        self.assertIn('names: ["msg-consumer"]', conf)
+        self.assertRegex(conf, r"port: 8002\b")
+        self.assertIn('- "8002"', self.service("msg-consumer"))
+        self.assertIn("metrics_path: /metrics/per-object", conf)
+        self.assertIn('targets: ["rabbitmq:15692"]', conf)
+        self.assertIn("rabbitmq_prometheus", read("deploy", "docker", "rabbitmq.Dockerfile"))
+        rules = re.search(r"(?m)^  - (/etc/prometheus/msg/\S+)$", conf).group(1)
+        self.assertIn(f"./deploy/monitoring/{os.path.basename(rules)}:{rules}:ro", prom)
+        self.assertIn("./deploy/monitoring/prometheus.yml:/etc/prometheus/msg/prometheus.yml:ro", prom)
+        self.assertIn("docker-compose --profile monitoring up --build -d", self.text)
 
     def test_published_ports_are_local_and_movable(self):
         for port in re.findall(r'(?m)^      - "([^"]+)"$', self.text):
@@ -815,15 +841,18 @@ class Compose(unittest.TestCase):
         compose = need(self, shutil.which("docker-compose"), "docker-compose")
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("COMPOSE_") and k != "EVOLUTION_API_URL"}
-        for extra in ({}, {"EVOLUTION_API_URL": "https://evolution.example.com"}):
-            r = subprocess.run([compose, "-f", os.path.join(ROOT, "compose.yaml"), "config", "-q"],
+        for extra, profile in (({}, []), ({"EVOLUTION_API_URL": "https://evolution.example.com"}, []),
+                               ({}, ["--profile", "monitoring"])):
+            r = subprocess.run([compose, "-f", os.path.join(ROOT, "compose.yaml"), *profile,
+                                "config", "-q"],
                                capture_output=True, text=True, timeout=60, env={**env, **extra},
                                cwd=ROOT)
-            self.assertEqual(r.returncode, 0, f"docker-compose config -q {extra}: "
+            self.assertEqual(r.returncode, 0, f"docker-compose {' '.join(profile)} config -q {extra}: "
                                               f"{r.stdout}{r.stderr}")
 
 
-DOCKERFILES = ("Dockerfile", "rabbitmq.Dockerfile", "fake-evolution.Dockerfile")
+DOCKERFILES = ("Dockerfile", "rabbitmq.Dockerfile", "fake-evolution.Dockerfile",
+               "prometheus.Dockerfile")
 
 
 class Dockerfile(unittest.TestCase):
@@ -1020,6 +1049,23 @@ class Readme(unittest.TestCase):
         self.assertIn("docker-compose up -d --scale msg-consumer=3", quick)
         self.assertTrue(os.path.exists(os.path.join(ROOT, "compose.yaml")),
                         "docker-compose finds compose.yaml in the directory it runs in")
+
+    def test_monitoring_subsection(self):
+        """Operations says how to run and wire the monitoring: the compose profile's command as
+        compose.yaml and scripts/compose-test.sh run it, the dashboard, the rules, the
+        ServiceMonitor; and what it names exists."""
+        text = read("README.md")
+        ops = text.split("\n## Operations", 1)[1].split("\n## ", 1)[0]
+        self.assertIn("\n### Monitoring\n", ops)
+        section = ops.split("\n### Monitoring\n", 1)[1].split("\n### ", 1)[0]
+        self.assertIn("docker-compose --profile monitoring up --build -d\n", section)
+        self.assertIn("dcm up -d", read("scripts", "compose-test.sh"))
+        for path in ("deploy/monitoring/dashboard.json", "deploy/monitoring/alerts.yaml",
+                     "deploy/monitoring/prometheus.yml", "deploy/k8s/components/monitoring",
+                     "tests/monitoring/run.sh", "tests/monitoring/alerts.test.yaml"):
+            self.assertIn(path, section)
+            self.assertTrue(os.path.exists(os.path.join(ROOT, path)), path)
+        self.assertIn("DS_PROMETHEUS", section)
 
     def test_operator_guide(self):
         text = read("README.md")
