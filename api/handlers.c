@@ -12,6 +12,7 @@
 #include "log.h"
 #include "request.h"
 #include "util.h"
+#include "workers.h"
 #include "webhook.h"
 
 /* A job's callback_url must point at an allowed host (callbacks.allow_hosts), so the service
@@ -327,6 +328,17 @@ int http_handle_dead_letters(struct mg_connection *conn, struct http_server *srv
   doc = dead_peek(srv->deps.cfg, (size_t)limit, err, sizeof err);
   if(!doc)
     return http_reply_error(conn, 503, "broker_unavailable", err, NULL, "Retry-After", RETRY_AFTER_S);
+  return http_reply(conn, 200, doc, NULL, NULL);
+}
+
+/* GET /workers: the consumers whose heartbeats this replica read lately (api/workers.h). */
+int http_handle_workers(struct mg_connection *conn, struct http_server *srv)
+{
+  char *text = workers_json(status_reader_workers(srv->deps.reader), util_now_ms());
+  json_t *doc = text ? json_loads(text, 0, NULL) : NULL;
+  free(text);
+  if(!doc)
+    return http_reply_error(conn, 500, "internal_error", "out of memory", NULL, NULL, NULL);
   return http_reply(conn, 200, doc, NULL, NULL);
 }
 

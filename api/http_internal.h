@@ -162,6 +162,7 @@ int http_handle_post_message(struct mg_connection *conn, struct http_server *srv
 int http_handle_post_batch(struct mg_connection *conn, struct http_server *srv,
                           const struct api_key *who);
 int http_handle_dead_letters(struct mg_connection *conn, struct http_server *srv);
+int http_handle_workers(struct mg_connection *conn, struct http_server *srv);
 int http_handle_redrive(struct mg_connection *conn, struct http_server *srv);
 int http_handle_get_task(struct mg_connection *conn, struct http_server *srv,
                          const struct api_key *who, const char *id);

@@ -15,11 +15,14 @@ const enum publish_outcome PUBLISH_OUTCOME_OF[] = {
   [PUB_TIMEOUT] = PUBLISH_TIMEOUT, [PUB_REJECTED] = PUBLISH_REJECTED,
   [PUB_UNKNOWN] = PUBLISH_LOST};
 
+/* route and method: two routes may share a pattern (GET and DELETE /tasks/{task_id}), and
+ * without the method their series would be one, which Prometheus keeps only once. */
 static void route_label(char *buf, size_t len, int route_slot, const char *extra)
 {
-  snprintf(buf, len, "route=\"%s\"%s", route_slot == ROUTE_UNMATCHED ? "unmatched"
-                                                                      : ROUTES[route_slot].pattern,
-           extra);
+  int unmatched = route_slot == ROUTE_UNMATCHED;
+  snprintf(buf, len, "route=\"%s\",method=\"%s\"%s",
+           unmatched ? "unmatched" : ROUTES[route_slot].pattern,
+           unmatched ? "other" : ROUTES[route_slot].method, extra);
 }
 
 int http_handle_metrics(struct mg_connection *conn, struct http_server *srv)

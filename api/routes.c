@@ -23,6 +23,8 @@ const struct route ROUTES[ROUTE_COUNT] = {
   [ROUTE_REDRIVE] = {"/dead-letters/redrive", "POST", 0, CFG_SCOPE_ADMIN},
   /* Evolution API cannot send our API keys: the webhook has its own secret or JWT. */
   [ROUTE_WEBHOOK] = {"/webhooks/evolution", "POST", 1, 0},
+  /* The fleet: hosts and counters of every consumer, an operator's view like /health. */
+  [ROUTE_WORKERS] = {"/workers", "GET", 0, CFG_SCOPE_ADMIN},
 };
 
 /* 1 when `path` fits `pattern`; sets *param for a trailing {param}. */

@@ -1403,7 +1403,7 @@ static int publish_heartbeat(struct worker *w, int stopping)
   gethostname(host, sizeof host - 1);
   snprintf(id, sizeof id, "%s:%ld", host, (long)getpid());
   o = json_pack("{s:i, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:i, s:b, s:b, s:I, s:i, s:I, s:I, s:I, "
-                "s:I, s:I, s:I, s:I, s:I, s:I}",
+                "s:I, s:I, s:I, s:I, s:I}",
                 "v", 1, "kind", "worker", "worker_id", id, "host", host, "pid", (json_int_t)getpid(),
                 "version", MSG_VERSION, "started_at", util_format_time(w->started_at_ms, started),
                 "at", util_format_time(util_now_ms(), at), "interval_ms", HEARTBEAT_MS,
@@ -1420,7 +1420,9 @@ static int publish_heartbeat(struct worker *w, int stopping)
     json_object_set_new(o, "evolution", json_loads(evolution, 0, NULL));
   if(o)
     body = json_dumps(o, JSON_COMPACT);
-  if(body) {
+  if(!body)
+    log_event(CFG_LOG_WARN, "cannot build the heartbeat (out of memory)", NULL);
+  else {
     memset(&p, 0, sizeof p);
     p.app_id = "msg-consumer";
     p.type = "worker.heartbeat";

@@ -55,8 +55,10 @@ class MetricsTest(IntegrationTest):
         self.assertTrue(m.headers["content-type"].startswith("text/plain"))
         text = m.body.decode()
         s = parse(text)
-        self.assertEqual(s[("msg_api_http_requests_total", 'route="/messages",status="202"')], 1)
-        self.assertEqual(s[("msg_api_http_requests_total", 'route="unmatched",status="404"')], 1)
+        self.assertEqual(s[("msg_api_http_requests_total",
+                            'route="/messages",method="POST",status="202"')], 1)
+        self.assertEqual(s[("msg_api_http_requests_total",
+                            'route="unmatched",method="other",status="404"')], 1)
         self.assertEqual(s[("msg_api_publishes_total", 'outcome="ack"')], 1)
         self.assertEqual(s[("msg_api_publish_confirm_duration_seconds_count", "")], 1)
         self.assertEqual(s[("msg_api_publish_confirm_duration_seconds_bucket", 'le="+Inf"')], 1)
