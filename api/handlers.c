@@ -331,6 +331,86 @@ int http_handle_dead_letters(struct mg_connection *conn, struct http_server *srv
   return http_reply(conn, 200, doc, NULL, NULL);
 }
 
+/* A query parameter of GET /tasks (the first occurrence when nth is 0): 1 when present (and it
+ * fit), 0 when absent, -1 when longer than the room. */
+static int query_var(const struct mg_request_info *ri, const char *name, int nth, char *buf,
+                     size_t len)
+{
+  int n;
+  if(!ri->query_string)
+    return 0;
+  n = mg_get_var2(ri->query_string, strlen(ri->query_string), name, buf, len, (size_t)nth);
+  return n >= 0 ? 1 : n == -1 ? 0 : -1;
+}
+
+/* GET /tasks?status=&instance=&phone=&since=&until=&limit=&cursor=: the cache searched, newest
+ * first; a key with a tenant sees only its tenant's tasks (admin: every one). */
+int http_handle_search_tasks(struct mg_connection *conn, struct http_server *srv,
+                             const struct api_key *who)
+{
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  struct task_query q;
+  char value[256], instance[JOB_INSTANCE_MAX + 1], phone[JOB_PHONE_LEN], *doc;
+  memset(&q, 0, sizeof q);
+  q.limit = 50;
+  /* status: repeated or comma-separated names. */
+  for(int i = 0; i < 16; i++) {
+    int got = query_var(ri, "status", i, value, sizeof value);
+    char *save = NULL;
+    if(!got)
+      break;
+    if(got < 0)
+      return http_reply_error(conn, 422, "invalid_field", "status is too long", "status", NULL,
+                              NULL);
+    for(char *name = strtok_r(value, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+      enum task_status st;
+      if(status_from_name(name, &st) || st == TASK_RECEIPT)
+        return http_reply_error(conn, 422, "invalid_field",
+                                "status must be PENDING, SCHEDULED, STARTED, RETRY, SUCCESS, "
+                                "FAILURE or CANCELLED",
+                                "status", NULL, NULL);
+      q.statuses |= 1u << st;
+    }
+  }
+  if(query_var(ri, "instance", 0, instance, sizeof instance)) {
+    if(job_check_instance(instance))
+      return http_reply_error(conn, 422, "invalid_field", "instance is not an instance name",
+                              "instance", NULL, NULL);
+    q.instance = instance;
+  }
+  if(query_var(ri, "phone", 0, value, sizeof value)) {
+    if(job_normalize_phone(value, phone) != JOB_FIELD_OK)
+      return http_reply_error(conn, 422, "invalid_field", "phone is not a phone number", "phone",
+                              NULL, NULL);
+    q.phone = phone;
+  }
+  if(query_var(ri, "since", 0, value, sizeof value) && util_parse_time(value, &q.since_ms))
+    return http_reply_error(conn, 422, "invalid_field", "since must be an RFC 3339 time",
+                            "since", NULL, NULL);
+  if(query_var(ri, "until", 0, value, sizeof value) && util_parse_time(value, &q.until_ms))
+    return http_reply_error(conn, 422, "invalid_field", "until must be an RFC 3339 time",
+                            "until", NULL, NULL);
+  if(query_var(ri, "limit", 0, value, sizeof value)) {
+    char *end;
+    long limit = strtol(value, &end, 10);
+    if(*end || end == value || limit < 1 || limit > TASK_QUERY_MAX_LIMIT)
+      return http_reply_error(conn, 422, "invalid_field", "limit must be 1 to 500", "limit",
+                              NULL, NULL);
+    q.limit = (size_t)limit;
+  }
+  if(query_var(ri, "cursor", 0, value, sizeof value) && task_cache_parse_cursor(value, &q))
+    return http_reply_error(conn, 422, "invalid_field", "cursor is not a next_cursor of GET /tasks",
+                            "cursor", NULL, NULL);
+  /* Only the caller's tenant's tasks, unless it is admin (as for a single task). */
+  if(!(who->scopes & CFG_SCOPE_ADMIN))
+    q.tenant = who->tenant;
+  if(!(doc = task_cache_search(srv->deps.cache, &q)))
+    return http_reply_error(conn, 500, "internal_error", "out of memory", NULL, NULL, NULL);
+  http_send_json(conn, 200, doc, NULL, NULL);
+  free(doc);
+  return 200;
+}
+
 /* GET /workers: the consumers whose heartbeats this replica read lately (api/workers.h). */
 int http_handle_workers(struct mg_connection *conn, struct http_server *srv)
 {

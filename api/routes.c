@@ -25,6 +25,7 @@ const struct route ROUTES[ROUTE_COUNT] = {
   [ROUTE_WEBHOOK] = {"/webhooks/evolution", "POST", 1, 0},
   /* The fleet: hosts and counters of every consumer, an operator's view like /health. */
   [ROUTE_WORKERS] = {"/workers", "GET", 0, CFG_SCOPE_ADMIN},
+  [ROUTE_TASKS] = {"/tasks", "GET", 0, CFG_SCOPE_READ},
 };
 
 /* 1 when `path` fits `pattern`; sets *param for a trailing {param}. */

@@ -21,6 +21,7 @@ enum route_id {
   ROUTE_REDRIVE,
   ROUTE_WEBHOOK,
   ROUTE_WORKERS,
+  ROUTE_TASKS,
   ROUTE_COUNT
 };
 

@@ -13,6 +13,7 @@
 struct task {
   struct task *chain;  /* next in the same hash bucket */
   struct task *newer;  /* insertion order, for dropping the oldest */
+  struct task *older;  /* ...and back, for GET /tasks newest first (the search's only index) */
   struct task *ichain; /* next in the same idempotency-key bucket */
   struct task *kchain; /* next in the same Evolution-key bucket */
   struct receipts *receipts; /* delivery receipts, allocated with the first one */
@@ -262,7 +263,9 @@ static void drop_oldest(struct shard *c)
     *pp = t->kchain;
   }
   c->oldest = t->newer;
-  if(!c->oldest)
+  if(c->oldest)
+    c->oldest->older = NULL;
+  else
     c->newest = NULL;
   c->count--;
   atomic_fetch_sub(c->total, 1);
@@ -601,6 +604,7 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
       c->newest->newer = t;
     else
       c->oldest = t;
+    t->older = c->newest;
     c->newest = t;
     c->count++;
     atomic_fetch_add(c->total, 1);
@@ -806,4 +810,118 @@ int task_cache_find_idempotent(struct task_cache *cache, const char *key,
 size_t task_cache_size(struct task_cache *cache)
 {
   return atomic_load(&cache->total);
+}
+
+/* ---- search (GET /tasks) ------------------------------------------------------------------ */
+
+/* Insertion order follows creation order except for events that arrive late (another
+ * replica's PENDING, a stream read after a reconnect): a shard's walk stops this far past the
+ * oldest task it would still return. */
+#define SEARCH_SKEW_MS 60000
+
+struct hit {
+  int64_t created_ms;
+  char id[UTIL_UUID_LEN];
+};
+
+/* Newest first: by creation time, then by id (so that the order, and a cursor, are total). */
+static int hit_after(int64_t ms, const char *id, int64_t other_ms, const char *other_id)
+{
+  return ms != other_ms ? ms < other_ms : strcmp(id, other_id) < 0;
+}
+
+static int query_matches(const struct task_query *q, const struct task *t)
+{
+  if(q->statuses && !(q->statuses & (1u << t->status)))
+    return 0;
+  if(q->instance && (!t->instance || strcmp(q->instance, t->instance)))
+    return 0;
+  if(q->phone && strcmp(q->phone, t->phone))
+    return 0;
+  if(q->tenant && strcmp(q->tenant, t->tenant ? t->tenant : ""))
+    return 0;
+  if(q->since_ms && t->created_at_ms < q->since_ms)
+    return 0;
+  if(q->until_ms && t->created_at_ms > q->until_ms)
+    return 0;
+  return !q->cursor_ms ||
+         hit_after(t->created_at_ms, t->id, q->cursor_ms, q->cursor_id);
+}
+
+/* Inserts into hits[0..*n), kept newest first and at most cap long. */
+static void keep_hit(struct hit *hits, size_t *n, size_t cap, const struct task *t)
+{
+  size_t i = *n;
+  if(i == cap) {
+    if(!hit_after(hits[cap - 1].created_ms, hits[cap - 1].id, t->created_at_ms, t->id))
+      return; /* not newer than the last kept one */
+    i = cap - 1;
+  }
+  else
+    (*n)++;
+  while(i > 0 && hit_after(hits[i - 1].created_ms, hits[i - 1].id, t->created_at_ms, t->id)) {
+    hits[i] = hits[i - 1];
+    i--;
+  }
+  hits[i].created_ms = t->created_at_ms;
+  memcpy(hits[i].id, t->id, UTIL_UUID_LEN);
+}
+
+char *task_cache_search(struct task_cache *cache, const struct task_query *q)
+{
+  size_t cap = q->limit + 1, n = 0;
+  struct hit *hits = calloc(cap, sizeof *hits);
+  int64_t now = util_now_ms();
+  json_t *list = json_array(), *doc = NULL;
+  char *out = NULL;
+  if(!hits || !list)
+    goto done;
+  for(size_t s = 0; s < cache->nshards; s++) {
+    struct shard *c = &cache->shards[s];
+    pthread_rwlock_rdlock(&c->lock);
+    for(struct task *t = c->newest; t; t = t->older) {
+      if(t->created_at_ms + c->retention_ms < now)
+        break; /* the rest is older still, and expired */
+      if(n == cap && t->created_at_ms + SEARCH_SKEW_MS < hits[cap - 1].created_ms)
+        break; /* nothing further down can be among the newest */
+      if(q->since_ms && t->created_at_ms + SEARCH_SKEW_MS < q->since_ms)
+        break;
+      if(query_matches(q, t))
+        keep_hit(hits, &n, cap, t);
+    }
+    pthread_rwlock_unlock(&c->lock);
+  }
+  for(size_t i = 0; i < n && i < q->limit; i++) {
+    char *one = task_cache_render(cache, hits[i].id);
+    json_t *d = one ? json_loads(one, 0, NULL) : NULL;
+    free(one);
+    if(d)
+      json_array_append_new(list, d); /* a task dropped meanwhile is simply not listed */
+  }
+  if(n > q->limit) {
+    char cursor[64];
+    snprintf(cursor, sizeof cursor, "%lld_%s", (long long)hits[q->limit - 1].created_ms,
+             hits[q->limit - 1].id);
+    doc = json_pack("{s:O, s:s}", "tasks", list, "next_cursor", cursor);
+  }
+  else
+    doc = json_pack("{s:O, s:n}", "tasks", list, "next_cursor");
+  if(doc)
+    out = json_dumps(doc, JSON_COMPACT);
+done:
+  json_decref(doc);
+  json_decref(list);
+  free(hits);
+  return out;
+}
+
+int task_cache_parse_cursor(const char *text, struct task_query *q)
+{
+  char *end;
+  long long ms = strtoll(text, &end, 10);
+  if(end == text || *end != '_' || ms <= 0 || !util_is_uuid(end + 1))
+    return -1;
+  q->cursor_ms = ms;
+  memcpy(q->cursor_id, end + 1, UTIL_UUID_LEN);
+  return 0;
 }

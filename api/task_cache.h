@@ -81,4 +81,26 @@ int task_cache_take_owed(struct task_cache *cache, const char *task_id, unsigned
 /* Number of tasks held. */
 size_t task_cache_size(struct task_cache *cache);
 
+/* GET /tasks: which tasks, newest first (by created_at, then id). */
+#define TASK_QUERY_MAX_LIMIT 500
+struct task_query {
+  unsigned statuses;    /* bits 1u << enum task_status; 0 = any */
+  const char *instance; /* NULL = any */
+  const char *phone;    /* canonical form; NULL = any */
+  const char *tenant;   /* NULL = every tenant's; "" = the tasks of no tenant */
+  int64_t since_ms, until_ms; /* created_at bounds, inclusive; 0 = open */
+  size_t limit;         /* 1..TASK_QUERY_MAX_LIMIT */
+  int64_t cursor_ms;    /* 0, or start strictly after (older than) this task: */
+  char cursor_id[UTIL_UUID_LEN];
+};
+
+/* {"tasks": [task documents], "next_cursor": "..." | null}, malloc'd; NULL when out of
+ * memory. next_cursor resumes after the last one listed; tasks that arrive meanwhile are newer
+ * and never shift the pages after it. Cost: a walk of each shard from its newest task down to
+ * the page's oldest (plus a minute), under its read lock; 8 bytes per task for the walk. */
+char *task_cache_search(struct task_cache *cache, const struct task_query *q);
+
+/* Parses a next_cursor into q. Returns 0, or -1 when it is not one. */
+int task_cache_parse_cursor(const char *text, struct task_query *q);
+
 #endif

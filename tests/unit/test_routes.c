@@ -30,7 +30,9 @@ static void test_match(void)
   CHECK_INT(route_find("/tasks/abc", "POST", &param, allow, sizeof allow), ROUTE_NO_METHOD);
   CHECK_STR(allow, "GET, HEAD, DELETE");
   CHECK_INT(route_find("/tasks/", "GET", &param, allow, sizeof allow), ROUTE_NO_PATH);
-  CHECK_INT(route_find("/tasks", "GET", &param, allow, sizeof allow), ROUTE_NO_PATH);
+  CHECK_INT(route_find("/tasks", "GET", &param, allow, sizeof allow), ROUTE_TASKS);
+  CHECK_INT(route_find("/tasks", "DELETE", &param, allow, sizeof allow), ROUTE_NO_METHOD);
+  CHECK_INT(route_find("/workers", "GET", &param, allow, sizeof allow), ROUTE_WORKERS);
   CHECK_INT(route_find("/tasks/a/b", "GET", &param, allow, sizeof allow), ROUTE_NO_PATH);
   CHECK_INT(route_find("/healthz", "GET", &param, allow, sizeof allow), ROUTE_NO_PATH);
 out:;
