@@ -5,10 +5,11 @@ Evolution API, started by tests/integration/harness.py) scraped by a real Promet
 exposed, series for series.
 
 Prometheus keeps one sample per series and timestamp: two exposed samples with the same name
-and labels are one series to it, and it silently keeps the first and drops the second (it only
-counts the drop, in prometheus_target_scrapes_sample_duplicate_timestamp_total, when their
-values differ). So besides "every exposed series is stored", every exposed name+labels must be
-unique, and Prometheus's own ingestion counters must show no drop.
+and labels are one series to it, and within one scrape it keeps the first and drops the second
+without counting it anywhere (Prometheus 2.42, Debian 12). So besides "every exposed series is
+stored", every exposed name+labels must be unique, Prometheus must have refused no sample (its
+duplicate-timestamp, out-of-order and out-of-bounds counters) and dropped none: the samples
+scraped plus its own per-scrape series must be the samples appended to its head.
 
 The traffic: a message sent at once (SUCCESS), one answered 429 once (RETRY, then SUCCESS), one
 to a number not on WhatsApp (FAILURE, parked), GET and DELETE /tasks/{id} on known and unknown
@@ -48,13 +49,10 @@ SCRAPES_AFTER = 3        # and after, before it reads what Prometheus stored
 # documentation lists them: https://www.rabbitmq.com/docs/prometheus
 RABBITMQ_NAMES = {"rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked",
                   "rabbitmq_queue_consumers"}
+TASK_ROUTE = "/tasks/{task_id}"    # GET and DELETE: one series each, told apart by "method"
 # Series that Prometheus adds to every target itself.
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
              "scrape_samples_post_metric_relabeling", "scrape_series_added"}
-# msg-api's GET and DELETE on /tasks/{task_id} share one series: route is their only label,
-# no method label (issue 15, part 5). The test that shows it is an expected failure until the
-# daemon tells them apart; the others check that nothing else is duplicated.
-KNOWN_DUPLICATE_ROUTE = "/tasks/{task_id}"
 
 PHONE_OK, PHONE_RETRY, PHONE_PARK = "+5511999990001", "+5511999990003", "+5511999990002"
 UNKNOWN_TASK = "00000000-0000-4000-8000-000000000000"
@@ -112,10 +110,6 @@ def duplicates(samples):
 def describe(k):
     name, labels = k
     return name + "{" + ",".join(f'{a}="{b}"' for a, b in labels) + "}"
-
-
-def known_duplicate(k):
-    return dict(k[1]).get("route") == KNOWN_DUPLICATE_ROUTE
 
 
 def queried_names(text):
@@ -395,8 +389,6 @@ class PrometheusRoundTrip(unittest.TestCase):
     def exposed_keys(self, job):
         return {as_stored(n, l) for n, l, _ in self.exposed[job]}
 
-    # --- what must hold now ------------------------------------------------------------------
-
     def test_scenario_happened(self):
         """The traffic did what it should: 2 successes (one after a 429 retry) and 1 parked,
         as Prometheus stored them; both targets were up at every scrape."""
@@ -425,18 +417,16 @@ class PrometheusRoundTrip(unittest.TestCase):
             self.assertFalse(extra, f"{job}: stored, not exposed: "
                                     + ", ".join(describe(k) for k in sorted(extra)))
 
-    def test_consumer_series_are_unique(self):
-        dups = duplicates(self.exposed["msg-consumer"])
-        self.assertFalse(dups, "msg-consumer exposes more than once: "
-                               + ", ".join(describe(k) for k in sorted(dups)))
-        scraped = set(self.samples_scraped["msg-consumer"].values())
-        self.assertEqual(scraped, {float(len(self.exposed["msg-consumer"]))})
-        self.assertEqual(len(self.stored["msg-consumer"]), len(self.exposed["msg-consumer"]))
-
-    def test_api_series_are_unique_apart_from_the_known_one(self):
-        dups = {k: v for k, v in duplicates(self.exposed["msg-api"]).items() if not known_duplicate(k)}
-        self.assertFalse(dups, "msg-api exposes more than once: "
-                               + ", ".join(describe(k) for k in sorted(dups)))
+    def test_series_are_unique(self):
+        """No name+labels exposed twice, so each scrape's samples are each a series of their
+        own: as many samples scraped as series stored."""
+        for job in self.targets:
+            dups = duplicates(self.exposed[job])
+            self.assertFalse(dups, f"{job} exposes more than once: "
+                                   + ", ".join(describe(k) for k in sorted(dups)))
+            scraped = set(self.samples_scraped[job].values())
+            self.assertEqual(scraped, {float(len(self.exposed[job]))}, job)
+            self.assertEqual(len(self.stored[job]), len(self.exposed[job]), job)
 
     def test_prometheus_refused_nothing(self):
         """Prometheus counted no sample refused: no duplicate timestamp with another value
@@ -444,14 +434,22 @@ class PrometheusRoundTrip(unittest.TestCase):
         for name in self.REFUSED:
             self.assertEqual(self.ingest[name], 0, name)
 
-    def test_prometheus_dropped_only_the_known_duplicates(self):
-        """Every sample that Prometheus dropped silently is the second sample of one of the
-        known msg-api duplicates, at each scrape of msg-api."""
-        known = sum(len(values) - 1 for k, values in duplicates(self.exposed["msg-api"]).items()
-                    if known_duplicate(k))
-        self.assertEqual(self.dropped, known * self.scrape_count["msg-api"],
-                         f"{self.dropped:g} samples dropped; the known msg-api duplicates explain "
-                         f"{known} a scrape, {self.scrape_count['msg-api']} scrapes")
+    def test_prometheus_dropped_nothing(self):
+        """Every sample scraped was appended: none dropped silently (a second sample of a
+        series within one scrape is, without any counter of its own)."""
+        self.assertEqual(self.dropped, 0, f"{self.dropped:g} samples dropped silently over "
+                                          f"{self.scrape_count} scrapes")
+
+    def test_tasks_get_and_delete_are_distinct_series(self):
+        """GET and DELETE on /tasks/{task_id} are two series (label method), stored both; they
+        were one, and Prometheus kept only the first."""
+        for name in ("msg_api_http_request_duration_seconds_count", "msg_api_http_requests_total"):
+            methods = {dict(k[1]).get("method") for k in self.stored["msg-api"]
+                       if k[0] == name and dict(k[1]).get("route") == TASK_ROUTE}
+            self.assertEqual(methods, {"GET", "DELETE"}, name)
+        both_404 = [k for k in self.stored["msg-api"] if k[0] == "msg_api_http_requests_total"
+                    and dict(k[1]).get("route") == TASK_ROUTE and dict(k[1]).get("status") == "404"]
+        self.assertEqual(len(both_404), 2, both_404)
 
     def test_dashboard_and_rules_query_exposed_names(self):
         names = set()
@@ -480,25 +478,6 @@ class PrometheusRoundTrip(unittest.TestCase):
             if not got and "rabbitmq_" not in expr and 'status=~"5.."' not in expr:
                 empty.append(f"{title}: {expr}")
         self.assertFalse(empty, "dashboard queries without data:\n" + "\n".join(empty))
-
-    # --- what fails until msg-api tells GET from DELETE ------------------------------------------
-
-    # issue 15, part 5: GET and DELETE on /tasks/{task_id} share one series (no method label),
-    # so Prometheus stores one and drops the other. Remove expectedFailure once msg-api labels
-    # the method: this test then passes, and unittest reports the unexpected success as a
-    # failure until the decorator is gone.
-    @unittest.expectedFailure
-    def test_api_tasks_get_and_delete_are_distinct_series(self):
-        dups = duplicates(self.exposed["msg-api"])
-        self.assertFalse(dups, "msg-api exposes more than once: "
-                               + ", ".join(describe(k) for k in sorted(dups)))
-        self.assertEqual(self.dropped, 0, "samples Prometheus dropped silently")
-        scraped = set(self.samples_scraped["msg-api"].values())
-        self.assertEqual(scraped, {float(len(self.stored["msg-api"]))})
-        counts = [l for n, l, _ in self.exposed["msg-api"]
-                  if n == "msg_api_http_request_duration_seconds_count"
-                  and l.get("route") == KNOWN_DUPLICATE_ROUTE]
-        self.assertGreaterEqual(len(counts), 2, counts)
 
 
 if __name__ == "__main__":
