@@ -411,6 +411,20 @@ int http_handle_search_tasks(struct mg_connection *conn, struct http_server *srv
   return 200;
 }
 
+/* GET /stats: counts, rates and 202→SUCCESS percentiles of the cached tasks (the caller's
+ * tenant's, unless admin). */
+int http_handle_stats(struct mg_connection *conn, struct http_server *srv,
+                      const struct api_key *who)
+{
+  char *doc = task_cache_stats(srv->deps.cache,
+                               (who->scopes & CFG_SCOPE_ADMIN) ? NULL : who->tenant);
+  if(!doc)
+    return http_reply_error(conn, 500, "internal_error", "out of memory", NULL, NULL, NULL);
+  http_send_json(conn, 200, doc, NULL, NULL);
+  free(doc);
+  return 200;
+}
+
 /* GET /workers: the consumers whose heartbeats this replica read lately (api/workers.h). */
 int http_handle_workers(struct mg_connection *conn, struct http_server *srv)
 {

@@ -101,6 +101,7 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
   case ROUTE_WEBHOOK: return http_handle_webhook(conn, srv);
   case ROUTE_WORKERS: return http_handle_workers(conn, srv);
   case ROUTE_TASKS: return http_handle_search_tasks(conn, srv, who);
+  case ROUTE_STATS: return http_handle_stats(conn, srv, who);
   case ROUTE_COUNT: break;
   }
   return http_reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);

@@ -165,6 +165,8 @@ int http_handle_dead_letters(struct mg_connection *conn, struct http_server *srv
 int http_handle_workers(struct mg_connection *conn, struct http_server *srv);
 int http_handle_search_tasks(struct mg_connection *conn, struct http_server *srv,
                              const struct api_key *who);
+int http_handle_stats(struct mg_connection *conn, struct http_server *srv,
+                      const struct api_key *who);
 int http_handle_redrive(struct mg_connection *conn, struct http_server *srv);
 int http_handle_get_task(struct mg_connection *conn, struct http_server *srv,
                          const struct api_key *who, const char *id);

@@ -26,6 +26,7 @@ const struct route ROUTES[ROUTE_COUNT] = {
   /* The fleet: hosts and counters of every consumer, an operator's view like /health. */
   [ROUTE_WORKERS] = {"/workers", "GET", 0, CFG_SCOPE_ADMIN},
   [ROUTE_TASKS] = {"/tasks", "GET", 0, CFG_SCOPE_READ},
+  [ROUTE_STATS] = {"/stats", "GET", 0, CFG_SCOPE_READ},
 };
 
 /* 1 when `path` fits `pattern`; sets *param for a trailing {param}. */

@@ -22,6 +22,7 @@ enum route_id {
   ROUTE_WEBHOOK,
   ROUTE_WORKERS,
   ROUTE_TASKS,
+  ROUTE_STATS,
   ROUTE_COUNT
 };
 

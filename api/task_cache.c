@@ -925,3 +925,153 @@ int task_cache_parse_cursor(const char *text, struct task_query *q)
   memcpy(q->cursor_id, end + 1, UTIL_UUID_LEN);
   return 0;
 }
+
+/* ---- statistics (GET /stats) ------------------------------------------------------------- */
+
+/* 202 → SUCCESS times in buckets growing by 2^(1/4) from 1 ms: percentiles within 19 %. */
+#define LATENCY_BUCKETS 96
+#define N_STATUSES (TASK_RECEIPT + 1)
+
+struct instance_counts {
+  const char *name; /* interned */
+  size_t by_status[N_STATUSES];
+};
+
+struct stats_acc {
+  size_t total, by_status[N_STATUSES];
+  size_t accepted[3], succeeded[3], failed[3]; /* in the last 1, 5, 15 minutes */
+  size_t latency[LATENCY_BUCKETS], latency_n;
+  struct instance_counts *inst;
+  size_t n_inst, cap_inst;
+  json_t *codes; /* FAILURE error codes → count */
+};
+
+static const int64_t WINDOWS_MS[3] = {60000, 300000, 900000};
+
+static int latency_bucket(int64_t ms)
+{
+  int b = 0;
+  double bound = 1.0;
+  while(b < LATENCY_BUCKETS - 1 && (double)ms > bound) {
+    bound *= 1.189207115; /* 2^(1/4) */
+    b++;
+  }
+  return b;
+}
+
+static double bucket_bound_s(int b)
+{
+  double bound = 1.0;
+  for(int i = 0; i < b; i++)
+    bound *= 1.189207115;
+  return bound / 1000.0;
+}
+
+static void count_task(struct stats_acc *a, const struct task *t, int64_t now)
+{
+  a->total++;
+  a->by_status[t->status]++;
+  for(int w = 0; w < 3; w++) {
+    if(t->created_at_ms >= now - WINDOWS_MS[w])
+      a->accepted[w]++;
+    if(t->updated_at_ms >= now - WINDOWS_MS[w]) {
+      a->succeeded[w] += t->status == TASK_SUCCESS;
+      a->failed[w] += t->status == TASK_FAILURE;
+    }
+  }
+  if(t->status == TASK_SUCCESS && t->updated_at_ms >= t->created_at_ms) {
+    a->latency[latency_bucket(t->updated_at_ms - t->created_at_ms)]++;
+    a->latency_n++;
+  }
+  if(t->status == TASK_FAILURE && t->error_code && a->codes) {
+    json_t *c = json_object_get(a->codes, t->error_code);
+    json_object_set_new(a->codes, t->error_code,
+                        json_integer(c ? json_integer_value(c) + 1 : 1));
+  }
+  if(t->instance) {
+    size_t i;
+    /* Instances are few: a scan of the interned pointers. */
+    for(i = 0; i < a->n_inst && a->inst[i].name != t->instance; i++)
+      ;
+    if(i == a->n_inst) {
+      if(a->n_inst == a->cap_inst) {
+        size_t cap = a->cap_inst ? a->cap_inst * 2 : 16;
+        struct instance_counts *grown = realloc(a->inst, cap * sizeof *grown);
+        if(!grown)
+          return;
+        a->inst = grown;
+        a->cap_inst = cap;
+      }
+      memset(&a->inst[i], 0, sizeof a->inst[i]);
+      a->inst[i].name = t->instance;
+      a->n_inst++;
+    }
+    a->inst[i].by_status[t->status]++;
+  }
+}
+
+static json_t *status_counts(const size_t *by_status)
+{
+  json_t *o = json_object();
+  for(int s = 0; o && s < N_STATUSES; s++)
+    if(s != TASK_RECEIPT)
+      json_object_set_new(o, status_name((enum task_status)s), json_integer((json_int_t)by_status[s]));
+  return o;
+}
+
+static json_t *rates(const size_t *n)
+{
+  return json_pack("{s:f, s:f, s:f}", "1m", (double)n[0] / 60.0, "5m", (double)n[1] / 300.0,
+                   "15m", (double)n[2] / 900.0);
+}
+
+static json_t *percentile(const struct stats_acc *a, double p)
+{
+  size_t want, seen = 0;
+  if(!a->latency_n)
+    return json_null();
+  want = (size_t)((double)a->latency_n * p);
+  if(want >= a->latency_n)
+    want = a->latency_n - 1;
+  for(int b = 0; b < LATENCY_BUCKETS; b++) {
+    seen += a->latency[b];
+    if(seen > want)
+      return json_real(bucket_bound_s(b));
+  }
+  return json_null();
+}
+
+char *task_cache_stats(struct task_cache *cache, const char *tenant)
+{
+  struct stats_acc a;
+  int64_t now = util_now_ms();
+  json_t *doc, *inst;
+  char *out = NULL;
+  memset(&a, 0, sizeof a);
+  a.codes = json_object();
+  for(size_t s = 0; s < cache->nshards; s++) {
+    struct shard *c = &cache->shards[s];
+    pthread_rwlock_rdlock(&c->lock);
+    for(struct task *t = c->newest; t; t = t->older)
+      if(t->created_at_ms + c->retention_ms >= now &&
+         (!tenant || !strcmp(tenant, t->tenant ? t->tenant : "")))
+        count_task(&a, t, now);
+    pthread_rwlock_unlock(&c->lock);
+  }
+  inst = json_object();
+  for(size_t i = 0; inst && i < a.n_inst; i++)
+    json_object_set_new(inst, a.inst[i].name, status_counts(a.inst[i].by_status));
+  doc = json_pack("{s:I, s:o, s:o, s:{s:o, s:o, s:o}, s:{s:o, s:o, s:o, s:I}, s:O}", "total",
+                  (json_int_t)a.total, "by_status", status_counts(a.by_status), "by_instance",
+                  inst ? inst : json_object(), "rates_per_second", "accepted", rates(a.accepted),
+                  "success", rates(a.succeeded), "failure", rates(a.failed),
+                  "success_latency_seconds", "p50", percentile(&a, 0.50), "p90",
+                  percentile(&a, 0.90), "p99", percentile(&a, 0.99), "count",
+                  (json_int_t)a.latency_n, "failures_by_code", a.codes ? a.codes : json_object());
+  if(doc)
+    out = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6));
+  json_decref(doc);
+  json_decref(a.codes);
+  free(a.inst);
+  return out;
+}

@@ -100,6 +100,12 @@ struct task_query {
  * the page's oldest (plus a minute), under its read lock; 8 bytes per task for the walk. */
 char *task_cache_search(struct task_cache *cache, const struct task_query *q);
 
+/* GET /stats: counts of the cached tasks by status and by instance, accepted / SUCCESS /
+ * FAILURE rates over 1, 5 and 15 minutes, 202→SUCCESS percentiles (within 19 %), FAILURE
+ * counts by error code; only `tenant`'s tasks unless it is NULL. Malloc'd JSON; NULL when out
+ * of memory. A walk of the whole cache under each shard's read lock. */
+char *task_cache_stats(struct task_cache *cache, const char *tenant);
+
 /* Parses a next_cursor into q. Returns 0, or -1 when it is not one. */
 int task_cache_parse_cursor(const char *text, struct task_query *q);
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Integration (issue 15 §1): GET /tasks searches the cache, newest first: by status (one or
+"""Integration (issue 15 §1, §2): GET /tasks searches the cache, newest first: by status (one or
 several), instance, phone and created_at bounds, exactly (the answer is compared with what the
 test sent); pages of `limit` with next_cursor stay stable while new tasks arrive; bad
-parameters get 422 naming the field; a key with a tenant sees only its tenant's tasks."""
+parameters get 422 naming the field; a key with a tenant sees only its tenant's tasks. GET /stats
+counts the same tasks by status, instance and error code, with rates and latency percentiles."""
 
 import os
 import sys
@@ -104,6 +105,26 @@ class TaskSearchTest(IntegrationTest):
                               ({"instance": "no spaces"}, "instance")):
             self.assertError(self.search(**params), 422, "invalid_field", field=field)
         self.assertEqual(self.search("wrong-key").status, 401)
+
+        # GET /stats over the same tasks (issue 15 §2), once the late ones are sent too.
+        wait_for(lambda: len(self.ids(status="SUCCESS", limit=500)) == 13, 20, interval=0.3,
+                 what="the late tasks to succeed")
+        st = http("GET", self.api.base_url + "/stats", None, {"X-API-Key": "ops-key"}).json
+        self.assertEqual(st["total"], 15, st)
+        self.assertEqual(st["by_status"]["SUCCESS"], 13, st)
+        self.assertEqual(st["by_status"]["FAILURE"], 2, st)
+        self.assertEqual(st["by_status"]["PENDING"], 0, st)
+        self.assertEqual(st["by_instance"][B]["SUCCESS"], 4, st)
+        self.assertEqual(st["by_instance"][A]["FAILURE"], 2, st)
+        self.assertEqual(st["failures_by_code"], {"number_not_on_whatsapp": 2}, st)
+        self.assertAlmostEqual(st["rates_per_second"]["accepted"]["1m"], 15 / 60, places=3)
+        self.assertAlmostEqual(st["rates_per_second"]["failure"]["15m"], 2 / 900, places=4)
+        lat = st["success_latency_seconds"]
+        self.assertEqual(lat["count"], 13, st)
+        self.assertTrue(0 < lat["p50"] <= lat["p90"] <= lat["p99"] < 10, st)
+        beta = http("GET", self.api.base_url + "/stats", None, {"X-API-Key": "beta-key"}).json
+        self.assertEqual(beta["total"], 4, beta)
+        self.assertEqual(list(beta["by_instance"]), [B], beta)
 
 
 if __name__ == "__main__":
