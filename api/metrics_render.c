@@ -115,9 +115,15 @@ int http_handle_metrics(struct mg_connection *conn, struct http_server *srv)
       }
     }
   }
+  metrics_family(&o, "msg_api_task_success_duration_seconds", "histogram",
+                 "Time from a task's 202 to its SUCCESS, retries included, for the tasks this "
+                 "replica saw succeed since it caught up with the status stream.");
+  metrics_hist_samples(&o, "msg_api_task_success_duration_seconds", "",
+                       status_reader_success_latency(srv->deps.reader));
   metrics_family(&o, "msg_api_uptime_seconds", "gauge", "Seconds since start.");
   metrics_sample(&o, "msg_api_uptime_seconds", "",
                  (double)(util_mono_ms() - srv->started_ms) / 1000.0);
+  metrics_process(&o, "msg-api", MSG_VERSION);
   if(o.oom) {
     metrics_out_free(&o);
     return http_reply_error(conn, 500, "internal", "out of memory", NULL, NULL, NULL);

@@ -33,6 +33,7 @@ struct status_reader {
   const struct cfg *cfg;
   struct task_cache *cache;
   struct workers *workers; /* the fleet, from the heartbeats on the stream */
+  struct metrics_hist success_latency; /* 202 → SUCCESS of the tasks seen succeed live */
   pthread_t thread;
   atomic_int stopping, ready;
   atomic_uint_least64_t events;
@@ -169,9 +170,14 @@ static void pay_owed_callbacks(struct status_reader *r, const struct status_even
 static void apply_event(const struct status_event *ev, void *arg)
 {
   struct status_reader *r = arg;
-  if(task_cache_apply(r->cache, ev) < 0)
+  int applied = task_cache_apply(r->cache, ev);
+  if(applied < 0)
     log_event(CFG_LOG_ERROR, "out of memory applying a status event", "task_id", ev->task_id,
               NULL);
+  /* Only live successes: the history read at start-up would make the counter jump. */
+  if(applied == 1 && ev->status == TASK_SUCCESS && ev->created_at_ms &&
+     ev->at_ms >= ev->created_at_ms && atomic_load(&r->ready))
+    metrics_observe(&r->success_latency, (double)(ev->at_ms - ev->created_at_ms) / 1e3);
   if(ev->status == TASK_SUCCESS && ev->evolution_key)
     pay_owed_callbacks(r, ev);
   atomic_fetch_add(&r->events, 1);
@@ -322,6 +328,11 @@ fail:
 struct workers *status_reader_workers(struct status_reader *r)
 {
   return r->workers;
+}
+
+const struct metrics_hist *status_reader_success_latency(struct status_reader *r)
+{
+  return &r->success_latency;
 }
 
 void status_reader_stop(struct status_reader *r)

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "cfg.h"
+#include "metrics.h"
 #include "task_cache.h"
 
 struct status_reader;
@@ -27,6 +28,9 @@ void status_reader_stop(struct status_reader *r);
 
 /* The consumer fleet this reader follows (GET /workers); lives as long as the reader. */
 struct workers *status_reader_workers(struct status_reader *r);
+
+/* 202 → SUCCESS times of the tasks seen succeed since the reader caught up. */
+const struct metrics_hist *status_reader_success_latency(struct status_reader *r);
 
 /* 1 once connected and caught up: the reader read back the marker it published right after
  * subscribing, so every event published before the subscription is applied. */

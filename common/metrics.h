@@ -38,6 +38,11 @@ void metrics_sample(struct metrics_out *o, const char *name, const char *labels,
 void metrics_hist_samples(struct metrics_out *o, const char *name, const char *labels,
                           const struct metrics_hist *h);
 
+/* Writes the process_* families Prometheus client libraries export (CPU seconds, resident and
+ * virtual memory, start time, open and maximum file descriptors, from /proc) and
+ * msg_build_info{service,version} 1. */
+void metrics_process(struct metrics_out *o, const char *service, const char *version);
+
 /* Frees the buffer (the struct itself is the caller's). */
 void metrics_out_free(struct metrics_out *o);
 

@@ -119,9 +119,27 @@ static int send_metrics(struct mg_connection *conn, struct health_server *srv, i
                  (double)atomic_load(&s->connects));
   metrics_family(&o, "msg_consumer_ready", "gauge", "1 when consuming jobs.");
   metrics_sample(&o, "msg_consumer_ready", "", ready);
+  metrics_family(&o, "msg_consumer_evolution_responses_total", "counter",
+                 "sendText outcomes by code: \"sent\", Evolution's error codes such as "
+                 "\"number_not_on_whatsapp\", \"evolution_http_503\", transport failures.");
+  for(size_t i = 0; i < atomic_load(&s->n_codes); i++) {
+    char labels[80];
+    /* Codes are [a-z0-9_] (evo.c): safe in a label. */
+    snprintf(labels, sizeof labels, "code=\"%s\"", s->code_names[i]);
+    metrics_sample(&o, "msg_consumer_evolution_responses_total", labels,
+                   (double)atomic_load(&s->code_counts[i]));
+  }
+  metrics_family(&o, "msg_consumer_parked_total", "counter",
+                 "Jobs parked in the dead queue, by x-failure-reason.");
+  for(int i = 0; i < WORKER_PARK_REASONS; i++) {
+    char labels[64];
+    snprintf(labels, sizeof labels, "reason=\"%s\"", WORKER_PARK_REASON_NAMES[i]);
+    metrics_sample(&o, "msg_consumer_parked_total", labels, (double)atomic_load(&s->parked_by[i]));
+  }
   metrics_family(&o, "msg_consumer_uptime_seconds", "gauge", "Seconds since start.");
   metrics_sample(&o, "msg_consumer_uptime_seconds", "",
                  (double)(util_mono_ms() - srv->started_ms) / 1000.0);
+  metrics_process(&o, "msg-consumer", MSG_VERSION);
   if(o.oom) {
     metrics_out_free(&o);
     return send_text(conn, 500, "{\"status\":\"out of memory\"}");

@@ -150,6 +150,37 @@ struct worker {
   size_t ev_n;
 };
 
+const char *const WORKER_PARK_REASON_NAMES[WORKER_PARK_REASONS] = {
+  "permanent", "retries_exhausted", "malformed", "expired", "delivery_limit", "in_doubt", "other"};
+
+/* Counts an Evolution answer under its code; codes past WORKER_MAX_CODES count as "other". Only
+ * the worker thread claims slots. */
+static void count_code(struct worker_state *s, const char *code)
+{
+  size_t n = atomic_load(&s->n_codes), i;
+  for(i = 0; i < n && strcmp(s->code_names[i], code); i++)
+    ;
+  if(i == n) {
+    if(n == WORKER_MAX_CODES - 1)
+      code = "other";
+    for(i = 0; i < n && strcmp(s->code_names[i], code); i++)
+      ;
+    if(i == n) {
+      snprintf(s->code_names[i], sizeof s->code_names[i], "%s", code);
+      atomic_store(&s->n_codes, n + 1);
+    }
+  }
+  atomic_fetch_add(&s->code_counts[i], 1);
+}
+
+static void count_parked(struct worker_state *s, const char *reason)
+{
+  int i;
+  for(i = 0; i < WORKER_PARK_REASONS - 1 && strcmp(WORKER_PARK_REASON_NAMES[i], reason); i++)
+    ;
+  atomic_fetch_add(&s->parked_by[i], 1);
+}
+
 static int flush_status(struct worker *w);
 static void on_abort(void *owner, void *ctx);
 static int admit_to_lane(struct worker *w, struct delivery *d);
@@ -359,6 +390,7 @@ static void park(struct worker *w, struct delivery *d, const char *reason, const
   h[4] = mq_header_str("x-error-code", code);
   job_props(w, d, &p, h, 5);
   atomic_fetch_add(&w->state->parked, 1);
+  count_parked(w->state, reason);
   log_event(CFG_LOG_WARN, "job parked", "task_id", d->job ? d->job->task_id : NULL, "reason",
             reason, "error", code, "detail", message, NULL);
   if(publish(w, d, w->cfg->topology.exchange, MQ_KEY_DEAD, 1, &p, d->raw, d->raw_len))
@@ -843,6 +875,8 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
     return;
   }
   note_answer(w, d->job->instance_name, o);
+  if(o->request == EVO_REQ_SEND)
+    count_code(w->state, o->code);
   if(o->request == EVO_REQ_FIND) {
     on_lookup_done(w, d, o);
     return;

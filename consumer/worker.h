@@ -10,6 +10,11 @@
 #include "holdoff.h"
 #include "metrics.h"
 
+#define WORKER_MAX_CODES 64
+#define WORKER_PARK_REASONS 7
+/* x-failure-reason values, in the order of worker_state.parked_by; "other" last. */
+extern const char *const WORKER_PARK_REASON_NAMES[WORKER_PARK_REASONS];
+
 /* Counters and flags the health listener reads while the loop runs. */
 struct worker_state {
   atomic_int connected;  /* broker connection up, topology declared, consuming */
@@ -26,6 +31,12 @@ struct worker_state {
   atomic_llong lookups;        /* findMessages asked about an in-doubt job */
   atomic_llong reconciled;     /* ...and it had gone out: recorded, not sent again */
   struct holdoff *holdoff;     /* which Evolution targets are held off (holdoff.h) */
+  /* Evolution answers by error code ("sent", "evolution_http_503", ...): a few dozen codes at
+   * most, each in a slot claimed once (name written before n_codes is raised). */
+  char code_names[WORKER_MAX_CODES][48];
+  atomic_ullong code_counts[WORKER_MAX_CODES];
+  atomic_size_t n_codes;
+  atomic_llong parked_by[WORKER_PARK_REASONS]; /* as WORKER_PARK_REASON_NAMES */
   struct metrics_hist evolution_latency; /* sendText request to answer (or failure) */
   struct metrics_hist delivery_latency;  /* delivery received to outcome recorded (ack) */
 };

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import unittest
 
 from harness import IntegrationTest, http, post_message, wait_for, wait_task_status
@@ -64,6 +65,8 @@ class MetricsTest(IntegrationTest):
         self.assertEqual(s[("msg_api_publish_confirm_duration_seconds_bucket", 'le="+Inf"')], 1)
         self.assertEqual(s[("msg_api_ready", "")], 1)
         self.assertGreaterEqual(s[("msg_api_task_cache_tasks", "")], 1)
+        self.assertEqual(s[("msg_api_task_success_duration_seconds_count", "")], 1)
+        self.check_process(s, "msg-api")
         self.check_common(text, "52123456789", task_id)
 
         def delivered():
@@ -76,7 +79,21 @@ class MetricsTest(IntegrationTest):
         self.assertEqual(c[("msg_consumer_delivery_duration_seconds_count", "")], 1)
         self.assertEqual(c[("msg_consumer_broker_connections_total", "")], 1)
         self.assertEqual(c[("msg_consumer_ready", "")], 1)
+        self.assertEqual(c[("msg_consumer_evolution_responses_total", 'code="sent"')], 1)
+        self.assertEqual(c[("msg_consumer_parked_total", 'reason="permanent"')], 0)
+        self.check_process(c, "msg-consumer")
         self.check_common(text, "52123456789", task_id)
+
+    def check_process(self, s, service):
+        """process_* as client libraries export them, and the build info."""
+        self.assertGreater(s[("process_resident_memory_bytes", "")], 1 << 20)
+        self.assertGreater(s[("process_cpu_seconds_total", "")], 0)
+        self.assertGreater(s[("process_open_fds", "")], 3)
+        start = s[("process_start_time_seconds", "")]
+        self.assertLess(abs(start - time.time()), 600, start)
+        builds = [k for k in s if k[0] == "msg_build_info"]
+        self.assertEqual(len(builds), 1, builds)
+        self.assertIn(f'service="{service}"', builds[0][1])
 
 
 if __name__ == "__main__":
