@@ -113,9 +113,9 @@ def describe(k):
 
 
 def queried_names(text):
-    """Metric names a PromQL text (or a file of them) refers to: msg_* and rabbitmq_* words,
-    with a histogram's _bucket/_sum/_count kept as written."""
-    return set(re.findall(r"\b((?:msg|rabbitmq)_[a-z0-9_]+)\b", text))
+    """Metric names a PromQL text (or a file of them) refers to: msg_*, process_* and
+    rabbitmq_* words, with a histogram's _bucket/_sum/_count kept as written."""
+    return set(re.findall(r"\b((?:msg|process|rabbitmq)_[a-z0-9_]+)\b", text))
 
 
 class Prometheus:
