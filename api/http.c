@@ -11,8 +11,8 @@
 #include "util.h"
 
 /* Compiled in from api/static/ by cmake/embed.cmake. */
-extern const char static_openapi_json[], static_docs_html[];
-extern const size_t static_openapi_json_len, static_docs_html_len;
+extern const char static_openapi_json[], static_docs_html[], static_dashboard_html[];
+extern const size_t static_openapi_json_len, static_docs_html_len, static_dashboard_html_len;
 
 static int dispatch(struct mg_connection *conn, struct http_server *srv, int *route_slot);
 
@@ -102,6 +102,9 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
   case ROUTE_WORKERS: return http_handle_workers(conn, srv);
   case ROUTE_TASKS: return http_handle_search_tasks(conn, srv, who);
   case ROUTE_STATS: return http_handle_stats(conn, srv, who);
+  case ROUTE_DASHBOARD:
+    return http_send_static(conn, "text/html; charset=utf-8", static_dashboard_html,
+                            static_dashboard_html_len);
   case ROUTE_COUNT: break;
   }
   return http_reply_error(conn, 404, "not_found", "no such endpoint", NULL, NULL, NULL);

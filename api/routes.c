@@ -27,6 +27,8 @@ const struct route ROUTES[ROUTE_COUNT] = {
   [ROUTE_WORKERS] = {"/workers", "GET", 0, CFG_SCOPE_ADMIN},
   [ROUTE_TASKS] = {"/tasks", "GET", 0, CFG_SCOPE_READ},
   [ROUTE_STATS] = {"/stats", "GET", 0, CFG_SCOPE_READ},
+  /* The page is open like /docs: it asks for the key, and every call it makes needs one. */
+  [ROUTE_DASHBOARD] = {"/dashboard", "GET", 1, 0},
 };
 
 /* 1 when `path` fits `pattern`; sets *param for a trailing {param}. */

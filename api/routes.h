@@ -23,6 +23,7 @@ enum route_id {
   ROUTE_WORKERS,
   ROUTE_TASKS,
   ROUTE_STATS,
+  ROUTE_DASHBOARD,
   ROUTE_COUNT
 };
 
