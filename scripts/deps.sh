@@ -11,7 +11,8 @@ PACKAGES=(
 # Test tools only (tests/deploy): docker-compose validates compose.yaml (`config -q`
 # needs no Docker engine). kubectl, for `kubectl kustomize`, is not here: Debian bookworm
 # packages neither kubectl nor kustomize; the machine image ships google-cloud-cli's kubectl.
-TEST_TOOL_PACKAGES=(docker-compose)
+# chromium is the browser tests/browser drives (/usr/bin/chromium).
+TEST_TOOL_PACKAGES=(docker-compose chromium)
 PACKAGES+=("${TEST_TOOL_PACKAGES[@]}")
 
 # Node.js only runs the npm test tools below; a machine that already has node and npm
@@ -37,13 +38,15 @@ fi
 # tests/deploy's schema check of the rendered Kubernetes objects (kubernetes-models 4 and
 # @kubernetes-models/keda 0.4, @kubernetes-models/prometheus-operator 4 for the ServiceMonitor,
 # on the same model base: their next majors need Node.js 22, the machine has 20; yaml
-# parses the manifests) and its two Dockerfile linters.
+# parses the manifests) and its two Dockerfile linters; puppeteer-core 24 drives Debian's
+# chromium in tests/browser (it downloads no browser of its own; 25 needs Node.js 22).
 TOOLS="$(cd "$(dirname "$0")/.." && pwd)/.tools"
 NPM_TOOLS=(@redocly/cli@2 kubernetes-models@4 @kubernetes-models/keda@0.4
-           @kubernetes-models/prometheus-operator@4 yaml@2 dockerfilelint@1 dockerfile-utils@0.16)
+           @kubernetes-models/prometheus-operator@4 yaml@2 dockerfilelint@1 dockerfile-utils@0.16
+           puppeteer-core@24)
 for marker in .bin/redocly .bin/dockerfilelint .bin/dockerfile-utils yaml/package.json \
               kubernetes-models/package.json @kubernetes-models/keda/package.json \
-              @kubernetes-models/prometheus-operator/package.json; do
+              @kubernetes-models/prometheus-operator/package.json puppeteer-core/package.json; do
   if [ ! -e "$TOOLS/node_modules/$marker" ]; then
     echo "Installing the npm test tools into $TOOLS: ${NPM_TOOLS[*]}"
     mkdir -p "$TOOLS"
