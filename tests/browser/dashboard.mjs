@@ -4,10 +4,11 @@
 //   node tests/browser/dashboard.mjs SPEC.json
 //
 // SPEC: {base_url, api_key, success_id, success_phone, failure_id, failure_code, parked_id,
-// out_dir}. The page must load with no console error and no page error and fetch nothing from
+// scheduled_id, out_dir}. The page must load with no console error and no page error and fetch nothing from
 // another origin; then, with the key typed in, it must show the counts, the failed task with its
 // reason among the recent failures, the sent task when looked up by its id and in a search by
-// phone, the worker, and the parked job, whose Redrive button must move it. Then a reload must
+// phone, the worker, the scheduled task, whose Cancel button must cancel it, and the parked job,
+// whose Redrive button must move it. Then a reload must
 // keep the key (sessionStorage) and a wrong key must be shown as a 401 in the page. Screenshots go
 // to out_dir. Prints one JSON line of findings; exit 0 when every check held, 1 on the first
 // that did not (the message says which), 2 when puppeteer-core or Chromium is missing.
@@ -126,6 +127,24 @@ try {
   await page.click("#q-go");
   await waitIn(page, "the search by status and phone finds it",
     id => document.querySelector(`#results tr[data-task-id="${id}"]`) !== null, spec.success_id);
+
+  // A scheduled task, cancelled from its lookup.
+  await type(page, "#lookup-id", spec.scheduled_id);
+  await page.click("#lookup-go");
+  await waitIn(page, "the scheduled task has a Cancel button",
+    id => { const t = document.getElementById("lookup-task");
+            return t && t.dataset.taskId === id && t.dataset.status === "SCHEDULED" && t.querySelector('button[data-action="cancel"]'); },
+    spec.scheduled_id);
+  await page.click('#lookup-task button[data-action="cancel"]');
+  await waitIn(page, "Cancel made it CANCELLED",
+    id => { const t = document.getElementById("lookup-task");
+            return t && t.dataset.taskId === id && t.dataset.status === "CANCELLED" && !t.querySelector("button"); },
+    spec.scheduled_id);
+  // Back to the sent task for the screenshot.
+  await type(page, "#lookup-id", spec.success_id);
+  await page.click("#lookup-go");
+  await waitIn(page, "the sent task is shown again",
+    id => { const t = document.getElementById("lookup-task"); return t && t.dataset.taskId === id; }, spec.success_id);
 
   // 4. The parked job: shown, then redriven from the page.
   await waitIn(page, "the parked job is in the dead letters",

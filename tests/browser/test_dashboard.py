@@ -2,8 +2,9 @@
 Evolution API) gets a message that is sent and one to a number not on WhatsApp (FAILURE, and the
 job parked); then dashboard.mjs drives headless Chromium through puppeteer-core against the page
 (no console error, the key typed in, the failure with its reason, the sent task found by its id,
-the parked job redriven from the page, screenshots), and this driver checks through the API that
-the job left the dead letters and was delivered.
+a scheduled task cancelled and the parked job redriven from the page, screenshots), and this
+driver checks through the API that the task was cancelled and the job left the dead letters and
+was delivered.
 
   MSG_BIN_DIR=build python3 tests/browser/test_dashboard.py
 
@@ -12,6 +13,7 @@ Needs Debian's chromium (/usr/bin/chromium, or CHROMIUM) and puppeteer-core in .
 skipped; with CI set that is a failure. MSG_DASHBOARD_PNG=path also copies the screenshot there
 (the README's docs/dashboard.png is made that way).
 """
+import datetime
 import json
 import os
 import shutil
@@ -61,11 +63,19 @@ class DashboardTest(IntegrationTest):
             return r.json["task_id"]
 
         sent = [send(SENT_PHONE, f"dashboard ok {i}") for i in range(3)]
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
+        r = http("POST", f"{base}/messages", {"phone": SENT_PHONE, "message": "dashboard later",
+                                              "send_at": later.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                 headers=auth)
+        self.assertEqual(r.status, 202, r.body)
+        scheduled = r.json["task_id"]
         lost = send(LOST_PHONE, "dashboard lost")
         for task_id in sent:
             wait_for(lambda: (task(task_id).json or {}).get("status") == "SUCCESS", 20,
                      what=f"task {task_id} SUCCESS")
         wait_for(lambda: (task(lost).json or {}).get("status") == "FAILURE", 20, what="the FAILURE")
+        wait_for(lambda: (task(scheduled).json or {}).get("status") == "SCHEDULED", 20,
+                 what="the scheduled task")
         self.assertEqual(task(lost).json["error"]["code"], "number_not_on_whatsapp")
         wait_for(lambda: lost in [m.get("task_id") for m in
                                   http("GET", f"{base}/dead-letters", headers=auth).json["messages"]],
@@ -75,6 +85,7 @@ class DashboardTest(IntegrationTest):
 
         spec = {"base_url": base, "api_key": KEY, "success_id": sent[0], "success_phone": SENT_PHONE,
                 "failure_id": lost, "failure_code": "number_not_on_whatsapp", "parked_id": lost,
+                "scheduled_id": scheduled,
                 "out_dir": self.tmpdir}
         spec_path = os.path.join(self.tmpdir, "dashboard-spec.json")
         with open(spec_path, "w", encoding="utf-8") as f:
@@ -90,7 +101,9 @@ class DashboardTest(IntegrationTest):
         self.assertIn("number_not_on_whatsapp", findings["failure_reason"])
         self.assertIn("401", findings["unauthorized_banner"])
 
-        # What the page did, seen from the API: the job left the dead letters and was delivered.
+        # What the page did, seen from the API: the task was cancelled, the job left the dead
+        # letters and was delivered.
+        self.assertEqual(task(scheduled).json["status"], "CANCELLED")
         listed = http("GET", f"{base}/dead-letters", headers=auth)
         self.assertEqual(listed.status, 200, listed.body)
         self.assertNotIn(lost, [m.get("task_id") for m in listed.json["messages"]], listed.body)
