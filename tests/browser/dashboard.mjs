@@ -4,12 +4,13 @@
 //   node tests/browser/dashboard.mjs SPEC.json
 //
 // SPEC: {base_url, api_key, success_id, success_phone, failure_id, failure_code, parked_id,
-// scheduled_id, out_dir}. The page must load with no console error and no page error and fetch nothing from
+// scheduled_id, read_key (a key without the admin scope), out_dir}. The page must load with no console error and no page error and fetch nothing from
 // another origin; then, with the key typed in, it must show the counts, the failed task with its
 // reason among the recent failures, the sent task when looked up by its id and in a search by
 // phone, the worker, the scheduled task, whose Cancel button must cancel it, and the parked job,
 // whose Redrive button must move it. Then a reload must
-// keep the key (sessionStorage) and a wrong key must be shown as a 401 in the page. Screenshots go
+// keep the key (sessionStorage), a key without the admin scope must be shown as a 403 in the
+// panels that need it, and a wrong key as a 401. Screenshots go
 // to out_dir. Prints one JSON line of findings; exit 0 when every check held, 1 on the first
 // that did not (the message says which), 2 when puppeteer-core or Chromium is missing.
 // puppeteer-core is looked up in $MSG_TOOLS/node_modules (default .tools/ of this checkout, where
@@ -173,17 +174,26 @@ try {
   check(await page.$eval("#apikey", e => e.value) === spec.api_key, "the key is kept in sessionStorage across a reload");
   await waitIn(page, "the reloaded page connects by itself", () => /Updated/.test(document.getElementById("status-line").textContent));
 
-  // 6. A wrong key is shown in the page, not only in the console: the browser itself logs each
-  // 401 load as a console error, so from here only those are allowed.
+  // 6. Refusals are shown in the page, not only in the console: the browser itself logs each
+  // 401 or 403 load as a console error, so from here only those are allowed. A key without
+  // the admin scope: the counts load, the dead letters and the workers say 403.
   const before = consoleErrors.length;
+  await page.click("#forget");
+  await type(page, "#apikey", spec.read_key);
+  await page.click("#connect");
+  findings.forbidden = await waitIn(page, "a key without the admin scope shows 403 in the workers and dead letters",
+    () => {
+      const w = document.getElementById("workers-error").textContent, d = document.getElementById("dead-error").textContent;
+      return /403/.test(w) && /403/.test(d) && document.getElementById("stats-error").textContent === "" && w;
+    });
   await page.click("#forget");
   await type(page, "#apikey", "not-the-key");
   await page.click("#connect");
   findings.unauthorized_banner = await waitIn(page, "a refused key shows a 401 banner",
     () => { const b = document.getElementById("banner").textContent; return /401/.test(b) && b; });
-  const later = consoleErrors.slice(before).filter(t => !/status of 401/.test(t));
+  const later = consoleErrors.slice(before).filter(t => !/status of 40[13]/.test(t));
   check(later.length === 0 && pageErrors.length === 0,
-        `no error but the browser's own 401 notices (console: ${JSON.stringify(later)}, page: ${JSON.stringify(pageErrors)})`);
+        `no error but the browser's own 401 and 403 notices (console: ${JSON.stringify(later)}, page: ${JSON.stringify(pageErrors)})`);
   await page.click("#forget");
   check(foreign.length === 0, `nothing fetched from another origin (${JSON.stringify(foreign)})`);
 } catch (e) {

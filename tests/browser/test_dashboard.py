@@ -32,6 +32,7 @@ SCRIPT = os.path.join(HERE, "dashboard.mjs")
 TOOLS = os.environ.get("MSG_TOOLS") or os.path.join(ROOT, ".tools")
 CHROMIUM = os.environ.get("CHROMIUM") or "/usr/bin/chromium"
 KEY = "dashboard-test-key"
+READ_KEY = "dashboard-read-key"  # read scope only: no dead letters, no workers
 SENT_PHONE, LOST_PHONE = "+5511987650001", "+5511987650002"
 
 
@@ -50,7 +51,8 @@ def missing_tools():
 class DashboardTest(IntegrationTest):
     def test_dashboard_in_chromium(self):
         auth = {"X-API-Key": KEY}
-        cfg, api, _ = self.start_stack({"api": {"api_keys": [KEY]}, "retry": {"delays": []}},
+        keys = {"api_keys": [KEY], "keys": [{"name": "viewer", "key": READ_KEY, "scopes": ["read"]}]}
+        cfg, api, _ = self.start_stack({"api": keys, "retry": {"delays": []}},
                                        not_on_whatsapp=[LOST_PHONE.lstrip("+")])
         base = api.base_url
 
@@ -85,7 +87,7 @@ class DashboardTest(IntegrationTest):
 
         spec = {"base_url": base, "api_key": KEY, "success_id": sent[0], "success_phone": SENT_PHONE,
                 "failure_id": lost, "failure_code": "number_not_on_whatsapp", "parked_id": lost,
-                "scheduled_id": scheduled,
+                "scheduled_id": scheduled, "read_key": READ_KEY,
                 "out_dir": self.tmpdir}
         spec_path = os.path.join(self.tmpdir, "dashboard-spec.json")
         with open(spec_path, "w", encoding="utf-8") as f:
@@ -100,6 +102,7 @@ class DashboardTest(IntegrationTest):
         findings = json.loads(run.stdout.strip().splitlines()[-1])
         self.assertIn("number_not_on_whatsapp", findings["failure_reason"])
         self.assertIn("401", findings["unauthorized_banner"])
+        self.assertIn("403", findings["forbidden"])
 
         # What the page did, seen from the API: the task was cancelled, the job left the dead
         # letters and was delivered.
