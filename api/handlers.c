@@ -11,6 +11,7 @@
 #include "deadletters.h"
 #include "log.h"
 #include "request.h"
+#include "trace.h"
 #include "util.h"
 #include "workers.h"
 #include "webhook.h"
@@ -92,6 +93,16 @@ int http_handle_post_message(struct mg_connection *conn, struct http_server *srv
                        RETRY_AFTER_S);
   }
   job.created_at_ms = util_now_ms();
+  {
+    /* Borrowed from the request: the job carries them to every status event, the consumer's
+     * lines, the Evolution call and the callbacks. */
+    struct http_request_ctx *ctx = http_request_ctx(conn);
+    if(ctx) {
+      job.request_id = ctx->request_id;
+      job.traceparent = ctx->traceparent;
+      memcpy(ctx->task_id, job.task_id, UTIL_UUID_LEN);
+    }
+  }
   if(idem) {
     /* Idempotency-Keys are per tenant: the same key of two tenants is two requests. */
     task_cache_idem_key(job.tenant, idem, scoped);
@@ -228,6 +239,11 @@ int http_handle_post_batch(struct mg_connection *conn, struct http_server *srv,
       items[i].ok = 0;
       continue;
     }
+    if(http_request_ctx(conn)) {
+      /* One request: every item carries its id and trace context (borrowed). */
+      items[i].job.request_id = http_request_ctx(conn)->request_id;
+      items[i].job.traceparent = http_request_ctx(conn)->traceparent;
+    }
     if(who->tenant[0] && !(items[i].job.tenant = strdup(who->tenant))) {
       items[i].ok = 0;
       items[i].err.code = "unavailable";
@@ -351,6 +367,7 @@ int http_handle_search_tasks(struct mg_connection *conn, struct http_server *srv
   const struct mg_request_info *ri = mg_get_request_info(conn);
   struct task_query q;
   char value[256], instance[JOB_INSTANCE_MAX + 1], phone[JOB_PHONE_LEN], *doc;
+  char request_id[TRACE_REQUEST_ID_MAX + 1];
   memset(&q, 0, sizeof q);
   q.limit = 50;
   /* status: repeated or comma-separated names. */
@@ -383,6 +400,13 @@ int http_handle_search_tasks(struct mg_connection *conn, struct http_server *srv
       return http_reply_error(conn, 422, "invalid_field", "phone is not a phone number", "phone",
                               NULL, NULL);
     q.phone = phone;
+  }
+  if(query_var(ri, "request_id", 0, request_id, sizeof request_id)) {
+    if(!trace_request_id_ok(request_id))
+      return http_reply_error(conn, 422, "invalid_field",
+                              "request_id must be 1-64 characters from A-Z a-z 0-9 . _ : -",
+                              "request_id", NULL, NULL);
+    q.request_id = request_id;
   }
   if(query_var(ri, "since", 0, value, sizeof value) && util_parse_time(value, &q.since_ms))
     return http_reply_error(conn, 422, "invalid_field", "since must be an RFC 3339 time",
@@ -481,6 +505,9 @@ int http_handle_get_task(struct mg_connection *conn, struct http_server *srv,
                          const struct api_key *who, const char *id)
 {
   char *doc;
+  struct http_request_ctx *ctx = http_request_ctx(conn);
+  if(ctx && util_is_uuid(id))
+    memcpy(ctx->task_id, id, UTIL_UUID_LEN);
   if(!visible(srv, who, id))
     return http_reply_error(conn, 404, "task_not_found", "no task with this id", NULL, NULL, NULL);
   doc = task_cache_render(srv->deps.cache, id);

@@ -16,14 +16,101 @@ extern const size_t static_openapi_json_len, static_docs_html_len, static_dashbo
 
 static int dispatch(struct mg_connection *conn, struct http_server *srv, int *route_slot);
 
-/* Every request comes here: counted and timed by route and status, then dispatched. */
+/* A CivetWeb worker answers one request at a time from start to end on its own thread, so the
+ * request being answered is the thread's (the connection's own user data is reply.c's socket
+ * cache, which lives across the requests of a connection). */
+static _Thread_local struct http_request_ctx *current_request;
+
+struct http_request_ctx *http_request_ctx(struct mg_connection *conn)
+{
+  return conn ? current_request : NULL;
+}
+
+/* The request's id and trace context: the client's when valid (bounded, sanitised), else ours. */
+static void begin_request(struct mg_connection *conn, struct http_request_ctx *ctx)
+{
+  const char *rid = mg_get_header(conn, "X-Request-Id"), *tp = mg_get_header(conn, "traceparent");
+  memset(ctx, 0, sizeof *ctx);
+  if(rid && trace_request_id_ok(rid))
+    snprintf(ctx->request_id, sizeof ctx->request_id, "%s", rid);
+  else
+    trace_new_request_id(ctx->request_id);
+  if(tp && trace_parent_ok(tp))
+    snprintf(ctx->traceparent, sizeof ctx->traceparent, "%s", tp);
+  else
+    trace_new_parent(ctx->traceparent);
+}
+
+static int trusted_proxy(const struct cfg *cfg, const char *addr)
+{
+  for(size_t i = 0; i < cfg->api.n_trusted_proxies; i++)
+    if(!strcmp(cfg->api.trusted_proxies[i], addr))
+      return 1;
+  return 0;
+}
+
+/* The client's address: the peer, or, when the peer is a trusted proxy, the last address of
+ * X-Forwarded-For that is not one (the ones before it could be anything the client wrote). */
+static void client_address(struct mg_connection *conn, const struct cfg *cfg, char *out,
+                           size_t len)
+{
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  const char *xff = mg_get_header(conn, "X-Forwarded-For");
+  snprintf(out, len, "%s", ri->remote_addr);
+  if(!xff || !trusted_proxy(cfg, ri->remote_addr))
+    return;
+  for(const char *end = xff + strlen(xff); end > xff;) {
+    const char *start = end;
+    char hop[64];
+    size_t n;
+    while(start > xff && start[-1] != ',')
+      start--;
+    while(start < end && (*start == ' ' || *start == '\t'))
+      start++;
+    n = (size_t)(end - start);
+    while(n && (start[n - 1] == ' ' || start[n - 1] == '\t'))
+      n--;
+    if(n && n < sizeof hop) {
+      memcpy(hop, start, n);
+      hop[n] = '\0';
+      snprintf(out, len, "%s", hop);
+      if(!trusted_proxy(cfg, hop))
+        return;
+    }
+    end = start > xff ? start - 1 : xff;
+  }
+}
+
+/* One access log line per request (log.access): the route pattern, never the raw path with a
+ * task id in it; the tenant, never the key. */
+static void access_log(struct mg_connection *conn, struct http_server *srv,
+                       const struct http_request_ctx *ctx, int slot, int status, int64_t us)
+{
+  const struct mg_request_info *ri = mg_get_request_info(conn);
+  char client[64], st[8], dur[32], bytes[24];
+  client_address(conn, srv->deps.cfg, client, sizeof client);
+  snprintf(st, sizeof st, "%d", status);
+  snprintf(dur, sizeof dur, "%.3f", (double)us / 1e3);
+  snprintf(bytes, sizeof bytes, "%zu", ctx->bytes);
+  log_event(CFG_LOG_INFO, "request", "method", ri->request_method, "route",
+            slot == ROUTE_UNMATCHED ? "unmatched" : ROUTES[slot].pattern, "status", st,
+            "duration_ms", dur, "bytes", bytes, "client", client, "tenant",
+            ctx->tenant[0] ? ctx->tenant : NULL, "request_id", ctx->request_id, "task_id",
+            ctx->task_id[0] ? ctx->task_id : NULL, NULL);
+}
+
+/* Every request comes here: given its id, counted and timed by route and status, dispatched,
+ * and logged. */
 static int route(struct mg_connection *conn, void *arg)
 {
   struct http_server *srv = arg;
+  struct http_request_ctx ctx;
   int64_t t0 = util_mono_us();
   int slot = ROUTE_UNMATCHED;
   atomic_store_explicit(&srv->last_request_ms, t0 / 1000, memory_order_relaxed);
   atomic_fetch_add(&srv->in_flight, 1);
+  begin_request(conn, &ctx);
+  current_request = &ctx;
   int status = http_check_framing(conn);
   if(!status)
     status = dispatch(conn, srv, &slot);
@@ -31,6 +118,9 @@ static int route(struct mg_connection *conn, void *arg)
   atomic_fetch_add_explicit(&srv->metrics.requests[slot][http_status_slot(status)], 1,
                             memory_order_relaxed);
   metrics_observe(&srv->metrics.duration[slot], (double)(util_mono_us() - t0) / 1e6);
+  if(srv->deps.cfg->log.access)
+    access_log(conn, srv, &ctx, slot, status, util_mono_us() - t0);
+  current_request = NULL;
   return status;
 }
 
@@ -61,7 +151,10 @@ static int dispatch(struct mg_connection *conn, struct http_server *srv, int *ro
   /* Probes, the banner and the documentation stay open so orchestrators and readers need no
    * key. */
   if(!ROUTES[id].open && !(id == ROUTE_METRICS && srv->deps.cfg->api.metrics_public)) {
-    if(!(who = http_authenticate(conn, srv)))
+    if((who = http_authenticate(conn, srv)))
+      snprintf(http_request_ctx(conn)->tenant, sizeof http_request_ctx(conn)->tenant, "%s",
+               who->tenant);
+    if(!who)
       return http_reply_error(conn, 401, "unauthorized",
                               "a valid API key is required (Authorization: Bearer <key> or "
                               "X-API-Key)",

@@ -16,6 +16,7 @@
 #include "job.h"
 #include "metrics.h"
 #include "routes.h"
+#include "trace.h"
 #include "task_cache.h"
 
 /* How long a request waits for the broker's confirm before answering 503. */
@@ -77,6 +78,20 @@ struct http_metrics {
   atomic_llong receipts;         /* delivery receipts recorded from webhooks */
   atomic_llong webhooks_refused; /* webhooks with a wrong or missing secret */
 };
+
+/* What msg-api knows of the request being answered, for its answer (X-Request-Id), the job it
+ * makes (request id and trace context) and its access log line. Lives on route()'s stack and
+ * is reached from the worker thread answering it while the request runs. */
+struct http_request_ctx {
+  char request_id[TRACE_REQUEST_ID_MAX + 1];
+  char traceparent[TRACE_PARENT_LEN];
+  char tenant[JOB_TENANT_MAX + 1]; /* of the key that was let in; never the key */
+  char task_id[UTIL_UUID_LEN];     /* the task the request made or named, or "" */
+  size_t bytes;                    /* answer bytes written */
+};
+
+/* The request context of conn, or NULL outside route(). */
+struct http_request_ctx *http_request_ctx(struct mg_connection *conn);
 
 struct http_server {
   struct http_deps deps;

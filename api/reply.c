@@ -61,17 +61,22 @@ static void send_response(struct mg_connection *conn, int status, const char *ty
                           const char *extra_name, const char *extra_value, int closing)
 {
   int head_only = !strcmp(mg_get_request_info(conn)->request_method, "HEAD");
-  char head[512];
+  struct http_request_ctx *ctx = http_request_ctx(conn);
+  char head[640];
+  /* Every answer names its request (X-Request-Id): what the client sent, or ours. */
   int n = snprintf(head, sizeof head,
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                   "Cache-Control: %s\r\n%s%s%s%sConnection: %s\r\n\r\n",
+                   "Cache-Control: %s\r\n%s%s%s%s%s%s%sConnection: %s\r\n\r\n",
                    status, mg_get_response_code_text(conn, status), type, len, cache,
                    extra_name ? extra_name : "", extra_name ? ": " : "",
                    extra_name ? extra_value : "", extra_name ? "\r\n" : "",
+                   ctx ? "X-Request-Id: " : "", ctx ? ctx->request_id : "", ctx ? "\r\n" : "",
                    !closing && keeps_alive(conn, status) ? "keep-alive" : "close");
   char *msg;
   if(n < 0 || (size_t)n >= sizeof head)
     return;
+  if(ctx)
+    ctx->bytes += (size_t)n + (head_only ? 0 : len);
   if(head_only || !len) {
     mg_write(conn, head, (size_t)n);
     return;

@@ -22,6 +22,7 @@ struct task {
                           (task_cache_idem_key), or NULL */
   const char *tenant;  /* interned (struct names): who sent it, or NULL for no tenant */
   const char *instance; /* interned: the Evolution instance it goes through, or NULL */
+  char *request_id;     /* the X-Request-Id of the request that made it, or NULL */
   uint64_t request_hash;
   char id[UTIL_UUID_LEN];
   char phone[JOB_PHONE_LEN];
@@ -168,6 +169,7 @@ static void task_free(struct task *t)
   free(t->error_message);
   free(t->idem_key);
   free(t->callback_url);
+  free(t->request_id);
   free(t->receipts);
   free(t);
 }
@@ -614,6 +616,8 @@ int task_cache_apply(struct task_cache *cache, const struct status_event *ev)
     t->tenant = intern(cache, ev->tenant);
   if(ev->instance && !t->instance)
     t->instance = intern(cache, ev->instance);
+  if(ev->request_id && !t->request_id && !(t->request_id = strdup(ev->request_id)))
+    rc = -1;
   if(ev->idempotency_key && !t->idem_key) {
     char scoped[TASK_CACHE_IDEM_MAX];
     size_t b;
@@ -713,12 +717,12 @@ char *task_cache_render(struct task_cache *cache, const char *task_id)
                       t->error_message ? t->error_message : "");
   else
     error = json_null();
-  doc = json_pack("{s:s, s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:o}", "task_id", t->id, "status",
-                  status_name((enum task_status)t->status), "attempts", t->attempt,
+  doc = json_pack("{s:s, s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:s?}", "task_id", t->id,
+                  "status", status_name((enum task_status)t->status), "attempts", t->attempt,
                   "created_at", time_or_null(t->created_at_ms), "updated_at",
                   time_or_null(t->updated_at_ms), "result", result, "error", error,
                   "next_retry_at", time_or_null(t->next_retry_at_ms), "delivery",
-                  delivery_doc(t));
+                  delivery_doc(t), "request_id", t->request_id);
   if(doc)
     out = json_dumps(doc, JSON_COMPACT);
 out:
@@ -837,6 +841,8 @@ static int query_matches(const struct task_query *q, const struct task *t)
   if(q->instance && (!t->instance || strcmp(q->instance, t->instance)))
     return 0;
   if(q->phone && strcmp(q->phone, t->phone))
+    return 0;
+  if(q->request_id && (!t->request_id || strcmp(q->request_id, t->request_id)))
     return 0;
   if(q->tenant && strcmp(q->tenant, t->tenant ? t->tenant : ""))
     return 0;

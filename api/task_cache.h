@@ -87,6 +87,7 @@ struct task_query {
   unsigned statuses;    /* bits 1u << enum task_status; 0 = any */
   const char *instance; /* NULL = any */
   const char *phone;    /* canonical form; NULL = any */
+  const char *request_id; /* the X-Request-Id the task was created with; NULL = any */
   const char *tenant;   /* NULL = every tenant's; "" = the tasks of no tenant */
   int64_t since_ms, until_ms; /* created_at bounds, inclusive; 0 = open */
   size_t limit;         /* 1..TASK_QUERY_MAX_LIMIT */

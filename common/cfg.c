@@ -1,6 +1,7 @@
 /* Config loader: YAML file (libyaml event API) -> generic tree -> struct cfg, driven by one key table. */
 #include "cfg.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -193,6 +194,13 @@ static const char *const DEFAULT_CALLBACK_DELAYS[] = {"5s", "30s", "2m", "10m", 
 
 static bool valid_instance_rate(const char *s);
 
+/* An IP literal (api.trusted_proxies). */
+static bool valid_ip_literal(const char *s)
+{
+  unsigned char buf[16];
+  return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
 #define AT(m) .off = offsetof(struct cfg, m)
 /* AMQP short strings hold at most 255 bytes. */
 #define AMQP_NAME(n, d, m) {.name = n, .type = K_NONEMPTY, .def = d, .max = 255, AT(m)}
@@ -254,6 +262,9 @@ static const struct key KEYS[] = {
   {.name = "api.keep_alive_timeout", .type = K_DURATION, .def = "5s", .min = 100,
    .max = 5 * MS_MINUTE, AT(api.keep_alive_timeout_ms)},
   {.name = "api.metrics_public", .type = K_BOOL, .def = "false", AT(api.metrics_public)},
+  {.name = "api.trusted_proxies", .type = K_STR_LIST, .def_list = NO_KEYS, .max_n = 256,
+   .elem_check = valid_ip_literal, .elem_expect = "an IPv4 or IPv6 address",
+   AT(api.trusted_proxies), .off_n = offsetof(struct cfg, api.n_trusted_proxies)},
 
   {.name = "consumer.prefetch", .type = K_UINT, .def = "64", .min = 1, .max = 65535,
    AT(consumer.prefetch)},
@@ -312,6 +323,7 @@ static const struct key KEYS[] = {
   {.name = "log.level", .type = K_ENUM, .def = "info", .names = LOG_LEVELS, AT(log.level)},
   {.name = "log.format", .type = K_ENUM, .def = "json", .names = LOG_FORMATS, AT(log.format)},
   {.name = "log.file", .type = K_STR, .def = "", AT(log.file)},
+  {.name = "log.access", .type = K_BOOL, .def = "true", AT(log.access)},
 };
 #define N_KEYS (sizeof(KEYS) / sizeof(KEYS[0]))
 

@@ -76,6 +76,8 @@ struct cfg {
     size_t max_header_size;  /* request line and headers, 1KiB..1MiB; more is 431 */
     uint64_t header_timeout_ms, body_timeout_ms, keep_alive_timeout_ms; /* slow clients */
     bool metrics_public;     /* /metrics without an API key */
+    char **trusted_proxies;  /* IP literals whose X-Forwarded-For the access log believes */
+    size_t n_trusted_proxies;
   } api;
 
   struct {
@@ -127,6 +129,7 @@ struct cfg {
     enum cfg_log_level level;
     enum cfg_log_format format;
     char *file;   /* "" = stderr; else appended to, and reopened on SIGHUP */
+    bool access;  /* msg-api writes one line per request */
   } log;
 };
 

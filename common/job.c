@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "trace.h"
 #include "util.h"
 
 const char *job_field_error_text(enum job_field_error e)
@@ -136,7 +137,10 @@ char *job_encode(const struct job *job, size_t *len)
      (job->generation && json_object_set_new(o, "generation", json_integer(job->generation))) ||
      (job->callback_url &&
       json_object_set_new(o, "callback_url", json_string(job->callback_url))) ||
-     (job->tenant && json_object_set_new(o, "tenant", json_string(job->tenant)))) {
+     (job->tenant && json_object_set_new(o, "tenant", json_string(job->tenant))) ||
+     (job->request_id && json_object_set_new(o, "request_id", json_string(job->request_id))) ||
+     (job->traceparent &&
+      json_object_set_new(o, "traceparent", json_string(job->traceparent)))) {
     json_decref(o);
     return NULL;
   }
@@ -156,6 +160,8 @@ void job_free(struct job *job)
   free(job->idempotency_key);
   free(job->callback_url);
   free(job->tenant);
+  free(job->request_id);
+  free(job->traceparent);
   free(job);
 }
 
@@ -241,6 +247,21 @@ int job_decode(const char *body, size_t len, struct job **out, char *err, size_t
     goto fail;
   }
   job->tenant = tenant ? strdup(tenant) : NULL;
+  /* The request's id and trace context ride in the body, so every republish (retry, hop,
+   * lane, park, redrive) keeps them as they are. One that is not valid is dropped, not fatal. */
+  {
+    const char *rid = json_string_value(json_object_get(root, "request_id"));
+    const char *tp = json_string_value(json_object_get(root, "traceparent"));
+    if(rid && trace_request_id_ok(rid))
+      job->request_id = strdup(rid);
+    if(tp && trace_parent_ok(tp))
+      job->traceparent = strdup(tp);
+    if((rid && trace_request_id_ok(rid) && !job->request_id) ||
+       (tp && trace_parent_ok(tp) && !job->traceparent)) {
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+  }
   job->message = strdup(message);
   job->callback_url = callback ? strdup(callback) : NULL;
   job->instance_name = strdup(instance);

@@ -32,6 +32,8 @@ struct job {
   int generation;        /* 0, then +1 each time the parked job is redriven */
   char *callback_url;    /* NULL, or where status callbacks go (allow-listed by the api) */
   char *tenant;          /* NULL, or the tenant of the API key that sent it (api.keys) */
+  char *request_id;      /* NULL, or the X-Request-Id of the request (trace.h) */
+  char *traceparent;     /* NULL, or the W3C traceparent of the request (trace.h) */
 };
 
 /* Why a field was refused; job_field_error_text gives a sentence for each. */

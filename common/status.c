@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "trace.h"
+
 static const char *const NAMES[] = {"PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE",
                                      "CANCELLED", "SCHEDULED", "RECEIPT"};
 static const char *const DELIVERY_NAMES[DELIVERY_STATES] = {"",          "sent", "server_ack",
@@ -68,6 +70,7 @@ void status_pending_event(const struct job *job, struct status_event *ev)
   ev->instance = job->instance_name;
   ev->callback_url = job->callback_url;
   ev->tenant = job->tenant;
+  ev->request_id = job->request_id;
   ev->idempotency_key = job->idempotency_key;
   if(job->idempotency_key)
     ev->request_hash = job_request_hash(job);
@@ -113,7 +116,7 @@ char *status_event_encode(const struct status_event *ev, size_t *len)
      set_str(o, "idempotency_key", ev->idempotency_key) ||
      set_time(o, "next_retry_at", ev->next_retry_at_ms))
     goto done;
-  if(set_str(o, "tenant", ev->tenant))
+  if(set_str(o, "tenant", ev->tenant) || set_str(o, "request_id", ev->request_id))
     goto done;
   if(ev->request_hash) {
     char hex[17];
@@ -199,6 +202,7 @@ void status_event_clear(struct status_event *ev)
   free(ev->error_message);
   free(ev->idempotency_key);
   free(ev->tenant);
+  free(ev->request_id);
   memset(ev, 0, sizeof *ev);
 }
 
@@ -273,6 +277,14 @@ static int decode_object(json_t *root, struct status_event *ev, char *err, size_
   if(tenant && job_check_instance(tenant)) {
     snprintf(err, errlen, "bad status event: tenant is not a tenant name");
     goto fail;
+  }
+  {
+    /* One that is not a request id is dropped: the event still counts. */
+    const char *rid = json_string_value(json_object_get(root, "request_id"));
+    if(rid && trace_request_id_ok(rid) && dup_opt(rid, &ev->request_id)) {
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
   }
   if(dup_opt(tenant, &ev->tenant) || dup_opt(phone, &ev->phone) ||
      dup_opt(instance, &ev->instance) ||

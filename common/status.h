@@ -64,6 +64,7 @@ struct status_event {
   int generation;         /* 0, then +1 each time the parked job is redriven */
   char *callback_url;     /* PENDING/SCHEDULED: where status callbacks go, or NULL */
   char *tenant;           /* PENDING/SCHEDULED: the tenant of the key that sent it, or NULL */
+  char *request_id;       /* any status: the X-Request-Id of the request that made the task */
   enum delivery_state delivery; /* RECEIPT: the state the receipt reports; evolution_key says
                                    which message, task_id is "" when the api could not tell */
 };

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "mq.h"
 #include "sign.h"
+#include "trace.h"
 #include "util.h"
 
 /* Callbacks are consumed on channel 1; republishes go out on 2 (3 when 2 is replaced). */
@@ -242,6 +243,27 @@ static int start_transfer(struct callbacks *cb, struct callback *c)
   /* "Expect:" off: a receiver that never answers 100 Continue would cost us a second. */
   if(add_header(c, line) || add_header(c, "Expect:"))
     goto fail;
+  /* The request that made the task, so the receiver can follow it (trace.h). */
+  {
+    int rc;
+    char *rid = mq_message_header_dup(c->msg, "x-request-id", &rc);
+    char *tp = mq_message_header_dup(c->msg, "traceparent", &rc);
+    int bad = 0;
+    if(rid && trace_request_id_ok(rid)) {
+      snprintf(line, sizeof line, "X-Request-Id: %s", rid);
+      bad |= add_header(c, line);
+    }
+    if(tp && trace_parent_ok(tp)) {
+      char child[TRACE_PARENT_LEN];
+      trace_child(tp, child);
+      snprintf(line, sizeof line, "traceparent: %s", child);
+      bad |= add_header(c, line);
+    }
+    free(rid);
+    free(tp);
+    if(bad)
+      goto fail;
+  }
   c->easy = curl_easy_init();
   if(!c->easy)
     goto fail;

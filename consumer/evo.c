@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "trace.h"
 #include "util.h"
 
 /* sendText answers are small; a larger body is cut (the classifier only needs the start). A
@@ -25,6 +26,7 @@ struct transfer {
   enum evo_request kind;
   CURL *easy;
   struct curl_slist *headers;
+  int base_headers; /* the content type, Expect and apikey are in headers */
   char *body; /* POSTFIELDS are not copied by libcurl: owned here until the transfer ends */
   char *resp;
   size_t resp_len, resp_max;
@@ -406,6 +408,29 @@ void evo_client_free(struct evo_client *c)
   free(c);
 }
 
+/* Adds the request id and a child of the trace context of `job` to t's headers, so Evolution
+ * API's own logs (and a proxy in front) can be matched with ours. Returns 0 or -1. */
+static int add_trace_headers(struct transfer *t, const struct job *job)
+{
+  char line[TRACE_PARENT_LEN + TRACE_REQUEST_ID_MAX + 32];
+  struct curl_slist *h;
+  if(job->request_id) {
+    snprintf(line, sizeof line, "X-Request-Id: %s", job->request_id);
+    if(!(h = curl_slist_append(t->headers, line)))
+      return -1;
+    t->headers = h;
+  }
+  if(job->traceparent) {
+    char child[TRACE_PARENT_LEN];
+    trace_child(job->traceparent, child);
+    snprintf(line, sizeof line, "traceparent: %s", child);
+    if(!(h = curl_slist_append(t->headers, line)))
+      return -1;
+    t->headers = h;
+  }
+  return 0;
+}
+
 /* Sets up t->easy for `path` under evolution.url (POST with t->body when it is set, else GET)
  * and starts it. Returns 0, or -1 (t is then left to the caller). */
 static int transfer_start(struct evo_client *c, struct transfer *t, const char *path)
@@ -415,8 +440,9 @@ static int transfer_start(struct evo_client *c, struct transfer *t, const char *
   snprintf(url, sizeof url, "%s%s", c->cfg->evolution.url, path);
   if(!t->easy && !(t->easy = curl_easy_init()))
     return -1;
-  if(!t->headers) {
-    h = curl_slist_append(NULL, "Content-Type: application/json");
+  if(!t->base_headers) {
+    t->base_headers = 1;
+    h = curl_slist_append(t->headers, "Content-Type: application/json");
     if(h)
       t->headers = h;
     /* Without this curl may wait for a 100 Continue that never comes. */
@@ -476,7 +502,10 @@ int evo_send(struct evo_client *c, const struct job *job, void *owner)
     return -1;
   t->kind = EVO_REQ_SEND;
   t->owner = owner;
-  if(!(t->body = evo_request_body(job, c->cfg->evolution.api_version))) {
+  if(!(t->body = evo_request_body(job, c->cfg->evolution.api_version)) ||
+     add_trace_headers(t, job)) {
+    curl_slist_free_all(t->headers);
+    free(t->body);
     free(t);
     return -1;
   }

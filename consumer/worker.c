@@ -229,9 +229,9 @@ static int publish(struct worker *w, struct delivery *owner, const char *exchang
 static int publish_callback(struct worker *w, struct delivery *d, const struct status_event *ev)
 {
   struct mq_props p;
-  struct mq_header h[1];
+  struct mq_header h[3];
   char id[STATUS_EVENT_ID_LEN], *body;
-  size_t len;
+  size_t len, n = 0;
   int rc;
   if(!(body = status_callback_body(ev, id, &len)))
     return -1;
@@ -240,9 +240,13 @@ static int publish_callback(struct worker *w, struct delivery *d, const struct s
   p.correlation_id = d->ref;
   p.app_id = "msg-consumer";
   p.type = "message.callback";
-  h[0] = mq_header_str("x-callback-url", d->job->callback_url);
+  h[n++] = mq_header_str("x-callback-url", d->job->callback_url);
+  if(d->job->request_id)
+    h[n++] = mq_header_str("x-request-id", d->job->request_id);
+  if(d->job->traceparent)
+    h[n++] = mq_header_str("traceparent", d->job->traceparent);
   p.headers = h;
-  p.n_headers = 1;
+  p.n_headers = n;
   rc = publish(w, d, "", w->cfg->topology.callback_queue, 1, &p, body, len);
   free(body);
   return rc;
@@ -262,6 +266,7 @@ static int publish_status(struct worker *w, struct delivery *d, struct delivery 
   ev->phone = d->job->phone;
   ev->idempotency_key = d->job->idempotency_key;
   ev->generation = d->job->generation;
+  ev->request_id = d->job->request_id;
   /* Every event of an idempotent task carries its request fingerprint, so a replica that
    * missed the PENDING event still refuses the key for a different request. */
   if(d->job->idempotency_key)
@@ -392,7 +397,8 @@ static void park(struct worker *w, struct delivery *d, const char *reason, const
   atomic_fetch_add(&w->state->parked, 1);
   count_parked(w->state, reason);
   log_event(CFG_LOG_WARN, "job parked", "task_id", d->job ? d->job->task_id : NULL, "reason",
-            reason, "error", code, "detail", message, NULL);
+            reason, "error", code, "detail", message, "request_id",
+            d->job ? d->job->request_id : NULL, NULL);
   if(publish(w, d, w->cfg->topology.exchange, MQ_KEY_DEAD, 1, &p, d->raw, d->raw_len))
     return;
   if(!d->job)
@@ -436,7 +442,8 @@ static void retry_later(struct worker *w, struct delivery *d, const struct evo_o
   snprintf(attempt, sizeof attempt, "%d", d->attempt);
   atomic_fetch_add(&w->state->retried, 1);
   log_event(CFG_LOG_INFO, "delivery failed, will retry", "task_id", d->job->task_id, "attempt",
-            attempt, "error", o->code, "detail", o->message, "retry_queue", key, NULL);
+            attempt, "error", o->code, "detail", o->message, "retry_queue", key, "request_id",
+            d->job->request_id, NULL);
   if(publish(w, d, w->cfg->topology.exchange, key, 1, &p, d->raw, d->raw_len))
     return;
   memset(&ev, 0, sizeof ev);
@@ -919,7 +926,7 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
       snprintf(d->key_id, sizeof d->key_id, "%s", o->key_id);
       log_event(CFG_LOG_INFO, "message delivered", "task_id", d->job->task_id, "attempt",
                 attempt, "outcome", o->code, "evolution_key", o->key_id[0] ? o->key_id : NULL,
-                "latency_ms", latency, NULL);
+                "latency_ms", latency, "request_id", d->job->request_id, NULL);
       publish_status(w, d, d, &ev);
       break;
     }
@@ -929,7 +936,8 @@ static void on_http_done(void *owner, const struct evo_outcome *o, void *ctx)
     case POLICY_PARK:
       if(o->cls == EVO_PERMANENT)
         log_event(CFG_LOG_INFO, "delivery refused", "task_id", d->job->task_id, "attempt",
-                  attempt, "http_status", status, "error", o->code, NULL);
+                  attempt, "http_status", status, "error", o->code, "request_id",
+                  d->job->request_id, NULL);
       park(w, d, dec.reason, dec.code ? dec.code : o->code, o->message);
       break;
     default:

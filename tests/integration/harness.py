@@ -551,7 +551,7 @@ def make_config(tmpdir, name, fake_url, overrides=None):
     Topology names are unique per call (exchange t-<name>-<random>, queues <exchange>.send,
     .retry.*, .dead, .status, .callbacks), ports are fresh, Evolution points at `fake_url` (a
     URL, an object with .url, or None for a closed port) with EVOLUTION_KEY and instance
-    "test-inst", retries are [1s, 1s] and logs are debug text. `overrides` is merged in, e.g.
+    "test-inst", retries are [1s, 1s] and logs are debug JSON (every line checked at clean-up: json_log_problems). `overrides` is merged in, e.g.
     {"retry": {"delays": ["1s"]}}.
     The exchange prefix is also registered for deletion at interpreter exit."""
     safe = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40] or "test"
@@ -570,7 +570,7 @@ def make_config(tmpdir, name, fake_url, overrides=None):
         "evolution": {"url": url, "api_key": EVOLUTION_KEY, "instance": EVOLUTION_INSTANCE,
                       "timeout": "5s", "connect_timeout": "2s"},
         "retry": {"delays": ["1s", "1s"]},
-        "log": {"level": "debug", "format": "text"},
+        "log": {"level": "debug", "format": "json"},
     }
     _merge(data, overrides or {})
     path = os.path.join(tmpdir, f"{safe}.yaml")
@@ -936,6 +936,41 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer
                      "ThreadSanitizer", "ERROR: UndefinedBehaviorSanitizer")
 
 
+# Log fields that carry numbers: in a JSON log they must be JSON numbers (issue 19).
+NUMERIC_LOG_FIELDS = ("attempt", "latency_ms", "http_status", "seconds", "status", "duration_ms",
+                      "bytes", "held")
+
+
+def json_log_problems(service):
+    """Every line a daemon logged in JSON (log.format json, the default) is one JSON object with
+    ts, level and msg, and its numeric fields are numbers. Returns what is wrong (at most 5)."""
+    data = getattr(service.config_path, "data", None)
+    if data is None or data.get("log", {}).get("format", "json") != "json":
+        return []
+    try:
+        with open(service.log_path, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    problems = []
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        if not line:
+            continue
+        try:
+            o = json.loads(line.decode("utf-8"))
+            assert isinstance(o, dict) and {"ts", "level", "msg"} <= set(o), "not a log object"
+            for key in NUMERIC_LOG_FIELDS:
+                if key in o and o[key] is not None:
+                    assert isinstance(o[key], (int, float)) and not isinstance(o[key], bool), \
+                        f"{key} is {o[key]!r}, not a number"
+        except (ValueError, AssertionError, UnicodeDecodeError) as e:
+            problems.append(f"{service.name} log line {n} of {service.log_path} is not typed JSON "
+                            f"({e}): {line[:300]!r}")
+            if len(problems) == 5:
+                break
+    return problems
+
+
 def sanitizer_reports(text):
     """The lines of a daemon log that come from a sanitizer report (empty list: none)."""
     return [line for line in text.splitlines() if any(m in line for m in SANITIZER_MARKERS)]
@@ -1070,6 +1105,8 @@ class IntegrationTest(unittest.TestCase):
                 if found:
                     problems.append(f"{service.name} (pid {service.pid}) sanitizer report in "
                                     f"{service.log_path}:\n" + "\n".join(found[:20]))
+                else:
+                    problems += json_log_problems(service)
         for prefix in self._prefixes:
             try:
                 cleanup_topology(prefix)

@@ -13,7 +13,7 @@ from harness import (EVOLUTION_INSTANCE, EVOLUTION_KEY, UUID_RE, IntegrationTest
                      http, post_message, wait_for, wait_task_status)
 
 TASK_KEYS = {"task_id", "status", "attempts", "created_at", "updated_at", "result", "error",
-             "next_retry_at", "delivery"}
+             "next_retry_at", "delivery", "request_id"}
 
 
 class SendTest(IntegrationTest):
