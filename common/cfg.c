@@ -1920,6 +1920,12 @@ static char *read_tenant_key(struct loader *L, const struct ynode *at, const cha
   }
   while(!key && fgets(line, sizeof line, f)) {
     char *start = line, *end;
+    if(!strchr(line, '\n') && !feof(f)) {
+      errf(L, at->line, at->col, "%s: \"%s\": line longer than %zu bytes", kpath, path,
+           sizeof line - 2);
+      fclose(f);
+      return NULL;
+    }
     while(*start == ' ' || *start == '\t')
       start++;
     end = start + strlen(start);
