@@ -1938,6 +1938,12 @@ static char *read_tenant_key(struct loader *L, const struct ynode *at, const cha
   }
   while(!key && fgets(line, sizeof line, f)) {
     char *start = line, *end;
+    if(!strchr(line, '\n') && !feof(f)) {
+      errf(L, at->line, at->col, "%s: \"%s\": line longer than %zu bytes", kpath, path,
+           sizeof line - 2);
+      fclose(f);
+      return NULL;
+    }
     while(*start == ' ' || *start == '\t')
       start++;
     end = start + strlen(start);
@@ -2147,8 +2153,12 @@ static void apply_tenants(struct loader *L, const struct key *k, const struct yn
       errf(L, e->line, e->col, "%s: expected a mapping {name, key or key_file, instances, "
            "scopes}, got %s", ip.p, e->kind == N_SCALAR ? "a scalar" : kind_name(e));
     else {
-      /* Several keys may share a tenant name (a send key and a read-only one, say). */
+      /* Several keys may share a tenant name (a send key and a read-only one, say), but a
+       * key is one tenant's: the same key twice could not say whose a request is. */
       apply_tenant(L, k, e, ip.p, &t[i]);
+      for(size_t j = 0; j < i && t[i].key; j++)
+        if(t[j].key && !strcmp(t[j].key, t[i].key))
+          errf(L, e->line, e->col, "%s: the same key as %s[%zu]", ip.p, kpath, j);
     }
     free(ip.p);
   }

@@ -7,9 +7,10 @@ SECONDS_EACH=${FUZZ_SECONDS:-30}
 BUILD=${FUZZ_BUILD_DIR:-build-fuzz}
 CC=clang cmake -S . -B "$BUILD" -DFUZZ=ON -DSANITIZE=address,undefined -DWERROR=ON \
   -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$BUILD" -j"$(nproc)" --target fuzz_request fuzz_status fuzz_job fuzz_webhook >/dev/null
+cmake --build "$BUILD" -j"$(nproc)" --target fuzz_request fuzz_batch fuzz_redrive fuzz_status fuzz_job fuzz_webhook \
+  fuzz_config >/dev/null
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-for target in request status job webhook; do
+for target in request batch redrive status job webhook config; do
   work=$(mktemp -d)
   log=$(mktemp)
   cp tests/fuzz/corpus/"$target"/* "$work"/

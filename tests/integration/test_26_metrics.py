@@ -50,6 +50,11 @@ class MetricsTest(IntegrationTest):
         task_id = r.json["task_id"]
         wait_task_status(api, task_id, "SUCCESS")
         http("GET", api.base_url + "/no-such-thing")
+        # A request is counted once its answer is written: the scrape may come first.
+        wait_for(lambda: parse(http("GET", api.base_url + "/metrics").body.decode()).get(
+            ("msg_api_http_requests_total", 'route="unmatched",method="other",status="404"')) == 1,
+            5,
+            what="the 404 counted")
 
         m = http("GET", api.base_url + "/metrics")
         self.assertEqual(m.status, 200)

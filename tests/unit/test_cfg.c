@@ -739,6 +739,7 @@ static void test_tenants(void)
                 "directory\n"
                 "15:15: api.keys[4].scopes: expected a list of scopes (send, read, cancel, "
                 "admin)\n");
+  expect_errors("duplicate_tenant_key.yaml", "5:7: api.keys[1]: the same key as api.keys[0]\n");
 out:
   unsetenv("CFG_T_TENANT_KEY");
   free(errors);

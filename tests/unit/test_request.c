@@ -283,9 +283,55 @@ out:
   reset();
 }
 
+/* POST /dead-letters/redrive: defaults, bounds on rate and max, and the 30 s plan. */
+static int redrive(const char *body, int want_status, const char *want_field)
+{
+  struct request_redrive r;
+  int rc = request_parse_redrive(body, strlen(body), &r, &err);
+  if(!want_status) {
+    if(rc)
+      fprintf(stderr, "  %s refused: %s\n", body, err.message);
+    else
+      request_redrive_free(&r);
+    return rc == 0;
+  }
+  if(rc != -1 || err.status != want_status || strcmp(err.field, want_field)) {
+    fprintf(stderr, "  %s: rc %d status %d field %s\n", body, rc, rc ? err.status : 0,
+            rc ? err.field : "");
+    if(!rc)
+      request_redrive_free(&r);
+    return 0;
+  }
+  return 1;
+}
+
+static void test_redrive(void)
+{
+  struct request_redrive r;
+  CHECK(request_parse_redrive("", 0, &r, &err) == 0);
+  CHECK(r.filter.max == DEAD_REDRIVE_DEFAULT && r.filter.rate == 0 && !r.filter.reason);
+  request_redrive_free(&r);
+  CHECK(redrive("{\"max\": 5, \"rate\": 2, \"reason\": \"permanent\"}", 0, ""));
+  CHECK(redrive("{\"rate\": 0.1, \"max\": 4}", 0, ""));   /* 3 pauses of 10 s: 30 s */
+  CHECK(redrive("{\"rate\": 0.1, \"max\": 5}", 422, "rate")); /* 40 s */
+  CHECK(redrive("{\"rate\": 1e-9, \"max\": 1}", 422, "rate"));
+  CHECK(redrive("{\"rate\": 1e-300}", 422, "rate"));
+  CHECK(redrive("{\"rate\": 1e300}", 422, "rate"));
+  CHECK(redrive("{\"rate\": -1}", 422, "rate"));
+  CHECK(redrive("{\"rate\": \"fast\"}", 422, "rate"));
+  CHECK(redrive("{\"max\": 0}", 422, "max"));
+  CHECK(redrive("{\"max\": 100001}", 422, "max"));
+  CHECK(redrive("{\"task_ids\": [\"x\"]}", 422, "task_ids"));
+  CHECK(redrive("{\"nope\": 1}", 422, "nope"));
+  CHECK(redrive("[1]", 422, ""));
+  CHECK(redrive("{", 400, ""));
+out:;
+}
+
 int main(void)
 {
   static const struct check_test tests[] = {
+    {"redrive", test_redrive},
     {"valid", test_valid},
     {"fields_untouched", test_fields_untouched},
     {"invalid_json", test_invalid_json},
