@@ -989,7 +989,7 @@ static void count_task(struct stats_acc *a, const struct task *t, int64_t now)
     a->latency[latency_bucket(t->updated_at_ms - t->created_at_ms)]++;
     a->latency_n++;
   }
-  if(t->status == TASK_FAILURE && t->error_code && a->codes) {
+  if(t->status == TASK_FAILURE && t->error_code) {
     json_t *c = json_object_get(a->codes, t->error_code);
     json_object_set_new(a->codes, t->error_code,
                         json_integer(c ? json_integer_value(c) + 1 : 1));
@@ -1054,7 +1054,8 @@ char *task_cache_stats(struct task_cache *cache, const char *tenant)
   json_t *doc, *inst;
   char *out = NULL;
   memset(&a, 0, sizeof a);
-  a.codes = json_object();
+  if(!(a.codes = json_object()))
+    return NULL;
   for(size_t s = 0; s < cache->nshards; s++) {
     struct shard *c = &cache->shards[s];
     pthread_rwlock_rdlock(&c->lock);
@@ -1073,7 +1074,7 @@ char *task_cache_stats(struct task_cache *cache, const char *tenant)
                   "success", rates(a.succeeded), "failure", rates(a.failed),
                   "success_latency_seconds", "p50", percentile(&a, 0.50), "p90",
                   percentile(&a, 0.90), "p99", percentile(&a, 0.99), "count",
-                  (json_int_t)a.latency_n, "failures_by_code", a.codes ? a.codes : json_object());
+                  (json_int_t)a.latency_n, "failures_by_code", a.codes);
   if(doc)
     out = json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6));
   json_decref(doc);

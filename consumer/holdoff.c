@@ -172,23 +172,28 @@ static json_t *target_json(const struct holdoff_target *t)
   return o;
 }
 
+json_t *holdoff_doc(struct holdoff *h)
+{
+  json_t *o = json_object(), *list = json_array();
+  if(!o || !list) {
+    json_decref(o);
+    json_decref(list);
+    return NULL;
+  }
+  pthread_mutex_lock(&h->lock);
+  json_object_set_new(o, "server", target_json(&h->server));
+  for(size_t i = 0; i < h->n_instances; i++)
+    if(h->instances[i]->held)
+      json_array_append_new(list, target_json(h->instances[i]));
+  pthread_mutex_unlock(&h->lock);
+  json_object_set_new(o, "instances", list);
+  return o;
+}
+
 char *holdoff_json(struct holdoff *h)
 {
-  json_t *o, *list;
-  char *out = NULL;
-  pthread_mutex_lock(&h->lock);
-  o = json_object();
-  list = json_array();
-  if(o && list) {
-    json_object_set_new(o, "server", target_json(&h->server));
-    for(size_t i = 0; i < h->n_instances; i++)
-      if(h->instances[i]->held)
-        json_array_append_new(list, target_json(h->instances[i]));
-    json_object_set(o, "instances", list);
-    out = json_dumps(o, JSON_COMPACT);
-  }
-  pthread_mutex_unlock(&h->lock);
-  json_decref(list);
+  json_t *o = holdoff_doc(h);
+  char *out = o ? json_dumps(o, JSON_COMPACT) : NULL;
   json_decref(o);
   return out;
 }

@@ -7,6 +7,7 @@
 #ifndef MSG_HOLDOFF_H
 #define MSG_HOLDOFF_H
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -71,6 +72,8 @@ int64_t holdoff_next_probe_in(struct holdoff *h, int64_t now_ms);
 /* The table as JSON for /health: {"server": {...}, "instances": [{...}]} (held instances only),
  * malloc'd, NULL when out of memory. */
 char *holdoff_json(struct holdoff *h);
+/* The same as a jansson object (caller decrefs), NULL when out of memory. */
+json_t *holdoff_doc(struct holdoff *h);
 
 /* The table as Prometheus families (state and transitions, per target). */
 void holdoff_metrics(struct holdoff *h, struct metrics_out *o);

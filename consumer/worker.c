@@ -1438,7 +1438,8 @@ static int publish_heartbeat(struct worker *w, int stopping)
 {
   struct worker_state *s = w->state;
   char host[256] = "", id[320], started[UTIL_TIME_LEN], at[UTIL_TIME_LEN];
-  char *evolution = holdoff_json(w->holdoff), *body = NULL;
+  json_t *evolution = holdoff_doc(w->holdoff);
+  char *body = NULL;
   json_t *o = NULL;
   struct mq_props p;
   int rc = 0;
@@ -1459,7 +1460,7 @@ static int publish_heartbeat(struct worker *w, int stopping)
                 "redelivered", (json_int_t)atomic_load(&s->redelivered),
                 "lanes", (json_int_t)lanes_count(w->lanes));
   if(o && evolution)
-    json_object_set_new(o, "evolution", json_loads(evolution, 0, NULL));
+    json_object_set(o, "evolution", evolution);
   if(o)
     body = json_dumps(o, JSON_COMPACT);
   if(!body)
@@ -1473,7 +1474,7 @@ static int publish_heartbeat(struct worker *w, int stopping)
     rc = rc == MQ_PUBLISH_OK ? 0 : -1;
   }
   free(body);
-  free(evolution);
+  json_decref(evolution);
   json_decref(o);
   return rc;
 }
