@@ -113,11 +113,15 @@ class ChaosTest(IntegrationTest):
         # --- the api answered throughout ---------------------------------------------------
         self.assertEqual([r for r in results if r["error"]], [], "POSTs without an answer")
         self.assertEqual([r for r in results if r["t1"] - r["t0"] >= 6], [], "POSTs that took 6 s or more")
-        self.assertEqual({r["status"] for r in results} - {202, 503}, set())
+        # 503: not queued; 504 outcome_unknown: the broker went before the job's confirm came
+        # (README "Unknown outcome"). Both only around the broker restart; a 504 names its task.
+        self.assertEqual({r["status"] for r in results} - {202, 503, 504}, set())
         outage_503 = [r for r in results if r["status"] == 503]
-        stray_503 = [r for r in outage_503
-                     if not (out.stop_called - 0.5 <= r["t1"] and r["t0"] <= api_back + 1)]
-        self.assertEqual(stray_503, [], "503s while the broker was up")
+        stray = [r for r in results if r["status"] in (503, 504)
+                 and not (out.stop_called - 0.5 <= r["t1"] and r["t0"] <= api_back + 1)]
+        self.assertEqual(stray, [], "503s or 504s while the broker was up")
+        self.assertTrue(all(r["task_id"] and r["code"] == "outcome_unknown"
+                            for r in results if r["status"] == 504))
         self.assertTrue(all(r["retry_after"] for r in outage_503))
         self.assertEqual([s for s in api_ready.samples if s[1] is None], [], "/readyz without an answer")
 
