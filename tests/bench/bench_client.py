@@ -9,9 +9,16 @@ Subcommands (each prints one JSON object on stdout, human notes on stderr):
            resets the fake and sets its latency, posts N messages with unique texts over C
            keep-alive connections, times until the fake has sent all accepted ones, then checks
            that every accepted task reached SUCCESS (GET /tasks/{id} for each) and that the fake
-           sent each text exactly once.
+           sent each text exactly once. With --cpu NAME=PID (repeatable) it also reports the
+           CPU seconds each of those processes and this client spent from the first post until
+           the fake had sent everything (the read-back is not counted).
   wrk      FILE          parses a `wrk --latency` report: rps, p50/p90/p99 in ms, non-2xx, errors
   rss      PID           VmRSS and VmHWM of a process, in KiB
+  cpu      NAME=PID ...  CPU seconds (user + system, every thread) each process has used so far
+  run-cpu  OUT -- CMD... runs CMD; writes {"seconds": its user + system CPU} to OUT; CMD's exit
+                         code is this one's
+  first-send --fake URL [--timeout S]
+           polls the fake until it has sent one message; reports the seconds it took
   health   --api URL --wait-tasks N [--timeout S]
            polls msg-api's GET /health until cache.tasks >= N; reports the time it took
   purge    --queue NAME  empties a queue through the management API
@@ -163,6 +170,8 @@ async def e2e(args):
             if time.monotonic() > deadline:
                 return None
 
+    pids = dict(spec.split("=", 1) for spec in args.cpu)
+    cpu_start = cpu_of(pids)
     t0, cpu0 = time.monotonic(), time.process_time()
     watcher = asyncio.create_task(watch_fake())
     results = await run_pool(args.api, args.conns, texts, post)
@@ -172,6 +181,8 @@ async def e2e(args):
     stats["accepted"] = len(accepted)
     done_posting.set()
     t_done = await watcher
+    cpu_end = cpu_of(pids)
+    load_cpu = time.process_time() - cpu0
     complete = t_done is not None
     elapsed = (t_done if complete else time.monotonic()) - t0
     if refused:
@@ -219,6 +230,11 @@ async def e2e(args):
         # CPU this client used while posting: near post_seconds means the poster, not the
         # service, set the pace.
         "poster_cpu_seconds": round(poster_cpu, 3),
+        # From the first post to the last send: each process's CPU seconds, and this client's
+        # (the load generator: posting and polling the fake).
+        "cpu_seconds": dict({n: round(cpu_end[n] - cpu_start[n], 3)
+                             if cpu_end[n] is not None and cpu_start[n] is not None else None
+                             for n in pids}, load=round(load_cpu, 3)),
         "fake_sent": len(by_text), "lost": len(lost), "duplicated": len(duplicated),
         "unexpected": len(unexpected), "tasks_checked": len(last_status),
         "tasks_not_success": len(not_success), "check_seconds": round(check_seconds, 3), "ok": ok,
@@ -272,6 +288,47 @@ def rss(pid):
             if line.startswith(("VmRSS:", "VmHWM:")):
                 out[line.split(":")[0]] = int(line.split()[1])
     return {"rss_kib": out.get("VmRSS"), "hwm_kib": out.get("VmHWM")}
+
+
+def proc_cpu(pid):
+    """User + system CPU seconds of every thread of a process so far, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # After the command's closing parenthesis: field 3 is index 0, so utime (14) is index 11.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pids):
+    return {name: proc_cpu(int(pid)) for name, pid in pids.items()}
+
+
+def run_cpu(out_path, cmd):
+    """Runs cmd and records its CPU time (children's rusage, so only what cmd itself used)."""
+    import resource
+    import subprocess
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rc = subprocess.call(cmd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    secs = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with open(out_path, "w") as f:
+        json.dump({"seconds": round(secs, 3)}, f)
+    return rc
+
+
+def first_send(fake, timeout):
+    """Seconds until the fake has sent one message (polled every 10 ms)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if http_json("GET", fake.rstrip("/") + "/_fake/stats", timeout=2)["sent"] >= 1:
+                return {"seconds": round(time.monotonic() - t0, 3), "ok": True}
+        except OSError:
+            pass
+        time.sleep(0.01)
+    return {"seconds": round(time.monotonic() - t0, 3), "ok": False}
 
 
 def wait_tasks(api, n, timeout):
@@ -347,6 +404,14 @@ def main():
     e.add_argument("--tag", required=True)
     e.add_argument("--instance", default="bench")
     e.add_argument("--timeout", type=float, default=300)
+    e.add_argument("--cpu", action="append", default=[], metavar="NAME=PID")
+    sub.add_parser("cpu").add_argument("pids", nargs="+", metavar="NAME=PID")
+    rc = sub.add_parser("run-cpu")
+    rc.add_argument("out")
+    rc.add_argument("command", nargs=argparse.REMAINDER)
+    fs = sub.add_parser("first-send")
+    fs.add_argument("--fake", required=True)
+    fs.add_argument("--timeout", type=float, default=120)
     sub.add_parser("wrk").add_argument("file")
     sub.add_parser("rss").add_argument("pid", type=int)
     h = sub.add_parser("health")
@@ -361,12 +426,17 @@ def main():
     if args.cmd == "e2e":
         asyncio.run(e2e(args))
         return
+    if args.cmd == "run-cpu":
+        cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+        sys.exit(run_cpu(args.out, cmd))
     if args.cmd == "free-port":
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             print(s.getsockname()[1])
         return
     out = {"wrk": lambda: parse_wrk(args.file), "rss": lambda: rss(args.pid),
+           "cpu": lambda: cpu_of(dict(spec.split("=", 1) for spec in args.pids)),
+           "first-send": lambda: first_send(args.fake, args.timeout),
            "health": lambda: wait_tasks(args.api, args.wait_tasks, args.timeout),
            "purge": lambda: purge(args.queue), "cleanup": lambda: cleanup(args.prefix)}[args.cmd]()
     print(json.dumps(out))

@@ -27,6 +27,7 @@ struct opts {
   const char *url;
   unsigned long long count;
   unsigned long long window;
+  unsigned long batch; /* status events per stream message (--status-events) */
   unsigned long size;
   const char *status_stream; /* NULL: ceiling mode */
   const char *queue;         /* ceiling mode: name of the throwaway queue, NULL: generated */
@@ -58,11 +59,12 @@ static void usage(FILE *f)
 {
   fprintf(f, "usage: bench_broker_ceiling [--url amqp://guest:guest@127.0.0.1:5672/%%2f]\n"
              "         [--count 200000] [--window 1000] [--size 200] [--queue NAME]\n"
-             "         [--status-events STREAM]\n"
+             "         [--status-events STREAM [--batch 1]]\n"
              "Ceiling mode declares the quorum queue NAME (default bench-ceiling-<uuid>), publishes\n"
              "--count persistent messages of --size bytes to it with at most --window unconfirmed,\n"
              "and deletes it. --status-events publishes valid SUCCESS status events of random\n"
-             "task ids to an existing stream instead.\n");
+             "task ids to an existing stream instead, --batch of them per message (a JSON array,\n"
+             "as the daemons publish them under load); --count counts events.\n");
 }
 
 static int parse_args(int argc, char **argv, struct opts *o)
@@ -89,6 +91,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
       o->count = n;
     else if(!strcmp(a, "--window") && !parse_ull(v, 1, 1000000ULL, &n))
       o->window = n;
+    else if(!strcmp(a, "--batch") && !parse_ull(v, 1, 1024ULL, &n))
+      o->batch = (unsigned long)n;
     else if(!strcmp(a, "--size") && !parse_ull(v, 1, 1048576ULL, &n))
       o->size = (unsigned long)n;
     else {
@@ -261,15 +265,18 @@ static int settle(amqp_connection_state_t c, uint64_t published, uint64_t *confi
   return 0;
 }
 
+/* Room for one status event as written below (about 330 bytes) and its comma. */
+#define EVENT_MAX 512
+
 int main(int argc, char **argv)
 {
   struct opts o = {.url = "amqp://guest:guest@127.0.0.1:5672/%2f", .count = 200000,
-                   .window = 1000, .size = 200};
+                   .window = 1000, .size = 200, .batch = 1};
   amqp_connection_state_t c = NULL;
   char queue[256], uuid[37], at[32], *body = NULL;
   amqp_basic_properties_t p;
   amqp_bytes_t exchange = amqp_empty_bytes, key;
-  uint64_t published = 0, confirmed = 0;
+  uint64_t published = 0, confirmed = 0, events = 0;
   int declared = 0, rc = 1;
   double t0, secs;
 
@@ -289,7 +296,7 @@ int main(int argc, char **argv)
     if(rpc_ok(c, "status stream (passive declare)"))
       goto out;
     key = amqp_cstring_bytes(o.status_stream);
-    body = malloc(512);
+    body = malloc(EVENT_MAX * o.batch + 2);
   }
   else {
     amqp_table_entry_t qargs[1] = {
@@ -322,21 +329,29 @@ int main(int argc, char **argv)
   p.content_type = amqp_cstring_bytes("application/json");
 
   t0 = now_s();
-  while(published < o.count) {
+  while(o.status_stream ? events < o.count : published < o.count) {
     amqp_bytes_t payload;
     if(o.status_stream) {
-      int n;
-      random_uuid(uuid);
-      if(published % 1000 == 0)
-        rfc3339_now(at);
-      n = snprintf(body, 512,
-                   "{\"v\":1,\"task_id\":\"%s\",\"status\":\"SUCCESS\",\"attempt\":1,\"at\":\"%s\","
+      size_t len = 0;
+      unsigned long k;
+      /* One event alone is an object; several go as one JSON array (a batch). */
+      if(o.batch > 1)
+        body[len++] = '[';
+      for(k = 0; k < o.batch && events < o.count; k++, events++) {
+        random_uuid(uuid);
+        if(events % 1000 == 0)
+          rfc3339_now(at);
+        len += (size_t)snprintf(body + len, EVENT_MAX + 1,
+                   "%s{\"v\":1,\"task_id\":\"%s\",\"status\":\"SUCCESS\",\"attempt\":1,\"at\":\"%s\","
                    "\"created_at\":\"%s\",\"phone\":\"+52123456789\",\"result\":{\"success\":true,"
                    "\"phone\":\"+52123456789\",\"evolution_key\":\"3EB0%.32s%04" PRIx64 "\"}}",
-                   uuid, at, at, "0123456789ABCDEF0123456789ABCDEF", published & 0xffff);
+                   k ? "," : "", uuid, at, at, "0123456789ABCDEF0123456789ABCDEF", events & 0xffff);
+      }
+      if(o.batch > 1)
+        body[len++] = ']';
       p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
       p.correlation_id = amqp_cstring_bytes(uuid);
-      payload = (amqp_bytes_t){(size_t)n, body};
+      payload = (amqp_bytes_t){len, body};
     }
     else
       payload = (amqp_bytes_t){o.size, body};
@@ -354,13 +369,17 @@ int main(int argc, char **argv)
   if(settle(c, published, &confirmed, 0))
     goto out;
   secs = now_s() - t0;
+  if(!o.status_stream)
+    events = published;
   printf("%s: %" PRIu64 " persistent messages (%s) confirmed in %.3f s with a window of %llu: %.0f messages/s\n",
          o.status_stream ? "status events" : "broker ceiling", published,
          o.status_stream ? "status events" : "quorum queue", secs, o.window,
          (double)published / secs);
-  printf("BROKER_CEILING {\"mode\":\"%s\",\"count\":%" PRIu64 ",\"window\":%llu,\"seconds\":%.3f,\"msgs_per_s\":%.0f}\n",
-         o.status_stream ? "status_events" : "quorum", published, o.window, secs,
-         (double)published / secs);
+  /* msgs_per_s counts events (one per message but with --batch). */
+  printf("BROKER_CEILING {\"mode\":\"%s\",\"count\":%" PRIu64 ",\"messages\":%" PRIu64
+         ",\"window\":%llu,\"seconds\":%.3f,\"msgs_per_s\":%.0f}\n",
+         o.status_stream ? "status_events" : "quorum", events, published, o.window, secs,
+         (double)events / secs);
   rc = 0;
 out:
   if(declared) {

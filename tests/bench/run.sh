@@ -15,6 +15,10 @@
 #   BENCH_E2E_CONNS [64]          concurrent connections of the end-to-end poster
 #   BENCH_E2E_TIMEOUT [300]       seconds to wait for the fake to have sent everything
 #   BENCH_CACHE_TASKS [1000000]   status events fed to a fresh msg-api for the cache RSS figure
+#   BENCH_BOOT_EVENTS [5000000]   status events already on the stream when a new msg-api replica
+#                                 and a new msg-consumer start (the boot figures)
+#   BENCH_BOOT_BATCH [1]          status events per stream message in that stream (the daemons
+#                                 batch theirs under load; 1 is the worst case)
 #   BENCH_PREFETCH [64]           consumer.prefetch
 #   BENCH_API_THREADS [unset]     api.threads (unset: the daemon's default)
 #   BENCH_LOG_LEVEL [info]        log.level of both daemons
@@ -37,7 +41,7 @@ PY=${PYTHON:-python3}
 if [ "${BENCH_SMOKE:-0}" = 1 ]; then
   : "${BENCH_DURATION:=2s}" "${BENCH_FAKE_DURATION:=2s}" "${BENCH_CEILING_COUNT:=5000}"
   : "${BENCH_CEILING1_COUNT:=200}" "${BENCH_E2E_COUNT:=200}" "${BENCH_E2E_SLOW_COUNT:=100}"
-  : "${BENCH_E2E_TIMEOUT:=60}" "${BENCH_CACHE_TASKS:=10000}"
+  : "${BENCH_E2E_TIMEOUT:=60}" "${BENCH_CACHE_TASKS:=10000}" "${BENCH_BOOT_EVENTS:=20000}"
 fi
 DURATION=${BENCH_DURATION:-10s}
 FAKE_DURATION=${BENCH_FAKE_DURATION:-5s}
@@ -50,6 +54,8 @@ SLOW_LATENCY_MS=${BENCH_SLOW_LATENCY_MS:-100}
 E2E_CONNS=${BENCH_E2E_CONNS:-64}
 E2E_TIMEOUT=${BENCH_E2E_TIMEOUT:-300}
 CACHE_TASKS=${BENCH_CACHE_TASKS:-1000000}
+BOOT_EVENTS=${BENCH_BOOT_EVENTS:-5000000}
+BOOT_BATCH=${BENCH_BOOT_BATCH:-1}
 PREFETCH=${BENCH_PREFETCH:-64}
 LOG_LEVEL=${BENCH_LOG_LEVEL:-info}
 FAKE_KIND=${BENCH_FAKE:-c}
@@ -136,6 +142,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 free_port() { "$PY" "$CLIENT" free-port; }
+seconds_since() { "$PY" -c 'import sys; print(round(float(sys.argv[1]) - float(sys.argv[2]), 3))' "$(date +%s.%N)" "$1"; }
 json_get() { "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 
 # write_config FILE PREFIX API_PORT HEALTH_PORT FAKE_URL CACHE_MAX
@@ -171,29 +178,33 @@ log:
 EOF
 }
 
-# start_daemon NAME BIN CONFIG READY_URL: starts it with the config file as the only source
-# (the variables that override the file are removed) and waits for READY_URL to answer 200.
+# start_daemon NAME BIN CONFIG READY_URL [TIMEOUT_S]: starts it with the config file as the only
+# source (the variables that override the file are removed) and waits for READY_URL to answer
+# 200 (up to TIMEOUT_S, default 60); READY_SECONDS is how long that took.
 start_daemon() {
-  local name=$1 bin=$2 cfg=$3 url=$4 pid i
+  local name=$1 bin=$2 cfg=$3 url=$4 limit=$((${5:-60} * 10)) pid i t0
   env -u AMQP_URL -u EVOLUTION_API_URL -u EVOLUTION_API_KEY -u EVOLUTION_INSTANCE_NAME \
     -u APP_HOST -u APP_PORT -u LOG_LEVEL -u MSG_CONFIG \
     "$bin" --config "$cfg" >>"$RUN_DIR/$name.log" 2>&1 &
   pid=$!
+  t0=$(date +%s.%N)
   PIDS+=("$pid")
-  for ((i = 0; i < 600; i++)); do
+  for ((i = 0; i < limit; i++)); do
     kill -0 "$pid" 2>/dev/null || { tail -20 "$RUN_DIR/$name.log" >&2; die "$name exited at start-up"; }
     if curl -fsS -o /dev/null "$url" 2>/dev/null; then
       LAST_PID=$pid
+      READY_SECONDS=$(seconds_since "$t0")
       return 0
     fi
     sleep 0.1
   done
   tail -20 "$RUN_DIR/$name.log" >&2
-  die "$name was not ready within 60 s ($url)"
+  die "$name was not ready within $((limit / 10)) s ($url)"
 }
 
 start_fake() {
   local port_file="$RUN_DIR/fake.port" i
+  rm -f "$port_file"  # a fake started before left its port there
   if [ "$FAKE_KIND" = c ]; then
     "$FAKE_BIN" --host 127.0.0.1 --port 0 --api-key bench-evolution-key --instances bench \
       --threads "$FAKE_THREADS" --port-file "$port_file" >"$RUN_DIR/fake.log" 2>&1 &
@@ -214,7 +225,8 @@ start_fake() {
 
 # run_wrk NAME CONNECTIONS DURATION SCRIPT URL: the report goes to $RES/NAME.txt, parsed to .json
 run_wrk() {
-  wrk -t2 -c"$2" -d"$3" --latency -s "$4" "$5" >"$RES/$1.txt" 2>&1 || {
+  "$PY" "$CLIENT" run-cpu "$RES/$1.load.json" -- \
+    wrk -t2 -c"$2" -d"$3" --latency -s "$4" "$5" >"$RES/$1.txt" 2>&1 || {
     cat "$RES/$1.txt" >&2
     die "wrk failed ($1)"
   }
@@ -232,13 +244,28 @@ EOF
 
 rss_of() { "$PY" "$CLIENT" rss "$1"; }
 
+# The broker's OS process: the one listening on the AMQP port (its CPU is read from /proc).
+AMQP_PORT=$("$PY" -c 'import sys, urllib.parse; print(urllib.parse.urlsplit(sys.argv[1]).port or 5672)' "$AMQP_URL")
+BROKER_PID=$(ss -ltnpH "sport = :$AMQP_PORT" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
+[ -n "$BROKER_PID" ] || die "no process listens on the AMQP port $AMQP_PORT (is the broker local?)"
+
+# cpu_snap FILE NAME=PID...: each process's CPU seconds so far, as JSON
+cpu_snap() {
+  local out=$1
+  shift
+  "$PY" "$CLIENT" cpu "$@" >"$out"
+}
+
 say "== msg benchmark ($(nproc) CPUs, run $PREFIX, logs in $RUN_DIR)"
 
 # --- 1. broker ceiling -----------------------------------------------------------------------------
 
 say "-- broker ceiling: one rabbitmq-c connection, persistent ~200 B messages, quorum queue"
-"$CEILING_BIN" --url "$AMQP_URL" --count "$CEILING_COUNT" --window "$CEILING_WINDOW" \
+cpu_snap "$RES/ceiling.cpu0.json" broker="$BROKER_PID"
+"$PY" "$CLIENT" run-cpu "$RES/ceiling.load.json" -- \
+  "$CEILING_BIN" --url "$AMQP_URL" --count "$CEILING_COUNT" --window "$CEILING_WINDOW" \
   --queue "$PREFIX.ceiling" >"$RES/ceiling.txt"
+cpu_snap "$RES/ceiling.cpu1.json" broker="$BROKER_PID"
 "$CEILING_BIN" --url "$AMQP_URL" --count "$CEILING1_COUNT" --window 1 \
   --queue "$PREFIX.ceiling1" >"$RES/ceiling1.txt"
 sed -n 's/^BROKER_CEILING //p' "$RES/ceiling.txt" >"$RES/ceiling.json"
@@ -276,10 +303,23 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"phone":"+52123456789","message":"bench accept","instance_name":"bench"}'
 EOF
 say "-- accept: wrk POST /messages for $DURATION each, consumer not running (jobs pile up, then are purged)"
-run_wrk accept16 16 "$DURATION" "$RUN_DIR/post.lua" "$API/messages"
-print_wrk accept16 "16 connections"
-run_wrk accept64 64 "$DURATION" "$RUN_DIR/post.lua" "$API/messages"
-print_wrk accept64 "64 connections"
+for conns in 16 64; do
+  cpu_snap "$RES/accept$conns.cpu0.json" api="$API_PID" broker="$BROKER_PID"
+  run_wrk "accept$conns" "$conns" "$DURATION" "$RUN_DIR/post.lua" "$API/messages"
+  cpu_snap "$RES/accept$conns.cpu1.json" api="$API_PID" broker="$BROKER_PID"
+  print_wrk "accept$conns" "$conns connections"
+  "$PY" - "$RES" "accept$conns" <<'EOF'
+import json, sys
+d, n = sys.argv[1:]
+w, c0, c1 = (json.load(open(f"{d}/{n}{x}.json")) for x in ("", ".cpu0", ".cpu1"))
+load = json.load(open(f"{d}/{n}.load.json"))["seconds"]
+req = w["requests"] or 0
+us = {k: round((c1[k] - c0[k]) * 1e6 / req, 1) if req else None for k in c0}
+us["load"] = round(load * 1e6 / req, 1) if req else None
+json.dump(us, open(f"{d}/{n}.us.json", "w"))
+print("    CPU per request: " + ", ".join(f"{k} {v} us" for k, v in us.items()))
+EOF
+done
 rss_of "$API_PID" >"$RES/api_after_accept.json"
 "$PY" "$CLIENT" purge --queue "$PREFIX.send" >/dev/null
 
@@ -291,7 +331,9 @@ CONSUMER_PID=$LAST_PID
 e2e() {  # NAME COUNT LATENCY_MS
   say "-- end to end: $2 messages over $E2E_CONNS connections, fake latency $3 ms, one consumer (prefetch $PREFETCH)"
   "$PY" "$CLIENT" e2e --api "$API" --fake "$FAKE_URL" --count "$2" --conns "$E2E_CONNS" \
-    --latency-ms "$3" --tag "$PREFIX-$1" --instance bench --timeout "$E2E_TIMEOUT" >"$RES/$1.json"
+    --latency-ms "$3" --tag "$PREFIX-$1" --instance bench --timeout "$E2E_TIMEOUT" \
+    --cpu api="$API_PID" --cpu consumer="$CONSUMER_PID" --cpu broker="$BROKER_PID" \
+    --cpu fake="$FAKE_PID" >"$RES/$1.json"
   "$PY" - "$RES/$1.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -299,6 +341,9 @@ print(f"  {r['msgs_per_s']} messages/s: {r['fake_sent']} of {r['accepted']} acce
       f"{'' if r['complete'] else ' (TIMED OUT)'} (posting took {r['post_seconds']} s, {r['post_rps']} posts/s,"
       f" poster CPU {r['poster_cpu_seconds']} s;"
       f" {r['refused']} refused)")
+n = r["fake_sent"]
+print("  CPU per message: " + ", ".join(f"{k} {round(v * 1e6 / n, 1) if n and v is not None else None} us"
+                                        for k, v in r["cpu_seconds"].items()))
 print(f"  check: {r['tasks_checked']} tasks read back, {r['tasks_not_success']} not SUCCESS; "
       f"lost {r['lost']}, duplicated {r['duplicated']}, unexpected {r['unexpected']} -> "
       f"{'OK' if r['ok'] else 'FAILED'}")
@@ -334,6 +379,7 @@ sed -n 's/^BROKER_CEILING //p' "$RES/cache_publish.txt" >"$RES/cache_publish.jso
 CACHE_SECONDS=$("$PY" -c 'import sys; print(round(float(sys.argv[1]) - float(sys.argv[2]), 3))' "$(date +%s.%N)" "$CACHE_T0")
 echo "{\"seconds\": $CACHE_SECONDS}" >"$RES/cache_ingest.json"
 rss_of "$CACHE_PID" >"$RES/cache_rss.json"
+cpu_snap "$RES/cache.cpu.json" api="$CACHE_PID"
 stop_pid "$CACHE_PID"
 "$PY" - "$RES" <<'EOF'
 import json, sys
@@ -346,6 +392,55 @@ print(f"  published at {pub['msgs_per_s']} events/s (confirmed); cache held {wai
       f"({wait['tasks'] / secs:.0f} events/s applied end to end)")
 print(f"  msg-api RSS {idle['rss_kib'] / 1024:.1f} MiB empty -> {full['rss_kib'] / 1024:.1f} MiB "
       f"with {wait['tasks']} tasks (peak {full['hwm_kib'] / 1024:.1f} MiB)")
+EOF
+
+# --- 6. start-up on a long stream ------------------------------------------------------------------
+
+say "-- boot: $BOOT_EVENTS status events ($BOOT_BATCH per stream message) already on the stream, then a new msg-api replica and a new msg-consumer start"
+BOOT_PREFIX="$PREFIX-boot"
+BOOT_PORT=$(free_port)
+BOOT_HEALTH=$(free_port)
+BOOT_CFG="$RUN_DIR/boot.yaml"
+start_fake
+write_config "$BOOT_CFG" "$BOOT_PREFIX" "$BOOT_PORT" "$BOOT_HEALTH" "$FAKE_URL" 1000000
+BOOT_API="http://127.0.0.1:$BOOT_PORT"
+# A first replica declares the topology, then stops: the stream is filled with no reader.
+start_daemon msg-api-boot-declare "$API_BIN" "$BOOT_CFG" "$BOOT_API/readyz"
+stop_pid "$LAST_PID"
+"$CEILING_BIN" --url "$AMQP_URL" --status-events "$BOOT_PREFIX.status" --count "$BOOT_EVENTS" \
+  --batch "$BOOT_BATCH" --window 1000 >"$RES/boot_publish.txt"
+sed -n 's/^BROKER_CEILING //p' "$RES/boot_publish.txt" >"$RES/boot_publish.json"
+start_daemon msg-api-boot "$API_BIN" "$BOOT_CFG" "$BOOT_API/readyz" 900
+BOOT_API_PID=$LAST_PID
+BOOT_API_SECONDS=$READY_SECONDS
+cpu_snap "$RES/boot_api.cpu.json" api="$BOOT_API_PID"
+rss_of "$BOOT_API_PID" >"$RES/boot_api_rss.json"
+# One job waits in the queue; the consumer starts; the figure is start to the fake's first send.
+curl -fsS -o /dev/null -X POST -H 'Content-Type: application/json' \
+  -d '{"phone":"+52123456789","message":"bench boot","instance_name":"bench"}' "$BOOT_API/messages" ||
+  die "the boot replica did not accept a message"
+env -u AMQP_URL -u EVOLUTION_API_URL -u EVOLUTION_API_KEY -u EVOLUTION_INSTANCE_NAME \
+  -u APP_HOST -u APP_PORT -u LOG_LEVEL -u MSG_CONFIG \
+  "$CONSUMER_BIN" --config "$BOOT_CFG" >>"$RUN_DIR/msg-consumer-boot.log" 2>&1 &
+PIDS+=("$!")
+BOOT_CONSUMER_PID=$!
+"$PY" "$CLIENT" first-send --fake "$FAKE_URL" --timeout 900 >"$RES/boot_consumer.json"
+cpu_snap "$RES/boot_consumer.cpu.json" consumer="$BOOT_CONSUMER_PID"
+stop_pid "$BOOT_CONSUMER_PID"
+stop_pid "$BOOT_API_PID"
+stop_pid "$FAKE_PID"
+echo "{\"api_ready_seconds\": $BOOT_API_SECONDS}" >"$RES/boot_api.json"
+"$PY" - "$RES" <<'EOF'
+import json, sys
+d = sys.argv[1]
+pub, api, cons = (json.load(open(f"{d}/{n}.json")) for n in ("boot_publish", "boot_api", "boot_consumer"))
+acpu = json.load(open(f"{d}/boot_api.cpu.json"))["api"]
+rss = json.load(open(f"{d}/boot_api_rss.json"))
+print(f"  stream filled at {pub['msgs_per_s']} events/s ({pub['count']} events in {pub['messages']} messages)")
+print(f"  new msg-api replica ready in {api['api_ready_seconds']} s ({acpu * 1e6 / pub['count']:.1f} us CPU per event read, "
+      f"RSS {rss['rss_kib'] / 1024:.1f} MiB)")
+print(f"  new msg-consumer took its first job (the fake sent it) {cons['seconds']} s after start"
+      f"{'' if cons['ok'] else ' (TIMED OUT)'}")
 EOF
 
 # --- summary ---------------------------------------------------------------------------------------
@@ -393,6 +488,28 @@ s.update({
     "cache_ingest_ok": wait["ok"],
     "cache_ingest_events_per_s": round(wait["tasks"] / ingest) if ingest > 0 else None,
 })
+# CPU microseconds per request (accept) or per message (end to end) of each process, beside
+# what the broker spends per message on a raw pipelined publish (the ceiling run).
+per = lambda secs, n: round(secs * 1e6 / n, 1) if n and secs is not None else None
+c0, c1 = j("ceiling.cpu0"), j("ceiling.cpu1")
+s["broker_raw_publish_us"] = per(c1["broker"] - c0["broker"], c["count"])
+s["ceiling_client_us"] = per(j("ceiling.load")["seconds"], c["count"])
+for n in ("16", "64"):
+    for k, v in j(f"accept{n}.us").items():
+        s[f"accept_cpu_us_{k}_{n}"] = v
+s["accept_broker_vs_raw_64"] = (round(s["accept_cpu_us_broker_64"] / s["broker_raw_publish_us"], 2)
+                                if s["accept_cpu_us_broker_64"] and s["broker_raw_publish_us"] else None)
+for tag, e in (("0ms", e0), (f"{int(es['latency_ms'])}ms", es)):
+    for k, v in e["cpu_seconds"].items():
+        s[f"e2e_cpu_us_{k}_{tag}"] = per(v, e["fake_sent"])
+boot_pub, boot_cons = j("boot_publish"), j("boot_consumer")
+s.update({
+    "boot_events": boot_pub["count"], "boot_stream_messages": boot_pub["messages"],
+    "boot_api_ready_s": j("boot_api")["api_ready_seconds"],
+    "boot_api_cpu_us_per_event": per(j("boot_api.cpu")["api"], boot_pub["count"]),
+    "boot_api_rss_mib": mib(j("boot_api_rss")["rss_kib"]),
+    "boot_consumer_first_job_s": boot_cons["seconds"], "boot_consumer_ok": boot_cons["ok"],
+})
 print(json.dumps(s))
 EOF
 )
@@ -403,8 +520,15 @@ print("-- memory")
 print(f"  msg-api peak RSS {s['api_peak_rss_mib']} MiB (cache then held {s['api_cached_tasks_at_peak']} tasks"
       f" from the runs above); msg-consumer peak RSS {s['consumer_peak_rss_mib']} MiB at prefetch {s['consumer_prefetch']}")
 print(f"  msg-api RSS {s['api_rss_empty_mib']} MiB with an empty cache, {s['api_rss_cache_mib']} MiB with {s['cache_tasks']} tasks")
+print("-- CPU per accepted request (accept, 64 connections) and per delivered message (end to end, 0 ms), in us")
+print(f"  broker raw pipelined publish: {s['broker_raw_publish_us']} us per message (its client {s['ceiling_client_us']} us)")
+print(f"  accept:     msg-api {s['accept_cpu_us_api_64']}  broker {s['accept_cpu_us_broker_64']}"
+      f" ({s['accept_broker_vs_raw_64']} x raw)  load generator {s['accept_cpu_us_load_64']}")
+print(f"  end to end: msg-api {s['e2e_cpu_us_api_0ms']}  msg-consumer {s['e2e_cpu_us_consumer_0ms']}"
+      f"  broker {s['e2e_cpu_us_broker_0ms']}  fake {s['e2e_cpu_us_fake_0ms']}  load generator {s['e2e_cpu_us_load_0ms']}")
+print(f"  boot on {s['boot_events']} events: msg-api ready {s['boot_api_ready_s']} s, msg-consumer first job {s['boot_consumer_first_job_s']} s")
 EOF
-E2E_OK=$("$PY" -c 'import json,sys; s=json.loads(sys.argv[1]); print(int(all(v for k, v in s.items() if k.startswith("e2e_ok_")) and s["cache_ingest_ok"]))' "$SUMMARY")
+E2E_OK=$("$PY" -c 'import json,sys; s=json.loads(sys.argv[1]); print(int(all(v for k, v in s.items() if k.startswith("e2e_ok_")) and s["cache_ingest_ok"] and s["boot_consumer_ok"]))' "$SUMMARY")
 say "BENCH_SUMMARY $SUMMARY"
 OK=1
 if [ "$E2E_OK" != 1 ]; then
