@@ -6,13 +6,14 @@
 #include <dirent.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "util.h"
 
@@ -288,15 +289,116 @@ static int conn_socket(const struct mg_connection *conn)
   return found;
 }
 
+/* ---- the body deadline -------------------------------------------------------------------
+ *
+ * mg_read returns only once it has every byte asked for, however slowly they come, so a client
+ * trickling its body would hold a worker as long as it likes. Each worker thread has a watch
+ * slot; while it reads a body the slot holds the socket and the deadline, and one watchdog
+ * thread shuts the socket's read side when the deadline passes, which ends the read at once
+ * (the answer, a 408, can still be written). Reading the whole body in one call this way costs
+ * nothing extra; asking the socket what it holds before each read (FIONREAD) cost a system call
+ * per byte for every body CivetWeb had already buffered with its headers, the usual case. */
+#define WATCH_TICK_MS 100
+
+struct body_watch {
+  struct body_watch *next;
+  pthread_mutex_t lock; /* held by the watchdog while it may touch fd, so fd stays open */
+  int fd;               /* -1 when not reading a body */
+  int fired;            /* the deadline passed and the read side was shut */
+  int64_t deadline_ms;  /* monotonic */
+};
+
+static pthread_mutex_t watches_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct body_watch *watches; /* every worker's slot, kept for the process's life */
+static pthread_once_t watchdog_once = PTHREAD_ONCE_INIT;
+static int watchdog_running;
+static _Thread_local struct body_watch *my_watch;
+
+static void *watchdog(void *arg)
+{
+  struct timespec tick = {0, WATCH_TICK_MS * 1000000L};
+  (void)arg;
+  for(;;) {
+    int64_t now;
+    struct body_watch *w;
+    nanosleep(&tick, NULL);
+    now = util_mono_ms();
+    pthread_mutex_lock(&watches_lock);
+    for(w = watches; w; w = w->next) {
+      pthread_mutex_lock(&w->lock);
+      if(w->fd >= 0 && !w->fired && now > w->deadline_ms) {
+        shutdown(w->fd, SHUT_RD);
+        w->fired = 1;
+      }
+      pthread_mutex_unlock(&w->lock);
+    }
+    pthread_mutex_unlock(&watches_lock);
+  }
+  return NULL;
+}
+
+static void start_watchdog(void)
+{
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  watchdog_running = !pthread_create(&t, &attr, watchdog, NULL);
+  pthread_attr_destroy(&attr);
+}
+
+/* This thread's slot armed with fd and deadline, or NULL (no watchdog: out of memory or no
+ * thread), in which case the body is read without a deadline of its own. */
+static struct body_watch *watch_arm(int fd, int64_t deadline_ms)
+{
+  struct body_watch *w = my_watch;
+  pthread_once(&watchdog_once, start_watchdog);
+  if(!watchdog_running)
+    return NULL;
+  if(!w) {
+    if(!(w = calloc(1, sizeof *w)))
+      return NULL;
+    pthread_mutex_init(&w->lock, NULL);
+    w->fd = -1;
+    pthread_mutex_lock(&watches_lock);
+    w->next = watches;
+    watches = w;
+    pthread_mutex_unlock(&watches_lock);
+    my_watch = w;
+  }
+  pthread_mutex_lock(&w->lock);
+  w->fd = fd;
+  w->fired = 0;
+  w->deadline_ms = deadline_ms;
+  pthread_mutex_unlock(&w->lock);
+  return w;
+}
+
+/* Disarms w; returns whether its deadline had passed. After this the watchdog no longer
+ * touches the socket, so CivetWeb may close it. */
+static int watch_disarm(struct body_watch *w)
+{
+  int fired;
+  if(!w)
+    return 0;
+  pthread_mutex_lock(&w->lock);
+  fired = w->fired;
+  w->fd = -1;
+  pthread_mutex_unlock(&w->lock);
+  return fired;
+}
+
 /* Reads the whole body into a malloc'd buffer, refusing more than max bytes without reading it
- * all. Returns 0 and the buffer, or an HTTP status (413, 400) for the caller to answer. */
+ * all. Returns 0 and the buffer, or an HTTP status (413, 400, 408) for the caller to answer. */
 static int read_body(struct mg_connection *conn, size_t max, char **out, size_t *out_len)
 {
   const struct mg_request_info *ri = mg_get_request_info(conn);
   const char *expect = mg_get_header(conn, "Expect");
   size_t cap, len = 0;
   char *buf;
-  int n = 0, fd;
+  int n = 0, fd, late;
+  struct body_watch *w;
   int64_t deadline = util_mono_ms() + body_timeout_ms;
   if(ri->content_length > 0 && (unsigned long long)ri->content_length > max)
     return 413;
@@ -308,26 +410,21 @@ static int read_body(struct mg_connection *conn, size_t max, char **out, size_t 
   buf = malloc(cap);
   if(!buf)
     return 503;
-  /* mg_read returns only once it has every byte asked for (each wait up to
-   * api.header_timeout), so a client trickling a byte at a time would hold this worker for
-   * as long as it likes. Asking only for what the socket already holds (or one byte) makes
-   * every call short, and the whole body keeps its own deadline: the worker is held at most
-   * api.body_timeout + api.header_timeout. */
+  /* The whole body keeps its own deadline (see body_watch): the worker is held at most
+   * api.body_timeout and one watchdog tick. */
   fd = conn_socket(conn);
+  w = fd >= 0 ? watch_arm(fd, deadline) : NULL;
   while(len < cap) {
-    size_t want = cap - len;
-    int avail = 0;
-    if(fd >= 0 && !ioctl(fd, FIONREAD, &avail) && (size_t)(avail > 0 ? avail : 1) < want)
-      want = (size_t)(avail > 0 ? avail : 1);
-    if((n = mg_read(conn, buf + len, want)) <= 0)
+    if((n = mg_read(conn, buf + len, cap - len)) <= 0)
       break;
     len += (size_t)n;
-    if(util_mono_ms() > deadline) {
-      free(buf);
-      return 408;
-    }
   }
-  if(n < 0) {
+  late = watch_disarm(w);
+  if(late || util_mono_ms() > deadline) {
+    free(buf);
+    return 408;
+  }
+  if(n < 0 || (ri->content_length >= 0 && len < (size_t)ri->content_length)) {
     free(buf);
     return 400;
   }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 const double METRICS_BUCKET_BOUNDS[METRICS_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -170,7 +171,13 @@ void metrics_process(struct metrics_out *o, const char *service, const char *ver
   if(!proc_stat_fields(&utime, &stime, &start, &vsize, &rss) && ticks > 0) {
     metrics_family(o, "process_cpu_seconds_total", "counter",
                    "User and system CPU time spent, in seconds.");
-    metrics_sample(o, "process_cpu_seconds_total", "", (double)(utime + stime) / (double)ticks);
+    /* The kernel's own per-process clock, to the nanosecond: /proc's ticks are 10 ms, so a
+     * quiet daemon read 0 for its first seconds. The ticks stay the fallback. */
+    struct timespec cpu;
+    metrics_sample(o, "process_cpu_seconds_total", "",
+                   !clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu)
+                       ? (double)cpu.tv_sec + (double)cpu.tv_nsec / 1e9
+                       : (double)(utime + stime) / (double)ticks);
     metrics_family(o, "process_resident_memory_bytes", "gauge", "Resident memory size, in bytes.");
     metrics_sample(o, "process_resident_memory_bytes", "", (double)rss * (double)page);
     metrics_family(o, "process_virtual_memory_bytes", "gauge", "Virtual memory size, in bytes.");

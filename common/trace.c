@@ -3,7 +3,6 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "util.h"
 
@@ -55,7 +54,7 @@ static void random_hex(char *out, size_t n)
   unsigned char bytes[16];
   static const char HEX[] = "0123456789abcdef";
   do {
-    if(getrandom(bytes, (n + 1) / 2, 0) != (ssize_t)((n + 1) / 2)) {
+    if(util_random(bytes, (n + 1) / 2)) {
       unsigned long long x = (unsigned long long)util_mono_us() * 6364136223846793005ULL + 1;
       for(size_t i = 0; i < sizeof bytes; i++, x = x * 6364136223846793005ULL + 1442695040888963407ULL)
         bytes[i] = (unsigned char)(x >> 56);

@@ -124,19 +124,46 @@ int util_parse_time(const char *text, int64_t *ms)
   return 0;
 }
 
+/* Random bytes come from the kernel 512 at a time into a per-thread pool: one getrandom()
+ * per 32 task ids instead of one each (the accept path makes two or three ids a request). The
+ * pool is never shared between threads, and the daemons do not fork once started. */
+#define RANDOM_POOL 512
+int util_random(void *out, size_t n)
+{
+  static _Thread_local unsigned char pool[RANDOM_POOL];
+  static _Thread_local size_t left;
+  unsigned char *o = out;
+  while(n) {
+    size_t take;
+    if(!left) {
+      size_t got = 0;
+      while(got < sizeof pool) {
+        ssize_t r = getrandom(pool + got, sizeof pool - got, 0);
+        if(r < 0) {
+          if(errno == EINTR)
+            continue;
+          return -1;
+        }
+        got += (size_t)r;
+      }
+      left = sizeof pool;
+    }
+    take = n < left ? n : left;
+    /* Bytes handed out are wiped from the pool, so they are given once only. */
+    memcpy(o, pool + sizeof pool - left, take);
+    memset(pool + sizeof pool - left, 0, take);
+    left -= take;
+    o += take;
+    n -= take;
+  }
+  return 0;
+}
+
 int util_uuid4(char *buf)
 {
   unsigned char b[16];
-  size_t got = 0;
-  while(got < sizeof b) {
-    ssize_t n = getrandom(b + got, sizeof b - got, 0);
-    if(n < 0) {
-      if(errno == EINTR)
-        continue;
-      return -1;
-    }
-    got += (size_t)n;
-  }
+  if(util_random(b, sizeof b))
+    return -1;
   b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
   b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
   snprintf(buf, UTIL_UUID_LEN,

@@ -23,6 +23,9 @@ char *util_format_time(int64_t ms, char *buf);
  * numeric offset). Returns 0 and writes *ms on success, -1 otherwise. */
 int util_parse_time(const char *text, int64_t *ms);
 
+/* n random bytes (the kernel's CSPRNG, through a per-thread pool) into out. Returns 0, or -1
+ * when the system has no randomness to give. */
+int util_random(void *out, size_t n);
 /* Writes a random (version 4) UUID in its 36-character lower-case form plus NUL into buf.
  * Returns 0, or -1 when the system has no randomness to give. */
 #define UTIL_UUID_LEN 37
