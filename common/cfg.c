@@ -270,6 +270,8 @@ static const struct key KEYS[] = {
    AT(consumer.prefetch)},
   {.name = "consumer.shutdown_grace", .type = K_DURATION, .def = "25s", .min = 0,
    .max = MS_HOUR, AT(consumer.shutdown_grace_ms)},
+  {.name = "consumer.history_window", .type = K_DURATION, .def = "1m", .min = 0,
+   .max = MS_DAY, AT(consumer.history_window_ms)},
   {.name = "consumer.health_listen", .type = K_LISTEN, .def = "0.0.0.0:8002",
    AT(consumer.health_listen)},
   {.name = "consumer.health_threads", .type = K_UINT, .def = "16", .min = 2, .max = 256,

@@ -83,6 +83,8 @@ struct cfg {
   struct {
     unsigned prefetch;         /* 1..65535 */
     uint64_t shutdown_grace_ms;
+    uint64_t history_window_ms; /* jobs younger than this go before the stream's history is
+                                   read (0: the whole history first), 0..1d */
     char *health_listen;       /* host:port, validated */
     unsigned health_threads;   /* health listener workers, 2..256 */
     uint64_t health_timeout_ms; /* deadline for a probe's request to arrive, 100ms..1m */

@@ -395,7 +395,14 @@ int mq_consume(struct mq_session *s, uint16_t ch, const char *queue, uint16_t pr
     mq_reply_text(amqp_get_rpc_reply(s->conn), err, errlen);
     return -1;
   }
-  if(offset != MQ_NOT_A_STREAM) {
+  if(offset <= MQ_FROM_TIME(0)) {
+    /* A timestamp offset (seconds): the stream's first chunk written at or after it. */
+    arg.key = amqp_cstring_bytes("x-stream-offset");
+    arg.value.kind = AMQP_FIELD_KIND_TIMESTAMP;
+    arg.value.value.u64 = (uint64_t)(MQ_FROM_TIME(0) - offset);
+    args.num_entries = 1;
+  }
+  else if(offset != MQ_NOT_A_STREAM) {
     arg = offset < 0 ? mq_entry_str("x-stream-offset", "first")
                      : mq_entry_i64("x-stream-offset", offset);
     args.num_entries = 1;
@@ -1318,6 +1325,9 @@ struct mq_stream {
   uint16_t prefetch;
   struct mq_publisher *marker_pub;
   int64_t offset;          /* last offset read: the resume point after a reconnect */
+  int64_t first_offset;    /* the first offset read, -1 before any */
+  int64_t start_at_ms;     /* the first subscription starts here (Unix ms), 0: at the first */
+  int no_marker;           /* no catch-up marker (mq_stream_without_marker) */
   uint64_t last_tag, unacked;
   int caught_up;
   int marker_state;        /* MARKER_* below */
@@ -1355,6 +1365,7 @@ struct mq_stream *mq_stream_new(const struct cfg *cfg, const char *role, uint16_
   st->channel = channel;
   st->prefetch = prefetch;
   st->offset = -1;
+  st->first_offset = -1;
   return st;
 }
 
@@ -1397,18 +1408,22 @@ static int publish_marker(struct mq_stream *st, struct mq_session *s)
 int mq_stream_start(struct mq_stream *st, struct mq_session *s, char *err, size_t errlen)
 {
   char tag[MQ_TAG_LEN];
+  int64_t from;
   mq_stream_lost(st);
   if(mq_channel_open(s, st->channel, err, errlen) ||
-     mq_publisher_start(st->marker_pub, s, err, errlen))
+     (!st->no_marker && mq_publisher_start(st->marker_pub, s, err, errlen)))
     return -1;
-  /* At boot replay the whole retention; after a reconnect resume after the last event read,
-   * so nothing is lost and nothing is applied twice. */
-  if(mq_consume(s, st->channel, st->cfg->topology.status_stream, st->prefetch,
-                st->offset < 0 ? MQ_FROM_FIRST : st->offset + 1, st->role, tag, err, errlen))
+  /* At boot replay the whole retention (or from start_at); after a reconnect resume after the
+   * last event read, so nothing is lost and nothing is applied twice. */
+  from = st->offset >= 0  ? st->offset + 1
+       : st->start_at_ms ? MQ_FROM_TIME(st->start_at_ms / 1000)
+                         : MQ_FROM_FIRST;
+  if(mq_consume(s, st->channel, st->cfg->topology.status_stream, st->prefetch, from, st->role,
+                tag, err, errlen))
     return -1;
   /* Published after the subscription started: reading it back proves that everything
    * published before the subscription has been read. */
-  if(publish_marker(st, s)) {
+  if(!st->no_marker && publish_marker(st, s)) {
     snprintf(err, errlen, "cannot publish the catch-up marker");
     return -1;
   }
@@ -1438,8 +1453,11 @@ int mq_stream_delivery(struct mq_stream *st, struct mq_session *s, uint64_t tag,
   int64_t off;
   int is_marker;
   if((p->_flags & AMQP_BASIC_HEADERS_FLAG) &&
-     !mq_table_get_int(&p->headers, "x-stream-offset", &off))
+     !mq_table_get_int(&p->headers, "x-stream-offset", &off)) {
     st->offset = off;
+    if(st->first_offset < 0)
+      st->first_offset = off;
+  }
   st->last_tag = tag;
   /* Acks on a stream are credit, not settlement: sent in batches of half the prefetch. */
   if(++st->unacked >= (uint64_t)(st->prefetch / 2 ? st->prefetch / 2 : 1))
@@ -1464,7 +1482,7 @@ int mq_stream_tick(struct mq_stream *st, struct mq_session *s)
     return -1;
   if(st->unacked)
     stream_flush(st, s->conn);
-  if(st->marker_state == MARKER_RESEND && !st->caught_up)
+  if(st->marker_state == MARKER_RESEND && !st->caught_up && !st->no_marker)
     return publish_marker(st, s);
   return mq_publisher_broken(st->marker_pub) ? -1 : 0;
 }
@@ -1477,6 +1495,21 @@ int mq_stream_caught_up(const struct mq_stream *st)
 int64_t mq_stream_offset(const struct mq_stream *st)
 {
   return st->offset;
+}
+
+int64_t mq_stream_first_offset(const struct mq_stream *st)
+{
+  return st->first_offset;
+}
+
+void mq_stream_start_at(struct mq_stream *st, int64_t unix_ms)
+{
+  st->start_at_ms = unix_ms > 0 ? unix_ms : 0;
+}
+
+void mq_stream_without_marker(struct mq_stream *st)
+{
+  st->no_marker = 1;
 }
 
 uint16_t mq_stream_channel(const struct mq_stream *st)

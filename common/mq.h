@@ -84,6 +84,8 @@ void mq_channel_close(struct mq_session *s, uint16_t ch);
  * MQ_FROM_FIRST from its start, MQ_NOT_A_STREAM for a queue. Returns 0 or -1 with err. */
 #define MQ_NOT_A_STREAM (-2)
 #define MQ_FROM_FIRST (-1)
+/* A stream from a time (Unix seconds): its first chunk written then or later. */
+#define MQ_FROM_TIME(unix_s) (-16 - (int64_t)(unix_s))
 int mq_consume(struct mq_session *s, uint16_t ch, const char *queue, uint16_t prefetch,
                int64_t offset, const char *role, char tag[MQ_TAG_LEN], char *err,
                size_t errlen);
@@ -264,6 +266,13 @@ int mq_stream_tick(struct mq_stream *st, struct mq_session *s);
 
 int mq_stream_caught_up(const struct mq_stream *st);
 int64_t mq_stream_offset(const struct mq_stream *st); /* -1 before any */
+int64_t mq_stream_first_offset(const struct mq_stream *st); /* first read, -1 before any */
+/* Before the first start: the first subscription begins at this time (Unix ms; the stream's
+ * timestamps are the broker's, to the second) instead of the stream's first message. */
+void mq_stream_start_at(struct mq_stream *st, int64_t unix_ms);
+/* Before the first start: this follower publishes no catch-up marker (it is never caught up;
+ * the caller decides where it stops). */
+void mq_stream_without_marker(struct mq_stream *st);
 uint16_t mq_stream_channel(const struct mq_stream *st);
 /* The marker's publisher, for mq_handlers (its confirms must reach it). */
 struct mq_publisher *mq_stream_publisher(struct mq_stream *st);

@@ -100,6 +100,11 @@ static int send_metrics(struct mg_connection *conn, struct health_server *srv, i
   metrics_family(&o, "msg_consumer_held", "gauge",
                  "Jobs held here, unacked, while Evolution API is out (they spend no attempt).");
   metrics_sample(&o, "msg_consumer_held", "", (double)atomic_load(&s->held));
+  metrics_family(&o, "msg_consumer_history_waiting", "gauge",
+                 "Jobs older than consumer.history_window waiting, unacked, until the status "
+                 "stream's history is read after a start.");
+  metrics_sample(&o, "msg_consumer_history_waiting", "",
+                 (double)atomic_load(&s->history_waiting));
   metrics_family(&o, "msg_consumer_holdoff_hops_total", "counter",
                  "Jobs of a held Evolution instance sent through a delay queue to wait.");
   metrics_sample(&o, "msg_consumer_holdoff_hops_total", "", (double)atomic_load(&s->hops));
@@ -184,7 +189,8 @@ static int route(struct mg_connection *conn, void *arg)
              "\"uptime_seconds\":%lld,\"broker\":{\"connected\":%s},\"draining\":%s,"
              "\"in_flight\":%lld,\"held\":%lld,\"succeeded\":%lld,\"retried\":%lld,"
              "\"parked\":%lld,\"redelivered\":%lld,\"duplicates_skipped\":%lld,"
-             "\"reconciled\":%lld,\"evolution\":",
+             "\"reconciled\":%lld,\"history\":{\"loaded\":%s,\"waiting\":%lld},"
+             "\"evolution\":",
              ready ? (held ? "degraded" : "ok") : "unavailable", MSG_VERSION,
              (long long)((util_mono_ms() - srv->started_ms) / 1000),
              atomic_load(&s->connected) ? "true" : "false",
@@ -192,7 +198,9 @@ static int route(struct mg_connection *conn, void *arg)
              (long long)atomic_load(&s->held), (long long)atomic_load(&s->succeeded),
              (long long)atomic_load(&s->retried), (long long)atomic_load(&s->parked),
              (long long)atomic_load(&s->redelivered), (long long)atomic_load(&s->duplicates),
-             (long long)atomic_load(&s->reconciled));
+             (long long)atomic_load(&s->reconciled),
+             atomic_load(&s->history_loaded) ? "true" : "false",
+             (long long)atomic_load(&s->history_waiting));
     whole = evolution && n > 0 && (size_t)n < sizeof body
                 ? malloc((size_t)n + strlen(evolution) + 2)
                 : NULL;

@@ -27,17 +27,18 @@
 
 /* Channels: jobs are consumed on 1 (which also declares the topology), the status stream on 2,
  * publishes go out on 3 (4 when 3 is replaced, see mq_publisher), the stream's catch-up markers
- * on 5 (or 6). */
+ * on 5 (or 6), the stream's history (see struct worker) on 7. */
 #define CONSUME_CH 1
 #define STATUS_CH 2
 #define PUBLISH_CH_A 3
 #define PUBLISH_CH_B 4
 #define MARKER_CH_A 5
 #define MARKER_CH_B 6
+#define HISTORY_CH 7
 /* Each lane of a rate-limited instance (lanes.h) gets a channel of its own from here on: it is
  * declared and consumed on a channel nothing else uses yet, so no delivery can interleave with
  * those RPCs, and its prefetch is its own. */
-#define LANE_CH_BASE 7
+#define LANE_CH_BASE 8
 /* A lane's prefetch is about this many seconds of its sends, plus its burst: no job waits here
  * unacked for its token much longer than that. */
 #define LANE_HOLD_SECONDS 2
@@ -66,6 +67,10 @@
 /* Every consumer says it is alive on the status stream this often (DESIGN §3 "worker.heartbeat"):
  * msg-api lists the fleet from these (GET /workers) and drops a worker after three missed. */
 #define HEARTBEAT_MS 5000
+/* A job's events are on the stream after its created_at, but the api's clock and the broker's
+ * (which stamps the stream's chunks) may disagree: a job counts as inside the history window
+ * only this long after the window's start (a quarter of a shorter window). */
+#define HISTORY_SKEW_MS 15000
 
 /* One delivery from the job queue, from arrival until its ack or nack. It is referenced by
  * exactly one of: the Evolution transfer (while sending), or its tracked publishes (while its
@@ -119,8 +124,21 @@ struct worker {
   struct evo_client *evo;
   long long in_flight;
 
-  /* The status stream, followed on STATUS_CH (see STATUS_PREFETCH). */
+  /* The status stream, followed on STATUS_CH (see STATUS_PREFETCH), from history_from_ms
+   * (consumer.history_window before the start) at boot. Jobs created after that (with
+   * HISTORY_SKEW_MS of slack) are taken once it is caught up: every event about them is in
+   * what it read. The stream's older part, its history, is read beside it on HISTORY_CH, from
+   * the first message to the first one `stream` read; jobs created before the window wait in
+   * `deferred` (unacked) until the history is read. So a start takes its first job after
+   * reading the window, not the whole retention. */
   struct mq_stream *stream;
+  struct mq_stream *history;   /* NULL when consumer.history_window is 0 (all of it first) */
+  int history_done;
+  unsigned history_gen;        /* the connection the history reader was started on, 0: none */
+  int64_t history_from_ms;     /* wall clock */
+  int64_t history_skew_ms;     /* HISTORY_SKEW_MS, or a quarter of a shorter window */
+  int64_t history_started_ms;  /* monotonic, for the log line */
+  struct delivery_list deferred;
   struct task_memory *memory;  /* sent, cancelled, and sent but unrecorded tasks */
   int64_t stream_subscribed_ms;/* monotonic, for the caught-up log line */
   int consuming_jobs;
@@ -525,7 +543,9 @@ static void drop_held(struct worker *w, int requeue)
 {
   list_drop(w, &w->held, requeue);
   list_drop(w, &w->doubts, requeue);
+  list_drop(w, &w->deferred, requeue);
   atomic_store(&w->state->held, 0);
+  atomic_store(&w->state->history_waiting, 0);
 }
 
 /* Evolution API answers again: every held delivery goes back to work at once. */
@@ -1312,6 +1332,16 @@ static void start_delivery(struct worker *w, uint16_t channel, uint64_t tag,
     snprintf(d->ref, sizeof d->ref, "malformed-%llu", (unsigned long long)tag);
   else
     snprintf(d->ref, sizeof d->ref, "%s", d->job->task_id);
+  if(d->job && !w->history_done &&
+     d->job->created_at_ms < w->history_from_ms + w->history_skew_ms) {
+    /* Older than what the stream has been read for: its task may have been cancelled or
+     * sent before. It waits here until the history is read (finish_history). */
+    log_event(CFG_LOG_DEBUG, "job older than the status history read so far: waiting for it",
+              "task_id", d->job->task_id, NULL);
+    list_push(&w->deferred, d);
+    atomic_store(&w->state->history_waiting, (long long)w->deferred.n);
+    return;
+  }
   if(!handled_before_send(w, d, before_send(w, d, 1)))
     begin_send(w, d);
 }
@@ -1358,11 +1388,86 @@ static void on_status_message(struct worker *w, uint64_t tag, const struct mq_me
   status_message_decode(body, len, note_status_event, w, err, sizeof err);
 }
 
+/* The history is read: the jobs that waited for it go to work. */
+static void finish_history(struct worker *w)
+{
+  struct delivery *list = w->deferred.head, *d;
+  char secs[32], waited[32];
+  w->history_done = 1;
+  atomic_store(&w->state->history_loaded, 1);
+  snprintf(secs, sizeof secs, "%.3f", (double)(util_mono_ms() - w->history_started_ms) / 1e3);
+  snprintf(waited, sizeof waited, "%lld", (long long)w->deferred.n);
+  log_event(CFG_LOG_INFO, "status history read: every job may go now", "seconds", secs,
+            "jobs_waiting", waited, NULL);
+  memset(&w->deferred, 0, sizeof w->deferred);
+  atomic_store(&w->state->history_waiting, 0);
+  while((d = list)) {
+    list = d->list_next;
+    if(!w->connected || d->conn_gen != w->conn_gen) {
+      delivery_done(w, d); /* its connection is gone: the broker gave it back */
+      continue;
+    }
+    if(!handled_before_send(w, d, before_send(w, d, 1)))
+      begin_send(w, d);
+  }
+}
+
+/* One message of the stream's history (HISTORY_CH): applied like the live stream's, until it
+ * reaches the first offset the live follower read. The channel is closed from the main loop
+ * (an RPC inside the frame reader would be re-entrant). */
+static void on_history_message(struct worker *w, uint64_t tag, const struct mq_message *m)
+{
+  char err[128], type[32] = "";
+  const void *body;
+  size_t len;
+  int64_t live_first = mq_stream_first_offset(w->stream);
+  if(w->history_done || w->history_gen != w->conn_gen)
+    return; /* after its end: frames still under way on the channel being closed */
+  mq_stream_delivery(w->history, w->session, tag, m);
+  if(live_first >= 0 && mq_stream_offset(w->history) >= live_first) {
+    w->history_done = -1; /* read: finish_history runs from the loop */
+    return;
+  }
+  if((!mq_message_prop(m, MQ_PROP_TYPE, type, sizeof type) &&
+      (!strcmp(type, "worker.heartbeat") || !strcmp(type, "message.marker"))))
+    return;
+  body = mq_message_body(m, &len);
+  status_message_decode(body, len, note_status_event, w, err, sizeof err);
+}
+
+/* Starts the history reader once the live follower is caught up (so it does not slow the
+ * window's read), on each connection until the history is read; it resumes where it stopped. */
+static int service_history(struct worker *w)
+{
+  char err[512];
+  if(!w->history || w->history_done > 0 || !w->connected || !mq_stream_caught_up(w->stream))
+    return 0;
+  if(w->history_done < 0) {
+    mq_channel_close(w->session, HISTORY_CH);
+    finish_history(w);
+    return 0;
+  }
+  if(w->history_gen == w->conn_gen)
+    return mq_stream_tick(w->history, w->session);
+  if(mq_stream_start(w->history, w->session, err, sizeof err)) {
+    log_event(CFG_LOG_WARN, "cannot read the status history", "reason", err, NULL);
+    return -1;
+  }
+  if(!w->history_started_ms)
+    w->history_started_ms = util_mono_ms();
+  w->history_gen = w->conn_gen;
+  return 0;
+}
+
 static void on_delivery(void *ctx, uint16_t ch, uint64_t tag, int redelivered,
                         struct mq_message *m)
 {
   struct worker *w = ctx;
   char type[32] = "";
+  if(ch == HISTORY_CH) {
+    on_history_message(w, tag, m);
+    return;
+  }
   if(ch == STATUS_CH && !mq_message_prop(m, MQ_PROP_TYPE, type, sizeof type) &&
      !strcmp(type, "worker.heartbeat")) {
     /* The fleet's heartbeats are the api's to read; only the stream's offset moves here. */
@@ -1544,6 +1649,12 @@ static void drop_connection(struct worker *w)
    * Every publish not yet confirmed is settled as lost, never by a later confirm. */
   mq_publisher_lost(w->pub);
   mq_stream_lost(w->stream);
+  if(w->history) {
+    mq_stream_lost(w->history);
+    w->history_gen = 0;
+    if(w->history_done < 0) /* read to its end: only the close was left */
+      finish_history(w);
+  }
   drop_status(w);
   reset_lanes(w);
   drop_held(w, 0);
@@ -1579,6 +1690,19 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   w.session = mq_session_new(cfg, "consumer");
   w.pub = mq_publisher_new(PUBLISH_CH_A, PUBLISH_CH_B, on_settle, &w);
   w.stream = mq_stream_new(cfg, "consumer", STATUS_CH, MARKER_CH_A, MARKER_CH_B, STATUS_PREFETCH);
+  if(cfg->consumer.history_window_ms) {
+    int64_t window = (int64_t)cfg->consumer.history_window_ms;
+    w.history_from_ms = util_now_ms() - window;
+    w.history_skew_ms = window / 4 < HISTORY_SKEW_MS ? window / 4 : HISTORY_SKEW_MS;
+    w.history = mq_stream_new(cfg, "consumer-history", HISTORY_CH, 0, 0, STATUS_PREFETCH);
+    if(w.stream)
+      mq_stream_start_at(w.stream, w.history_from_ms);
+    if(w.history)
+      mq_stream_without_marker(w.history);
+  }
+  else
+    w.history_done = 1;
+  atomic_store(&state->history_loaded, w.history_done);
   w.evo = evo_client_new(cfg, on_http_done, &w);
   w.memory = task_memory_new(SENT_MEMORY);
   w.lanes = lanes_new(cfg);
@@ -1589,10 +1713,12 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
     const char *fp = getenv("MSG_FAILPOINT");
     w.crash_before_ack = fp && !strcmp(fp, "crash_before_ack");
   }
-  if(!w.session || !w.pub || !w.stream || !w.evo || !w.memory || !w.lanes) {
+  if(!w.session || !w.pub || !w.stream || !w.evo || !w.memory || !w.lanes ||
+     (!w.history && !w.history_done)) {
     log_error("out of memory starting the worker");
     lanes_free(w.lanes);
     mq_stream_free(w.stream);
+    mq_stream_free(w.history);
     mq_publisher_free(w.pub);
     mq_session_free(w.session);
     evo_client_free(w.evo);
@@ -1654,6 +1780,8 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
       drop_connection(&w);
     if(w.connected && mq_stream_caught_up(w.stream) && !grace_deadline)
       service_holdoff(&w, &timeout);
+    if(w.connected && !grace_deadline && service_history(&w))
+      drop_connection(&w);
     if(w.connected && mq_stream_caught_up(w.stream) && now >= w.heartbeat_due_ms) {
       w.heartbeat_due_ms = now + HEARTBEAT_MS;
       if(publish_heartbeat(&w, 0))
@@ -1696,6 +1824,7 @@ int worker_run(const struct cfg *cfg, struct worker_state *state, int stop_fd)
   mq_session_close(w.session);
   evo_client_free(w.evo);
   mq_stream_free(w.stream);
+  mq_stream_free(w.history);
   mq_publisher_free(w.pub);
   mq_session_free(w.session);
   task_memory_free(w.memory);

@@ -27,6 +27,8 @@ struct worker_state {
   atomic_llong lane_waiting;   /* jobs of rate-limited instances waiting here for a token */
   atomic_llong lane_forwarded; /* jobs moved from the job queue to their instance's lane */
   atomic_llong held;           /* jobs held here while Evolution API is out */
+  atomic_int history_loaded;    /* the status stream's history is read (struct worker) */
+  atomic_llong history_waiting; /* jobs older than the window waiting for it */
   atomic_llong hops;           /* jobs of a held instance sent through a delay queue */
   atomic_llong lookups;        /* findMessages asked about an in-doubt job */
   atomic_llong reconciled;     /* ...and it had gone out: recorded, not sent again */

@@ -98,6 +98,7 @@ static int check_defaults(const struct cfg *c)
   CHECK(c->api.cache_max_tasks == 1000000);
   CHECK(c->consumer.prefetch == 64);
   CHECK(c->consumer.shutdown_grace_ms == 25000);
+  CHECK(c->consumer.history_window_ms == 60000);
   CHECK_STR(c->consumer.health_listen, "0.0.0.0:8002");
   CHECK_STR(c->evolution.url, "http://localhost:8080");
   CHECK_STR(c->evolution.api_key, "");
