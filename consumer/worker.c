@@ -1369,11 +1369,19 @@ static void note_status_event(const struct status_event *ev, void *arg)
 
 /* One message of the status stream: remember SUCCESS and CANCELLED tasks; our own marker
  * says the backlog is read. */
-static void on_status_message(struct worker *w, uint64_t tag, const struct mq_message *m)
+/* The status events of one stream message (live or history) into the task memory. */
+static void remember_events(struct worker *w, const struct mq_message *m)
 {
   char err[128];
   const void *body;
   size_t len;
+  /* Bad events are the api's to report; here they are only not remembered. */
+  body = mq_message_body(m, &len);
+  status_message_decode(body, len, note_status_event, w, err, sizeof err);
+}
+
+static void on_status_message(struct worker *w, uint64_t tag, const struct mq_message *m)
+{
   int what = mq_stream_delivery(w->stream, w->session, tag, m);
   if(what == MQ_STREAM_CAUGHT_UP) {
     char secs[32];
@@ -1381,11 +1389,16 @@ static void on_status_message(struct worker *w, uint64_t tag, const struct mq_me
     log_event(CFG_LOG_INFO, "status stream caught up", "seconds", secs, NULL);
     return;
   }
-  if(what != MQ_STREAM_EVENT)
-    return;
-  /* Bad events are the api's to report; here they are only not remembered. */
-  body = mq_message_body(m, &len);
-  status_message_decode(body, len, note_status_event, w, err, sizeof err);
+  if(what == MQ_STREAM_EVENT)
+    remember_events(w, m);
+}
+
+/* A consumer's heartbeat on the status stream: msg-api's to read, nothing to remember. */
+static int is_heartbeat(const struct mq_message *m)
+{
+  char type[32] = "";
+  return !mq_message_prop(m, MQ_PROP_TYPE, type, sizeof type) &&
+         !strcmp(type, "worker.heartbeat");
 }
 
 /* The history is read: the jobs that waited for it go to work. */
@@ -1417,22 +1430,17 @@ static void finish_history(struct worker *w)
  * (an RPC inside the frame reader would be re-entrant). */
 static void on_history_message(struct worker *w, uint64_t tag, const struct mq_message *m)
 {
-  char err[128], type[32] = "";
-  const void *body;
-  size_t len;
   int64_t live_first = mq_stream_first_offset(w->stream);
+  int what;
   if(w->history_done || w->history_gen != w->conn_gen)
     return; /* after its end: frames still under way on the channel being closed */
-  mq_stream_delivery(w->history, w->session, tag, m);
+  what = mq_stream_delivery(w->history, w->session, tag, m);
   if(live_first >= 0 && mq_stream_offset(w->history) >= live_first) {
     w->history_done = -1; /* read: finish_history runs from the loop */
     return;
   }
-  if((!mq_message_prop(m, MQ_PROP_TYPE, type, sizeof type) &&
-      (!strcmp(type, "worker.heartbeat") || !strcmp(type, "message.marker"))))
-    return;
-  body = mq_message_body(m, &len);
-  status_message_decode(body, len, note_status_event, w, err, sizeof err);
+  if(what == MQ_STREAM_EVENT && !is_heartbeat(m))
+    remember_events(w, m);
 }
 
 /* Starts the history reader once the live follower is caught up (so it does not slow the
@@ -1463,13 +1471,11 @@ static void on_delivery(void *ctx, uint16_t ch, uint64_t tag, int redelivered,
                         struct mq_message *m)
 {
   struct worker *w = ctx;
-  char type[32] = "";
   if(ch == HISTORY_CH) {
     on_history_message(w, tag, m);
     return;
   }
-  if(ch == STATUS_CH && !mq_message_prop(m, MQ_PROP_TYPE, type, sizeof type) &&
-     !strcmp(type, "worker.heartbeat")) {
+  if(ch == STATUS_CH && is_heartbeat(m)) {
     /* The fleet's heartbeats are the api's to read; only the stream's offset moves here. */
     mq_stream_delivery(w->stream, w->session, tag, m);
     return;

@@ -14,6 +14,7 @@ Subcommands (each prints one JSON object on stdout, human notes on stderr):
            the fake had sent everything (the read-back is not counted).
   wrk      FILE          parses a `wrk --latency` report: rps, p50/p90/p99 in ms, non-2xx, errors
   rss      PID           VmRSS and VmHWM of a process, in KiB
+  listener-pid PORT      the process listening on a local TCP port (from /proc), as {"pid": N}
   cpu      NAME=PID ...  CPU seconds (user + system, every thread) each process has used so far
   run-cpu  OUT -- CMD... runs CMD; writes {"seconds": its user + system CPU} to OUT; CMD's exit
                          code is this one's
@@ -301,6 +302,34 @@ def proc_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def listener_pid(port):
+    """The pid of the process with a socket listening on TCP `port` (IPv4 or IPv6), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    # local address "ADDR:PORT" in hex, state 0A = LISTEN, inode in field 9
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{fields[9]}]")
+        except OSError:
+            continue
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return int(pid)
+            except OSError:
+                continue
+    return None
+
+
 def cpu_of(pids):
     return {name: proc_cpu(int(pid)) for name, pid in pids.items()}
 
@@ -406,6 +435,7 @@ def main():
     e.add_argument("--timeout", type=float, default=300)
     e.add_argument("--cpu", action="append", default=[], metavar="NAME=PID")
     sub.add_parser("cpu").add_argument("pids", nargs="+", metavar="NAME=PID")
+    sub.add_parser("listener-pid").add_argument("port", type=int)
     rc = sub.add_parser("run-cpu")
     rc.add_argument("out")
     rc.add_argument("command", nargs=argparse.REMAINDER)
@@ -437,6 +467,7 @@ def main():
     out = {"wrk": lambda: parse_wrk(args.file), "rss": lambda: rss(args.pid),
            "cpu": lambda: cpu_of(dict(spec.split("=", 1) for spec in args.pids)),
            "first-send": lambda: first_send(args.fake, args.timeout),
+           "listener-pid": lambda: {"pid": listener_pid(args.port)},
            "health": lambda: wait_tasks(args.api, args.wait_tasks, args.timeout),
            "purge": lambda: purge(args.queue), "cleanup": lambda: cleanup(args.prefix)}[args.cmd]()
     print(json.dumps(out))

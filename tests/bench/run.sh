@@ -246,7 +246,7 @@ rss_of() { "$PY" "$CLIENT" rss "$1"; }
 
 # The broker's OS process: the one listening on the AMQP port (its CPU is read from /proc).
 AMQP_PORT=$("$PY" -c 'import sys, urllib.parse; print(urllib.parse.urlsplit(sys.argv[1]).port or 5672)' "$AMQP_URL")
-BROKER_PID=$(ss -ltnpH "sport = :$AMQP_PORT" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
+BROKER_PID=$("$PY" "$CLIENT" listener-pid "$AMQP_PORT" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["pid"] or "")')
 [ -n "$BROKER_PID" ] || die "no process listens on the AMQP port $AMQP_PORT (is the broker local?)"
 
 # cpu_snap FILE NAME=PID...: each process's CPU seconds so far, as JSON
