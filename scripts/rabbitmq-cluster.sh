@@ -32,6 +32,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exec sudo --preserve-env="$VARS" -- "$(readlink -f "$0")" "$@"
 fi
 
+ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${MSG_CLUSTER_DIR:-/tmp/msg-rabbitmq-cluster}"
 AMQP_BASE="${CLUSTER_BASE_PORT:-5680}"
 MGMT_BASE="${CLUSTER_MGMT_BASE_PORT:-15680}"
@@ -120,6 +121,7 @@ cluster_formation.discovery_retry_limit = 240
 cluster_formation.discovery_retry_interval = 500
 EOF
   fi
+  cp "$ROOT_DIR/deploy/rabbitmq/advanced.config" "$d/advanced.config"
   echo '[rabbitmq_management].' >"$d/enabled_plugins"
   : >"$d/rabbitmq-env.conf"
 }

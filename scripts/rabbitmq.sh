@@ -12,6 +12,16 @@ if $SUDO rabbitmqctl -q status >/dev/null 2>&1; then
   exit 0
 fi
 
+# The broker settings msg relies on (deploy/rabbitmq/advanced.config says why), unless the
+# machine has an advanced.config of its own: that one is left alone, with a warning.
+ADVANCED=/etc/rabbitmq/advanced.config
+OURS="$(cd "$(dirname "$0")/.." && pwd)/deploy/rabbitmq/advanced.config"
+if [ ! -e "$ADVANCED" ]; then
+  $SUDO install -m 644 "$OURS" "$ADVANCED"
+elif ! cmp -s "$OURS" "$ADVANCED"; then
+  echo "warning: $ADVANCED is not msg's; see deploy/rabbitmq/advanced.config for the setting it needs" >&2
+fi
+
 # --offline works while the node is down, so the plugin is on from the first boot.
 $SUDO rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
 
