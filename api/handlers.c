@@ -663,6 +663,29 @@ int http_is_ready(struct http_server *srv)
          status_reader_ready(srv->deps.reader);
 }
 
+/* /health "snapshots": what this replica loaded at start-up and what it writes. */
+static json_t *snapshots_doc(struct http_server *srv)
+{
+  struct snapshot_loaded l;
+  struct snapshot_writer_stats w;
+  char at[UTIL_TIME_LEN];
+  json_t *loaded = json_null(), *last = json_null();
+  status_reader_loaded(srv->deps.reader, &l);
+  snapshot_writer_stats(srv->deps.snapshots, &w);
+  if(l.id[0])
+    loaded = json_pack("{s:s, s:I, s:I, s:I, s:f, s:s?}", "snapshot", l.id, "status_offset",
+                       (json_int_t)l.status_offset, "tasks", (json_int_t)l.tasks, "events",
+                       (json_int_t)l.events, "seconds", l.seconds, "written_at",
+                       l.written_ms ? util_format_time(l.written_ms, at) : NULL);
+  if(w.written)
+    last = json_pack("{s:s, s:I, s:I, s:f}", "at", util_format_time(w.last_ms, at),
+                     "status_offset", (json_int_t)w.last_status_offset, "tasks",
+                     (json_int_t)w.last_tasks, "seconds", w.last_seconds);
+  return json_pack("{s:b, s:b, s:I, s:I, s:o, s:o}", "enabled", srv->deps.snapshots != NULL,
+                   "writer", w.holder, "written", (json_int_t)w.written, "failed",
+                   (json_int_t)w.failed, "last_written", last, "loaded", loaded);
+}
+
 int http_handle_health(struct mg_connection *conn, struct http_server *srv)
 {
   int pub = publisher_ready(srv->deps.publisher), rd = status_reader_ready(srv->deps.reader);
@@ -679,8 +702,10 @@ int http_handle_health(struct mg_connection *conn, struct http_server *srv)
     (json_int_t)task_cache_size(srv->deps.cache));
   int64_t last = status_reader_last_event_ms(srv->deps.reader);
   /* How stale the cache may be: seconds since the stream last delivered an event. */
-  if(doc)
+  if(doc) {
     json_object_set_new(json_object_get(doc, "status_stream"), "last_event_age_seconds",
                         last ? json_real((double)(util_now_ms() - last) / 1000.0) : json_null());
+    json_object_set_new(doc, "snapshots", snapshots_doc(srv));
+  }
   return http_reply(conn, ready ? 200 : 503, doc, NULL, NULL);
 }

@@ -16,6 +16,7 @@ struct http_deps {
   struct publisher *publisher;
   struct status_reader *reader;
   struct task_cache *cache;
+  struct snapshot_writer *snapshots; /* NULL when api.snapshot_interval is 0 */
 };
 
 struct http_server;

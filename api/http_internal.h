@@ -16,6 +16,7 @@
 #include "job.h"
 #include "metrics.h"
 #include "routes.h"
+#include "snapshots.h"
 #include "trace.h"
 #include "task_cache.h"
 

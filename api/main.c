@@ -12,6 +12,7 @@
 #include "http.h"
 #include "log.h"
 #include "publisher.h"
+#include "snapshots.h"
 #include "status_reader.h"
 #include "task_cache.h"
 #include "util.h"
@@ -53,6 +54,7 @@ int main(int argc, char **argv)
   struct task_cache *cache = NULL;
   struct status_reader *reader = NULL;
   struct publisher *publisher = NULL;
+  struct snapshot_writer *snapshots = NULL;
   struct http_server *http = NULL;
   struct http_deps deps;
   if(!cfg)
@@ -87,6 +89,13 @@ int main(int argc, char **argv)
     goto out;
   }
   status_reader_set_publisher(reader, publisher);
+  snapshots = snapshot_writer_start(cfg, cache, reader, err, sizeof err);
+  if(!snapshots && err[0]) {
+    log_event(CFG_LOG_ERROR, "cannot start", "reason", err, NULL);
+    exit_code = 1;
+    goto out;
+  }
+  deps.snapshots = snapshots;
   deps.cfg = cfg;
   deps.publisher = publisher;
   deps.reader = reader;
@@ -112,6 +121,7 @@ int main(int argc, char **argv)
 
 out:
   http_stop(http); /* waits for requests in flight, which wait for their confirms */
+  snapshot_writer_stop(snapshots); /* reads the reader and the cache */
   /* The reader may be handing callbacks to the publisher: it stops first. */
   status_reader_stop(reader);
   publisher_stop(publisher, PUBLISHER_DRAIN_MS);

@@ -90,6 +90,23 @@ int http_handle_metrics(struct mg_connection *conn, struct http_server *srv)
                  "Status events read from the stream.");
   metrics_sample(&o, "msg_api_status_events_total", "",
                  (double)status_reader_events(srv->deps.reader));
+  {
+    struct snapshot_writer_stats w;
+    snapshot_writer_stats(srv->deps.snapshots, &w);
+    metrics_family(&o, "msg_api_snapshot_writer", "gauge",
+                   "1 while this replica is the one that writes the cache snapshots.");
+    metrics_sample(&o, "msg_api_snapshot_writer", "", w.holder);
+    metrics_family(&o, "msg_api_snapshots_written_total", "counter",
+                   "Cache snapshots written to the broker, by outcome.");
+    metrics_sample(&o, "msg_api_snapshots_written_total", "outcome=\"ok\"", (double)w.written);
+    metrics_sample(&o, "msg_api_snapshots_written_total", "outcome=\"failed\"",
+                   (double)w.failed);
+    metrics_family(&o, "msg_api_snapshot_tasks", "gauge", "Tasks in the last snapshot written.");
+    metrics_sample(&o, "msg_api_snapshot_tasks", "", (double)w.last_tasks);
+    metrics_family(&o, "msg_api_snapshot_duration_seconds", "gauge",
+                   "How long the last snapshot took to write.");
+    metrics_sample(&o, "msg_api_snapshot_duration_seconds", "", w.last_seconds);
+  }
   metrics_family(&o, "msg_api_status_stream_last_event_age_seconds", "gauge",
                  "Seconds since the status stream last delivered an event (-1 before any).");
   metrics_sample(&o, "msg_api_status_stream_last_event_age_seconds", "",

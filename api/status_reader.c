@@ -13,6 +13,7 @@
 #include "log.h"
 #include "mq.h"
 #include "publisher.h"
+#include "snapshots.h"
 #include "status.h"
 #include "util.h"
 #include "workers.h"
@@ -46,6 +47,9 @@ struct status_reader {
   int connected;                /* subscribed on the session's live connection */
   int64_t subscribed_mono;      /* when the last subscription started, for the caught-up log */
   _Atomic(struct publisher *) publisher; /* for the receipt callbacks this replica owes */
+  int snapshot_tried;           /* the start-up snapshot was loaded, or there was none */
+  pthread_mutex_t loaded_lock;  /* guards loaded */
+  struct snapshot_loaded loaded; /* what the start-up loaded (id "" when nothing) */
   struct owed_callback *owed;   /* reader thread only: callbacks to try again */
   size_t n_owed;
 };
@@ -222,6 +226,35 @@ static void on_delivery(void *ctx, uint16_t ch, uint64_t tag, int redelivered,
     log_event(CFG_LOG_WARN, "skipping a bad status event", "reason", err, NULL);
 }
 
+/* At the first subscription: the newest snapshot, then the stream from the offset it covers.
+ * Returns 0, or -1 when the connection must be dropped (tried again on the next one). */
+static int load_snapshot(struct status_reader *r, char *err, size_t errlen)
+{
+  struct snapshot_loaded loaded;
+  int rc;
+  if(r->snapshot_tried)
+    return 0;
+  rc = snapshot_load(r->session, r->cfg, r->cache, &r->stopping, &loaded, err, errlen);
+  if(rc < 0)
+    return -1;
+  r->snapshot_tried = 1;
+  if(rc == 1) {
+    mq_stream_start_from(r->stream, loaded.status_offset);
+    atomic_store(&r->offset, loaded.status_offset - 1);
+    pthread_mutex_lock(&r->loaded_lock);
+    r->loaded = loaded;
+    pthread_mutex_unlock(&r->loaded_lock);
+  }
+  return 0;
+}
+
+void status_reader_loaded(struct status_reader *r, struct snapshot_loaded *out)
+{
+  pthread_mutex_lock(&r->loaded_lock);
+  *out = r->loaded;
+  pthread_mutex_unlock(&r->loaded_lock);
+}
+
 /* Connects to the next address and subscribes. Returns 0, or -1 (the session is closed). */
 static int subscribe(struct status_reader *r)
 {
@@ -234,6 +267,7 @@ static int subscribe(struct status_reader *r)
   }
   if(mq_channel_open(r->session, SETUP_CH, err, sizeof err) ||
      mq_declare_topology(r->session, SETUP_CH, r->cfg, err, sizeof err) ||
+     load_snapshot(r, err, sizeof err) ||
      mq_stream_start(r->stream, r->session, err, sizeof err)) {
     log_event(CFG_LOG_ERROR, "cannot subscribe to the status stream", "reason", err, NULL);
     mq_session_lost(r->session);
@@ -243,7 +277,8 @@ static int subscribe(struct status_reader *r)
   r->subscribed_mono = util_mono_ms();
   atomic_fetch_add(&r->connects, 1);
   log_event(CFG_LOG_INFO, "consuming the status stream", "stream",
-            r->cfg->topology.status_stream, "from", off < 0 ? "first" : "last read", "broker",
+            r->cfg->topology.status_stream, "from",
+            r->loaded.id[0] && off < 0 ? "snapshot" : off < 0 ? "first" : "last read", "broker",
             mq_session_address(r->session), NULL);
   return 0;
 }
@@ -305,6 +340,8 @@ struct status_reader *status_reader_start(const struct cfg *cfg, struct task_cac
   r->cfg = cfg;
   r->cache = cache;
   atomic_init(&r->offset, -1);
+  pthread_mutex_init(&r->loaded_lock, NULL);
+  r->loaded.status_offset = -1;
   r->session = mq_session_new(cfg, "api-status");
   r->stream = mq_stream_new(cfg, "api-status", STREAM_CH, MARKER_CH_A, MARKER_CH_B, PREFETCH);
   r->workers = workers_new();
@@ -351,6 +388,7 @@ void status_reader_stop(struct status_reader *r)
     owed_free(o);
   }
   workers_free(r->workers);
+  pthread_mutex_destroy(&r->loaded_lock);
   free(r);
 }
 

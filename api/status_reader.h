@@ -46,4 +46,8 @@ unsigned long long status_reader_connects(struct status_reader *r);
 int64_t status_reader_last_event_ms(struct status_reader *r);
 int64_t status_reader_offset(struct status_reader *r);
 
+struct snapshot_loaded;
+/* What the start-up loaded from a snapshot (api/snapshots.h): id "" when none. */
+void status_reader_loaded(struct status_reader *r, struct snapshot_loaded *out);
+
 #endif

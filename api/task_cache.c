@@ -816,6 +816,92 @@ size_t task_cache_size(struct task_cache *cache)
   return atomic_load(&cache->total);
 }
 
+/* ---- snapshots ---------------------------------------------------------------------------- */
+
+size_t task_cache_shards(const struct task_cache *cache)
+{
+  return cache->nshards;
+}
+
+/* The event that recreates a task as it is, receipts aside: applied to an empty cache it sets
+ * every field, and applied to one that knows more it changes nothing (the rank rule). */
+static void task_event(const struct task *t, struct status_event *ev)
+{
+  memset(ev, 0, sizeof *ev);
+  memcpy(ev->task_id, t->id, UTIL_UUID_LEN);
+  ev->status = (enum task_status)t->status;
+  ev->attempt = t->attempt;
+  ev->generation = t->rank > 0 ? (int)(t->rank >> 40) : 0;
+  ev->at_ms = t->updated_at_ms;
+  ev->created_at_ms = t->created_at_ms;
+  ev->phone = t->phone[0] ? (char *)t->phone : NULL;
+  ev->instance = (char *)t->instance;
+  ev->tenant = (char *)t->tenant;
+  ev->request_id = t->request_id;
+  if(t->idem_key) {
+    /* Stored scoped by tenant (task_cache_idem_key); the event carries the key itself. */
+    const char *sep = strchr(t->idem_key, '\x1f');
+    ev->idempotency_key = sep ? (char *)sep + 1 : t->idem_key;
+  }
+  ev->request_hash = t->request_hash;
+  ev->callback_url = t->callback_url;
+  ev->evolution_key = t->evolution_key;
+  ev->reconciled = t->reconciled;
+  ev->error_code = t->error_code;
+  /* An event carries a code only with a message. */
+  ev->error_message = t->error_code && !t->error_message ? "" : t->error_message;
+  ev->next_retry_at_ms = t->next_retry_at_ms;
+}
+
+static void receipt_events(const char *task_id, const char *key, const struct receipts *r,
+                           status_event_fn fn, void *ctx)
+{
+  if(!key)
+    return; /* a receipt event names its message */
+  for(int s = 1; s < DELIVERY_STATES; s++) {
+    struct status_event ev;
+    if(!r->at_ms[s])
+      continue;
+    memset(&ev, 0, sizeof ev);
+    if(task_id)
+      memcpy(ev.task_id, task_id, UTIL_UUID_LEN);
+    ev.status = TASK_RECEIPT;
+    ev.delivery = (enum delivery_state)s;
+    ev.at_ms = r->at_ms[s];
+    ev.evolution_key = (char *)key;
+    fn(&ev, ctx);
+  }
+}
+
+size_t task_cache_export_shard(struct task_cache *cache, size_t shard, status_event_fn fn,
+                               void *ctx)
+{
+  struct shard *c = &cache->shards[shard];
+  size_t n = 0;
+  pthread_rwlock_rdlock(&c->lock);
+  for(const struct task *t = c->oldest; t; t = t->newer, n++) {
+    struct status_event ev;
+    if(t->rank < 0)
+      continue;
+    task_event(t, &ev);
+    fn(&ev, ctx);
+    if(t->receipts)
+      receipt_events(t->id, t->evolution_key, t->receipts, fn, ctx);
+  }
+  pthread_rwlock_unlock(&c->lock);
+  return n;
+}
+
+size_t task_cache_export_pending(struct task_cache *cache, status_event_fn fn, void *ctx)
+{
+  size_t n = 0;
+  pthread_mutex_lock(&cache->pending_lock);
+  for(const struct pending_receipt *p = cache->pending_oldest; p; p = p->newer, n++)
+    receipt_events(NULL, p->key, &p->r, fn, ctx);
+  pthread_mutex_unlock(&cache->pending_lock);
+  return n;
+}
+
 /* ---- search (GET /tasks) ------------------------------------------------------------------ */
 
 /* Insertion order follows creation order except for events that arrive late (another

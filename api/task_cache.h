@@ -78,6 +78,18 @@ int task_cache_owe_callback(struct task_cache *cache, const char *key, enum deli
 int task_cache_take_owed(struct task_cache *cache, const char *task_id, unsigned *owed,
                          int64_t at_ms[DELIVERY_STATES], char **url, char **key);
 
+/* Snapshots (api/snapshots.c): the cache as status events that rebuild it when applied in
+ * order, to an empty cache or to one that already knows some of it (apply is monotonic).
+ * task_cache_export_shard calls fn for the tasks of shard `shard` (0..task_cache_shards - 1),
+ * oldest first (each task's event, then its receipts), under that shard's read lock, and
+ * returns the number of tasks; task_cache_export_pending does the same for the receipts
+ * that wait for their task (RECEIPT events without task id). Events are borrowed for the
+ * call; fn must not call back into the cache. */
+size_t task_cache_shards(const struct task_cache *cache);
+size_t task_cache_export_shard(struct task_cache *cache, size_t shard, status_event_fn fn,
+                               void *ctx);
+size_t task_cache_export_pending(struct task_cache *cache, status_event_fn fn, void *ctx);
+
 /* Number of tasks held. */
 size_t task_cache_size(struct task_cache *cache);
 

@@ -76,6 +76,7 @@ struct cfg {
     size_t max_header_size;  /* request line and headers, 1KiB..1MiB; more is 431 */
     uint64_t header_timeout_ms, body_timeout_ms, keep_alive_timeout_ms; /* slow clients */
     bool metrics_public;     /* /metrics without an API key */
+    uint64_t snapshot_interval_ms; /* cache snapshots on the broker at most this often; 0: none */
     char **trusted_proxies;  /* IP literals whose X-Forwarded-For the access log believes */
     size_t n_trusted_proxies;
   } api;

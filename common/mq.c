@@ -845,7 +845,57 @@ int mq_declare_topology(struct mq_session *s, uint16_t ch, const struct cfg *cfg
   args[n++] = mq_entry_str("x-max-age", max_age);
   if(declare_queue(conn, ch, c->topology.status_stream, args, n, NULL, c, err, errlen))
     return -1;
+
+  /* The api's snapshots of its cache, and their index (DESIGN §3): an hour is kept, small
+   * segments so that retention, which drops whole segments, really drops it. */
+  mq_snapshot_stream_name(c, name, sizeof name);
+  n = 0;
+  args[n++] = mq_entry_str("x-queue-type", "stream");
+  args[n++] = mq_entry_str("x-max-age", MQ_SNAPSHOT_MAX_AGE);
+  args[n++] = mq_entry_i64("x-stream-max-segment-size-bytes", 64 * 1024 * 1024);
+  if(declare_queue(conn, ch, name, args, n, NULL, c, err, errlen))
+    return -1;
+  mq_snapshot_index_name(c, name, sizeof name);
+  n = 0;
+  args[n++] = mq_entry_str("x-queue-type", "stream");
+  args[n++] = mq_entry_str("x-max-age", MQ_SNAPSHOT_MAX_AGE);
+  args[n++] = mq_entry_i64("x-stream-max-segment-size-bytes", 1024 * 1024);
+  if(declare_queue(conn, ch, name, args, n, NULL, c, err, errlen))
+    return -1;
   return 0;
+}
+
+void mq_snapshot_stream_name(const struct cfg *cfg, char *buf, size_t len)
+{
+  snprintf(buf, len, "%s.snapshots", cfg->topology.status_stream);
+}
+
+void mq_snapshot_index_name(const struct cfg *cfg, char *buf, size_t len)
+{
+  snprintf(buf, len, "%s.snapshots.index", cfg->topology.status_stream);
+}
+
+int mq_claim_exclusive(struct mq_session *s, uint16_t ch, const char *name, char *err,
+                       size_t errlen)
+{
+  amqp_rpc_reply_t reply;
+  /* Exclusive: only this connection may use it, and it goes when the connection goes. */
+  if(amqp_queue_declare(s->conn, ch, amqp_cstring_bytes(name), 0, 0, 1, 1, amqp_empty_table))
+    return 1;
+  reply = amqp_get_rpc_reply(s->conn);
+  if(reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION &&
+     reply.reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
+     ((amqp_channel_close_t *)reply.reply.decoded)->reply_code == AMQP_RESOURCE_LOCKED) {
+    /* Another connection holds it: the broker closed the channel; answer and reopen it. */
+    amqp_channel_close_ok_t ok = {0};
+    if(amqp_send_method(s->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) != AMQP_STATUS_OK ||
+       channel_open(s->conn, ch, err, errlen))
+      return -1;
+    return 0;
+  }
+  snprintf(err, errlen, "cannot declare queue %s: ", name);
+  mq_reply_text(reply, err + strlen(err), errlen - strlen(err));
+  return -1;
 }
 
 void mq_callback_retry_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf,
@@ -1321,6 +1371,7 @@ int mq_publisher_wait(struct mq_publisher *p, struct mq_session *s, const struct
 struct mq_stream {
   const struct cfg *cfg;
   char role[32];
+  char queue[256];         /* the stream followed: the status stream unless mq_stream_set_queue */
   uint16_t channel;
   uint16_t prefetch;
   struct mq_publisher *marker_pub;
@@ -1362,6 +1413,7 @@ struct mq_stream *mq_stream_new(const struct cfg *cfg, const char *role, uint16_
   }
   st->cfg = cfg;
   snprintf(st->role, sizeof st->role, "%s", role);
+  snprintf(st->queue, sizeof st->queue, "%s", cfg->topology.status_stream);
   st->channel = channel;
   st->prefetch = prefetch;
   st->offset = -1;
@@ -1397,7 +1449,7 @@ static int publish_marker(struct mq_stream *st, struct mq_session *s)
   p.type = amqp_cstring_bytes(MARKER_TYPE);
   p.timestamp = (uint64_t)(util_now_ms() / 1000);
   st->marker_state = MARKER_SENT;
-  if(publish_raw(st->marker_pub, conn, "", st->cfg->topology.status_stream, 0, &p, body,
+  if(publish_raw(st->marker_pub, conn, "", st->queue, 0, &p, body,
                   (size_t)n, st) != MQ_PUBLISH_OK) {
     st->marker_state = MARKER_NONE;
     return -1;
@@ -1418,7 +1470,7 @@ int mq_stream_start(struct mq_stream *st, struct mq_session *s, char *err, size_
   from = st->offset >= 0  ? st->offset + 1
        : st->start_at_ms ? MQ_FROM_TIME(st->start_at_ms / 1000)
                          : MQ_FROM_FIRST;
-  if(mq_consume(s, st->channel, st->cfg->topology.status_stream, st->prefetch, from, st->role,
+  if(mq_consume(s, st->channel, st->queue, st->prefetch, from, st->role,
                 tag, err, errlen))
     return -1;
   /* Published after the subscription started: reading it back proves that everything
@@ -1505,6 +1557,16 @@ int64_t mq_stream_first_offset(const struct mq_stream *st)
 void mq_stream_start_at(struct mq_stream *st, int64_t unix_ms)
 {
   st->start_at_ms = unix_ms > 0 ? unix_ms : 0;
+}
+
+void mq_stream_start_from(struct mq_stream *st, int64_t offset)
+{
+  st->offset = offset > 0 ? offset - 1 : -1;
+}
+
+void mq_stream_set_queue(struct mq_stream *st, const char *queue)
+{
+  snprintf(st->queue, sizeof st->queue, "%s", queue);
 }
 
 void mq_stream_without_marker(struct mq_stream *st)

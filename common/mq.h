@@ -273,6 +273,11 @@ void mq_stream_start_at(struct mq_stream *st, int64_t unix_ms);
 /* Before the first start: this follower publishes no catch-up marker (it is never caught up;
  * the caller decides where it stops). */
 void mq_stream_without_marker(struct mq_stream *st);
+/* Before the first start: the first subscription begins at stream offset `offset`. */
+void mq_stream_start_from(struct mq_stream *st, int64_t offset);
+/* Before the first start: follow the stream `queue` instead of the status stream (its markers
+ * go there too). */
+void mq_stream_set_queue(struct mq_stream *st, const char *queue);
 uint16_t mq_stream_channel(const struct mq_stream *st);
 /* The marker's publisher, for mq_handlers (its confirms must reach it). */
 struct mq_publisher *mq_stream_publisher(struct mq_stream *st);
@@ -284,6 +289,19 @@ struct mq_publisher *mq_stream_publisher(struct mq_stream *st);
  * are unchanged. Returns 0, or -1 with the broker's reason in err. */
 int mq_declare_topology(struct mq_session *s, uint16_t ch, const struct cfg *cfg, char *err,
                         size_t errlen);
+
+/* The api's cache snapshots (api/snapshots.c): the stream "<status_stream>.snapshots" holds
+ * them, "<status_stream>.snapshots.index" says which one is complete and where it starts; both
+ * keep MQ_SNAPSHOT_MAX_AGE (the writer refreshes a snapshot well within it). */
+#define MQ_SNAPSHOT_MAX_AGE "3600s"
+void mq_snapshot_stream_name(const struct cfg *cfg, char *buf, size_t len);
+void mq_snapshot_index_name(const struct cfg *cfg, char *buf, size_t len);
+
+/* Declares the exclusive (one connection at a time, gone with it) queue `name` on `ch`: a lock
+ * across processes. Returns 1 when this connection holds it, 0 when another one does (the
+ * channel is reopened), -1 with err when the connection must be dropped. */
+int mq_claim_exclusive(struct mq_session *s, uint16_t ch, const char *name, char *err,
+                       size_t errlen);
 
 /* Writes the retry queue name for a delay ("messages.retry.5s") into buf. */
 void mq_retry_queue_name(const struct cfg *cfg, uint64_t delay_ms, char *buf, size_t len);

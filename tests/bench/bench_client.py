@@ -360,17 +360,37 @@ def first_send(fake, timeout):
     return {"seconds": round(time.monotonic() - t0, 3), "ok": False}
 
 
+def get_health(api):
+    try:
+        with urllib.request.urlopen(api.rstrip("/") + "/health", timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:  # 503 while not ready still carries the document
+        return json.loads(e.read() or b"null")
+    except OSError:
+        return None
+
+
+def wait_snapshot(api, timeout):
+    """Waits until the replica at `api` read the whole stream (no event for 2 s) and wrote a
+    snapshot that covers its last offset; returns that snapshot's figures."""
+    t0 = time.monotonic()
+    h = None
+    while time.monotonic() - t0 < timeout:
+        h = get_health(api) or {}
+        stream, snap = h.get("status_stream") or {}, (h.get("snapshots") or {}).get("last_written")
+        if (stream.get("caught_up") and (stream.get("last_event_age_seconds") or 0) > 2 and snap
+                and snap["status_offset"] >= stream["offset"]):
+            return {"ok": True, "waited_s": round(time.monotonic() - t0, 3), "offset": stream["offset"],
+                    "written": h["snapshots"]["written"], **snap}
+        time.sleep(0.5)
+    return {"ok": False, "waited_s": round(time.monotonic() - t0, 3), "health": h}
+
+
 def wait_tasks(api, n, timeout):
     t0 = time.monotonic()
     last = None
     while time.monotonic() - t0 < timeout:
-        try:
-            with urllib.request.urlopen(api.rstrip("/") + "/health", timeout=5) as r:
-                last = json.loads(r.read())
-        except urllib.error.HTTPError as e:  # 503 while not ready still carries the document
-            last = json.loads(e.read() or b"null")
-        except OSError:
-            last = None
+        last = get_health(api)
         tasks = ((last or {}).get("cache") or {}).get("tasks", 0)
         if tasks >= n:
             return {"tasks": tasks, "seconds": round(time.monotonic() - t0, 3), "ok": True}
@@ -448,6 +468,10 @@ def main():
     h.add_argument("--api", required=True)
     h.add_argument("--wait-tasks", type=int, required=True)
     h.add_argument("--timeout", type=float, default=600)
+    ws = sub.add_parser("wait-snapshot")
+    ws.add_argument("--api", required=True)
+    ws.add_argument("--timeout", type=float, default=900)
+    sub.add_parser("health-doc").add_argument("--api", required=True)
     sub.add_parser("purge").add_argument("--queue", required=True)
     sub.add_parser("cleanup").add_argument("--prefix", required=True)
     sub.add_parser("free-port")
@@ -469,6 +493,8 @@ def main():
            "first-send": lambda: first_send(args.fake, args.timeout),
            "listener-pid": lambda: {"pid": listener_pid(args.port)},
            "health": lambda: wait_tasks(args.api, args.wait_tasks, args.timeout),
+           "wait-snapshot": lambda: wait_snapshot(args.api, args.timeout),
+           "health-doc": lambda: get_health(args.api),
            "purge": lambda: purge(args.queue), "cleanup": lambda: cleanup(args.prefix)}[args.cmd]()
     print(json.dumps(out))
 

@@ -17,6 +17,8 @@
 #   BENCH_CACHE_TASKS [1000000]   status events fed to a fresh msg-api for the cache RSS figure
 #   BENCH_BOOT_EVENTS [5000000]   status events already on the stream when a new msg-api replica
 #                                 and a new msg-consumer start (the boot figures)
+#   BENCH_BOOT_SNAPSHOT_INTERVAL [10s]  api.snapshot_interval of the replica that lives through
+#                                 that stream and writes the snapshot the new replica loads
 #   BENCH_BOOT_BATCH [1]          status events per stream message in that stream (the daemons
 #                                 batch theirs under load; 1 is the worst case)
 #   BENCH_PREFETCH [64]           consumer.prefetch
@@ -56,6 +58,7 @@ E2E_TIMEOUT=${BENCH_E2E_TIMEOUT:-300}
 CACHE_TASKS=${BENCH_CACHE_TASKS:-1000000}
 BOOT_EVENTS=${BENCH_BOOT_EVENTS:-5000000}
 BOOT_BATCH=${BENCH_BOOT_BATCH:-1}
+BOOT_SNAPSHOT_INTERVAL=${BENCH_BOOT_SNAPSHOT_INTERVAL:-10s}
 PREFETCH=${BENCH_PREFETCH:-64}
 LOG_LEVEL=${BENCH_LOG_LEVEL:-info}
 FAKE_KIND=${BENCH_FAKE:-c}
@@ -162,6 +165,7 @@ api:
   listen: 127.0.0.1:$3
   cache_max_tasks: $6
 ${BENCH_API_THREADS:+  threads: $BENCH_API_THREADS}
+${SNAPSHOT_INTERVAL:+  snapshot_interval: $SNAPSHOT_INTERVAL}
 consumer:
   prefetch: $PREFETCH
   health_listen: 127.0.0.1:$4
@@ -402,14 +406,24 @@ BOOT_PORT=$(free_port)
 BOOT_HEALTH=$(free_port)
 BOOT_CFG="$RUN_DIR/boot.yaml"
 start_fake
+BOOT_WRITER_PORT=$(free_port)
+BOOT_WRITER_CFG="$RUN_DIR/boot-writer.yaml"
+SNAPSHOT_INTERVAL=$BOOT_SNAPSHOT_INTERVAL \
+  write_config "$BOOT_WRITER_CFG" "$BOOT_PREFIX" "$BOOT_WRITER_PORT" "$(free_port)" "$FAKE_URL" 1000000
 write_config "$BOOT_CFG" "$BOOT_PREFIX" "$BOOT_PORT" "$BOOT_HEALTH" "$FAKE_URL" 1000000
 BOOT_API="http://127.0.0.1:$BOOT_PORT"
-# A first replica declares the topology, then stops: the stream is filled with no reader.
-start_daemon msg-api-boot-declare "$API_BIN" "$BOOT_CFG" "$BOOT_API/readyz"
-stop_pid "$LAST_PID"
+BOOT_WRITER_API="http://127.0.0.1:$BOOT_WRITER_PORT"
+# A first replica lives through the stream being filled, as one would in production, and writes
+# the cache snapshots (every $BOOT_SNAPSHOT_INTERVAL); the bench waits until one covers the end.
+start_daemon msg-api-boot-writer "$API_BIN" "$BOOT_WRITER_CFG" "$BOOT_WRITER_API/readyz"
+BOOT_WRITER_PID=$LAST_PID
 "$CEILING_BIN" --url "$AMQP_URL" --status-events "$BOOT_PREFIX.status" --count "$BOOT_EVENTS" \
   --batch "$BOOT_BATCH" --window 1000 >"$RES/boot_publish.txt"
 sed -n 's/^BROKER_CEILING //p' "$RES/boot_publish.txt" >"$RES/boot_publish.json"
+"$PY" "$CLIENT" wait-snapshot --api "$BOOT_WRITER_API" --timeout 900 >"$RES/boot_snapshot.json"
+"$PY" -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ok"] else 1)' \
+  "$RES/boot_snapshot.json" || die "the writer replica wrote no snapshot covering the stream"
+cpu_snap "$RES/boot_writer.cpu.json" writer="$BOOT_WRITER_PID"
 start_daemon msg-api-boot "$API_BIN" "$BOOT_CFG" "$BOOT_API/readyz" 900
 BOOT_API_PID=$LAST_PID
 BOOT_API_SECONDS=$READY_SECONDS
@@ -427,7 +441,9 @@ BOOT_CONSUMER_PID=$!
 "$PY" "$CLIENT" first-send --fake "$FAKE_URL" --timeout 900 >"$RES/boot_consumer.json"
 cpu_snap "$RES/boot_consumer.cpu.json" consumer="$BOOT_CONSUMER_PID"
 stop_pid "$BOOT_CONSUMER_PID"
+"$PY" "$CLIENT" health-doc --api "$BOOT_API" >"$RES/boot_api_health.json"
 stop_pid "$BOOT_API_PID"
+stop_pid "$BOOT_WRITER_PID"
 stop_pid "$FAKE_PID"
 echo "{\"api_ready_seconds\": $BOOT_API_SECONDS}" >"$RES/boot_api.json"
 "$PY" - "$RES" <<'EOF'
@@ -437,8 +453,13 @@ pub, api, cons = (json.load(open(f"{d}/{n}.json")) for n in ("boot_publish", "bo
 acpu = json.load(open(f"{d}/boot_api.cpu.json"))["api"]
 rss = json.load(open(f"{d}/boot_api_rss.json"))
 print(f"  stream filled at {pub['msgs_per_s']} events/s ({pub['count']} events in {pub['messages']} messages)")
-print(f"  new msg-api replica ready in {api['api_ready_seconds']} s ({acpu * 1e6 / pub['count']:.1f} us CPU per event read, "
-      f"RSS {rss['rss_kib'] / 1024:.1f} MiB)")
+snap = json.load(open(f"{d}/boot_snapshot.json"))
+loaded = (json.load(open(f"{d}/boot_api_health.json")).get("snapshots") or {}).get("loaded") or {}
+print(f"  the writer replica's snapshot: {snap['tasks']} tasks written in {snap['seconds']:.1f} s "
+      f"(covering offset {snap['status_offset']}; {snap['written']} written during the fill)")
+print(f"  new msg-api replica ready in {api['api_ready_seconds']} s ({acpu * 1e6 / pub['count']:.1f} us CPU per stream event, "
+      f"RSS {rss['rss_kib'] / 1024:.1f} MiB): loaded {loaded.get('tasks')} tasks from the snapshot in "
+      f"{loaded.get('seconds')} s, then the stream from offset {loaded.get('status_offset')}")
 print(f"  new msg-consumer took its first job (the fake sent it) {cons['seconds']} s after start"
       f"{'' if cons['ok'] else ' (TIMED OUT)'}")
 EOF
@@ -506,6 +527,9 @@ boot_pub, boot_cons = j("boot_publish"), j("boot_consumer")
 s.update({
     "boot_events": boot_pub["count"], "boot_stream_messages": boot_pub["messages"],
     "boot_api_ready_s": j("boot_api")["api_ready_seconds"],
+    "boot_api_snapshot_tasks": ((j("boot_api_health").get("snapshots") or {}).get("loaded") or {}).get("tasks"),
+    "boot_api_snapshot_load_s": ((j("boot_api_health").get("snapshots") or {}).get("loaded") or {}).get("seconds"),
+    "boot_snapshot_write_s": j("boot_snapshot")["seconds"],
     "boot_api_cpu_us_per_event": per(j("boot_api.cpu")["api"], boot_pub["count"]),
     "boot_api_rss_mib": mib(j("boot_api_rss")["rss_kib"]),
     "boot_consumer_first_job_s": boot_cons["seconds"], "boot_consumer_ok": boot_cons["ok"],

@@ -188,6 +188,7 @@ class Definitions(unittest.TestCase):
         t = self.top
         delays = sorted(set(CONFIG["retry"]["delays"]), key=duration_ms)
         expected = {t["queue"], t["dead_letter_queue"], t["status_stream"]}
+        expected |= {f"{t['status_stream']}.snapshots", f"{t['status_stream']}.snapshots.index"}
         expected |= {f"{t['retry_queue_prefix']}.{d}" for d in delays}
         expected |= {f"{t['exchange']}.delay.{d}" for d in SCHEDULE_DELAYS}
         cq = t["callback_queue"]
@@ -214,6 +215,11 @@ class Definitions(unittest.TestCase):
         stream = self.queues[t["status_stream"]]["arguments"]
         self.assertEqual(stream["x-queue-type"], "stream")
         self.assertEqual(stream["x-max-age"], f"{duration_ms(t['status_retention']) // 1000}s")
+        # The api's cache snapshots (common/mq.c): an hour, in small segments.
+        for name, segment in ((".snapshots", 64 << 20), (".snapshots.index", 1 << 20)):
+            args = self.queues[t["status_stream"] + name]["arguments"]
+            self.assertEqual(args, {"x-queue-type": "stream", "x-max-age": "3600s",
+                                    "x-stream-max-segment-size-bytes": segment}, name)
         for d in set(CONFIG["retry"]["delays"]):
             args = self.queues[f"{t['retry_queue_prefix']}.{d}"]["arguments"]
             self.assertEqual(args["x-queue-type"], qtype)
