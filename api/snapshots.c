@@ -3,6 +3,7 @@
 #include "snapshots.h"
 
 #include <jansson.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -215,6 +216,7 @@ int snapshot_load(struct mq_session *s, const struct cfg *cfg, struct task_cache
                 "status stream instead", "snapshot", l.id, NULL);
     return 0;
   }
+  malloc_trim(0); /* the parts read (hundreds of KiB each) are freed: give the pages back */
   memset(out, 0, sizeof *out);
   snprintf(out->id, sizeof out->id, "%s", l.id);
   out->status_offset = l.status_offset;
@@ -471,6 +473,9 @@ out:
   events_clear(&b);
   free(b.bodies);
   free(b.lens);
+  /* A shard's encoded events (megabytes) are freed now: give the pages back, so a replica's
+   * memory is its cache, not its cache plus the high-water mark of its last snapshot. */
+  malloc_trim(0);
   if(rc) {
     pthread_mutex_lock(&w->stats_lock);
     w->stats.failed++;

@@ -52,7 +52,7 @@ if [[ " $STEPS " == *" tsan "* ]]; then
   # Only msg-api runs under TSan; the consumer goes along in its ASan build (else the plain one).
   consumer="$ROOT/$ASAN_BUILD/consumer/msg-consumer"
   [ -x "$consumer" ] || consumer="$ROOT/build/consumer/msg-consumer"
-  for t in ${TSAN_TESTS:-01_send 24_idempotency 26_metrics 36_receipts_callbacks}; do
+  for t in ${TSAN_TESTS:-01_send 24_idempotency 26_metrics 36_receipts_callbacks 54_snapshots}; do
     step "integration.$t with msg-api under TSan"
     MSG_API_BIN="$ROOT/$TSAN_BUILD/api/msg-api" MSG_CONSUMER_BIN="$consumer" \
       timeout 300 python3 "tests/integration/test_$t.py"
