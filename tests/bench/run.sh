@@ -270,11 +270,18 @@ cpu_snap "$RES/ceiling.cpu0.json" broker="$BROKER_PID"
   "$CEILING_BIN" --url "$AMQP_URL" --count "$CEILING_COUNT" --window "$CEILING_WINDOW" \
   --queue "$PREFIX.ceiling" >"$RES/ceiling.txt"
 cpu_snap "$RES/ceiling.cpu1.json" broker="$BROKER_PID"
+# The same with at most 64 confirms in flight, as many as the accept run's 64 connections can
+# have: what the broker's cost per message is at that pipelining depth, before any extra work.
+"$CEILING_BIN" --url "$AMQP_URL" --count "$((CEILING_COUNT / 4))" --window 64 \
+  --queue "$PREFIX.ceiling64" >"$RES/ceiling64.txt"
+cpu_snap "$RES/ceiling64.cpu1.json" broker="$BROKER_PID"
+sed -n 's/^BROKER_CEILING //p' "$RES/ceiling64.txt" >"$RES/ceiling64.json"
 "$CEILING_BIN" --url "$AMQP_URL" --count "$CEILING1_COUNT" --window 1 \
   --queue "$PREFIX.ceiling1" >"$RES/ceiling1.txt"
 sed -n 's/^BROKER_CEILING //p' "$RES/ceiling.txt" >"$RES/ceiling.json"
 sed -n 's/^BROKER_CEILING //p' "$RES/ceiling1.txt" >"$RES/ceiling1.json"
 say "  pipelined (window $CEILING_WINDOW): $(json_get "$RES/ceiling.json" msgs_per_s) messages/s"
+say "  pipelined (window 64): $(json_get "$RES/ceiling64.json" msgs_per_s) messages/s"
 say "  one confirm round trip per message (window 1): $(json_get "$RES/ceiling1.json" msgs_per_s) messages/s"
 
 # --- 2. the fake Evolution API's own ceiling ------------------------------------------------------
@@ -515,11 +522,15 @@ per = lambda secs, n: round(secs * 1e6 / n, 1) if n and secs is not None else No
 c0, c1 = j("ceiling.cpu0"), j("ceiling.cpu1")
 s["broker_raw_publish_us"] = per(c1["broker"] - c0["broker"], c["count"])
 s["ceiling_client_us"] = per(j("ceiling.load")["seconds"], c["count"])
+s["broker_raw_publish_w64_us"] = per(j("ceiling64.cpu1")["broker"] - c1["broker"], j("ceiling64")["count"])
+s["broker_ceiling_window64_msgs"] = j("ceiling64")["msgs_per_s"]
 for n in ("16", "64"):
     for k, v in j(f"accept{n}.us").items():
         s[f"accept_cpu_us_{k}_{n}"] = v
 s["accept_broker_vs_raw_64"] = (round(s["accept_cpu_us_broker_64"] / s["broker_raw_publish_us"], 2)
                                 if s["accept_cpu_us_broker_64"] and s["broker_raw_publish_us"] else None)
+s["accept_broker_vs_raw_w64_64"] = (round(s["accept_cpu_us_broker_64"] / s["broker_raw_publish_w64_us"], 2)
+                                    if s["accept_cpu_us_broker_64"] and s["broker_raw_publish_w64_us"] else None)
 for tag, e in (("0ms", e0), (f"{int(es['latency_ms'])}ms", es)):
     for k, v in e["cpu_seconds"].items():
         s[f"e2e_cpu_us_{k}_{tag}"] = per(v, e["fake_sent"])
@@ -545,9 +556,10 @@ print(f"  msg-api peak RSS {s['api_peak_rss_mib']} MiB (cache then held {s['api_
       f" from the runs above); msg-consumer peak RSS {s['consumer_peak_rss_mib']} MiB at prefetch {s['consumer_prefetch']}")
 print(f"  msg-api RSS {s['api_rss_empty_mib']} MiB with an empty cache, {s['api_rss_cache_mib']} MiB with {s['cache_tasks']} tasks")
 print("-- CPU per accepted request (accept, 64 connections) and per delivered message (end to end, 0 ms), in us")
-print(f"  broker raw pipelined publish: {s['broker_raw_publish_us']} us per message (its client {s['ceiling_client_us']} us)")
+print(f"  broker raw pipelined publish: {s['broker_raw_publish_us']} us per message (its client {s['ceiling_client_us']} us);"
+      f" {s['broker_raw_publish_w64_us']} us at 64 in flight")
 print(f"  accept:     msg-api {s['accept_cpu_us_api_64']}  broker {s['accept_cpu_us_broker_64']}"
-      f" ({s['accept_broker_vs_raw_64']} x raw)  load generator {s['accept_cpu_us_load_64']}")
+      f" ({s['accept_broker_vs_raw_64']} x raw, {s['accept_broker_vs_raw_w64_64']} x raw at 64 in flight)  load generator {s['accept_cpu_us_load_64']}")
 print(f"  end to end: msg-api {s['e2e_cpu_us_api_0ms']}  msg-consumer {s['e2e_cpu_us_consumer_0ms']}"
       f"  broker {s['e2e_cpu_us_broker_0ms']}  fake {s['e2e_cpu_us_fake_0ms']}  load generator {s['e2e_cpu_us_load_0ms']}")
 print(f"  boot on {s['boot_events']} events: msg-api ready {s['boot_api_ready_s']} s, msg-consumer first job {s['boot_consumer_first_job_s']} s")
