@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,20 +30,23 @@
  * and the publisher thread, so it is freed when both released it (refs). The job goes first;
  * its PENDING event only once the job is confirmed, so that a job the broker refused never
  * leaves a PENDING task (or its Idempotency-Key) behind on the stream. All fields below
- * `next_event` are guarded by pub->lock. */
+ * `next_event` are guarded by pub->lock, but refs (atomic) and result, which the worker reads
+ * without the lock once `done` is posted. */
 struct pub_req {
   struct pub_req *next;       /* handed-over queue */
   struct pub_req *next_event; /* confirmed jobs whose event is still to publish */
   char task_id[UTIL_UUID_LEN];
   char *job_body, *event_body;
   size_t job_len, event_len;
-  int refs;
+  atomic_int refs;
   int job_done;
   int abandoned;          /* the worker stopped waiting (timeout): the outcome is reported late */
   enum pub_result result; /* once job_done */
   int event_only; /* no job: the event itself is what the worker waits for */
   char *callback_url, *callback_id; /* event_only to the callback queue: a status callback */
-  pthread_cond_t done;
+  /* Posted once job_done is set: the worker waits on its own request, not on pub->lock, so
+   * the workers woken by one multiple-ack do not queue for the lock the publisher holds. */
+  sem_t done;
 };
 
 struct publisher {
@@ -81,9 +86,9 @@ static void settle_locked(struct publisher *pub, void *owner, int ok);
 
 static void req_release(struct pub_req *r)
 {
-  if(--r->refs)
+  if(atomic_fetch_sub(&r->refs, 1) != 1)
     return;
-  pthread_cond_destroy(&r->done);
+  sem_destroy(&r->done);
   free(r->job_body);
   free(r->event_body);
   free(r->callback_url);
@@ -122,7 +127,7 @@ static void settle_locked(struct publisher *pub, void *owner, int ok)
   if(r->abandoned && !r->event_only && pub->late_fn)
     pub->late_fn(r->task_id, r->result, pub->late_ctx);
   pub->in_flight--;
-  pthread_cond_signal(&r->done);
+  sem_post(&r->done);
   if(ok != CONFIRM_ACKED || r->event_only) {
     req_release(r);
     return;
@@ -180,7 +185,7 @@ static void hand_over(struct publisher *pub, struct pub_req **reqs, size_t n,
   }
   was_empty = !pub->queue_head;
   for(i = 0; i < n; i++) {
-    reqs[i]->refs = 2; /* this worker and the publisher thread */
+    atomic_store(&reqs[i]->refs, 2); /* this worker and the publisher thread */
     reqs[i]->next = NULL;
     if(pub->queue_tail)
       pub->queue_tail->next = reqs[i];
@@ -195,17 +200,22 @@ static void hand_over(struct publisher *pub, struct pub_req **reqs, size_t n,
   if(was_empty)
     wake(pub);
 
-  pthread_mutex_lock(&pub->lock);
   for(i = 0; i < n; i++) {
     struct pub_req *r = reqs[i];
-    while(!r->job_done)
-      if(pthread_cond_timedwait(&r->done, &pub->lock, &deadline) == ETIMEDOUT)
-        break;
-    results[i] = r->job_done ? r->result : PUB_TIMEOUT;
-    r->abandoned = !r->job_done;
+    int rc;
+    while((rc = sem_timedwait(&r->done, &deadline)) && errno == EINTR)
+      ;
+    if(rc) {
+      /* Timed out: decided under the lock, since the confirm may be settling right now. */
+      pthread_mutex_lock(&pub->lock);
+      results[i] = r->job_done ? r->result : PUB_TIMEOUT;
+      r->abandoned = !r->job_done;
+      pthread_mutex_unlock(&pub->lock);
+    }
+    else
+      results[i] = r->result; /* written before the post */
     req_release(r);
   }
-  pthread_mutex_unlock(&pub->lock);
 }
 
 static enum pub_result submit_and_wait(struct publisher *pub, struct pub_req *r, int timeout_ms)
@@ -220,8 +230,8 @@ static struct pub_req *req_new(void)
   struct pub_req *r = calloc(1, sizeof *r);
   if(!r)
     return NULL;
-  pthread_cond_init(&r->done, NULL);
-  r->refs = 1;
+  sem_init(&r->done, 0, 0);
+  atomic_init(&r->refs, 1);
   return r;
 }
 
@@ -567,7 +577,7 @@ static void fail_list(struct publisher *pub, struct pub_req *list)
     r->job_done = 1;
     r->result = PUB_UNAVAILABLE;
     pub->in_flight--;
-    pthread_cond_signal(&r->done);
+    sem_post(&r->done);
     req_release(r);
   }
   pthread_mutex_unlock(&pub->lock);
