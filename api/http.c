@@ -210,6 +210,15 @@ static int on_log(const struct mg_connection *conn, const char *message)
   return 1;
 }
 
+/* Every new connection starts with no connection data: what reply.c keeps there (the socket)
+ * belongs to one connection, and a worker serves many in turn. */
+static int on_init_connection(const struct mg_connection *conn, void **conn_data)
+{
+  (void)conn;
+  *conn_data = NULL;
+  return 0;
+}
+
 struct http_server *http_start(const struct http_deps *deps, char *err, size_t errlen)
 {
   struct http_server *srv = calloc(1, sizeof *srv);
@@ -256,6 +265,7 @@ struct http_server *http_start(const struct http_deps *deps, char *err, size_t e
   http_framing_setup(deps->cfg->api.max_header_size, deps->cfg->api.body_timeout_ms);
   memset(&cb, 0, sizeof cb);
   cb.log_message = on_log;
+  cb.init_connection = on_init_connection;
   init.callbacks = &cb;
   init.user_data = srv;
   init.configuration_options = opts;

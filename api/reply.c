@@ -265,7 +265,8 @@ static int is_this_connection(int fd, const struct mg_request_info *ri)
 
 /* The socket of this request's connection, which CivetWeb does not expose: the descriptor
  * whose peer and local ports and peer address are the request's (a TCP connection is one such
- * pair). Looked up once per connection and kept as its connection data. -1 when not found. */
+ * pair). Looked up at the connection's first request and kept as its connection data. -1 when
+ * not found. */
 static int conn_socket(const struct mg_connection *conn)
 {
   const struct mg_request_info *ri = mg_get_request_info(conn);
@@ -273,7 +274,9 @@ static int conn_socket(const struct mg_connection *conn)
   DIR *d;
   struct dirent *e;
   int found = -1;
-  if(kept > 0 && is_this_connection((int)(kept - 1), ri))
+  /* Kept for this connection's life: every new one starts with none (http.c's
+   * init_connection), so the next requests on it need no system call to find it. */
+  if(kept > 0)
     return (int)(kept - 1);
   if(!(d = opendir("/proc/self/fd")))
     return -1;
