@@ -207,10 +207,12 @@ int snapshot_load(struct mq_session *s, const struct cfg *cfg, struct task_cache
   if(!l.have || l.done != 1)
     return 0;
   mq_snapshot_stream_name(cfg, name, sizeof name);
-  if(read_stream(&l, cfg, name, PARTS_CH, l.from_s > CLOCK_SLACK_S ? l.from_s - CLOCK_SLACK_S : 1,
-                 on_part, stopping, err, errlen))
+  /* An empty cache's snapshot has no parts: nothing to read. */
+  if(l.parts && read_stream(&l, cfg, name, PARTS_CH,
+                            l.from_s > CLOCK_SLACK_S ? l.from_s - CLOCK_SLACK_S : 1, on_part,
+                            stopping, err, errlen))
     return -1;
-  if(l.done != 2) {
+  if(l.parts && l.done != 2) {
     if(!atomic_load(stopping))
       log_event(CFG_LOG_WARN, "the newest snapshot is not whole on the broker: replaying the "
                 "status stream instead", "snapshot", l.id, NULL);
@@ -243,9 +245,9 @@ int snapshot_load(struct mq_session *s, const struct cfg *cfg, struct task_cache
 #define CONFIRM_WAIT_MS 30000
 /* How often a replica that does not hold the lock tries again. */
 #define CLAIM_EVERY_MS 5000
-/* A snapshot is written again this often even when nothing changed, well within the streams'
+/* A snapshot is written again this often even when little changed, well within the streams'
  * retention (MQ_SNAPSHOT_MAX_AGE), so the newest one is always there to load. */
-#define REFRESH_MS (20 * 60 * 1000)
+#define REFRESH_MS (5 * 60 * 1000)
 /* Parts in flight before the writer waits for their confirms. */
 #define PARTS_IN_FLIGHT 32
 
@@ -530,11 +532,16 @@ static int writer_turn(struct snapshot_writer *w, char *why, size_t len)
   }
   if(!status_reader_ready(w->reader))
     return 0;
-  if(w->last_mono_ms &&
-     !(status_reader_events(w->reader) != w->events_at_last &&
-       now - w->last_mono_ms >= (int64_t)w->cfg->api.snapshot_interval_ms) &&
-     now - w->last_mono_ms < REFRESH_MS)
-    return 0;
+  if(w->last_mono_ms && now - w->last_mono_ms < REFRESH_MS) {
+    /* A new replica loads the snapshot, then replays what came after it: a new one once that
+     * is a quarter of the cache's size, so a start-up costs at most 1.25 caches, and the
+     * snapshots written cost at most 4 times the events they spare replaying. */
+    uint64_t since = status_reader_events(w->reader) - w->events_at_last;
+    uint64_t enough = task_cache_size(w->cache) / 4;
+    if(!since || since < enough ||
+       now - w->last_mono_ms < (int64_t)w->cfg->api.snapshot_interval_ms)
+      return 0;
+  }
   return write_snapshot(w, why, len);
 }
 

@@ -262,7 +262,7 @@ static const struct key KEYS[] = {
   {.name = "api.keep_alive_timeout", .type = K_DURATION, .def = "5s", .min = 100,
    .max = 5 * MS_MINUTE, AT(api.keep_alive_timeout_ms)},
   {.name = "api.snapshot_interval", .type = K_DURATION, .def = "1m", .min = 0,
-   .max = 20 * MS_MINUTE, AT(api.snapshot_interval_ms)},
+   .max = 5 * MS_MINUTE, AT(api.snapshot_interval_ms)},
   {.name = "api.metrics_public", .type = K_BOOL, .def = "false", AT(api.metrics_public)},
   {.name = "api.trusted_proxies", .type = K_STR_LIST, .def_list = NO_KEYS, .max_n = 256,
    .elem_check = valid_ip_literal, .elem_expect = "an IPv4 or IPv6 address",

@@ -846,8 +846,8 @@ int mq_declare_topology(struct mq_session *s, uint16_t ch, const struct cfg *cfg
   if(declare_queue(conn, ch, c->topology.status_stream, args, n, NULL, c, err, errlen))
     return -1;
 
-  /* The api's snapshots of its cache, and their index (DESIGN §3): an hour is kept, small
-   * segments so that retention, which drops whole segments, really drops it. */
+  /* The api's snapshots of its cache, and their index (DESIGN §3): 20 minutes are kept, in
+   * small segments, so that retention, which drops whole segments, really drops the rest. */
   mq_snapshot_stream_name(c, name, sizeof name);
   n = 0;
   args[n++] = mq_entry_str("x-queue-type", "stream");
@@ -1291,6 +1291,10 @@ int mq_pump(struct mq_session *s, const struct mq_handlers *h, char *why, size_t
       if(h->deliver)
         h->deliver(h->ctx, f.channel, tag, redelivered, &m);
       amqp_destroy_message(&m.msg);
+      /* The frames of a delivery sit in its channel's pool until released, and a busy
+       * connection is seldom idle enough for amqp_maybe_release_buffers below: without this a
+       * stream of large messages (cache snapshots) grew the pool by their whole size. */
+      amqp_maybe_release_buffers_on_channel(conn, f.channel);
       break;
     }
     case AMQP_BASIC_RETURN_METHOD: {

@@ -293,7 +293,7 @@ int mq_declare_topology(struct mq_session *s, uint16_t ch, const struct cfg *cfg
 /* The api's cache snapshots (api/snapshots.c): the stream "<status_stream>.snapshots" holds
  * them, "<status_stream>.snapshots.index" says which one is complete and where it starts; both
  * keep MQ_SNAPSHOT_MAX_AGE (the writer refreshes a snapshot well within it). */
-#define MQ_SNAPSHOT_MAX_AGE "3600s"
+#define MQ_SNAPSHOT_MAX_AGE "1200s"
 void mq_snapshot_stream_name(const struct cfg *cfg, char *buf, size_t len);
 void mq_snapshot_index_name(const struct cfg *cfg, char *buf, size_t len);
 

@@ -371,16 +371,19 @@ def get_health(api):
 
 
 def wait_snapshot(api, timeout):
-    """Waits until the replica at `api` read the whole stream (no event for 2 s) and wrote a
-    snapshot that covers its last offset; returns that snapshot's figures."""
+    """Waits until the replica at `api` read the whole stream (no event for 2 s) and wrote the
+    snapshots its rule asks for: the last one leaves less than a quarter of its cache's size in
+    events after it (api/snapshots.c). Returns that snapshot's figures and what it leaves."""
     t0 = time.monotonic()
     h = None
     while time.monotonic() - t0 < timeout:
         h = get_health(api) or {}
         stream, snap = h.get("status_stream") or {}, (h.get("snapshots") or {}).get("last_written")
+        tasks = (h.get("cache") or {}).get("tasks", 0)
         if (stream.get("caught_up") and (stream.get("last_event_age_seconds") or 0) > 2 and snap
-                and snap["status_offset"] >= stream["offset"]):
+                and snap["tasks"] and stream["offset"] - snap["status_offset"] < max(tasks // 4, 1)):
             return {"ok": True, "waited_s": round(time.monotonic() - t0, 3), "offset": stream["offset"],
+                    "after": stream["offset"] - snap["status_offset"],
                     "written": h["snapshots"]["written"], **snap}
         time.sleep(0.5)
     return {"ok": False, "waited_s": round(time.monotonic() - t0, 3), "health": h}

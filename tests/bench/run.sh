@@ -421,7 +421,8 @@ write_config "$BOOT_CFG" "$BOOT_PREFIX" "$BOOT_PORT" "$BOOT_HEALTH" "$FAKE_URL" 
 BOOT_API="http://127.0.0.1:$BOOT_PORT"
 BOOT_WRITER_API="http://127.0.0.1:$BOOT_WRITER_PORT"
 # A first replica lives through the stream being filled, as one would in production, and writes
-# the cache snapshots (every $BOOT_SNAPSHOT_INTERVAL); the bench waits until one covers the end.
+# the cache snapshots (at most every $BOOT_SNAPSHOT_INTERVAL); the bench waits until it has read
+# the whole stream and written what its rule asks for, then starts the new replica.
 start_daemon msg-api-boot-writer "$API_BIN" "$BOOT_WRITER_CFG" "$BOOT_WRITER_API/readyz"
 BOOT_WRITER_PID=$LAST_PID
 "$CEILING_BIN" --url "$AMQP_URL" --status-events "$BOOT_PREFIX.status" --count "$BOOT_EVENTS" \
@@ -462,8 +463,8 @@ rss = json.load(open(f"{d}/boot_api_rss.json"))
 print(f"  stream filled at {pub['msgs_per_s']} events/s ({pub['count']} events in {pub['messages']} messages)")
 snap = json.load(open(f"{d}/boot_snapshot.json"))
 loaded = (json.load(open(f"{d}/boot_api_health.json")).get("snapshots") or {}).get("loaded") or {}
-print(f"  the writer replica's snapshot: {snap['tasks']} tasks written in {snap['seconds']:.1f} s "
-      f"(covering offset {snap['status_offset']}; {snap['written']} written during the fill)")
+print(f"  the writer replica's last snapshot: {snap['tasks']} tasks written in {snap['seconds']:.1f} s "
+      f"(offset {snap['status_offset']}, {snap['after']} events after it; {snap['written']} written during the fill)")
 print(f"  new msg-api replica ready in {api['api_ready_seconds']} s ({acpu * 1e6 / pub['count']:.1f} us CPU per stream event, "
       f"RSS {rss['rss_kib'] / 1024:.1f} MiB): loaded {loaded.get('tasks')} tasks from the snapshot in "
       f"{loaded.get('seconds')} s, then the stream from offset {loaded.get('status_offset')}")
@@ -541,6 +542,7 @@ s.update({
     "boot_api_snapshot_tasks": ((j("boot_api_health").get("snapshots") or {}).get("loaded") or {}).get("tasks"),
     "boot_api_snapshot_load_s": ((j("boot_api_health").get("snapshots") or {}).get("loaded") or {}).get("seconds"),
     "boot_snapshot_write_s": j("boot_snapshot")["seconds"],
+    "boot_events_after_snapshot": j("boot_snapshot")["after"],
     "boot_api_cpu_us_per_event": per(j("boot_api.cpu")["api"], boot_pub["count"]),
     "boot_api_rss_mib": mib(j("boot_api_rss")["rss_kib"]),
     "boot_consumer_first_job_s": boot_cons["seconds"], "boot_consumer_ok": boot_cons["ok"],

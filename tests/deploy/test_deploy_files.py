@@ -215,10 +215,10 @@ class Definitions(unittest.TestCase):
         stream = self.queues[t["status_stream"]]["arguments"]
         self.assertEqual(stream["x-queue-type"], "stream")
         self.assertEqual(stream["x-max-age"], f"{duration_ms(t['status_retention']) // 1000}s")
-        # The api's cache snapshots (common/mq.c): an hour, in small segments.
+        # The api's cache snapshots (common/mq.c): 20 minutes, in small segments.
         for name, segment in ((".snapshots", 64 << 20), (".snapshots.index", 1 << 20)):
             args = self.queues[t["status_stream"] + name]["arguments"]
-            self.assertEqual(args, {"x-queue-type": "stream", "x-max-age": "3600s",
+            self.assertEqual(args, {"x-queue-type": "stream", "x-max-age": "1200s",
                                     "x-stream-max-segment-size-bytes": segment}, name)
         for d in set(CONFIG["retry"]["delays"]):
             args = self.queues[f"{t['retry_queue_prefix']}.{d}"]["arguments"]
