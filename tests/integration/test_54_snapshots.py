@@ -9,7 +9,8 @@ covers. So:
 - a new replica answers every task exactly as the replica that lived through the stream did
   (documents, idempotency keys, failures), while it read only the events after the snapshot;
 - it follows the stream from there (tasks posted later are seen);
-- only one replica writes; when it stops, another takes over and writes;
+- only one replica writes; when it stops, another takes over and writes; it writes again once a
+  quarter of its cache's size in events came, not for every change;
 - an index record whose parts are not on the broker (a writer that died, retention) makes a new
   replica replay the whole stream instead, and it still knows every task.
 """
@@ -129,6 +130,18 @@ class SnapshotTest(IntegrationTest):
         for task_id in later:
             self.assertIn(get_task(c, task_id).json["status"], FINAL)
         self.assertEqual(self.documents(c, ids), expected)
+
+        # The writer waits for a quarter of its cache's size in events (3 per task here) before
+        # it writes again, however short its interval (1 s): one task is too few, three enough.
+        written = health(b)["snapshots"]["written"]
+        quarter = health(b)["cache"]["tasks"] // 4
+        self.assertGreater(quarter, 3, "the cache must be large enough for the check")
+        self.settle(b, self.post_tasks(b, 1, "few"))
+        time.sleep(2.5)
+        self.assertEqual(health(b)["snapshots"]["written"], written, "wrote for 3 events")
+        self.settle(b, self.post_tasks(b, quarter // 3 + 1, "enough"))
+        wait_for(lambda: health(b)["snapshots"]["written"] > written, 15, interval=0.2,
+                 what="a snapshot once a quarter of the cache's size in events came")
 
     def test_incomplete_snapshot_means_a_full_replay(self):
         cfg, a, _ = self.start_stack({"api": {"snapshot_interval": "1s"}})
