@@ -4,7 +4,6 @@
 
 #include <jansson.h>
 #include <malloc.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,7 +164,6 @@ static int read_stream(struct load *l, const struct cfg *cfg, const char *queue,
   h.publishers[0] = mq_stream_publisher(l->st);
   l->last_input_ms = util_mono_ms();
   while(!l->done && !atomic_load(stopping)) {
-    struct pollfd pfd;
     if(mq_pump(l->s, &h, err, errlen) || mq_stream_tick(l->st, l->s)) {
       rc = -1;
       break;
@@ -175,11 +173,7 @@ static int read_stream(struct load *l, const struct cfg *cfg, const char *queue,
                 queue, NULL);
       break;
     }
-    if(mq_session_pending_input(l->s))
-      continue;
-    pfd.fd = mq_session_fd(l->s);
-    pfd.events = POLLIN;
-    poll(&pfd, 1, 100);
+    mq_session_wait_input(l->s, 100);
   }
   if(!rc) {
     /* Closing the channels ends the subscription and the marker's publisher. */
@@ -207,7 +201,10 @@ int snapshot_load(struct mq_session *s, const struct cfg *cfg, struct task_cache
   if(!l.have || l.done != 1)
     return 0;
   mq_snapshot_stream_name(cfg, name, sizeof name);
-  /* An empty cache's snapshot has no parts: nothing to read. */
+  /* An empty cache's snapshot has no parts: nothing to read (a record that says no parts but
+   * some tasks is not one of ours). */
+  if(!l.parts && l.tasks)
+    return 0;
   if(l.parts && read_stream(&l, cfg, name, PARTS_CH,
                             l.from_s > CLOCK_SLACK_S ? l.from_s - CLOCK_SLACK_S : 1, on_part,
                             stopping, err, errlen))
@@ -553,7 +550,6 @@ static void *writer_main(void *arg)
   writer_handlers(w, &h);
   while(!atomic_load(&w->stopping)) {
     char why[512];
-    struct pollfd pfd;
     int64_t now = util_mono_ms();
     if(!w->connected) {
       struct timespec ts = {0, 100 * 1000000L};
@@ -577,11 +573,7 @@ static void *writer_main(void *arg)
       retry_at = 0;
       continue;
     }
-    if(mq_session_pending_input(w->session))
-      continue;
-    pfd.fd = mq_session_fd(w->session);
-    pfd.events = POLLIN;
-    poll(&pfd, 1, 200);
+    mq_session_wait_input(w->session, 200);
   }
   mq_session_close(w->session);
   return NULL;

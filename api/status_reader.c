@@ -2,7 +2,6 @@
  * from the start of retention at boot and then live, into the task cache. */
 #include "status_reader.h"
 
-#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -294,7 +293,6 @@ static void *reader_main(void *arg)
   h.publishers[0] = mq_stream_publisher(r->stream);
   while(!atomic_load(&r->stopping)) {
     char why[512];
-    struct pollfd pfd;
     int64_t now = util_mono_ms();
     if(!r->connected) {
       if(now < retry_at || subscribe(r)) {
@@ -317,11 +315,7 @@ static void *reader_main(void *arg)
     }
     if(r->owed)
       retry_owed(r);
-    if(mq_session_pending_input(r->session))
-      continue;
-    pfd.fd = mq_session_fd(r->session);
-    pfd.events = POLLIN;
-    poll(&pfd, 1, POLL_MS);
+    mq_session_wait_input(r->session, POLL_MS);
   }
   atomic_store(&r->ready, 0);
   mq_session_close(r->session);

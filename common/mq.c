@@ -335,6 +335,16 @@ int mq_session_pending_input(const struct mq_session *s)
   return s->conn && (amqp_frames_enqueued(s->conn) || amqp_data_in_buffer(s->conn));
 }
 
+void mq_session_wait_input(const struct mq_session *s, int timeout_ms)
+{
+  struct pollfd pfd;
+  if(!s->conn || mq_session_pending_input(s))
+    return;
+  pfd.fd = mq_session_fd(s);
+  pfd.events = POLLIN;
+  poll(&pfd, 1, timeout_ms);
+}
+
 int mq_session_channel_max(const struct mq_session *s)
 {
   int max = s->conn ? amqp_get_channel_max(s->conn) : 0;

@@ -67,6 +67,9 @@ const char *mq_session_address(const struct mq_session *s); /* host:port, "" whe
 int mq_session_fd(const struct mq_session *s);
 /* 1 when input already read from the socket waits (poll would not wake for it). */
 int mq_session_pending_input(const struct mq_session *s);
+/* Waits up to timeout_ms for input on the session's socket; returns at once when rabbitmq-c
+ * already holds some (poll would not wake for it) or when the session is closed. */
+void mq_session_wait_input(const struct mq_session *s, int timeout_ms);
 /* The highest channel number the broker allows. */
 int mq_session_channel_max(const struct mq_session *s);
 
